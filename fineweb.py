@@ -1,0 +1,408 @@
+"""Tokenize a text corpus with GPT-2's tokenizer into uint16 .npy shards for train_gpt2.py.
+
+By default it downloads FineWeb-Edu's 10B-token sample (HuggingFaceFW/fineweb-edu, config sample-10BT),
+tokenizes every document with tiktoken's GPT-2 encoding in a process pool, puts <|endoftext|> before
+each document, and writes 100M-token shards:
+
+    edu_fineweb10B/edufineweb_val_000000.npy     shard 0: the validation split
+    edu_fineweb10B/edufineweb_train_000001.npy   shards 1, 2, ...: training data
+    edu_fineweb10B/manifest.json                 what is done so far (for resuming)
+
+Each shard is np.save of a 1-D uint16 array (GPT-2's ids are < 2**16). Shards are filled to the brim:
+a document that does not fit in the current shard continues at the start of the next one.
+
+    python fineweb.py                                  # FineWeb-Edu sample-10BT, ~100 shards, ~20 GB
+    python fineweb.py --streaming                      # same shards, no ~28 GB parquet cache on disk
+    python fineweb.py --source my_corpus/ --out-dir my_shards --shard-size 10_000_000
+    python fineweb.py --source 'data/*.jsonl' --text-field content
+    python fineweb.py --source wikitext --name wikitext-103-raw-v1 --split train
+
+--source takes a local file, a directory (searched recursively) or a glob of .txt / .jsonl / .parquet
+files (a .txt file is one document; a .jsonl line or a .parquet row is one document, read from the field
+--text-field), or else the name of a dataset on the HuggingFace Hub.
+
+Interrupted? Run the same command again: finished shards (listed in manifest.json) are kept, and the
+run resumes right after them, producing exactly the bytes an uninterrupted run would have.
+"""
+import argparse
+import glob
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+DEFAULT_DATASET = "HuggingFaceFW/fineweb-edu"
+DEFAULT_CONFIG = "sample-10BT"            # the config name used when --source is the default dataset
+SHARD_PREFIX = "edufineweb"               # train_gpt2.py looks for {prefix}_{val|train}_{index:06d}.npy
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
+MANIFEST = "manifest.json"
+
+# ---------------------------------------------------------------------------------------------
+# 1. Reading documents: local files or a HuggingFace dataset, always in the same order
+# ---------------------------------------------------------------------------------------------
+
+
+def local_files(source):
+    """The sorted list of files a local --source names (file, directory or glob); None for a Hub name."""
+    if os.path.isdir(source):
+        pattern = os.path.join(source, "**", "*")
+        files = sorted(p for p in glob.glob(pattern, recursive=True)
+                       if os.path.isfile(p) and p.endswith(LOCAL_SUFFIXES))
+        if not files:
+            raise FileNotFoundError(f"directory {source} holds no .txt, .jsonl or .parquet files")
+        return files
+    if os.path.isfile(source):
+        if not source.endswith(LOCAL_SUFFIXES):
+            raise ValueError(f"{source}: unsupported file type (use .txt, .jsonl or .parquet)")
+        return [source]
+    if any(c in source for c in "*?["):
+        files = sorted(p for p in glob.glob(source, recursive=True)
+                       if os.path.isfile(p) and p.endswith(LOCAL_SUFFIXES))
+        if not files:
+            raise FileNotFoundError(f"no .txt, .jsonl or .parquet files match {source}")
+        return files
+    # Something that can only be a path (a file suffix, ./, /, ~) but is not there: say so now,
+    # rather than asking the Hub for a dataset of that name.
+    if source.endswith(LOCAL_SUFFIXES) or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise FileNotFoundError(f"source {source} not found")
+    return None
+
+
+def text_of(record, text_field, where):
+    """The text of one record (a dict), or a one-line error naming where the record came from."""
+    if not isinstance(record, dict) or text_field not in record:
+        raise ValueError(f"{where}: record has no field '{text_field}' (choose one with --text-field)")
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: field '{text_field}' is {type(text).__name__}, not text")
+    return text
+
+
+def read_local_documents(files, text_field):
+    """Yield the text of every document in `files`, in order."""
+    for path in files:
+        try:
+            if path.endswith(".txt"):
+                with open(path, encoding="utf-8") as f:
+                    yield f.read()                    # one .txt file = one document
+            elif path.endswith(".jsonl"):
+                with open(path, encoding="utf-8") as f:
+                    for line_no, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue                  # tolerate blank lines (e.g. a trailing one)
+                        try:
+                            record = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+                        yield text_of(record, text_field, f"{path}:{line_no}")
+            else:
+                yield from read_parquet_texts(path, text_field)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_parquet_texts(path, text_field):
+    import pyarrow.parquet as pq              # ships with `datasets`
+    parquet = pq.ParquetFile(path)
+    if text_field not in parquet.schema_arrow.names:
+        raise ValueError(f"{path}: no column '{text_field}' (choose one with --text-field)")
+    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if not isinstance(text, str):
+                raise ValueError(f"{path}: column '{text_field}' holds a {type(text).__name__}, not text")
+            yield text
+
+
+def load_hub_dataset(source, name, split, streaming, text_field):
+    """Open a HuggingFace dataset (downloading it unless streaming); one-line errors when that fails."""
+    import datasets                            # imported here: slow to import, only needed for Hub data
+    what = source + (f" ({name})" if name else "")
+    try:
+        ds = datasets.load_dataset(source, name=name, split=split, streaming=streaming)
+    except ConnectionError as e:               # what datasets raises offline (HF_HUB_OFFLINE or no network)
+        raise ConnectionError(f"cannot reach the HuggingFace Hub to get {what}: are you offline? "
+                              f"({e}); to tokenize local files instead, pass --source PATH") from None
+    except FileNotFoundError as e:             # datasets.DatasetNotFoundError and friends
+        raise FileNotFoundError(f"no local path {source} and no dataset {what} on the HuggingFace Hub "
+                                f"({str(e).splitlines()[0]})") from None
+    except ValueError as e:                    # e.g. an unknown config --name or --split
+        raise ValueError(f"cannot load {what} split {split}: {str(e).splitlines()[0]}") from None
+    if ds.column_names is not None and text_field not in ds.column_names:
+        raise ValueError(f"{what} has no column '{text_field}' (it has {', '.join(ds.column_names)}; "
+                         "choose one with --text-field)")
+    return ds.select_columns([text_field])    # don't ship the other columns to the tokenizer workers
+
+
+def hub_documents(ds, text_field, start):
+    for record in ds.skip(start) if start else ds:
+        yield text_of(record, text_field, "dataset row")
+
+
+def hub_document_count(ds, split):
+    """The number of documents, when the dataset knows it (for the progress bar's ETA)."""
+    try:
+        return len(ds)
+    except TypeError:                          # a streaming dataset has no len(); its metadata may say
+        splits = getattr(ds.info, "splits", None) or {}
+        return splits[split].num_examples if split in splits else None
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Tokenizing: one tiktoken encoder per pool worker, documents in, uint16 arrays out
+# ---------------------------------------------------------------------------------------------
+
+_encoder = None                                # each worker's own, made once by init_worker
+
+
+def load_gpt2_encoder():
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except OSError as e:                       # tiktoken downloads GPT-2's files once, then caches them
+        raise ConnectionError(f"cannot load tiktoken's GPT-2 encoding (it downloads its files on first "
+                              f"use; offline? point TIKTOKEN_CACHE_DIR at a filled cache): {e}") from None
+
+
+def init_worker():
+    global _encoder
+    _encoder = load_gpt2_encoder()
+
+
+def tokenize(text):
+    """<|endoftext|> followed by the document's GPT-2 ids, as uint16. Module-level so pools can pickle it."""
+    ids = [_encoder.eot_token]
+    ids.extend(_encoder.encode_ordinary(text))
+    tokens = np.array(ids, dtype=np.int64)
+    if tokens.max() >= 2**16:                 # never for GPT-2 (50,257 ids), but uint16 would wrap silently
+        raise ValueError(f"token id {tokens.max()} does not fit in uint16")
+    return tokens.astype(np.uint16)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Writing shards and the manifest, each atomically (a crash never leaves a half-written file)
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_name(index):
+    return f"{SHARD_PREFIX}_{'val' if index == 0 else 'train'}_{index:06d}.npy"
+
+
+def write_atomically(path, write):
+    """Write via `path + '.tmp'` then rename: readers see the old file or the new one, never half of one."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        write(f)                                # np.save to a file object: no ".npy" appended to the name
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_shard(out_dir, index, tokens):
+    write_atomically(os.path.join(out_dir, shard_name(index)), lambda f: np.save(f, tokens))
+
+
+def save_manifest(out_dir, manifest):
+    text = json.dumps(manifest, indent=1) + "\n"
+    write_atomically(os.path.join(out_dir, MANIFEST), lambda f: f.write(text.encode()))
+
+
+def prepare_out_dir(out_dir):
+    """Create the output directory and prove we can write into it, before any download starts."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test.tmp")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"cannot write to output directory {out_dir} ({e.strerror or e})") from None
+
+
+def load_manifest(out_dir, config):
+    """The manifest of an earlier run with the same config, trimmed to the shards still intact on disk.
+
+    A fresh manifest when there is none. Errors out rather than overwrite shards made some other way."""
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(path):
+        if glob.glob(os.path.join(out_dir, f"{SHARD_PREFIX}_*.npy")):
+            raise ValueError(f"{out_dir} already holds shards but no {MANIFEST}, so they were not made by "
+                             "this script: delete them or pick another --out-dir")
+        return {"config": config, "shards": [], "complete": False}
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        old_config = manifest["config"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is corrupt: delete {out_dir} and start again") from None
+    for key in sorted(set(config) | set(old_config)):
+        if old_config.get(key) != config[key]:
+            raise ValueError(f"{out_dir} was made with {key}={old_config.get(key)!r}, but this run asks for "
+                             f"{key}={config[key]!r}: rerun with the same options or pick another --out-dir")
+    # Keep the longest run of listed shards that are really there with the right length.
+    intact = []
+    for entry in manifest["shards"]:
+        try:
+            shard = np.load(os.path.join(out_dir, entry["file"]), mmap_mode="r")
+        except (OSError, ValueError):
+            break
+        if shard.dtype != np.uint16 or shard.shape != (entry["tokens"],):
+            break
+        intact.append(entry)
+    if len(intact) < len(manifest["shards"]):
+        manifest["complete"] = False
+    manifest["shards"] = intact
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The main loop: documents -> tokens -> shards, resumable
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_tokens(token_arrays, shard_size, first_doc, first_offset):
+    """Pack documents' tokens into full shards, splitting a document across shards when it does not fit.
+
+    Yields (shard, next_doc, next_offset): the tokens, and where the next shard starts (document index,
+    tokens of that document already written). The last shard may be short."""
+    buffer = np.empty(shard_size, dtype=np.uint16)
+    filled = 0
+    for doc, tokens in enumerate(token_arrays, start=first_doc):
+        pos = first_offset if doc == first_doc else 0   # a resumed document skips what is already written
+        while pos < len(tokens):
+            take = min(shard_size - filled, len(tokens) - pos)
+            buffer[filled:filled + take] = tokens[pos:pos + take]
+            filled += take
+            pos += take
+            if filled == shard_size:
+                done = pos == len(tokens)
+                yield buffer.copy(), (doc + 1 if done else doc), (0 if done else pos)
+                filled = 0
+    if filled:
+        yield buffer[:filled].copy(), None, None
+
+
+def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=False, text_field="text",
+                 out_dir="edu_fineweb10B", shard_size=10**8, workers=1, max_shards=None):
+    """Tokenize `source` into shards in `out_dir`, resuming after the shards an earlier run finished.
+
+    Returns the manifest. Raises ValueError / OSError (FileNotFoundError, ConnectionError, PermissionError)
+    with a one-line message on bad input."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1 token, not {shard_size}")
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {workers}")
+    if max_shards is not None and max_shards < 1:
+        raise ValueError(f"--max-shards must be at least 1, not {max_shards}")
+    if name is None and source == DEFAULT_DATASET:
+        name = DEFAULT_CONFIG
+    files = local_files(source)
+    prepare_out_dir(out_dir)
+    config = dict(source=source, name=name, split=split, text_field=text_field, shard_size=shard_size,
+                  tokenizer="gpt2")
+    if files is None:
+        config["streaming"] = streaming       # we don't rely on both modes giving documents in one order
+    else:
+        config["files"] = [[path, os.path.getsize(path)] for path in files]
+    manifest = load_manifest(out_dir, config)
+    shards = manifest["shards"]
+    if manifest["complete"] or (max_shards is not None and len(shards) >= max_shards):
+        print(f"{out_dir}: {len(shards)} shards already done, nothing to do")
+        return manifest
+    manifest["complete"] = False
+    save_manifest(out_dir, manifest)          # written before any shard: see load_manifest's check
+    first_doc = shards[-1]["next_doc"] if shards else 0
+    first_offset = shards[-1]["next_offset"] if shards else 0
+
+    load_gpt2_encoder()                       # fail here, with a clear message, not inside the workers
+    if files is None:
+        ds = load_hub_dataset(source, name, split, streaming, text_field)
+        documents, total = hub_documents(ds, text_field, first_doc), hub_document_count(ds, split)
+    else:
+        # Skipping finished documents is cheap: they are read but not tokenized.
+        documents, total = itertools.islice(read_local_documents(files, text_field), first_doc, None), None
+    if shards:
+        print(f"resuming after {len(shards)} finished shards, at document {first_doc:,}")
+
+    progress = tqdm(total=total, initial=first_doc, unit="docs", unit_scale=True, desc=f"{out_dir}")
+    pool = multiprocessing.Pool(workers, initializer=init_worker) if workers > 1 else None
+    try:
+        if pool is None:
+            init_worker()
+            token_arrays = map(tokenize, documents)
+        else:                                 # imap keeps the documents' order: shards are deterministic
+            token_arrays = pool.imap(tokenize, documents, chunksize=16)
+        token_arrays = counting(token_arrays, progress)
+        for tokens, next_doc, next_offset in shard_tokens(token_arrays, shard_size, first_doc, first_offset):
+            index = len(shards)
+            save_shard(out_dir, index, tokens)
+            shards.append(dict(file=shard_name(index), tokens=len(tokens), next_doc=next_doc,
+                               next_offset=next_offset))
+            manifest["complete"] = next_doc is None
+            save_manifest(out_dir, manifest)
+            progress.set_postfix(shards=len(shards), refresh=False)
+            if max_shards is not None and len(shards) >= max_shards and not manifest["complete"]:
+                break
+        else:
+            manifest["complete"] = True       # also when the data ends exactly at a shard boundary
+            save_manifest(out_dir, manifest)
+    finally:
+        if pool is not None:
+            pool.terminate()
+        progress.close()
+    if not shards:
+        raise ValueError(f"{source} holds no documents")
+    total_tokens = sum(s["tokens"] for s in shards)
+    print(f"{out_dir}: {len(shards)} shards, {total_tokens:,} tokens"
+          + ("" if manifest["complete"] else " (stopped early: rerun without --max-shards to finish)"))
+    if manifest["complete"] and len(shards) < 2:
+        print(f"warning: only one shard (the val shard): lower --shard-size to get training shards too")
+    return manifest
+
+
+def counting(items, progress):
+    """Pass items through, ticking the progress bar once per document."""
+    for item in items:
+        progress.update()
+        yield item
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default=DEFAULT_DATASET,
+                        help="local .txt/.jsonl/.parquet file, directory or glob, or a HuggingFace dataset "
+                             f"name (default: {DEFAULT_DATASET})")
+    parser.add_argument("--name", default=None,
+                        help=f"dataset config (default: {DEFAULT_CONFIG} for {DEFAULT_DATASET})")
+    parser.add_argument("--split", default="train", help="dataset split to read (default: train)")
+    parser.add_argument("--streaming", action="store_true",
+                        help="stream the HuggingFace dataset instead of downloading it to the cache first")
+    parser.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
+    parser.add_argument("--out-dir", default="edu_fineweb10B", help="where shards go (default: edu_fineweb10B)")
+    parser.add_argument("--shard-size", type=int, default=10**8,
+                        help="tokens per shard (default: 100_000_000)")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="tokenizer processes (default: half the CPU cores; 1 = no pool)")
+    parser.add_argument("--max-shards", type=int, default=None,
+                        help="stop after this many shards in total (a rerun without it continues)")
+    args = parser.parse_args(argv)
+    try:
+        build_shards(source=args.source, name=args.name, split=args.split, streaming=args.streaming,
+                     text_field=args.text_field, out_dir=args.out_dir, shard_size=args.shard_size,
+                     workers=args.workers, max_shards=args.max_shards)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished shards are kept; run the same command again to resume")
+
+
+if __name__ == "__main__":                    # required where pools spawn fresh interpreters (macOS, Windows)
+    main()
