@@ -1,0 +1,516 @@
+"""GPT-2, written to be read: the same function as HuggingFace's GPT2LMHeadModel, with the same parameter names.
+
+    python model.py --init gpt2 --prompt "Hello, I'm a language model,"     # OpenAI's weights (downloads once)
+    python model.py --ckpt log/model.pt --prompt "The tokenizer"            # a checkpoint from train_gpt2.py
+
+Besides the model this file holds what every model-side script shares: the tokenizer choice, the device
+choice, and the checkpoint format (save_checkpoint / load_checkpoint).
+"""
+import argparse
+import math
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# The four published GPT-2 sizes. All share block_size 1024 and the 50257-token BPE vocabulary.
+GPT_SIZES = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),          # 124M parameters
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),   # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),      # 1558M
+}
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024       # longest context (number of learned position embeddings)
+    vocab_size: int = 50257      # ids the tokenizer can produce
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0         # GPT-2 was trained with 0.1; pretraining from scratch here uses 0
+    attn: str = "flash"          # "flash": F.scaled_dot_product_attention; "plain": explicit masked softmax
+    vocab_multiple: int = 1      # pad the embedding rows to a multiple of this: 64 turns 50257 into 50304,
+                                 # a "nicer" matrix size for GPU kernels; the extra ids are never produced
+    layer_norm_epsilon: float = 1e-5
+
+    @property
+    def padded_vocab_size(self):
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.attn not in ("flash", "plain"):
+            raise ValueError(f"attn must be 'flash' or 'plain', not {self.attn!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+# ---------------------------------------------------------------------------------------------
+class KVCache:
+    """Keys and values of the positions seen so far, for every layer, preallocated up to block_size.
+
+    During generation each new token then costs one position of compute instead of the whole prefix.
+    """
+
+    def __init__(self, config, batch_size, device, dtype):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled; GPT.forward advances it after all layers have written
+
+    def update(self, layer, k, v):
+        """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys and values so far."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.residual_scale_init = True
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.attn, self.layer_idx = config.attn, layer_idx
+
+    def forward(self, x, kv_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.length
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        # Query i (at absolute position past + i) may look at keys 0 .. past + i.
+        # With no past this is the usual square causal mask; a single new query may look at everything.
+        mask = None
+        if past > 0 and T > 1:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        causal = past == 0 and T > 1
+        dropout = self.dropout if self.training else 0.0
+        if self.attn == "flash":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        else:  # the textbook computation, kept for the speed ablation and as a cross-check
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            if causal:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))
+            att = F.dropout(F.softmax(att, dim=-1), p=dropout, training=self.training)
+            y = att @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.residual_scale_init = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # GPT-2 used the tanh approximation of GELU ("gelu_new" in HuggingFace); one fused kernel here.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)  # pre-norm residual blocks, as in GPT-2
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying: one matrix reads and writes tokens
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # GPT-2 paper: N(0, 0.02) everywhere; the projections that add into the residual stream are scaled
+        # by 1/sqrt(2 * n_layer) so the stream's variance does not grow with depth (two adds per layer).
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_scale_init", False):
+                std *= (2 * self.config.n_layer) ** -0.5
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def hidden_states(self, idx, kv_cache=None):
+        """Final-layer-norm output (B, T, n_embd) for token ids idx (B, T)."""
+        B, T = idx.size()
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
+        """Returns (logits, loss). Targets equal to -1 are ignored (e.g. prompt tokens, padding).
+
+        reduction="none" returns (None, per-token loss (B, T), 0 where the target is -1) and applies lm_head
+        only where a target exists: scoring a few completion tokens then skips the vocabulary projection for
+        the whole context.
+        """
+        x = self.hidden_states(idx, kv_cache)
+        if targets is None:
+            return self.lm_head(x), None
+        if reduction == "mean":
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return logits, loss
+        if reduction == "none":
+            scored = targets != -1
+            token_loss = torch.zeros(targets.shape, dtype=torch.float32, device=x.device)
+            logits = self.lm_head(x[scored])
+            token_loss[scored] = F.cross_entropy(logits, targets[scored], reduction="none").float()
+            return None, token_loss
+        raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
+
+    def num_params(self, non_embedding=False):
+        """Parameter count, the tied wte/lm_head matrix counted once: 124,439,808 for GPT-2 small.
+
+        non_embedding=True leaves out the position embeddings (a lookup, no FLOPs); the token embedding
+        stays because, tied to lm_head, it is also the last matmul.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    # --- speed accounting -------------------------------------------------------------------------
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 * L * H * Q * T."""
+        c = self.config
+        T = seq_len or c.block_size
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T
+
+    def estimate_mfu(self, tokens_per_second, peak_flops, seq_len=None):
+        """Model FLOPs utilisation: achieved training FLOP/s as a fraction of the device's peak."""
+        return self.flops_per_token(seq_len) * tokens_per_second / peak_flops
+
+    # --- generation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
+                 use_cache=True):
+        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 is greedy decoding.
+
+        With use_cache each step feeds only the newest token. Once the sequence outgrows block_size the
+        context is cropped to the last block_size tokens exactly as without the cache; the positions of the
+        kept tokens then shift, so the cache is rebuilt from the cropped context at each such step.
+        """
+        was_training = self.training
+        self.eval()
+        block_size = self.config.block_size
+        cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype) if use_cache else None
+        for _ in range(max_new_tokens):
+            if cache is not None and 0 < cache.length < block_size:
+                x = self.hidden_states(idx[:, -1:], cache)              # only the newest token
+            else:
+                if cache is not None:
+                    cache.length = 0                                     # (re)fill from the cropped context
+                x = self.hidden_states(idx[:, -block_size:], cache)
+            logits = self.lm_head(x[:, -1, :])
+            logits[:, self.config.vocab_size:] = float("-inf")          # padded ids are never real tokens
+            idx_next = sample_next_token(logits, temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        self.train(was_training)
+        return idx
+
+    # --- HuggingFace interop ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path, **config_overrides):
+        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') via transformers, or a local
+        directory written by GPT2LMHeadModel.save_pretrained (or by our save_hf)."""
+        hf = _load_hf_gpt2(name_or_path)
+        hc = hf.config
+        config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
+                           n_head=hc.n_head, n_embd=hc.n_embd, layer_norm_epsilon=hc.layer_norm_epsilon,
+                           **config_overrides)
+        model = cls(config)
+        model.load_hf_state_dict(hf.state_dict())
+        return model
+
+    def load_hf_state_dict(self, hf_state):
+        """Copy a GPT2LMHeadModel state dict in, checking every name and shape.
+
+        HuggingFace keeps OpenAI's Conv1D layout (in_features, out_features) for the four projections;
+        nn.Linear stores (out, in), so those weights are transposed.
+        """
+        ours = self.state_dict()
+        hf_state = {k: v for k, v in hf_state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        missing, unexpected = sorted(ours.keys() - hf_state.keys()), sorted(hf_state.keys() - ours.keys())
+        if missing or unexpected:
+            raise ValueError(f"not a GPT-2 state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            for name, value in hf_state.items():
+                if name.endswith(_CONV1D_WEIGHTS):
+                    value = value.t()
+                target = ours[name]
+                if name in _VOCAB_ROWS and value.size(0) < target.size(0) and value.shape[1:] == target.shape[1:]:
+                    target = target[:value.size(0)]  # padded vocab: fill the real rows, keep the padding's init
+                if value.shape != target.shape:
+                    raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(value.shape)}, "
+                                     f"model {tuple(target.shape)}")
+                target.copy_(value)
+
+    def save_hf(self, out_dir):
+        """Write a directory that transformers' GPT2LMHeadModel.from_pretrained loads (padded vocab cut back)."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+        c = self.config
+        hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                               n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon,
+                               activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout,
+                               attn_pdrop=c.dropout, bos_token_id=c.vocab_size - 1, eos_token_id=c.vocab_size - 1)
+        state = {}
+        for name, value in _strip_prefixes(self.state_dict()).items():
+            if name.endswith(_CONV1D_WEIGHTS):
+                value = value.t()
+            if name in _VOCAB_ROWS:
+                value = value[:c.vocab_size]
+            state[name] = value.detach().to("cpu", torch.float32).contiguous()
+        hf = GPT2LMHeadModel(hf_config)
+        hf.load_state_dict(state, strict=True)
+        # Write beside the target, then swap it in: a crash never leaves a half-written export behind.
+        tmp, old = f"{out_dir}.tmp", f"{out_dir}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        hf.save_pretrained(tmp)
+        if os.path.exists(out_dir):
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return out_dir
+
+
+_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
+
+
+def _load_hf_gpt2(name_or_path):
+    from transformers import AutoConfig, GPT2LMHeadModel  # imported here: transformers is slow to import
+    if not os.path.isdir(name_or_path) and name_or_path not in GPT_SIZES:
+        raise ValueError(f"unknown model {name_or_path!r}: use one of {', '.join(GPT_SIZES)} "
+                         "or a directory written by save_pretrained")
+    try:
+        hf_config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        hint = " (no network? the HuggingFace hub is unreachable)" if name_or_path in GPT_SIZES else ""
+        raise ValueError(f"could not load {name_or_path!r}{hint}: {str(e).splitlines()[0]}") from None
+    if hf_config.model_type != "gpt2":
+        raise ValueError(f"{name_or_path!r} holds a {hf_config.model_type!r} model, not GPT-2")
+    unsupported = [what for what, bad in [
+        ("activation " + str(hf_config.activation_function),
+         hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh")),
+        ("n_inner", hf_config.n_inner not in (None, 4 * hf_config.n_embd)),
+        ("scale_attn_by_inverse_layer_idx", hf_config.scale_attn_by_inverse_layer_idx),
+        ("reorder_and_upcast_attn", hf_config.reorder_and_upcast_attn),
+        ("scale_attn_weights=False", not hf_config.scale_attn_weights)] if bad]
+    if unsupported:
+        raise ValueError(f"{name_or_path!r} uses GPT-2 options this model does not implement: {unsupported}")
+    return GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
+
+
+def _strip_prefixes(state):
+    """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes wrappers add to names."""
+    clean = {}
+    for name, value in state.items():
+        while name.startswith(("_orig_mod.", "module.")):
+            name = name.split(".", 1)[1]
+        clean[name] = value
+    return clean
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None:
+        # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the scripts share: devices, tokenizers, checkpoints
+# ---------------------------------------------------------------------------------------------
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; more specific names first.
+PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                   ("GH200", 989e12), ("A100", 312e12), ("4090", 165.2e12), ("3090", 71e12), ("L4", 121e12)]
+
+
+def peak_flops(device):
+    """The dense bf16 peak of a known CUDA card, else None (then ask the user for --peak-flops)."""
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+
+
+def auto_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class ByteTokenizer:
+    """Raw UTF-8 bytes as tokens (ids 0..255) plus <|endoftext|> = 256: needs no vocabulary file."""
+    name = "byte"
+    n_vocab = 257
+    eot_token = 256
+
+    def encode_ordinary(self, text):
+        return list(text.encode("utf-8"))
+
+    def encode(self, text, **kwargs):
+        return self.encode_ordinary(text)
+
+    def decode(self, ids):
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+def get_tokenizer(name):
+    """'gpt2' (tiktoken's Encoding: .name, .n_vocab, .eot_token, .encode_ordinary, .decode) or 'byte'."""
+    if name == "byte":
+        return ByteTokenizer()
+    if name != "gpt2":
+        raise ValueError(f"unknown tokenizer {name!r}: use 'gpt2' or 'byte'")
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken fetches its BPE files once; requests/OS errors surface from deep inside
+        raise ValueError("could not load GPT-2's BPE files (tiktoken downloads them once, then caches them "
+                         f"in TIKTOKEN_CACHE_DIR; offline?): {type(e).__name__}") from None
+
+
+def save_checkpoint(path, model, tokenizer, **extra):
+    """Write {'model', 'config', 'tokenizer', **extra} to path atomically (temp file, fsync, rename).
+
+    A crash or kill at any moment leaves either the old file or the new one, never half of one.
+    `extra` may hold what torch.load(weights_only=True) accepts: tensors, containers, str/int/float/bool/None.
+    """
+    raw = getattr(model, "_orig_mod", model)   # torch.compile wrapper
+    raw = getattr(raw, "module", raw)          # DDP wrapper
+    checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
+                  "tokenizer": tokenizer, **extra}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu", **config_overrides):
+    """Rebuild the model saved by save_checkpoint. Returns (model, checkpoint dict)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:120]})") from None
+    if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' entries)")
+    known = {f.name for f in fields(GPTConfig)}
+    try:
+        config = GPTConfig(**{**{k: v for k, v in checkpoint["config"].items() if k in known}, **config_overrides})
+        model = GPT(config)
+        model.load_state_dict(_strip_prefixes(checkpoint["model"]))
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"{path} does not match its own config: {str(e).splitlines()[0][:200]}") from None
+    return model.to(device), checkpoint
+
+
+# ---------------------------------------------------------------------------------------------
+# python model.py: sample from OpenAI's weights or from a checkpoint
+# ---------------------------------------------------------------------------------------------
+def main():
+    parser = argparse.ArgumentParser(description="Sample text from GPT-2 or a checkpoint of train_gpt2.py.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--init", default=None, help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF directory")
+    source.add_argument("--ckpt", default=None, help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
+    parser.add_argument("--prompt", default="Hello, I'm a language model,")
+    parser.add_argument("--num-samples", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    args = parser.parse_args()
+    if args.num_samples < 1 or args.max_new_tokens < 0:
+        sys.exit("error: --num-samples must be >= 1 and --max-new-tokens >= 0")
+    device = auto_device() if args.device == "auto" else args.device
+    try:
+        if args.ckpt:
+            model, checkpoint = load_checkpoint(args.ckpt, device)
+            enc = get_tokenizer(checkpoint.get("tokenizer", "gpt2"))
+        else:
+            model = GPT.from_pretrained(args.init or "gpt2").to(device)
+            enc = get_tokenizer("gpt2")
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    prompt = enc.encode_ordinary(args.prompt) or [enc.eot_token]
+    if len(prompt) >= model.config.block_size:
+        sys.exit(f"error: the prompt is {len(prompt)} tokens; this model reads at most {model.config.block_size}")
+    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, generator=generator)
+    for i, row in enumerate(out.tolist()):
+        print(f"--- sample {i}\n{enc.decode(row)}")
+
+
+if __name__ == "__main__":
+    main()
