@@ -1,0 +1,570 @@
+"""Byte-level BPE tokenizer: exact to the textbook algorithm, fast enough to train on megabytes in seconds.
+
+    python bpe.py manual.txt 1024                 # train, save manual.model / manual.vocab, check round trip
+    python bpe.py manual.txt 4096 --pattern gpt2 --special '<|endoftext|>' -o out/mytok
+    python bpe.py --load manual.model --encode "Hello world"     # print the ids of a text
+
+In Python:
+
+    from bpe import Tokenizer
+    tok = Tokenizer("gpt4")                       # or "gpt2", or None (classic BPE over raw bytes)
+    tok.train(text, vocab_size=1024)
+    ids = tok.encode("hello world"); assert tok.decode(ids) == "hello world"
+    gpt2 = Tokenizer.from_tiktoken("gpt2")        # same ids as tiktoken.get_encoding("gpt2")
+
+The interface is minbpe's (merges: (a, b) -> id, vocab: id -> bytes, save/load, special tokens).
+
+Training learns exactly the merges of the textbook algorithm: split the text into regex chunks, count
+every adjacent pair of tokens in every chunk (overlaps count: "aaa" has (a, a) twice), merge the most
+frequent pair everywhere (left to right, no overlap), repeat. Ties go to the pair whose first occurrence
+comes first in the current token sequence (what `max(counts, key=counts.get)` returns for a dict filled in
+text order). The textbook recounts the whole text for every merge; we get the same answer much faster:
+
+  1. identical chunks are trained once, weighted by how often they occur;
+  2. all distinct chunks are laid side by side in one doubly linked list of tokens (node = byte position);
+  3. each pair keeps its count and the ascending list of positions where it occurs, so a merge only
+     touches the places where the merged pair actually is;
+  4. a heap ordered by (-count, position of first occurrence) picks the next merge. Counts only go down
+     and first occurrences only move right for existing pairs (new pairs always contain the new token),
+     so a stale heap entry is never worse than the truth: pop, re-check, push back if it changed.
+
+The .model file is minbpe's "minbpe v1" text format (which minbpe can read back), except for tokenizers
+whose single bytes do not have ids 0..255 (GPT-2's, from tiktoken): they get "bpe v2", which is v1 plus
+one line after the special tokens listing the id of each byte 0..255. load() reads both.
+"""
+import argparse
+import heapq
+import os
+import sys
+import time
+import unicodedata
+import warnings
+from collections import Counter
+from itertools import chain
+
+import regex
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: the fast, exact merge loop
+# ---------------------------------------------------------------------------------------------
+
+def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
+    """Learn up to `num_merges` merges over byte strings `chunks` (distinct, in order of first appearance)
+    that occur `counts` times each. Returns [((a, b), new_id), ...] in merge order; fewer if pairs ran out."""
+    # One linked list over all chunks side by side: node i is byte i of the concatenation.
+    tok, nxt, prv, weight = [], [], [], []
+    for chunk, count in zip(chunks, counts):
+        start, n = len(tok), len(chunk)
+        tok.extend(chunk)
+        nxt.extend(range(start + 1, start + n + 1))
+        nxt[-1] = -1                      # chunks never merge across their border
+        prv.extend(range(start - 1, start + n - 1))
+        prv[start] = -1
+        weight.extend([count] * n)
+
+    # Pair -> total count, and pair -> ascending positions where it occurs (some may go stale later).
+    pair_count, where = {}, {}
+    for i, (a, b, j) in enumerate(zip(tok, tok[1:], nxt)):
+        if j < 0:
+            continue
+        pair = (a, b)
+        if pair in pair_count:
+            pair_count[pair] += weight[i]
+            where[pair].append(i)
+        else:
+            pair_count[pair] = weight[i]
+            where[pair] = [i]
+    scanned = {}                          # pair -> how many leading entries of where[pair] are known stale
+
+    def first_position(pair):
+        """Position of the pair's first live occurrence (None if none is left)."""
+        a, b = pair
+        positions = where[pair]
+        for k in range(scanned.get(pair, 0), len(positions)):
+            i = positions[k]
+            if tok[i] == a:
+                j = nxt[i]
+                if j >= 0 and tok[j] == b:
+                    scanned[pair] = k
+                    return i
+        scanned[pair] = len(positions)
+        return None
+
+    heap = [(-c, where[pair][0], pair) for pair, c in pair_count.items()]
+    heapq.heapify(heap)
+
+    merges = []
+    for new_id in range(first_id, first_id + num_merges):
+        pair = _pop_best(heap, pair_count, first_position)
+        if pair is None:
+            break
+        merges.append((pair, new_id))
+        touched = _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where)
+        del pair_count[pair], where[pair]
+        scanned.pop(pair, None)
+        for new_pair in touched:          # pairs containing new_id: push them with their final counts
+            c = pair_count[new_pair]
+            if c > 0:
+                heapq.heappush(heap, (-c, first_position(new_pair), new_pair))
+        if progress is not None:
+            progress(pair, new_id)
+    return merges
+
+
+def _pop_best(heap, pair_count, first_position):
+    """Pop the most frequent pair, ties to the earliest first occurrence; stale entries are refreshed."""
+    while heap:
+        neg_count, pos, pair = heapq.heappop(heap)
+        count = pair_count.get(pair, 0)
+        if count <= 0:
+            continue
+        if count == -neg_count:
+            true_pos = first_position(pair)
+            if true_pos == pos:
+                return pair
+        else:
+            true_pos = first_position(pair)
+        heapq.heappush(heap, (-count, true_pos, pair))
+    return None
+
+
+def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):
+    """Merge every live occurrence of `pair`, left to right; update neighbour pair counts and positions.
+    Returns the set of new pairs (all contain new_id)."""
+    a, b = pair
+    touched = set()
+    for i in where[pair]:                 # ascending, so this is left to right with no overlap
+        if tok[i] != a:
+            continue                      # stale: node absorbed or already merged into something else
+        j = nxt[i]
+        if j < 0 or tok[j] != b:
+            continue
+        w = weight[i]
+        left, right = prv[i], nxt[j]
+        if left >= 0:                     # (x, a) becomes (x, new)
+            old = (tok[left], a)
+            pair_count[old] -= w
+            new = (tok[left], new_id)
+            if new in pair_count:
+                pair_count[new] += w
+                where[new].append(left)
+            else:
+                pair_count[new] = w
+                where[new] = [left]
+            touched.add(new)
+        if right >= 0:                    # (b, y) becomes (new, y)
+            old = (b, tok[right])
+            pair_count[old] -= w
+            new = (new_id, tok[right])
+            if new in pair_count:
+                pair_count[new] += w
+                where[new].append(i)
+            else:
+                pair_count[new] = w
+                where[new] = [i]
+            touched.add(new)
+            prv[right] = i
+        tok[i], tok[j] = new_id, -1
+        nxt[i] = right
+    return touched
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding one chunk: the textbook rule (merge the lowest-id pair present, everywhere, repeat)
+# ---------------------------------------------------------------------------------------------
+
+def encode_chunk(ids, merges):
+    """Apply `merges` ((a, b) -> id) to the list `ids`: repeatedly merge all occurrences (left to right)
+    of the present pair with the lowest merge id. Long chunks use a heap over a linked list."""
+    if len(ids) > 64:
+        return _encode_long_chunk(ids, merges)
+    get, never = merges.get, float("inf")
+    while len(ids) >= 2:
+        ranks = [get(p, never) for p in zip(ids, ids[1:])]
+        best = min(ranks)
+        if best == never:
+            break
+        out, i, n = [], 0, len(ids)
+        while i < n:
+            if i < n - 1 and ranks[i] == best:
+                out.append(best)
+                i += 2
+            else:
+                out.append(ids[i])
+                i += 1
+        ids = out
+    return ids
+
+
+def _encode_long_chunk(ids, merges):
+    """Same result as the loop above in O(n log n): lowest (merge id, position) first from a heap."""
+    n = len(ids)
+    tok, nxt, prv = list(ids), list(range(1, n + 1)), list(range(-1, n - 1))
+    nxt[-1] = -1
+    heap = [(merges[p], i) for i, p in enumerate(zip(ids, ids[1:])) if p in merges]
+    heapq.heapify(heap)
+    while heap:
+        new_id, i = heapq.heappop(heap)
+        j = nxt[i] if tok[i] >= 0 else -1
+        if j < 0 or merges.get((tok[i], tok[j])) != new_id:
+            continue                      # stale entry
+        tok[i], tok[j] = new_id, -1
+        right = nxt[j]
+        nxt[i] = right
+        if right >= 0:
+            prv[right] = i
+            r = merges.get((new_id, tok[right]))
+            if r is not None:
+                heapq.heappush(heap, (r, i))
+        left = prv[i]
+        if left >= 0:
+            r = merges.get((tok[left], new_id))
+            if r is not None:
+                heapq.heappush(heap, (r, left))
+    out, i = [], 0
+    while i >= 0:
+        out.append(tok[i])
+        i = nxt[i]
+    return out
+
+
+class _ChunkCache(dict):
+    """chunk text -> tuple of ids; a miss encodes the chunk (so lookups stay inside C code)."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def __missing__(self, chunk):
+        ids = self[chunk] = tuple(self.tokenizer._encode_bytes(chunk.encode("utf-8")))
+        return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+# ---------------------------------------------------------------------------------------------
+
+class Tokenizer:
+    def __init__(self, pattern="gpt4", special_tokens=None):
+        if pattern in PATTERNS:
+            pattern = PATTERNS[pattern]
+        self.pattern = pattern or None
+        self.compiled_pattern = regex.compile(self.pattern) if self.pattern else None
+        self.byte_ids = list(range(256))  # the id of each raw byte (a permutation for GPT-2's ranks)
+        self.merges = {}                  # (id, id) -> id, in merge order
+        self.special_tokens, self.inverse_special_tokens = {}, {}
+        self._pending_special = []        # special tokens given by name only: numbered after training
+        self._rebuild_vocab()
+        if isinstance(special_tokens, dict):
+            self.register_special_tokens(special_tokens)
+        elif special_tokens:
+            self._pending_special = list(special_tokens)
+            self._number_pending_special()
+
+    # ----- vocabulary bookkeeping -----
+    def _rebuild_vocab(self):
+        self.vocab = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
+        for (a, b), i in self.merges.items():
+            self.vocab[i] = self.vocab[a] + self.vocab[b]
+        for s, i in self.special_tokens.items():
+            self.vocab[i] = s.encode("utf-8")
+        self._cache = _ChunkCache(self)
+        self._special_regex = None
+
+    def _number_pending_special(self):
+        next_id = 256 + len(self.merges)
+        self.register_special_tokens({s: next_id + k for k, s in enumerate(self._pending_special)})
+
+    def register_special_tokens(self, special_tokens):
+        """special_tokens: dict str -> id (ids outside the merged vocabulary)."""
+        self.special_tokens = dict(special_tokens)
+        self.inverse_special_tokens = {i: s for s, i in self.special_tokens.items()}
+        self._rebuild_vocab()
+
+    @property
+    def n_vocab(self):
+        return len(self.vocab)
+
+    # ----- training -----
+    def split(self, text):
+        return self.compiled_pattern.findall(text) if self.compiled_pattern else ([text] if text else [])
+
+    def train(self, text, vocab_size, verbose=False, progress=False):
+        """Learn vocab_size - 256 merges from text (exactly the textbook merges, see module docstring)."""
+        if vocab_size < 256:
+            raise ValueError(f"vocab_size must be at least 256 (the single bytes), got {vocab_size}.")
+        chunk_counts = Counter(self.split(text))           # distinct chunks, in order of first appearance
+        chunks = [c.encode("utf-8") for c in chunk_counts]
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=vocab_size - 256, unit="merge", desc="training")
+        vocab = {i: bytes([i]) for i in range(256)}
+
+        def report(pair, new_id):
+            vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
+            if verbose:
+                print(f"merge {new_id - 255}/{vocab_size - 256}: {pair} -> {new_id} ({vocab[new_id]!r})")
+            if bar is not None:
+                bar.update(1)
+
+        learned = learn_merges(chunks, list(chunk_counts.values()), vocab_size - 256, progress=report)
+        if bar is not None:
+            bar.close()
+        if len(learned) < vocab_size - 256:
+            warnings.warn(f"no pairs left to merge after {len(learned)} merges: the vocabulary stops at "
+                          f"{256 + len(learned)} tokens instead of {vocab_size}.", stacklevel=2)
+        self.byte_ids = list(range(256))
+        self.merges = dict(learned)
+        if self._pending_special:
+            self._number_pending_special()
+        else:
+            self._rebuild_vocab()
+        return self
+
+    # ----- encoding / decoding -----
+    def _encode_bytes(self, data):
+        return encode_chunk([self.byte_ids[b] for b in data], self.merges)
+
+    def encode_ordinary(self, text):
+        """Encode text, treating special-token strings as ordinary text."""
+        if self.compiled_pattern is None:
+            return list(self._encode_bytes(text.encode("utf-8")))
+        return list(chain.from_iterable(map(self._cache.__getitem__, self.compiled_pattern.findall(text))))
+
+    def encode(self, text, allowed_special="none_raise"):
+        """allowed_special: "all", "none" (specials are ordinary text), "none_raise" (raise if the text
+        contains one; the default, like tiktoken), or a set of special-token strings to honour."""
+        if allowed_special == "all":
+            special = self.special_tokens
+        elif allowed_special == "none":
+            special = {}
+        elif allowed_special == "none_raise":
+            special = {}
+            found = [s for s in self.special_tokens if s in text]
+            if found:
+                raise ValueError(f"the text contains the special token {found[0]!r}; pass allowed_special="
+                                 f"'all' (or a set) to encode it as one token, or 'none' to treat it as text.")
+        elif isinstance(allowed_special, (set, frozenset, list, tuple)):
+            special = {s: i for s, i in self.special_tokens.items() if s in allowed_special}
+        else:
+            raise ValueError(f"allowed_special={allowed_special!r} is not understood: use 'all', 'none', "
+                             f"'none_raise' or a set of special tokens.")
+        if not special:
+            return self.encode_ordinary(text)
+        # Longest first, so a special token that contains another one wins.
+        pattern = "(" + "|".join(regex.escape(s) for s in sorted(special, key=len, reverse=True)) + ")"
+        ids = []
+        for k, part in enumerate(regex.split(pattern, text)):
+            if k % 2:
+                ids.append(special[part])
+            elif part:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def decode(self, ids):
+        try:
+            data = b"".join(self.vocab[i] for i in ids)
+        except KeyError as e:
+            raise ValueError(f"token id {e.args[0]} is not in this tokenizer's vocabulary.") from None
+        return data.decode("utf-8", errors="replace")
+
+    # ----- tiktoken interop -----
+    @classmethod
+    def from_tiktoken(cls, encoding):
+        """A Tokenizer giving exactly the ids of a tiktoken Encoding (or its name, e.g. "gpt2")."""
+        import tiktoken
+        enc = tiktoken.get_encoding(encoding) if isinstance(encoding, str) else encoding
+        ranks = enc._mergeable_ranks
+        tok = cls(pattern=enc._pat_str)
+        try:
+            tok.byte_ids = [ranks[bytes([b])] for b in range(256)]
+        except KeyError:
+            raise ValueError(f"tiktoken encoding {enc.name!r} lacks some single bytes; cannot rebuild it.") from None
+        if sorted(ranks.values()) != list(range(len(ranks))):
+            raise ValueError(f"tiktoken encoding {enc.name!r} has gaps in its ranks; cannot rebuild merges.")
+        # Each multi-byte token t was made from the two parts that BPE with lower ranks leaves of t.
+        merges = {}
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            if len(token) == 1:
+                continue
+            parts = _tiktoken_bpe(ranks, token, max_rank=rank)
+            if len(parts) != 2:
+                raise ValueError(f"tiktoken encoding {enc.name!r}: token {token!r} (rank {rank}) is not the "
+                                 f"merge of two lower-ranked tokens.")
+            merges[(ranks[parts[0]], ranks[parts[1]])] = rank
+        tok.merges = merges
+        tok.register_special_tokens(dict(enc._special_tokens))
+        return tok
+
+    def to_tiktoken(self, name="bpe"):
+        """A tiktoken Encoding serving these merges (tiktoken merges by the rank of the joined bytes, which
+        gives the same ids as encode() whenever every token's bytes has one id; checked here)."""
+        import tiktoken
+        ranks = {}
+        for i, token in self.vocab.items():
+            if i in self.inverse_special_tokens:
+                continue
+            if token in ranks:
+                raise ValueError(f"tokens {ranks[token]} and {i} are both {token!r}; tiktoken needs one id per "
+                                 f"byte string, so this vocabulary cannot be served by tiktoken.")
+            ranks[token] = i
+        pattern = self.pattern if self.pattern else r"[\s\S]+"
+        return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
+                                 special_tokens=dict(self.special_tokens))
+
+    # ----- save / load -----
+    def save(self, file_prefix):
+        """Write file_prefix.model (to load) and file_prefix.vocab (to read), atomically."""
+        identity = self.byte_ids == list(range(256))
+        lines = ["minbpe v1" if identity else "bpe v2", self.pattern or "", str(len(self.special_tokens))]
+        lines += [f"{s} {i}" for s, i in self.special_tokens.items()]
+        if not identity:
+            lines.append(" ".join(map(str, self.byte_ids)))
+        for k, ((a, b), i) in enumerate(self.merges.items()):
+            assert i == 256 + k, "merge ids must be 256, 257, ... in order"
+            lines.append(f"{a} {b}")
+        _write_atomic(file_prefix + ".model", "\n".join(lines) + "\n")
+        parents = {i: pair for pair, i in self.merges.items()}
+        vocab_lines = []
+        for i, token in sorted(self.vocab.items()):
+            if i in parents:
+                a, b = parents[i]
+                vocab_lines.append(f"[{render_token(self.vocab[a])}][{render_token(self.vocab[b])}] -> "
+                                   f"[{render_token(token)}] {i}")
+            else:
+                vocab_lines.append(f"[{render_token(token)}] {i}")
+        _write_atomic(file_prefix + ".vocab", "\n".join(vocab_lines) + "\n")
+
+    def load(self, model_file):
+        """Read a .model file written by save() or by minbpe (v1). Raises ValueError if it is not one."""
+        if not str(model_file).endswith(".model"):
+            raise ValueError(f"{model_file}: expected a .model file.")
+        if not os.path.isfile(model_file):
+            raise FileNotFoundError(f"{model_file}: no such file.")
+        try:
+            with open(model_file, encoding="utf-8") as f:
+                lines = f.read().split("\n")
+            version, pattern, n_special = lines[0], lines[1], int(lines[2])
+            if version not in ("minbpe v1", "bpe v2"):
+                raise ValueError(f"unknown header {version[:40]!r}")
+            special = {}
+            for line in lines[3:3 + n_special]:
+                s, i = line.rsplit(" ", 1)
+                special[s] = int(i)
+            rest = lines[3 + n_special:]
+            byte_ids = list(range(256))
+            if version == "bpe v2":
+                byte_ids = [int(x) for x in rest.pop(0).split()]
+                if sorted(byte_ids) != list(range(256)):
+                    raise ValueError("the byte line is not a permutation of 0..255")
+            merges = {}
+            for k, line in enumerate(x for x in rest if x.strip()):
+                a, b = map(int, line.split())
+                if not (0 <= a < 256 + k and 0 <= b < 256 + k):
+                    raise ValueError(f"merge {k} uses an id that does not exist yet")
+                merges[(a, b)] = 256 + k
+            compiled = regex.compile(pattern) if pattern else None
+        except (ValueError, IndexError, UnicodeDecodeError, regex.error) as e:
+            raise ValueError(f"{model_file} is not a valid tokenizer .model file ({e}).") from None
+        self.pattern, self.compiled_pattern = pattern or None, compiled
+        self.byte_ids, self.merges, self._pending_special = byte_ids, merges, []
+        self.register_special_tokens(special)
+        return self
+
+
+def _tiktoken_bpe(ranks, token, max_rank):
+    """Split `token` by BPE using only merges ranked below max_rank (tiktoken's rule: lowest-ranked join)."""
+    parts = [bytes([b]) for b in token]
+    while True:
+        best, best_rank = None, None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < max_rank and (best_rank is None or r < best_rank):
+                best, best_rank = i, r
+        if best is None:
+            return parts
+        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+
+
+def render_token(token):
+    """Bytes -> printable text: invalid UTF-8 becomes U+FFFD, control characters become \\uXXXX."""
+    s = token.decode("utf-8", errors="replace")
+    return "".join(c if unicodedata.category(c)[0] != "C" else f"\\u{ord(c):04x}" for c in s)
+
+
+def _write_atomic(path, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def read_text(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file.")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (bad byte at offset {e.start}).") from None
+
+
+def train_cli(args):
+    text = read_text(args.text)
+    if args.vocab_size < 256:
+        raise ValueError(f"vocab_size must be at least 256 (the single bytes), got {args.vocab_size}.")
+    prefix = args.output or os.path.splitext(args.text)[0]
+    tok = Tokenizer(args.pattern, special_tokens=args.special or None)
+    t0 = time.perf_counter()
+    tok.train(text, args.vocab_size, progress=True)
+    seconds = time.perf_counter() - t0
+    tok.save(prefix)
+    ids = tok.encode(text, allowed_special="all")
+    if tok.decode(ids) != text:
+        raise RuntimeError("round trip failed: decode(encode(text)) != text (this is a bug, please report it).")
+    print(f"trained {len(tok.merges)} merges on {len(text.encode()):,} bytes in {seconds:.2f} s "
+          f"({len(tok.merges) / max(seconds, 1e-9):,.0f} merges/s)")
+    print(f"saved {prefix}.model and {prefix}.vocab")
+    print(f"round trip ok: {len(ids):,} tokens, {len(text.encode()) / max(len(ids), 1):.2f} bytes per token")
+    longest = sorted(tok.merges.values(), key=lambda i: len(tok.vocab[i]), reverse=True)[:10]
+    print("longest tokens: " + ", ".join(repr(tok.vocab[i].decode("utf-8", errors="replace")) for i in longest))
+
+
+def encode_cli(args):
+    tok = Tokenizer().load(args.load)
+    text = args.encode if args.encode is not None else read_text(args.text)
+    ids = tok.encode(text, allowed_special="all")
+    print(" ".join(map(str, ids)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("text", nargs="?", default="manual.txt", help="UTF-8 training text (default manual.txt)")
+    parser.add_argument("vocab_size", nargs="?", type=int, default=1024, help="256 + number of merges")
+    parser.add_argument("--pattern", choices=["gpt4", "gpt2", "none"], default="gpt4",
+                        help="split regex before BPE; none = classic BPE over the raw bytes")
+    parser.add_argument("--special", action="append", default=[],
+                        help="special token to add after the merges, e.g. '<|endoftext|>' (repeatable)")
+    parser.add_argument("-o", "--output", help="output prefix (default: the text's path without extension)")
+    parser.add_argument("--load", help="encode with this .model instead of training (the text or --encode)")
+    parser.add_argument("--encode", help="with --load: the text to encode")
+    args = parser.parse_args(argv)
+    try:
+        encode_cli(args) if args.load else train_cli(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
