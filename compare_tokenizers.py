@@ -25,7 +25,7 @@ SAMPLES = {
     "English": "Hello, world! A tokenizer turns text into the integers that a language model reads.",
     "Chinese": "你好，世界！分词器把文本变成语言模型能读懂的整数。",
 }
-OTHER_ENCODINGS = ("cl100k_base", "o200k_base")  # GPT-4's and GPT-4o's tokenizers
+OTHER_ENCODINGS = ("cl100k_base", "o200k_base")  # GPT-4's and GPT-4o's tokenizers, shown when tiktoken has them
 GPT2_N_EMBD = 768  # width of GPT-2 small: every vocabulary entry costs one row of this many parameters
 
 # -----------------------------------------------------------------------------
@@ -65,6 +65,9 @@ def load_or_train_ours(model_path, corpus_path, vocab_size):
     if os.path.exists(model_path):
         tok.load(model_path)
         return tok
+    if not os.path.isfile(corpus_path):
+        raise FileNotFoundError(f"{model_path} does not exist and {corpus_path}, the text to train it on, is missing "
+                                f"too (pass --corpus, or train one with: python bpe.py TEXT 1024)")
     text = bpe.read_text(corpus_path)
     print(f"{model_path} not found: training it on {corpus_path} to vocab size {vocab_size} ...")
     tok.train(text, vocab_size, progress=True)
@@ -314,7 +317,7 @@ def q6_python(ctx):
     for name, c in encoders.items():
         lines.append(f"{line!r}, {name}: {show_pieces(c, c.encode(line))}")
     if "cl100k_base" not in ctx.others:
-        lines.append("(cl100k_base could not be loaded, so a GPT-4-pattern BPE trained at vocab 512 on this script's "
+        lines.append("(cl100k_base is not loaded here, so a GPT-4-pattern BPE trained at vocab 512 on this script's "
                      "own source stands in for a tokenizer that has seen code)")
     return Answer(
         "Why did GPT-2 have trouble with Python?",
@@ -434,6 +437,8 @@ def parse_args(argv=None):
     p.add_argument("--plot", default="tokenizers.png", help="bar chart PNG ('' for none)")
     p.add_argument("--explain", type=int, nargs="?", const=0, metavar="N",
                    help="answer the ten tokenization questions (or just question N)")
+    p.add_argument("--others", default=",".join(OTHER_ENCODINGS),
+                   help="more tiktoken encodings to compare, comma-separated ('' for none; offline they are skipped)")
     p.add_argument("--sizes", default="300,512,1024,2048", help="vocabulary sizes for --explain 2")
     return p.parse_args(argv)
 
@@ -462,7 +467,7 @@ def run(args):
     ours_name = f"ours ({os.path.basename(args.model)}, {len(ours.vocab)})"
     gpt2, why_not = load_tiktoken("gpt2")
     others = {}
-    for name in OTHER_ENCODINGS:
+    for name in filter(None, args.others.split(",")):
         enc, reason = load_tiktoken(name)
         if enc is not None:
             others[name] = enc
