@@ -54,7 +54,7 @@ def load_tiktoken(name):
     try:
         return tiktoken.get_encoding(name), None
     except Exception as e:  # offline: requests' ConnectionError, or a wrong hash, or an unknown name
-        return None, f"{name} could not be loaded ({type(e).__name__}; offline?), skipped"
+        return None, f"{name} could not be loaded ({type(e).__name__}; offline?)"
 
 
 def load_or_train_ours(model_path, corpus_path, vocab_size):
@@ -79,13 +79,6 @@ def load_or_train_ours(model_path, corpus_path, vocab_size):
 # Measuring: tokens, bytes per token, characters per token
 
 
-def measure(contender, label, text):
-    ids = contender.encode(text)
-    n_bytes, n_chars = len(text.encode("utf-8")), len(text)
-    return dict(tokenizer=contender.name, text=label, chars=n_chars, bytes=n_bytes, tokens=len(ids), ids=ids,
-                bytes_per_token=n_bytes / max(len(ids), 1), chars_per_token=n_chars / max(len(ids), 1))
-
-
 def show_pieces(contender, ids, limit=60):
     """'|Hello|,| world|': each token's bytes; bytes that are only part of a UTF-8 character show as \\xNN."""
     def show(i):
@@ -94,6 +87,14 @@ def show_pieces(contender, ids, limit=60):
     pieces = "|".join(show(i) for i in ids[:limit])
     more = f" ... (+{len(ids) - limit} more)" if len(ids) > limit else ""
     return f"|{pieces}|{more}"
+
+
+def measure(contender, label, text):
+    ids = contender.encode(text)
+    n_bytes, n_chars = len(text.encode("utf-8")), len(text)
+    return dict(tokenizer=contender.name, text=label, chars=n_chars, bytes=n_bytes, tokens=len(ids), ids=ids,
+                bytes_per_token=n_bytes / max(len(ids), 1), chars_per_token=n_chars / max(len(ids), 1),
+                pieces=show_pieces(contender, ids))
 
 
 def markdown_table(headers, rows):
@@ -443,17 +444,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def run(args):
+def check_inputs(args):
+    """Validate every flag and read every text before anything slow happens. Returns (texts, sizes)."""
     if args.explain is not None and not 0 <= args.explain <= len(QUESTIONS):
         raise ValueError(f"--explain takes a question number 1..{len(QUESTIONS)}, got {args.explain}")
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         raise ValueError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
-    if any(s < 256 for s in sizes):
-        raise ValueError(f"--sizes must all be at least 256 (the byte tokens), got {args.sizes!r}")
-    if args.vocab_size < 256:
-        raise ValueError(f"--vocab-size must be at least 256, got {args.vocab_size}")
+    if min(sizes + [args.vocab_size]) < 256:
+        raise ValueError("--sizes and --vocab-size must be at least 256 (the single bytes)")
     texts = dict(SAMPLES)
     for i, text in enumerate(args.text, 1):
         texts[f"text {i}"] = text
@@ -462,42 +462,52 @@ def run(args):
     for label, text in texts.items():
         if not text:
             raise ValueError(f"{label} is empty: there is nothing to tokenize")
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise FileNotFoundError(f"cannot write {args.plot}: its folder does not exist")
+    return texts, sizes
 
+
+def run(args):
+    texts, sizes = check_inputs(args)
     ours = load_or_train_ours(args.model, args.corpus, args.vocab_size)
-    ours_name = f"ours ({os.path.basename(args.model)}, {len(ours.vocab)})"
-    gpt2, why_not = load_tiktoken("gpt2")
+    gpt2, gpt2_missing = load_tiktoken("gpt2")
     others = {}
     for name in filter(None, args.others.split(",")):
         enc, reason = load_tiktoken(name)
         if enc is not None:
             others[name] = enc
         else:
-            print(f"note: {reason}")
-
+            print(f"note: {reason}, skipped")
     if args.explain is not None:
         if gpt2 is None:
-            raise ValueError(f"--explain needs GPT-2's tokenizer: {why_not}; set TIKTOKEN_CACHE_DIR to a filled cache")
-        ctx = Context(gpt2=gpt2, ours=ours, corpus=bpe.read_text(args.corpus) if args.explain in (0, 2) else "",
-                      sizes=sizes, others=others)
-        for number, question in enumerate(QUESTIONS, 1):
-            if args.explain in (0, number):
-                print_answer(number, question(ctx))
+            raise ValueError(f"--explain needs GPT-2's tokenizer: {gpt2_missing}; set TIKTOKEN_CACHE_DIR to a filled cache")
+        corpus = bpe.read_text(args.corpus) if args.explain in (0, 2) else ""
+        explain(Context(gpt2=gpt2, ours=ours, corpus=corpus, sizes=sizes, others=others), args.explain)
         return
-
-    contenders = [from_ours(ours, ours_name)]
+    contenders = [from_ours(ours, f"ours ({os.path.basename(args.model)}, {len(ours.vocab)})")]
     if gpt2 is not None:
         contenders.append(from_tiktoken(gpt2))
     else:
-        print(f"note: {why_not}")
+        print(f"note: {gpt2_missing}, skipped")
     contenders += [from_tiktoken(enc) for enc in others.values()]
+    compare(contenders, texts, args.plot)
+
+
+def explain(ctx, which):
+    for number, question in enumerate(QUESTIONS, 1):
+        if which in (0, number):
+            print_answer(number, question(ctx))
+
+
+def compare(contenders, texts, plot_path):
     rows = [measure(c, label, text) for label, text in texts.items() for c in contenders]
     print(comparison_table(rows))
     print()
-    for row, c in zip(rows, (c for _ in texts for c in contenders)):
-        print(f"{row['text']}, {row['tokenizer']}: {show_pieces(c, row['ids'])}")
-    if args.plot:
-        plot_comparison(rows, args.plot)
-        print(f"\nwrote {args.plot}")
+    for r in rows:
+        print(f"{r['text']}, {r['tokenizer']}: {r['pieces']}")
+    if plot_path:
+        plot_comparison(rows, plot_path)
+        print(f"\nwrote {plot_path}")
 
 
 def main(argv=None):

@@ -176,7 +176,8 @@ def test_compare_explain_facts_match_independent_counts(compare_files, gpt2_enc)
     assert q10["hello "]["gpt2"] == gpt2_enc.encode("hello") + gpt2_enc.encode(" ")
 
 
-@pytest.mark.parametrize("case", ["missing_file", "corrupt_model", "no_model_no_corpus", "bad_question", "empty_text"])
+@pytest.mark.parametrize("case", ["missing_file", "corrupt_model", "no_model_no_corpus", "bad_question",
+                                  "empty_text", "bad_sizes", "plot_folder_missing"])
 def test_compare_bad_input_is_one_line_error(compare_files, case, capsys):
     d = compare_files["dir"]
     (d / "corrupt.model").write_text("minbpe v1\n\n0\n1 2 3\n", encoding="utf-8")
@@ -186,13 +187,16 @@ def test_compare_bad_input_is_one_line_error(compare_files, case, capsys):
         "no_model_no_corpus": ["--model", str(d / "absent.model"), "--corpus", str(d / "absent.txt")],
         "bad_question": _compare_argv(compare_files, "--explain", "11"),
         "empty_text": _compare_argv(compare_files, "--text", ""),
+        "bad_sizes": _compare_argv(compare_files, "--explain", "2", "--sizes", "512,100"),
+        "plot_folder_missing": _compare_argv(compare_files, "--plot", str(d / "no" / "such" / "dir.png")),
     }[case]
     with pytest.raises(SystemExit) as e:
         ct.main(argv)
     msg = str(e.value.code)
     assert msg.startswith("error: ") and "\n" not in msg
     assert {"missing_file": "nope.txt", "corrupt_model": "corrupt.model", "no_model_no_corpus": "absent.txt",
-            "bad_question": "1..10", "empty_text": "empty"}[case] in msg
+            "bad_question": "1..10", "empty_text": "empty", "bad_sizes": "at least 256",
+            "plot_folder_missing": "dir.png"}[case] in msg
 
 
 def test_compare_cli_unreadable_model_no_traceback(compare_files, tmp_path):
