@@ -1,0 +1,552 @@
+"""HellaSwag evaluation for GPT-2 style models, in both published conventions, batched and DDP-aware.
+
+Each HellaSwag example is a context and 4 candidate endings; the model "answers" by picking the ending
+it finds most likely. Two conventions are in use and give different numbers for the same model:
+
+  --style nanogpt   the well-known GPT-2 reproduction: context = the `ctx` field, each ending rendered as
+                    " " + ending; acc picks the smallest summed completion loss, acc_norm the smallest
+                    mean per-token loss.
+  --style harness   lm-evaluation-harness: the query is a cleaned-up
+                    "activity_label: ctx_a Ctx_b" (brackets and [title] markers removed), acc picks the
+                    largest summed log-likelihood, acc_norm the largest log-likelihood per character of
+                    the ending.
+
+Run it:
+    python hellaswag.py -m gpt2                       # OpenAI's weights (any of the four sizes)
+    python hellaswag.py --ckpt log/model.pt           # a checkpoint written by train_gpt2.py
+    python hellaswag.py -m gpt2 --hf                  # score with transformers' GPT2LMHeadModel instead
+    python hellaswag.py -m gpt2 --style harness --limit 500 --out preds.jsonl
+
+train_gpt2.py imports `load_examples` and `evaluate`. Scoring is batched: each example becomes ONE packed
+row (the context once, then its 4 endings, each ending attending only to the context and to itself), many
+rows per forward pass, sorted by length to cut padding, and the vocabulary projection runs only where an
+ending token is predicted. The result equals scoring each (context, ending) pair on its own.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+import torch
+import torch.nn.functional as F
+
+# The dataset's own public repository (the HuggingFace copy is the same data).
+DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
+SPLITS = ("train", "val", "test")
+STYLES = ("nanogpt", "harness")
+DEFAULT_DATA_DIR = os.environ.get("HELLASWAG_DIR",
+                                  os.path.join(os.path.dirname(os.path.abspath(__file__)), "hellaswag"))
+REQUIRED_KEYS = ("ctx", "ctx_a", "ctx_b", "activity_label", "endings")
+
+# -----------------------------------------------------------------------------------------------------
+# 1. Data: download once into a cache directory, then read and validate the jsonl file.
+# -----------------------------------------------------------------------------------------------------
+
+
+def download(url, path, timeout=30):
+    """Stream `url` into `path` with a progress bar. The bytes go to path + ".tmp" first and are renamed
+    only when complete, so an interrupted download never leaves a truncated file behind."""
+    import requests
+    from tqdm import tqdm
+    tmp = path + ".tmp"
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            response.raise_for_status()
+            total = int(response.headers.get("content-length", 0)) or None
+            with open(tmp, "wb") as f, tqdm(total=total, unit="iB", unit_scale=True,
+                                            desc=os.path.basename(path), disable=total is None) as bar:
+                for chunk in response.iter_content(chunk_size=1 << 16):
+                    bar.update(f.write(chunk))
+        os.replace(tmp, path)
+    except requests.RequestException as e:
+        raise ValueError(f"could not download {url} ({type(e).__name__}); offline? "
+                         f"Pass a local copy with --file hellaswag_val.jsonl") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def parse_example(line, where):
+    """One jsonl line -> an example dict, checked for the fields scoring needs."""
+    try:
+        example = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(example, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(example).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in example]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+    endings = example["endings"]
+    if not (isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) for e in endings)):
+        raise ValueError(f"{where}: 'endings' must be a list of 4 strings")
+    if not all(isinstance(example[k], str) for k in ("ctx", "ctx_a", "ctx_b", "activity_label")):
+        raise ValueError(f"{where}: ctx, ctx_a, ctx_b and activity_label must be strings")
+    label = example.get("label")  # the test split hides its labels
+    if label is not None:
+        if isinstance(label, str) and label.isdigit():
+            label = int(label)
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < 4:
+            raise ValueError(f"{where}: 'label' must be 0, 1, 2 or 3, got {example['label']!r}")
+    example["label"] = label
+    return example
+
+
+def load_examples(split="val", data_dir=None, file=None, limit=None):
+    """Read HellaSwag examples from `file`, or from data_dir/hellaswag_{split}.jsonl, downloading it first
+    if it is not there yet. Raises ValueError (one sentence) when offline or when a line is malformed."""
+    if file is None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        data_dir = data_dir or DEFAULT_DATA_DIR
+        os.makedirs(data_dir, exist_ok=True)
+        file = os.path.join(data_dir, f"hellaswag_{split}.jsonl")
+        if not os.path.exists(file):
+            download(DATA_URL.format(split=split), file)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"HellaSwag file {file} does not exist")
+    examples = []
+    with open(file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if limit is not None and len(examples) >= limit:
+                break
+            if line.strip():
+                examples.append(parse_example(line, f"{file} line {lineno}"))
+    if not examples:
+        raise ValueError(f"{file} holds no examples")
+    return examples
+
+# -----------------------------------------------------------------------------------------------------
+# 2. Rendering: an example -> context tokens, 4 ending-token lists (and the ending's character count).
+# -----------------------------------------------------------------------------------------------------
+
+
+def harness_preprocess(text):
+    """lm-evaluation-harness's clean-up of HellaSwag text (the brackets are WikiHow scraping artefacts)."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")  # one pass, as the harness does: three spaces become two
+
+
+def render_parts(example, enc, style="nanogpt"):
+    """-> (context tokens, [4 ending-token lists], [4 ending lengths in characters]).
+
+    The ending tokens are exactly those each convention scores. The character lengths are the
+    harness's normaliser: len() of the cleaned ending without the space that joins it to the context."""
+    if style == "nanogpt":
+        context = enc.encode_ordinary(example["ctx"])
+        endings = [enc.encode_ordinary(" " + e) for e in example["endings"]]
+        return context, endings, [len(e) for e in example["endings"]]
+    if style != "harness":
+        raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
+    query = harness_preprocess(example["activity_label"] + ": " + example["ctx_a"] + " "
+                               + example["ctx_b"].capitalize())
+    choices = [harness_preprocess(e) for e in example["endings"]]
+    # Like the harness, tokenize context + continuation as one string and cut it where the context's own
+    # tokens end; trailing spaces of the context move to the continuation first.
+    stripped = query.rstrip()
+    space, query = query[len(stripped):], stripped
+    context = enc.encode_ordinary(query)
+    endings = [enc.encode_ordinary(query + space + " " + c)[len(context):] for c in choices]
+    return context, endings, [len(c) for c in choices]
+
+
+def render_example(example, enc, style="nanogpt"):
+    """-> tokens (4, T) long, mask (4, T) long (1 on ending tokens), label: one row per ending,
+    context + ending, right-padded with zeros (the layout of the well-known reproduction)."""
+    context, endings, _ = render_parts(example, enc, style)
+    rows = [context + e for e in endings]
+    T = max(len(r) for r in rows)
+    tokens = torch.zeros((4, T), dtype=torch.long)
+    mask = torch.zeros((4, T), dtype=torch.long)
+    for i, (row, ending) in enumerate(zip(rows, endings)):
+        tokens[i, :len(row)] = torch.tensor(row)
+        mask[i, len(context):len(row)] = 1
+    return tokens, mask, example["label"]
+
+# -----------------------------------------------------------------------------------------------------
+# 3. Scoring: per-ending summed completion loss (= minus the log-likelihood) and token counts.
+# -----------------------------------------------------------------------------------------------------
+
+
+def unwrap(model):
+    """The plain nn.Module under torch.compile (._orig_mod) and DistributedDataParallel (.module)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def is_hf_model(model):
+    return type(unwrap(model)).__module__.startswith("transformers")
+
+
+def ending_losses_loop(model, example, enc, device, style="nanogpt"):
+    """The one-example-per-forward recipe: full logits for the (4, T) rows, cross-entropy everywhere,
+    keep the masked positions. The reference the batched scorer must agree with. -> (4,) summed losses."""
+    tokens, mask, _ = render_example(example, enc, style)
+    tokens, mask = tokens.to(device), mask.to(device)
+    logits = model(tokens).logits if is_hf_model(model) else model(tokens)[0]
+    logits = logits[..., :unwrap(model).config.vocab_size]
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+    return (losses.view(4, -1) * mask[:, 1:]).sum(dim=1)
+
+
+def pack_batch(parts, pad_to=1):
+    """Lay out each example as ONE row: [context, ending 0, ending 1, ending 2, ending 3], right-padded.
+
+    Returns idx (B, L), pos (B, L) positions as if each ending followed the context alone, seg (B, L)
+    (0 context, 1..4 ending, -1 padding), and for every ending token: the row, the position whose output
+    predicts it, its id and which (example, ending) it belongs to."""
+    L = max(len(c) + sum(len(e) for e in ends) for c, ends, _ in parts)
+    L = -(-L // pad_to) * pad_to
+    B = len(parts)
+    idx = torch.zeros((B, L), dtype=torch.long)
+    pos = torch.zeros((B, L), dtype=torch.long)
+    seg = torch.full((B, L), -1, dtype=torch.long)
+    rows, sources, targets, owner = [], [], [], []
+    for b, (context, endings, _) in enumerate(parts):
+        n = len(context)
+        idx[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(context), torch.arange(n), 0
+        start = n
+        for i, ending in enumerate(endings):
+            m = len(ending)
+            idx[b, start:start + m] = torch.tensor(ending)
+            pos[b, start:start + m] = torch.arange(n, n + m)
+            seg[b, start:start + m] = i + 1
+            # the first ending token is predicted by the last context token, the others by their predecessor
+            sources += [n - 1] + list(range(start, start + m - 1))
+            rows += [b] * m
+            targets += ending
+            owner += [4 * b + i] * m
+            start += m
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return idx, pos, seg, as_tensor(rows), as_tensor(sources), as_tensor(targets), as_tensor(owner)
+
+
+def packed_losses(model, idx, pos, seg, rows, sources, targets, chunk=4096):
+    """Forward the packed rows through the model's own modules with an attention mask that lets a token
+    see earlier context tokens and earlier tokens of its own ending only, then the per-token loss of
+    every ending token. Mathematically identical to running each context + ending on its own."""
+    transformer, config = model.transformer, model.config
+    causal = torch.ones(idx.size(1), idx.size(1), dtype=torch.bool, device=idx.device).tril()
+    same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, query, key)
+    attn_mask = (causal & same)[:, None]  # broadcast over heads
+    x = transformer.wte(idx) + transformer.wpe(pos)
+    for block in transformer.h:
+        x = x + packed_attention(block.attn, block.ln_1(x), attn_mask, config.n_head)
+        x = x + block.mlp(block.ln_2(x))
+    hidden = transformer.ln_f(x[rows, sources])  # only the positions that predict an ending token
+    losses = []
+    for i in range(0, len(targets), chunk):  # bounded memory: chunk x vocab logits at a time
+        logits = model.lm_head(hidden[i:i + chunk])[:, :config.vocab_size]
+        losses.append(F.cross_entropy(logits.float(), targets[i:i + chunk], reduction="none"))
+    return torch.cat(losses)
+
+
+def packed_attention(attn, x, attn_mask, n_head):
+    B, T, C = x.shape
+    q, k, v = attn.c_attn(x).split(C, dim=2)
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def context_window(model):
+    config = unwrap(model).config
+    return getattr(config, "block_size", None) or config.n_positions  # ours / HuggingFace's name
+
+
+def ending_losses_loop(model, example, enc, device, style="nanogpt"):
+    """The one-example-per-forward loop of the well-known recipe: full logits for the (4, T) rows,
+    cross-entropy at every position, keep the ending positions. -> (4,) summed losses. It is the
+    reference the batched scorer must agree with, and the baseline of `python bench.py hellaswag`."""
+    tokens, mask, _ = render_example(example, enc, style)
+    tokens, mask = tokens.to(device), mask.to(device)
+    logits = model(tokens).logits if is_hf_model(model) else model(tokens)[0]
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+    return (losses.view(4, -1) * mask[:, 1:]).sum(dim=1)
+
+
+def rows_batch(parts):
+    """Each (context, ending) pair as its own row, right-padded: idx (4B, T), targets (4B, T) holding the
+    next token where it is an ending token and -1 elsewhere."""
+    rows = [(context, ending) for context, endings, _ in parts for ending in endings]
+    T = max(len(c) + len(e) for c, e in rows) - 1
+    idx = torch.zeros((len(rows), T), dtype=torch.long)
+    targets = torch.full((len(rows), T), -1, dtype=torch.long)
+    for r, (context, ending) in enumerate(rows):
+        full = torch.tensor(context + ending)
+        idx[r, :len(full) - 1] = full[:-1]
+        targets[r, len(context) - 1:len(full) - 1] = full[len(context):]
+    return idx, targets
+
+
+def rows_losses(model, idx, targets):
+    """Summed ending loss per row, using the model's own forward (ours or HuggingFace's)."""
+    if is_hf_model(model):
+        logits = model(idx).logits.float()
+        losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
+        return losses.view(targets.shape).sum(dim=1)
+    _, losses = model(idx, targets, reduction="none")  # lm_head runs on the ending positions only
+    return losses.sum(dim=1)
+
+
+def pack_batch(parts, pad_to=1):
+    """Lay out each example as ONE row: [context, ending 0, ending 1, ending 2, ending 3], right-padded
+    to a multiple of pad_to. The context is computed once instead of four times.
+
+    Returns idx (B, L); pos (B, L), the positions each token would have with its ending right after the
+    context; seg (B, L): 0 context, 1..4 ending, -1 padding; and for every ending token (N in all): its
+    row, the position whose output predicts it, its id, and which ending (4 * example + i) it belongs to."""
+    L = max(len(c) + sum(len(e) for e in ends) for c, ends, _ in parts)
+    L = -(-L // pad_to) * pad_to
+    idx = torch.zeros((len(parts), L), dtype=torch.long)
+    pos = torch.zeros((len(parts), L), dtype=torch.long)
+    seg = torch.full((len(parts), L), -1, dtype=torch.long)
+    rows, sources, targets, owner = [], [], [], []
+    for b, (context, endings, _) in enumerate(parts):
+        n = len(context)
+        idx[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(context), torch.arange(n), 0
+        start = n
+        for i, ending in enumerate(endings):
+            m = len(ending)
+            idx[b, start:start + m] = torch.tensor(ending)
+            pos[b, start:start + m] = torch.arange(n, n + m)
+            seg[b, start:start + m] = i + 1
+            # the last context token predicts every ending's first token; then each token its successor
+            sources += [n - 1] + list(range(start, start + m - 1))
+            rows += [b] * m
+            targets += ending
+            owner += [4 * b + i] * m
+            start += m
+    longs = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return idx, pos, seg, longs(rows), longs(sources), longs(targets), longs(owner)
+
+
+def packed_hidden(model, idx, pos, seg):
+    """The transformer over packed rows, through the model's own modules, with an attention mask that lets
+    a token see the context and the earlier tokens of its own ending only (never another ending)."""
+    transformer, n_head = model.transformer, model.config.n_head
+    causal = torch.ones(idx.size(1), idx.size(1), dtype=torch.bool, device=idx.device).tril()
+    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, query, key)
+    attn_mask = (causal & visible)[:, None]  # (B, 1, L, L): the same for every head
+    x = transformer.wte(idx) + transformer.wpe(pos)
+    for block in transformer.h:
+        h = block.ln_1(x)
+        B, T, C = h.shape
+        q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in block.attn.c_attn(h).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        x = x + block.mlp(block.ln_2(x))
+    return x
+
+
+def packed_losses(model, idx, pos, seg, rows, sources, targets, chunk=4096, hidden_fn=packed_hidden):
+    """Per-token loss (N,) of every ending token of a packed batch. lm_head runs only on the N positions
+    that predict an ending token, chunk rows at a time so the (N, vocab) logits never all exist at once."""
+    x = hidden_fn(model, idx, pos, seg)
+    x = model.transformer.ln_f(x[rows, sources])
+    losses = [F.cross_entropy(model.lm_head(x[i:i + chunk]).float(), targets[i:i + chunk], reduction="none")
+              for i in range(0, len(targets), chunk)]
+    return torch.cat(losses)
+
+
+_compiled_hidden = None
+
+
+def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt", autocast_dtype=None,
+                   method="auto", compile=False, progress=False):
+    """Score every example; -> one dict per example, in input order (see score_record).
+
+    method "packed" (the default for our GPT) puts each example in one row with its context once;
+    "rows" (the default for a HuggingFace model) scores each context + ending as its own row with the
+    model's own forward. Either way batch_size examples go through one forward pass, longest first."""
+    global _compiled_hidden
+    from tqdm import tqdm
+    raw = unwrap(model)
+    if method == "auto":
+        method = "rows" if is_hf_model(raw) else "packed"
+    if method not in ("packed", "rows"):
+        raise ValueError(f"unknown method {method!r}; choose packed or rows")
+    parts = [render_parts(ex, enc, style) for ex in examples]
+    window = context_window(raw)
+    for ex, (context, endings, _) in zip(examples, parts):
+        if not context or not all(endings):
+            raise ValueError(f"example ind={ex.get('ind')} has an empty context or ending after tokenizing")
+        if len(context) + max(map(len, endings)) > window:
+            raise ValueError(f"example ind={ex.get('ind')} is longer than the model's context ({window} tokens)")
+    hidden_fn = packed_hidden
+    if compile:  # fixed shapes so the compiled graph is reused: pad the length to 64s and the batch full
+        _compiled_hidden = _compiled_hidden or torch.compile(packed_hidden, dynamic=False)
+        hidden_fn = _compiled_hidden
+    length = lambda j: len(parts[j][0]) + sum(map(len, parts[j][1]))  # noqa: E731
+    order = sorted(range(len(parts)), key=length, reverse=True)  # a too-big batch fails at the start
+    sums = torch.zeros(len(parts), 4, dtype=torch.float64)
+    autocast = torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with torch.inference_mode(), autocast:
+        for start in tqdm(range(0, len(order), batch_size), desc="hellaswag", disable=not progress):
+            batch = order[start:start + batch_size]
+            batch_parts = [parts[j] for j in batch]
+            if method == "rows":
+                idx, targets = rows_batch(batch_parts)
+                sums[batch] = rows_losses(model, idx.to(device), targets.to(device)).double().cpu().view(-1, 4)
+                continue
+            if compile:
+                batch_parts += [batch_parts[-1]] * (batch_size - len(batch_parts))
+            idx, pos, seg, rows, sources, targets, owner = pack_batch(batch_parts, pad_to=64 if compile else 1)
+            losses = packed_losses(raw, *(t.to(device) for t in (idx, pos, seg, rows, sources, targets)),
+                                   hidden_fn=hidden_fn).double().cpu()
+            per_ending = torch.zeros(4 * len(batch_parts), dtype=torch.float64).index_add_(0, owner, losses)
+            sums[batch] = per_ending.view(-1, 4)[:len(batch)]
+    return [score_record(ex, s.tolist(), part, style) for ex, s, part in zip(examples, sums, parts)]
+
+
+def best(values, largest=False):
+    """Index of the smallest (or largest) value; ties go to the first, like numpy's argmin/argmax."""
+    pick = max if largest else min
+    return pick(range(len(values)), key=lambda i: values[i])
+
+
+def score_record(example, losses_sum, part, style):
+    """Both conventions' numbers for one example, and the predictions of the chosen style."""
+    _, endings, chars = part
+    losses_mean = [s / len(e) for s, e in zip(losses_sum, endings)]
+    loglik_per_char = [-s / max(c, 1) for s, c in zip(losses_sum, chars)]
+    pred_norm = best(losses_mean) if style == "nanogpt" else best(loglik_per_char, largest=True)
+    return dict(ind=example.get("ind"), label=example["label"], losses_sum=losses_sum, losses_mean=losses_mean,
+                loglik_per_char=loglik_per_char, pred=best(losses_sum), pred_norm=pred_norm)
+
+# -----------------------------------------------------------------------------------------------------
+# 4. Accuracy, summed over DDP ranks: every rank scores its shard, the counts are all-reduced.
+# -----------------------------------------------------------------------------------------------------
+
+
+def evaluate(model, examples, enc, device, batch_size=16, style="nanogpt", autocast_dtype=None,
+             method="auto", compile=False, progress=False):
+    """-> dict(acc, acc_norm, n, correct, correct_norm, style). Under torch.distributed every rank must
+    call it; rank r scores examples r, r + world, ... and the counts are summed over ranks."""
+    import torch.distributed as dist
+    if any(ex["label"] is None for ex in examples):
+        raise ValueError("some examples have no label (the test split hides them): cannot compute accuracy")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    shard = examples[rank::world]
+    records = score_examples(model, shard, enc, device, batch_size, style, autocast_dtype, method, compile,
+                             progress=progress and rank == 0) if shard else []
+    counts = torch.tensor(count_correct(records), dtype=torch.long, device=device)
+    if world > 1:
+        dist.all_reduce(counts)
+    return summarize(*counts.tolist(), style=style)
+
+
+def count_correct(records):
+    """-> [n, correct, correct_norm] for records that carry a label."""
+    return [len(records), sum(r["pred"] == r["label"] for r in records),
+            sum(r["pred_norm"] == r["label"] for r in records)]
+
+
+def summarize(n, correct, correct_norm, style):
+    return dict(acc=correct / max(n, 1), acc_norm=correct_norm / max(n, 1), n=n, correct=correct,
+                correct_norm=correct_norm, style=style)
+
+# -----------------------------------------------------------------------------------------------------
+# 5. Command line
+# -----------------------------------------------------------------------------------------------------
+
+
+def load_model(args, device):
+    """-> (model, its name for the summary line) from -m / --ckpt, as our GPT or (--hf) transformers'."""
+    import model as gpt_model
+    if args.ckpt:
+        model, checkpoint = gpt_model.load_checkpoint(args.ckpt, device)
+        tokenizer = checkpoint.get("tokenizer", "gpt2")
+        if tokenizer != "gpt2":
+            raise ValueError(f"{args.ckpt} was trained with the {tokenizer!r} tokenizer; HellaSwag's published "
+                             "numbers (and this script) use GPT-2's BPE tokenizer")
+        if args.hf:  # export through save_hf, then score with GPT2LMHeadModel: an independent forward pass
+            import tempfile
+            from transformers import GPT2LMHeadModel
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save_hf(os.path.join(tmp, "hf"))
+                model = GPT2LMHeadModel.from_pretrained(os.path.join(tmp, "hf"), dtype=torch.float32)
+        name = args.ckpt
+    elif args.hf:
+        gpt_model._load_hf_gpt2(args.model)  # the same checks and one-line errors as GPT.from_pretrained
+        from transformers import GPT2LMHeadModel
+        model, name = GPT2LMHeadModel.from_pretrained(args.model, dtype=torch.float32), args.model
+    else:
+        model, name = gpt_model.GPT.from_pretrained(args.model), args.model
+    return model.to(device).eval(), name + (" (transformers)" if args.hf else "")
+
+
+def write_jsonl(path, records):
+    """One JSON line per example, written atomically."""
+    keys = ("ind", "label", "losses_sum", "losses_mean", "loglik_per_char", "pred", "pred_norm")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({k: r[k] for k in keys}) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("-m", "--model", default="gpt2",
+                        help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a save_pretrained directory")
+    source.add_argument("--ckpt", help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
+    parser.add_argument("--hf", action="store_true", help="score with transformers' GPT2LMHeadModel (cross-check)")
+    parser.add_argument("--style", choices=STYLES, default="nanogpt", help="scoring convention (see above)")
+    parser.add_argument("--split", choices=SPLITS, default="val")
+    parser.add_argument("--file", help="a local hellaswag_*.jsonl instead of the download")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="download cache (env HELLASWAG_DIR)")
+    parser.add_argument("--limit", type=int, help="score only the first N examples")
+    parser.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16 runs the forward under autocast (faster on GPUs, not bit-exact)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward (lengths padded to 64s)")
+    parser.add_argument("--out", help="write one JSON line per example here (preds.jsonl)")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        sys.exit("error: --limit must be at least 1")
+    if args.batch_size < 1:
+        sys.exit("error: --batch-size must be at least 1")
+    import time
+    import model as gpt_model
+    device = gpt_model.auto_device() if args.device == "auto" else args.device
+    try:
+        torch.device(device)
+    except RuntimeError:
+        sys.exit(f"error: unknown device {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch sees no CUDA GPU")
+    try:
+        examples = load_examples(args.split, args.data_dir, args.file, args.limit)
+        enc = gpt_model.get_tokenizer("gpt2")
+        model, name = load_model(args, device)
+        t0 = time.perf_counter()
+        records = score_examples(model, examples, enc, device, args.batch_size, args.style,
+                                 torch.bfloat16 if args.dtype == "bfloat16" else None,
+                                 compile=args.compile, progress=True)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    seconds = time.perf_counter() - t0
+    if args.out:
+        write_jsonl(args.out, records)
+    where = args.file or args.split
+    if any(r["label"] is None for r in records):
+        print(f"hellaswag {where} | {name} | {len(records)} examples scored in {seconds:.1f} s; "
+              "no labels in this file, so no accuracy" + (f"; predictions in {args.out}" if args.out else ""))
+        return
+    s = summarize(*count_correct(records), style=args.style)
+    print(f"hellaswag {where} | {name} | style {args.style} | acc {s['acc']:.4f} ({s['correct']}/{s['n']}) | "
+          f"acc_norm {s['acc_norm']:.4f} ({s['correct_norm']}/{s['n']}) | {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
