@@ -1,0 +1,640 @@
+"""LoRA fine-tuning of a GPT-2 checkpoint: low-rank adapters, equal to HuggingFace PEFT, mergeable.
+
+LoRA (Hu et al. 2021) freezes a pretrained weight W (out, in) and learns a low-rank update:
+
+    y = x W^T + b + scaling * (dropout(x) A^T) B^T        A: (r, in), B: (out, r), scaling = alpha / r
+
+B starts at zero, so the fine-tuned model starts exactly equal to the base. Only A and B are trained,
+so the optimizer keeps state for a fraction of a percent of the parameters, and after training
+B A can be added into W ("merged") so that inference costs nothing extra.
+
+Run (the E2E NLG data of the LoRA paper is downloaded into ./e2e on first use):
+
+    python lora.py --ckpt log/model.pt                      # fine-tune a train_gpt2.py checkpoint on E2E
+    python lora.py --init gpt2 --data e2e --merge           # OpenAI's GPT-2, then write a merged checkpoint
+    python lora.py --ckpt log/model.pt --data ../shared/data/e2e_valid.txt   # offline, a local file
+    python lora.py --ckpt log/model.pt --data notes.txt --full               # also full fine-tuning, compare
+    python lora.py --ckpt log/model.pt --adapter log/lora.pt                 # sample with a saved adapter
+
+--data accepts: a .jsonl file with {"prompt": ..., "completion": ...} per line; a text file whose every
+line is `prompt||completion` (the LoRA paper's E2E format); or any other text file, trained as plain
+continuation. Prompt tokens are never trained on (their targets are -1); each example ends with
+<|endoftext|>.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import model as gpt
+
+# ---------------------------------------------------------------------------------------------
+# The adapter
+# ---------------------------------------------------------------------------------------------
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update scaling * B A.
+
+    The wrapper takes over the base layer's own `weight` and `bias` Parameters (the same objects), so
+    the state-dict names of the base weights do not change ("...c_attn.weight") and the adapter adds
+    only "...c_attn.lora_A" and "...c_attn.lora_B".
+
+    `blocks` splits the output features into equal blocks and says which of them get an adapter.
+    GPT-2's fused c_attn computes q, k and v in one matmul (out = 3 * n_embd), and the LoRA paper
+    adapts only q and v: blocks=(True, False, True). Each enabled block gets its own rank-r adapter,
+    stacked along dim 0: lora_A is (2r, in) = [A_q; A_v] and lora_B is (2 * n_embd, r) = [B_q; B_v].
+    That is exactly the layout of loralib's MergedLinear(enable_lora=[True, False, True]), which
+    applies the two B's with a grouped conv1d; here we split and add instead.
+    """
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
+                 blocks=None):
+        super().__init__()
+        if r < 1:
+            raise ValueError(f"LoRA rank r must be at least 1, got {r}.")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias  # the base's own Parameters: names and ties unchanged
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self.blocks = tuple(bool(b) for b in blocks) if blocks else (True,)
+        if self.out_features % len(self.blocks) or not any(self.blocks):
+            raise ValueError(f"blocks={self.blocks} must split {self.out_features} outputs evenly and enable one.")
+        self.block_size = self.out_features // len(self.blocks)
+        self.enabled = [i for i, on in enumerate(self.blocks) if on]
+        self.r, self.alpha, self.rslora = r, alpha, rslora
+        # rsLoRA (Kalajdzievski 2023) scales by alpha / sqrt(r) so that larger ranks keep learning.
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
+        factory = dict(dtype=base.weight.dtype, device=base.weight.device)
+        self.lora_A = nn.Parameter(torch.empty(len(self.enabled) * r, self.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(len(self.enabled) * self.block_size, r, **factory))
+        # PEFT's (and nn.Linear's) default init for A; B = 0 makes the wrapped layer equal the base at start.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        if self.merged:  # B A already lives inside self.weight: adding it again would count it twice
+            return y
+        # Scale the rank-r activations rather than the (much wider) output: same result, fewer flops.
+        h = F.linear(self.dropout(x), self.lora_A) * self.scaling
+        if len(self.blocks) == 1:
+            return y + F.linear(h, self.lora_B)
+        parts = list(y.split(self.block_size, dim=-1))
+        for block, h_i, B_i in zip(self.enabled, h.split(self.r, dim=-1), self.lora_B.split(self.block_size)):
+            parts[block] = parts[block] + F.linear(h_i, B_i)
+        return torch.cat(parts, dim=-1)
+
+    def delta_weight(self):
+        """scaling * B A as an (out, in) matrix; zero rows for blocks without an adapter."""
+        if len(self.blocks) == 1:
+            return self.scaling * (self.lora_B @ self.lora_A)
+        delta = torch.zeros_like(self.weight)
+        for block, A_i, B_i in zip(self.enabled, self.lora_A.split(self.r), self.lora_B.split(self.block_size)):
+            delta[block * self.block_size:(block + 1) * self.block_size] = self.scaling * (B_i @ A_i)
+        return delta
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            self.weight += self.delta_weight().to(self.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.weight -= self.delta_weight().to(self.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self):
+        return (f"in={self.in_features}, out={self.out_features}, r={self.r}, scaling={self.scaling:g}, "
+                f"blocks={self.blocks}, merged={self.merged}")
+
+
+# Target names match module-path suffixes, as in PEFT: "c_attn" wraps every "transformer.h.N.attn.c_attn";
+# "c_proj" would wrap both attn.c_proj and mlp.c_proj. "qv" is the paper's choice: the q and v blocks of c_attn.
+STANDARD_TARGETS = ("qv", "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")
+
+
+def apply_lora(model, r=4, alpha=32.0, dropout=0.0, targets=("qv",), rslora=False):
+    """Freeze every parameter of `model`, then wrap the target nn.Linear layers in LoRALinear (in place).
+
+    Returns the names of the wrapped modules. The tied wte/lm_head weight is never wrapped by the
+    standard targets, so it stays tied and frozen.
+    """
+    targets = list(targets)
+    if "qv" in targets and "c_attn" in targets:
+        raise ValueError("targets 'qv' and 'c_attn' both adapt c_attn; pick one.")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = []
+    for target in targets:
+        suffix, blocks = ("c_attn", (True, False, True)) if target == "qv" else (target, None)
+        hits = [name for name, m in model.named_modules()
+                if isinstance(m, nn.Linear) and (name == suffix or name.endswith("." + suffix))]
+        if not hits:
+            raise ValueError(f"LoRA target '{target}' matches no nn.Linear in the model "
+                             f"(standard targets: {', '.join(STANDARD_TARGETS)}).")
+        for name in hits:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout, rslora, blocks))
+            wrapped.append(name)
+    return wrapped
+
+
+def lora_layers(model):
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
+
+
+def lora_state_dict(model):
+    """Only the adapter tensors (names ending in lora_A / lora_B), on the CPU."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+
+
+def merge_and_unwrap(model):
+    """Add B A into every wrapped weight and put plain nn.Linear layers back: a model save_checkpoint can write."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, LoRALinear):
+            m.merge()
+            linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+            linear.weight, linear.bias = m.weight, m.bias
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+    return model
+
+
+def count_params(model):
+    """(trainable, total); shared (tied) parameters are counted once."""
+    params = list(model.parameters())  # .parameters() already yields a shared Parameter once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def base_fingerprint(model):
+    """SHA-256 of the base weights (names, dtypes, shapes, bytes), adapters excluded; must be unmerged."""
+    if any(m.merged for m in lora_layers(model)):
+        raise ValueError("cannot fingerprint a model whose adapters are merged into its weights.")
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if name.endswith((".lora_A", ".lora_B")):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())  # raw bytes: works for bf16 too
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapter files
+# ---------------------------------------------------------------------------------------------
+
+
+def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer_name, base_is_init=False, **extra):
+    """Adapter-only file: A/B tensors, the LoRA config, and which base (path and weight hash) it belongs to."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    base = {"path": str(base_path), "init": base_is_init, "sha256": base_hash}
+    blob = {"lora": lora_state_dict(model), "lora_config": dict(lora_config), "base": base,
+            "tokenizer": tokenizer_name, **extra}
+    torch.save(blob, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def read_adapter(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"adapter file {path} does not exist.")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say so in one line
+        raise ValueError(f"{path} is not a readable adapter file ({e.__class__.__name__}).") from None
+    if not isinstance(blob, dict) or not {"lora", "lora_config", "base"} <= blob.keys():
+        raise ValueError(f"{path} is not a LoRA adapter written by lora.py (no 'lora'/'lora_config'/'base').")
+    return blob
+
+
+def load_adapter(model, blob, base_hash=None):
+    """Wrap `model` (the unadapted base) as the adapter says and load its A/B; refuse a different base."""
+    base_hash = base_hash or base_fingerprint(model)
+    want = blob["base"]
+    if base_hash != want["sha256"]:
+        raise ValueError(f"adapter was trained on base {want['path']} (weights sha256 {want['sha256'][:12]}...), "
+                         f"but the given base has sha256 {base_hash[:12]}...: pass the matching --ckpt/--init.")
+    cfg = blob["lora_config"]
+    apply_lora(model, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["targets"], cfg["rslora"])
+    params = dict(model.named_parameters())
+    if set(blob["lora"]) != {k for k in params if k.endswith((".lora_A", ".lora_B"))}:
+        raise ValueError("adapter tensors do not match the model's LoRA layers (different architecture?).")
+    with torch.no_grad():
+        for name, t in blob["lora"].items():
+            if params[name].shape != t.shape:
+                raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
+                                 f"the model expects {tuple(params[name].shape)}.")
+            params[name].copy_(t)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: E2E download, reading examples, tokenizing, batching
+# ---------------------------------------------------------------------------------------------
+
+E2E_URL = "https://raw.githubusercontent.com/microsoft/LoRA/main/examples/NLG/data/e2e/{split}.txt"
+
+
+def download(url, path, timeout=30):
+    """Download url to path through a temp file (an interrupted download never leaves a partial file)."""
+    import requests
+    tmp = path + ".tmp"
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as r:
+            r.raise_for_status()
+            with open(tmp, "wb") as f:
+                for chunk in r.iter_content(chunk_size=1 << 20):
+                    f.write(chunk)
+        os.replace(tmp, path)
+    except requests.RequestException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ValueError(f"could not download {url} ({e.__class__.__name__}); offline? "
+                         f"pass a local file instead: --data FILE (prompt||completion lines, .jsonl or .txt).") from None
+
+
+def download_e2e(cache_dir="e2e", splits=("train", "valid", "test")):
+    """The E2E NLG files of the LoRA paper's repository (`meaning representation||sentence` per line)."""
+    os.makedirs(cache_dir, exist_ok=True)
+    paths = {}
+    for split in splits:
+        paths[split] = os.path.join(cache_dir, f"{split}.txt")
+        if not os.path.exists(paths[split]):
+            print(f"downloading E2E {split} -> {paths[split]}")
+            download(E2E_URL.format(split=split), paths[split])
+    return paths
+
+
+def read_examples(path):
+    """A list of (prompt, completion) pairs; a plain text file gives a single ("", text) pair."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path} does not exist.")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".jsonl"):
+        pairs = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    pairs.append((row["prompt"], row["completion"]))
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{path}:{i}: expected a JSON object with 'prompt' and 'completion'.") from None
+        return pairs
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and all("||" in line for line in lines):
+        # Keep the "||" at the end of the prompt: it tells the model where the answer starts.
+        return [(p + "||", c) for p, c in (line.split("||", 1) for line in lines)]
+    return [("", text)]
+
+
+def tokenize(pairs, tokenizer, block_size):
+    """(ids, n_prompt) per example: prompt tokens, completion tokens, <|endoftext|>, at most block_size + 1.
+
+    A single plain-text pair is cut into chunks of block_size + 1 tokens (overlapping by one, so every
+    token is a target once), all of them trained on.
+    """
+    eot = tokenizer.eot_token
+    if len(pairs) == 1 and pairs[0][0] == "":
+        ids = tokenizer.encode_ordinary(pairs[0][1]) + [eot]
+        return [(ids[i:i + block_size + 1], 0) for i in range(0, max(len(ids) - 1, 1), block_size)]
+    examples = []
+    for prompt, completion in pairs:
+        p = tokenizer.encode_ordinary(prompt)
+        ids = (p + tokenizer.encode_ordinary(completion) + [eot])[:block_size + 1]
+        if len(ids) > len(p):  # at least one target left after truncation
+            examples.append((ids, len(p)))
+    return examples
+
+
+def split_examples(examples, val_frac, seed=1337, pairs=None):
+    """Train/val split. Prompt/completion data is split by distinct prompt (val prompts are unseen in
+    training; E2E has several references per prompt); plain text keeps its order (last chunks = val)."""
+    n_val = max(1, round(len(examples) * val_frac))
+    if len(examples) < 2:
+        raise ValueError(f"need at least 2 examples for a train/val split, got {len(examples)}.")
+    if all(n_prompt == 0 for _, n_prompt in examples):
+        return examples[:-n_val], examples[-n_val:]
+    by_prompt = {}
+    for ex in examples:
+        by_prompt.setdefault(tuple(ex[0][:ex[1]]), []).append(ex)
+    prompts = list(by_prompt)
+    random.Random(seed).shuffle(prompts)
+    train, val = [], []
+    for p in prompts:
+        (val if len(val) < n_val else train).extend(by_prompt[p])
+    if not train:
+        raise ValueError("too few distinct prompts for a train/val split.")
+    return train, val
+
+
+def collate(examples, pad_id):
+    """Right-pad to the longest example; targets are -1 on prompt tokens and on padding."""
+    T = max(len(ids) for ids, _ in examples) - 1
+    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), T), -1, dtype=torch.long)
+    for b, (ids, n_prompt) in enumerate(examples):
+        t = torch.tensor(ids, dtype=torch.long)
+        x[b, :len(t) - 1] = t[:-1]
+        y[b, :len(t) - 1] = t[1:]
+        y[b, :max(n_prompt - 1, 0)] = -1  # y[i] predicts ids[i + 1]: a prompt token while i + 1 < n_prompt
+    return x, y
+
+
+def load_data(args, tokenizer, block_size):
+    """(train examples, val examples, a few val prompts for samples) from --data."""
+    if args.data == "e2e":
+        paths = download_e2e(args.cache_dir, splits=("train", "valid"))
+        train = tokenize(read_examples(paths["train"]), tokenizer, block_size)
+        val_pairs = read_examples(paths["valid"])
+        val = tokenize(val_pairs, tokenizer, block_size)
+    else:
+        pairs = read_examples(args.data)
+        train, val = split_examples(tokenize(pairs, tokenizer, block_size), args.val_frac, args.seed)
+    if not train or not val:
+        raise ValueError(f"{args.data} gave no usable examples.")
+    return train, val
+
+
+def sample_prompts(val, n):
+    """The first n distinct prompts of the validation set (token ids)."""
+    seen = []
+    for ids, n_prompt in val:
+        if n_prompt and ids[:n_prompt] not in seen:
+            seen.append(ids[:n_prompt])
+        if len(seen) == n:
+            break
+    if not seen:  # plain text: continue the start of a few val chunks
+        seen = [ids[:len(ids) // 4 or 1] for ids, _ in val[:n]]
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def autocast(device):
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def sum_loss(model, x, y, device):
+    """Summed cross-entropy over the non-masked targets (so micro-batches can be token-weighted)."""
+    with autocast(device):
+        _, per_token = model(x.to(device), y.to(device), reduction="none")
+    return per_token.float().sum()
+
+
+@torch.no_grad()
+def evaluate(model, examples, batch_size, device, pad_id):
+    """Token-weighted mean validation loss over `examples`."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        x, y = collate(examples[i:i + batch_size], pad_id)
+        total += sum_loss(model, x, y, device).item()
+        count += int((y != -1).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64):
+    """Greedy completion of one prompt that stops at <|endoftext|> (model.generate has no stop token,
+    so this is its greedy loop with a KV cache and an early exit)."""
+    was_training = model.training
+    model.eval()
+    vocab, eot = model.config.vocab_size, tokenizer.eot_token
+    prompt_ids = prompt_ids[-(model.config.block_size - 1):]
+    cache = gpt.KVCache(model.config, 1, device, model.lm_head.weight.dtype)
+    x = model.hidden_states(torch.tensor([prompt_ids], dtype=torch.long, device=device), cache)
+    out = []
+    while len(out) < max_new_tokens:
+        next_id = int(model.lm_head(x[:, -1])[0, :vocab].argmax())  # padded vocab rows are never real ids
+        if next_id == eot:
+            break
+        out.append(next_id)
+        if len(prompt_ids) + len(out) >= model.config.block_size:
+            break
+        x = model.hidden_states(torch.tensor([[next_id]], device=device), cache)
+    model.train(was_training)
+    return tokenizer.decode(out)
+
+
+def print_samples(model, prompts, tokenizer, device, title):
+    print(title)
+    for p in prompts:
+        print(f"  {tokenizer.decode(p)!r} -> {complete(model, p, tokenizer, device)!r}")
+
+
+def lr_at(step, lr, warmup, total):
+    """Linear warmup, then cosine decay to 10% of lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def optimizer_state_bytes(optimizer):
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+               if torch.is_tensor(t))
+
+
+def peak_memory(device):
+    """Peak allocated bytes on CUDA; on CPU the process's peak resident set (monotonic over the run)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
+    """AdamW on the trainable parameters; returns a dict of measurements."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = args.lr if desc == "lora" else (args.full_lr or args.lr)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
+                                  fused=device.startswith("cuda"))
+    rng = random.Random(args.seed)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    step_times = []
+    bar = tqdm(range(args.steps), desc=desc, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, lr, args.warmup, args.steps)
+        batches = [collate(rng.sample(train_ex, min(args.batch_size, len(train_ex))), pad_id)
+                   for _ in range(args.grad_accum)]
+        n_targets = sum(int((y != -1).sum()) for _, y in batches)
+        loss_sum = 0.0
+        for x, y in batches:  # gradient accumulation, weighted by target tokens
+            loss = sum_loss(model, x, y, device) / n_targets
+            loss.backward()
+            loss_sum += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        step_times.append(time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    timed = step_times[1:] or step_times  # the first step pays for allocator warmup
+    return dict(trainable=sum(p.numel() for p in params), optimizer_bytes=optimizer_state_bytes(optimizer),
+                peak_bytes=peak_memory(device), step_time=sum(timed) / len(timed),
+                val_loss=evaluate(model, val_ex[:args.eval_examples], args.batch_size, device, pad_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def load_base(args, device):
+    """(model, tokenizer, base path, base hash) from --ckpt or --init (or the adapter's recorded base)."""
+    if args.init:
+        model, tok_name, base_path = gpt.GPT.from_pretrained(args.init), "gpt2", args.init
+    else:
+        model, ckpt = gpt.load_checkpoint(args.ckpt, device="cpu")
+        tok_name, base_path = ckpt.get("tokenizer", "gpt2"), args.ckpt
+    model.to(device)
+    return model, gpt.get_tokenizer(tok_name), base_path, base_fingerprint(model)
+
+
+def fmt_bytes(n):
+    return f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def report(model, name):
+    trainable, total = count_params(model)
+    print(f"{name}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--ckpt", default=None, help="base checkpoint from train_gpt2.py (default log/model.pt)")
+    base.add_argument("--init", default=None, help="start from HuggingFace weights instead, e.g. gpt2, gpt2-medium")
+    p.add_argument("--data", default="e2e", help="'e2e' (download) or a .txt / .jsonl / prompt||completion file")
+    p.add_argument("--cache_dir", default="e2e", help="where --data e2e keeps its downloaded files")
+    p.add_argument("--val_frac", type=float, default=0.1, help="validation share of a local --data file")
+    p.add_argument("--r", type=int, default=4, help="LoRA rank")
+    p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (scaling = alpha / r)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout on the LoRA input path")
+    p.add_argument("--rslora", action="store_true", help="scaling = alpha / sqrt(r) (rank-stabilized LoRA)")
+    p.add_argument("--targets", default="qv",
+                   help="comma-separated module-name suffixes: qv (q and v of c_attn, the paper's), c_attn, "
+                        "attn.c_proj, c_fc, mlp.c_proj")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--grad_accum", type=int, default=1)
+    p.add_argument("--block_size", type=int, default=512, help="longest example in tokens")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--full_lr", type=float, default=None, help="learning rate of --full (default: --lr)")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--grad_clip", type=float, default=1.0)
+    p.add_argument("--eval_examples", type=int, default=512, help="validation examples used for val loss")
+    p.add_argument("--samples", type=int, default=3, help="validation prompts to complete before/after")
+    p.add_argument("--out", default="log/lora.pt", help="adapter-only output file")
+    p.add_argument("--merge", nargs="?", const="log/lora_merged.pt", default=None,
+                   help="also write a full checkpoint with the adapter merged in (default path log/lora_merged.pt)")
+    p.add_argument("--adapter", default=None, help="load this adapter onto its base and only evaluate/sample")
+    p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--seed", type=int, default=1337)
+    args = p.parse_args(argv)
+    if args.r < 1 or args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.block_size < 2:
+        p.error("--r, --steps, --batch_size, --grad_accum must be >= 1 and --block_size >= 2")
+    if not 0 <= args.dropout < 1 or not 0 < args.val_frac < 1:
+        p.error("--dropout must be in [0, 1) and --val_frac in (0, 1)")
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = args.device or gpt.auto_device()
+    torch.manual_seed(args.seed)
+    adapter = read_adapter(args.adapter) if args.adapter else None
+    if not args.ckpt and not args.init:  # base: the adapter's own record, else the default checkpoint
+        if adapter and adapter["base"].get("init"):
+            args.init = adapter["base"]["path"]
+        else:
+            args.ckpt = adapter["base"]["path"] if adapter else "log/model.pt"
+    model, tokenizer, base_path, base_hash = load_base(args, device)
+    block_size = min(args.block_size, model.config.block_size)
+    train_ex, val_ex = load_data(args, tokenizer, block_size)
+    pad = tokenizer.eot_token
+    prompts = sample_prompts(val_ex, args.samples)
+    print(f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, tokenizer {tokenizer.name}")
+    val_before = evaluate(model, val_ex[:args.eval_examples], args.batch_size, device, pad)
+    print(f"base val loss {val_before:.4f}")
+    print_samples(model, prompts, tokenizer, device, "samples (base):")
+
+    if adapter:
+        load_adapter(model, adapter, base_hash)
+        report(model, "adapter")
+        print(f"val loss with adapter {evaluate(model, val_ex[:args.eval_examples], args.batch_size, device, pad):.4f}")
+        print_samples(model, prompts, tokenizer, device, "samples (adapter):")
+    else:
+        lora_config = dict(r=args.r, alpha=args.alpha, dropout=args.dropout, targets=args.targets, rslora=args.rslora)
+        wrapped = apply_lora(model, **lora_config)
+        report(model, f"LoRA on {len(wrapped)} layers")
+        stats = train(model, train_ex, val_ex, args, device, pad)
+        print(f"val loss: base {val_before:.4f} -> LoRA {stats['val_loss']:.4f}")
+        print_samples(model, prompts, tokenizer, device, "samples (LoRA):")
+        save_adapter(args.out, model, lora_config, base_path, base_hash, tokenizer.name, bool(args.init),
+                     val_loss=stats["val_loss"], steps=args.steps)
+        print(f"wrote adapter {args.out}")
+        if args.full:
+            full_model = load_base(args, device)[0]
+            report(full_model, "full fine-tuning")
+            full_stats = train(full_model, train_ex, val_ex, args, device, pad, desc="full")
+            print_full_table(stats, full_stats, device)
+            del full_model
+    if args.merge:
+        merge_and_unwrap(model)
+        gpt.save_checkpoint(args.merge, model, tokenizer.name, lora_base=str(base_path))
+        print(f"wrote merged checkpoint {args.merge}")
+
+
+def print_full_table(lora, full, device):
+    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak process RSS (cumulative)"
+    rows = [("trainable params", f"{lora['trainable']:,}", f"{full['trainable']:,}",
+             f"{lora['trainable'] / full['trainable']:.4f}"),
+            ("optimizer state", fmt_bytes(lora["optimizer_bytes"]), fmt_bytes(full["optimizer_bytes"]),
+             f"{lora['optimizer_bytes'] / full['optimizer_bytes']:.4f}"),
+            (mem, fmt_bytes(lora["peak_bytes"]), fmt_bytes(full["peak_bytes"]),
+             f"{lora['peak_bytes'] / full['peak_bytes']:.3f}"),
+            ("step time", f"{1000 * lora['step_time']:.1f} ms", f"{1000 * full['step_time']:.1f} ms",
+             f"{lora['step_time'] / full['step_time']:.3f}"),
+            ("final val loss", f"{lora['val_loss']:.4f}", f"{full['val_loss']:.4f}", "")]
+    print("| | LoRA | full fine-tuning | LoRA / full |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
