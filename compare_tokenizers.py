@@ -222,11 +222,15 @@ def q3_reverse(ctx):
         facts[label] = dict(gpt2=n_tokens(ctx.gpt2, text), ours=n_tokens(ctx.ours, text))
         lines.append(f"{label:>14} {text!r}: GPT-2 {facts[label]['gpt2']} tokens {gpt2_pieces(ctx, text)}, "
                      f"ours {facts[label]['ours']} {ours_pieces(ctx, text)}")
+    flipped = ctx.gpt2.decode(ctx.gpt2.encode_ordinary(word)[::-1])
+    facts["tokens reversed"] = flipped
+    lines.append(f"reversing GPT-2's tokens of {word!r} instead of its letters gives {flipped!r}, not {word[::-1]!r}")
     return Answer(
         "Why do LLMs struggle to reverse a string?",
         "The model never sees letters, only ids of multi-letter chunks; to reverse a word it must recall how each "
         "chunk is spelled, which it learns only indirectly. The reversed word is made of rare chunks that split "
-        "differently. Writing the letters apart first (one token per letter) makes the task easy.",
+        "differently, and reversing the chunk order is not reversing the letters. Writing the letters apart first "
+        "(one token per letter) makes the task easy.",
         lines, facts)
 
 
@@ -250,8 +254,8 @@ def q4_non_english(ctx):
     return Answer(
         "Why do LLMs do worse on non-English text such as Japanese or Chinese?",
         "GPT-2's merges were learned on mostly English web text, so English words are single tokens while a Chinese "
-        "or Japanese character (3 UTF-8 bytes) often stays 2-3 byte tokens. The same meaning then costs several "
-        "times more tokens: less fits in the context, and each token carries less meaning for the model to learn from. "
+        "or Japanese character (3 UTF-8 bytes) often stays 2-3 byte tokens. The same meaning then costs about "
+        "twice the tokens: less fits in the context, and each token carries less meaning for the model to learn from. "
         "A tokenizer trained on text with Chinese in it (ours, when trained on the bilingual manual) narrows the gap.",
         lines, facts)
 
@@ -395,7 +399,8 @@ def q9_yaml_json(ctx):
     return Answer(
         "Why is YAML cheaper than JSON for LLMs?",
         "The same data in JSON spends tokens on quotes, braces, brackets and commas; YAML says the same with "
-        "indentation and newlines. Fewer tokens mean lower cost per call and more room in the context window.",
+        "indentation and newlines. Fewer tokens mean lower cost per call and more room in the context window. "
+        "Pretty-printed JSON is the worst case for GPT-2, whose every indentation space is a token (question 6).",
         lines, facts)
 
 

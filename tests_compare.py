@@ -142,6 +142,10 @@ def test_compare_explain_facts_match_independent_counts(compare_files, gpt2_enc)
     q2 = ct.q2_vocab_size(ctx).facts
     assert q2[260]["vocab"] == 260 and q2[300]["vocab"] == 300
     assert q2[300]["corpus_tokens"] < q2[260]["corpus_tokens"]
+    # (3) reversing GPT-2's tokens is not reversing the letters.
+    q3 = ct.q3_reverse(ctx).facts
+    assert q3["tokens reversed"] == gpt2_enc.decode(gpt2_enc.encode("lollipop")[::-1]) != "popillol"
+    assert q3["spaced letters"]["gpt2"] == len(gpt2_enc.encode("l o l l i p o p")) == 8
     # (4) GPT-2 spends more tokens per character on Chinese and Japanese than on English.
     q4 = ct.q4_non_english(ctx).facts
     per_char = {lang: len(gpt2_enc.encode(t)) / len(t) for lang, t in ct.LANGUAGES.items()}
