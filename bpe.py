@@ -40,13 +40,15 @@ import time
 import unicodedata
 import warnings
 from collections import Counter
-from itertools import chain
+from itertools import chain, repeat
 
 import regex
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None}
+NEVER = sys.maxsize                      # "rank" of a pair that is not a merge
+MASK = (1 << 32) - 1                     # training keys a pair (a, b) as a << 32 | b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,35 +57,14 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None
 
 def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     """Learn up to `num_merges` merges over byte strings `chunks` (distinct, in order of first appearance)
-    that occur `counts` times each. Returns [((a, b), new_id), ...] in merge order; fewer if pairs ran out."""
-    # One linked list over all chunks side by side: node i is byte i of the concatenation.
-    tok, nxt, prv, weight = [], [], [], []
-    for chunk, count in zip(chunks, counts):
-        start, n = len(tok), len(chunk)
-        tok.extend(chunk)
-        nxt.extend(range(start + 1, start + n + 1))
-        nxt[-1] = -1                      # chunks never merge across their border
-        prv.extend(range(start - 1, start + n - 1))
-        prv[start] = -1
-        weight.extend([count] * n)
-
-    # Pair -> total count, and pair -> ascending positions where it occurs (some may go stale later).
-    pair_count, where = {}, {}
-    for i, (a, b, j) in enumerate(zip(tok, tok[1:], nxt)):
-        if j < 0:
-            continue
-        pair = (a, b)
-        if pair in pair_count:
-            pair_count[pair] += weight[i]
-            where[pair].append(i)
-        else:
-            pair_count[pair] = weight[i]
-            where[pair] = [i]
-    scanned = {}                          # pair -> how many leading entries of where[pair] are known stale
+    that occur `counts` times each. Returns [((a, b), new_id), ...] in merge order; fewer if pairs ran out.
+    A pair (a, b) is stored as the int a << 32 | b: ints hash much faster than tuples."""
+    tok, nxt, prv, weight, pair_count, where = _link_chunks(chunks, counts)
+    scanned = {}                          # pair -> index in where[pair] of its first live occurrence
 
     def first_position(pair):
         """Position of the pair's first live occurrence (None if none is left)."""
-        a, b = pair
+        a, b = pair >> 32, pair & MASK
         positions = where[pair]
         for k in range(scanned.get(pair, 0), len(positions)):
             i = positions[k]
@@ -97,23 +78,52 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
 
     heap = [(-c, where[pair][0], pair) for pair, c in pair_count.items()]
     heapq.heapify(heap)
-
     merges = []
     for new_id in range(first_id, first_id + num_merges):
         pair = _pop_best(heap, pair_count, first_position)
         if pair is None:
             break
-        merges.append((pair, new_id))
-        touched = _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where)
+        merges.append(((pair >> 32, pair & MASK), new_id))
+        created = _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where)
         del pair_count[pair], where[pair]
         scanned.pop(pair, None)
-        for new_pair in touched:          # pairs containing new_id: push them with their final counts
+        for new_pair in created:          # new pairs all contain new_id: push them with their final counts
             c = pair_count[new_pair]
             if c > 0:
                 heapq.heappush(heap, (-c, first_position(new_pair), new_pair))
         if progress is not None:
-            progress(pair, new_id)
+            progress(merges[-1][0], new_id)
     return merges
+
+
+def _link_chunks(chunks, counts):
+    """Lay the chunks side by side as one doubly linked list (node i = byte i of the concatenation) and
+    count the initial byte pairs. numpy does this bulk work; the merge loop then uses plain lists."""
+    import numpy as np
+    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
+    n = int(lengths.sum())
+    tok = np.frombuffer(b"".join(chunks), dtype=np.uint8).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    nxt = np.arange(1, n + 1, dtype=np.int64)
+    prv = np.arange(-1, n - 1, dtype=np.int64)
+    if n:
+        nxt[starts + lengths - 1] = -1    # chunks never merge across their border
+        prv[starts] = -1
+    weight = np.repeat(np.asarray(counts, dtype=np.int64), lengths)
+    # Every adjacent pair inside a chunk: its key, the position of its left byte, and its weight.
+    pos = np.flatnonzero(nxt[:-1] >= 0) if n else np.zeros(0, dtype=np.int64)
+    keys = (tok[pos] << 32) | tok[pos + 1]
+    order = np.argsort(keys, kind="stable")            # stable: positions stay ascending within a key
+    keys, pos = keys[order], pos[order]
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    totals = np.bincount(inverse, weights=weight[pos], minlength=len(uniq))
+    bounds = list(first) + [len(keys)]
+    pos_list = pos.tolist()
+    pair_count, where = {}, {}
+    for k, key in enumerate(uniq.tolist()):
+        pair_count[key] = int(totals[k])
+        where[key] = pos_list[bounds[k]:bounds[k + 1]]
+    return tok.tolist(), nxt.tolist(), prv.tolist(), weight.tolist(), pair_count, where
 
 
 def _pop_best(heap, pair_count, first_position):
@@ -123,21 +133,18 @@ def _pop_best(heap, pair_count, first_position):
         count = pair_count.get(pair, 0)
         if count <= 0:
             continue
-        if count == -neg_count:
-            true_pos = first_position(pair)
-            if true_pos == pos:
-                return pair
-        else:
-            true_pos = first_position(pair)
+        true_pos = first_position(pair)
+        if count == -neg_count and true_pos == pos:
+            return pair
         heapq.heappush(heap, (-count, true_pos, pair))
     return None
 
 
 def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):
     """Merge every live occurrence of `pair`, left to right; update neighbour pair counts and positions.
-    Returns the set of new pairs (all contain new_id)."""
-    a, b = pair
-    touched = set()
+    Returns the pairs it created (all contain new_id)."""
+    a, b = pair >> 32, pair & MASK
+    created = []
     for i in where[pair]:                 # ascending, so this is left to right with no overlap
         if tok[i] != a:
             continue                      # stale: node absorbed or already merged into something else
@@ -147,31 +154,34 @@ def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):
         w = weight[i]
         left, right = prv[i], nxt[j]
         if left >= 0:                     # (x, a) becomes (x, new)
-            old = (tok[left], a)
-            pair_count[old] -= w
-            new = (tok[left], new_id)
-            if new in pair_count:
-                pair_count[new] += w
-                where[new].append(left)
-            else:
+            x = tok[left] << 32
+            pair_count[x | a] -= w
+            new = x | new_id
+            c = pair_count.get(new)
+            if c is None:
                 pair_count[new] = w
                 where[new] = [left]
-            touched.add(new)
-        if right >= 0:                    # (b, y) becomes (new, y)
-            old = (b, tok[right])
-            pair_count[old] -= w
-            new = (new_id, tok[right])
-            if new in pair_count:
-                pair_count[new] += w
-                where[new].append(i)
+                created.append(new)
             else:
+                pair_count[new] = c + w
+                where[new].append(left)
+        if right >= 0:                    # (b, y) becomes (new, y)
+            y = tok[right]
+            pair_count[b << 32 | y] -= w
+            new = new_id << 32 | y
+            c = pair_count.get(new)
+            if c is None:
                 pair_count[new] = w
                 where[new] = [i]
-            touched.add(new)
+                created.append(new)
+            else:
+                pair_count[new] = c + w
+                where[new].append(i)
             prv[right] = i
-        tok[i], tok[j] = new_id, -1
+        tok[i] = new_id
+        tok[j] = -1
         nxt[i] = right
-    return touched
+    return created
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,21 +193,25 @@ def encode_chunk(ids, merges):
     of the present pair with the lowest merge id. Long chunks use a heap over a linked list."""
     if len(ids) > 64:
         return _encode_long_chunk(ids, merges)
-    get, never = merges.get, float("inf")
-    while len(ids) >= 2:
-        ranks = [get(p, never) for p in zip(ids, ids[1:])]
+    get = merges.get
+    # ranks[i] = merge id of the pair (ids[i], ids[i+1]), NEVER if it is not a merge. Only the two
+    # neighbours of a merged pair change, so we patch the list instead of recomputing it.
+    ranks = list(map(get, zip(ids, ids[1:]), repeat(NEVER)))
+    while ranks:
         best = min(ranks)
-        if best == never:
+        if best == NEVER:
             break
-        out, i, n = [], 0, len(ids)
-        while i < n:
-            if i < n - 1 and ranks[i] == best:
-                out.append(best)
-                i += 2
-            else:
-                out.append(ids[i])
-                i += 1
-        ids = out
+        i = ranks.index(best)
+        while True:                       # every occurrence of this pair, left to right
+            ids[i] = best
+            del ids[i + 1], ranks[i]
+            if i < len(ranks):
+                ranks[i] = get((best, ids[i + 1]), NEVER)
+            if i > 0:
+                ranks[i - 1] = get((ids[i - 1], best), NEVER)
+            if best not in ranks:
+                break
+            i = ranks.index(best, i + 1)
     return ids
 
 
@@ -234,14 +248,17 @@ def _encode_long_chunk(ids, merges):
 
 
 class _ChunkCache(dict):
-    """chunk text -> tuple of ids; a miss encodes the chunk (so lookups stay inside C code)."""
+    """chunk text -> tuple of ids; a miss encodes the chunk (so hits never leave C code)."""
 
     def __init__(self, tokenizer):
         super().__init__()
         self.tokenizer = tokenizer
 
     def __missing__(self, chunk):
-        ids = self[chunk] = tuple(self.tokenizer._encode_bytes(chunk.encode("utf-8")))
+        ids = self.tokenizer._token_table.get(chunk)
+        if ids is None:
+            ids = tuple(self.tokenizer._encode_bytes(chunk.encode("utf-8")))
+        self[chunk] = ids
         return ids
 
 
@@ -269,12 +286,28 @@ class Tokenizer:
     # ----- vocabulary bookkeeping -----
     def _rebuild_vocab(self):
         self.vocab = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
+        self._byte_table = bytes(self.byte_ids)   # bytes.translate maps raw bytes to their ids in C
         for (a, b), i in self.merges.items():
             self.vocab[i] = self.vocab[a] + self.vocab[b]
         for s, i in self.special_tokens.items():
             self.vocab[i] = s.encode("utf-8")
         self._cache = _ChunkCache(self)
-        self._special_regex = None
+        self._token_table = None
+
+    def _build_token_table(self):
+        """Text of every token -> its textbook encoding. A chunk that spells a whole token is common
+        (" the"); this table answers it without running BPE. It depends only on the merges, never on the
+        text being encoded, and holds what encode_chunk itself computes, so it cannot change any result."""
+        table = {}
+        for i, token in self.vocab.items():
+            if i in self.inverse_special_tokens:
+                continue
+            try:
+                text = token.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            table[text] = tuple(self._encode_bytes(token))
+        self._token_table = table
 
     def _number_pending_special(self):
         next_id = 256 + len(self.merges)
@@ -329,12 +362,14 @@ class Tokenizer:
 
     # ----- encoding / decoding -----
     def _encode_bytes(self, data):
-        return encode_chunk([self.byte_ids[b] for b in data], self.merges)
+        return encode_chunk(list(data.translate(self._byte_table)), self.merges)
 
     def encode_ordinary(self, text):
         """Encode text, treating special-token strings as ordinary text."""
         if self.compiled_pattern is None:
             return list(self._encode_bytes(text.encode("utf-8")))
+        if self._token_table is None:
+            self._build_token_table()
         return list(chain.from_iterable(map(self._cache.__getitem__, self.compiled_pattern.findall(text))))
 
     def encode(self, text, allowed_special="none_raise"):
@@ -386,6 +421,8 @@ class Tokenizer:
             tok.byte_ids = [ranks[bytes([b])] for b in range(256)]
         except KeyError:
             raise ValueError(f"tiktoken encoding {enc.name!r} lacks some single bytes; cannot rebuild it.") from None
+        if sorted(tok.byte_ids) != list(range(256)):
+            raise ValueError(f"tiktoken encoding {enc.name!r}: single bytes do not have ranks 0..255.")
         if sorted(ranks.values()) != list(range(len(ranks))):
             raise ValueError(f"tiktoken encoding {enc.name!r} has gaps in its ranks; cannot rebuild merges.")
         # Each multi-byte token t was made from the two parts that BPE with lower ranks leaves of t.
@@ -400,6 +437,7 @@ class Tokenizer:
             merges[(ranks[parts[0]], ranks[parts[1]])] = rank
         tok.merges = merges
         tok.register_special_tokens(dict(enc._special_tokens))
+        tok._build_token_table()
         return tok
 
     def to_tiktoken(self, name="bpe"):
@@ -475,6 +513,7 @@ class Tokenizer:
         self.pattern, self.compiled_pattern = pattern or None, compiled
         self.byte_ids, self.merges, self._pending_special = byte_ids, merges, []
         self.register_special_tokens(special)
+        self._build_token_table()
         return self
 
 
