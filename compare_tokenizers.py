@@ -463,7 +463,8 @@ def check_inputs(args):
     for i, text in enumerate(args.text, 1):
         texts[f"text {i}"] = text
     for path in args.file:
-        texts[os.path.basename(path)] = bpe.read_text(path)
+        label = os.path.basename(path) if os.path.basename(path) not in texts else path
+        texts[label] = bpe.read_text(path)
     for label, text in texts.items():
         if not text:
             raise ValueError(f"{label} is empty: there is nothing to tokenize")

@@ -180,6 +180,18 @@ def test_compare_explain_facts_match_independent_counts(compare_files, gpt2_enc)
     assert q10["hello "]["gpt2"] == gpt2_enc.encode("hello") + gpt2_enc.encode(" ")
 
 
+def test_compare_explain_uses_other_encodings_when_loaded(compare_files, gpt2_enc):
+    # Online, cl100k_base joins questions 4 and 6; offline we stand in an Encoding built from our own merges.
+    other = _compare_ours(compare_files).to_tiktoken("cl100k_base")
+    ctx = _compare_context(compare_files, gpt2_enc)
+    ctx.others = {"cl100k_base": other}
+    q4 = ct.q4_non_english(ctx)
+    assert all(q4.facts[lang]["cl100k_base"] == len(other.encode(t)) for lang, t in ct.LANGUAGES.items())
+    assert "cl100k_base tokens" in q4.lines[0]
+    q6 = ct.q6_python(ctx).facts
+    assert set(q6) == {"GPT-2", "cl100k_base"} and q6["cl100k_base"]["tokens"] == len(other.encode(ct.PY_SNIPPET))
+
+
 @pytest.mark.parametrize("case", ["missing_file", "corrupt_model", "no_model_no_corpus", "bad_question",
                                   "empty_text", "bad_sizes", "plot_folder_missing"])
 def test_compare_bad_input_is_one_line_error(compare_files, case, capsys):
