@@ -185,3 +185,28 @@ def test_fineweb_errors_are_one_line(tmp_path):
         text = str(exc.value.code)
         assert text.startswith("error: ") and message in text and "\n" not in text, (case, text)
     assert "--source" in text                     # the offline message says what to do instead
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_fineweb_hub_path_matches_local_files_and_resumes(tmp_path, monkeypatch, streaming):
+    # The default source downloads FineWeb-Edu, impossible offline; here datasets.load_dataset hands
+    # back a real in-memory `datasets` Dataset (IterableDataset when streaming) of the same documents,
+    # so the real column selection, .skip() on resume and iteration are what gets tested.
+    import datasets
+    docs = _fineweb_docs()
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, streaming=False):
+        calls.append((path, name, split, streaming))
+        ds = datasets.Dataset.from_dict({"id": list(range(len(docs))), "text": docs, "score": [1.5] * len(docs)})
+        return ds.to_iterable_dataset() if streaming else ds
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    _fineweb_run(_fineweb_write_jsonl(tmp_path / "docs.jsonl", docs), tmp_path / "local")
+    flags = ["--streaming"] if streaming else []
+    _fineweb_run(fineweb.DEFAULT_DATASET, tmp_path / "hub", *flags, "--max-shards", "3")
+    _fineweb_run(fineweb.DEFAULT_DATASET, tmp_path / "hub", *flags)               # resumes via ds.skip
+    assert calls == [("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", streaming)] * 2
+    assert _fineweb_files(tmp_path / "hub") == _fineweb_files(tmp_path / "local")
+    with pytest.raises(SystemExit, match=r"has no column 'body' \(it has id, text, score;"):
+        _fineweb_run(fineweb.DEFAULT_DATASET, tmp_path / "body", *flags, "--text-field", "body")
