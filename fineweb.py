@@ -235,16 +235,17 @@ def load_manifest(out_dir, config):
     try:
         with open(path) as f:
             manifest = json.load(f)
-        old_config = manifest["config"]
+        old_config, old_shards = dict(manifest["config"]), list(manifest["shards"])
+        manifest["complete"] = bool(manifest["complete"])
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{path} is corrupt: delete {out_dir} and start again") from None
     for key in sorted(set(config) | set(old_config)):
-        if old_config.get(key) != config[key]:
+        if old_config.get(key) != config.get(key):
             raise ValueError(f"{out_dir} was made with {key}={old_config.get(key)!r}, but this run asks for "
-                             f"{key}={config[key]!r}: rerun with the same options or pick another --out-dir")
+                             f"{key}={config.get(key)!r}: rerun with the same options or pick another --out-dir")
     # Keep the longest run of listed shards that are really there with the right length.
     intact = []
-    for entry in manifest["shards"]:
+    for entry in old_shards:
         try:
             shard = np.load(os.path.join(out_dir, entry["file"]), mmap_mode="r")
         except (OSError, ValueError):
@@ -252,7 +253,7 @@ def load_manifest(out_dir, config):
         if shard.dtype != np.uint16 or shard.shape != (entry["tokens"],):
             break
         intact.append(entry)
-    if len(intact) < len(manifest["shards"]):
+    if len(intact) < len(old_shards):
         manifest["complete"] = False
     manifest["shards"] = intact
     return manifest
