@@ -4,7 +4,6 @@ from test_all import *  # noqa: F401,F403  (fixtures: offline_tiktoken (autouse)
 # token lost or duplicated at shard boundaries, and a resumed run must write the same bytes.
 # ---------------------------------------------------------------------------------------------
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -161,25 +160,30 @@ def _fineweb_error_cases(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     np.save(foreign / "edufineweb_val_000000.npy", np.zeros(3, np.uint16))
-    def out(case):                                 # a fresh output directory per case
-        return str(tmp_path / case.replace(" ", "_"))
-    return {
-        "missing dir": (["--source", str(tmp_path / "nope") + "/", "--out-dir", out("missing dir")], "not found"),
-        "empty glob": (["--source", str(tmp_path / "*.parquet"), "--out-dir", out("empty glob")], "no .txt, .jsonl or .parquet files match"),
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "manifest.json").write_text('{"config": ')
+
+    made, nope = str(tmp_path / "made"), str(tmp_path / "nope") + "/"
+    return {   # case: (arguments, expected part of the message); --out-dir is a fresh directory unless given
+        "missing dir": (["--source", nope], "not found"),
+        "empty glob": (["--source", str(tmp_path / "*.parquet")], "no .txt, .jsonl or .parquet files match"),
         "unwritable out dir": (["--source", good, "--out-dir", good + "/sub"], "cannot write to output directory"),
-        "bad json": (["--source", str(bad_json), "--out-dir", out("bad json")], "bad.jsonl:2: not valid JSON"),
-        "missing field": (["--source", good, "--out-dir", out("missing field"), "--text-field", "body"], "no field 'body'"),
-        "changed options": (["--source", good, "--out-dir", str(tmp_path / "made"), "--shard-size", "7"],
-                            "was made with shard_size=1000"),
+        "bad json": (["--source", str(bad_json)], "bad.jsonl:2: not valid JSON"),
+        "missing field": (["--source", good, "--text-field", "body"], "no field 'body'"),
+        "changed options": (["--source", good, "--out-dir", made, "--shard-size", "7"], "made with shard_size=1000"),
+        "corrupt manifest": (["--source", good, "--out-dir", str(corrupt)], "manifest.json is corrupt"),
         "foreign shards": (["--source", good, "--out-dir", str(foreign)], "no manifest.json"),
-        "bad shard size": (["--source", good, "--out-dir", out("bad shard size"), "--shard-size", "0"], "--shard-size must be"),
+        "bad shard size": (["--source", good, "--shard-size", "0"], "--shard-size must be"),
         # test_all sets HF_HUB_OFFLINE=1: the default download must fail fast and point to --source.
-        "offline hub": (["--out-dir", out("offline hub")], "are you offline?"),
+        "offline hub": ([], "are you offline?"),
     }
 
 
 def test_fineweb_errors_are_one_line(tmp_path):
     for case, (argv, message) in _fineweb_error_cases(tmp_path).items():
+        if "--out-dir" not in argv:
+            argv = argv + ["--out-dir", str(tmp_path / case.replace(" ", "_"))]
         with pytest.raises(SystemExit) as exc:
             fineweb.main(argv)
         text = str(exc.value.code)
