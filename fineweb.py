@@ -15,7 +15,7 @@ a document that does not fit in the current shard continues at the start of the 
     python fineweb.py --streaming                      # same shards, no ~28 GB parquet cache on disk
     python fineweb.py --source my_corpus/ --out-dir my_shards --shard-size 10_000_000
     python fineweb.py --source 'data/*.jsonl' --text-field content
-    python fineweb.py --source wikitext --name wikitext-103-raw-v1 --split train
+    python fineweb.py --source Salesforce/wikitext --name wikitext-103-raw-v1 --split train
 
 --source takes a local file, a directory (searched recursively) or a glob of .txt / .jsonl / .parquet
 files (a .txt file is one document; a .jsonl line or a .parquet row is one document, read from the field
