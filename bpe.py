@@ -127,16 +127,15 @@ def _link_chunks(chunks, counts):
 
 
 def _pop_best(heap, pair_count, first_position):
-    """Pop the most frequent pair, ties to the earliest first occurrence; stale entries are refreshed."""
+    """Pop the most frequent pair, ties to the earliest first occurrence; stale entries are refreshed.
+    An entry whose count is still right is exact: a pair loses occurrences only by losing count."""
     while heap:
         neg_count, pos, pair = heapq.heappop(heap)
         count = pair_count.get(pair, 0)
-        if count <= 0:
-            continue
-        true_pos = first_position(pair)
-        if count == -neg_count and true_pos == pos:
+        if count == -neg_count:
             return pair
-        heapq.heappush(heap, (-count, true_pos, pair))
+        if count > 0:
+            heapq.heappush(heap, (-count, first_position(pair), pair))
     return None
 
 
