@@ -151,6 +151,15 @@ def hub_document_count(ds, split):
         return splits[split].num_examples if split in splits else None
 
 
+def open_documents(source, files, name, split, streaming, text_field, start):
+    """(iterator over the documents' texts from number `start` on, number of documents or None)."""
+    if files is None:
+        ds = load_hub_dataset(source, name, split, streaming, text_field)
+        return hub_documents(ds, text_field, start), hub_document_count(ds, split)
+    # Skipping finished documents is cheap: they are read but not tokenized.
+    return itertools.islice(read_local_documents(files, text_field), start, None), None
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Tokenizing: one tiktoken encoder per pool worker, documents in, uint16 arrays out
 # ---------------------------------------------------------------------------------------------
@@ -319,12 +328,7 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     first_offset = shards[-1]["next_offset"] if shards else 0
 
     load_gpt2_encoder()                       # fail here, with a clear message, not inside the workers
-    if files is None:
-        ds = load_hub_dataset(source, name, split, streaming, text_field)
-        documents, total = hub_documents(ds, text_field, first_doc), hub_document_count(ds, split)
-    else:
-        # Skipping finished documents is cheap: they are read but not tokenized.
-        documents, total = itertools.islice(read_local_documents(files, text_field), first_doc, None), None
+    documents, total = open_documents(source, files, name, split, streaming, text_field, first_doc)
     if shards:
         print(f"resuming after {len(shards)} finished shards, at document {first_doc:,}")
 
