@@ -148,7 +148,7 @@ def hub_document_count(ds, split):
         return len(ds)
     except TypeError:                          # a streaming dataset has no len(); its metadata may say
         splits = getattr(ds.info, "splits", None) or {}
-        return splits[split].num_examples if split in splits else None
+        return (splits[split].num_examples or None) if split in splits else None
 
 
 def open_documents(source, files, name, split, streaming, text_field, start):
