@@ -58,6 +58,7 @@ MASK = (1 << 32) - 1                     # training keys a pair (a, b) as a << 3
 def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     """Learn up to `num_merges` merges over byte strings `chunks` (distinct, in order of first appearance)
     that occur `counts` times each. Returns [((a, b), new_id), ...] in merge order; fewer if pairs ran out.
+    progress(pair, new_id, count), if given, is called after each merge.
     A pair (a, b) is stored as the int a << 32 | b: ints hash much faster than tuples."""
     tok, nxt, prv, weight, pair_count, where = _link_chunks(chunks, counts)
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
@@ -84,6 +85,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
         if pair is None:
             break
         merges.append(((pair >> 32, pair & MASK), new_id))
+        count = pair_count[pair]
         created = _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where)
         del pair_count[pair], where[pair]
         scanned.pop(pair, None)
@@ -92,7 +94,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
             if c > 0:
                 heapq.heappush(heap, (-c, first_position(new_pair), new_pair))
         if progress is not None:
-            progress(merges[-1][0], new_id)
+            progress(merges[-1][0], new_id, count)
     return merges
 
 
@@ -246,18 +248,15 @@ def _encode_long_chunk(ids, merges):
     return out
 
 
-class _ChunkCache(dict):
-    """chunk text -> tuple of ids; a miss encodes the chunk (so hits never leave C code)."""
+class _Cache(dict):
+    """key -> tuple of ids; a miss calls encode(key) (so hits never leave C code)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, encode):
         super().__init__()
-        self.tokenizer = tokenizer
+        self.encode = encode
 
-    def __missing__(self, chunk):
-        ids = self.tokenizer._token_table.get(chunk)
-        if ids is None:
-            ids = tuple(self.tokenizer._encode_bytes(chunk.encode("utf-8")))
-        self[chunk] = ids
+    def __missing__(self, key):
+        ids = self[key] = self.encode(key)
         return ids
 
 
@@ -290,23 +289,40 @@ class Tokenizer:
             self.vocab[i] = self.vocab[a] + self.vocab[b]
         for s, i in self.special_tokens.items():
             self.vocab[i] = s.encode("utf-8")
-        self._cache = _ChunkCache(self)
-        self._token_table = None
+        self._cache = self._pieces = self._unjoinable = None     # built on first use, see _prepare_encode
 
-    def _build_token_table(self):
-        """Text of every token -> its textbook encoding. A chunk that spells a whole token is common
-        (" the"); this table answers it without running BPE. It depends only on the merges, never on the
-        text being encoded, and holds what encode_chunk itself computes, so it cannot change any result."""
+    def _prepare_encode(self):
+        """Encoding helpers that depend only on the merges, never on the text being encoded:
+
+        - the chunk cache (chunk text -> ids) starts empty;
+        - the token table answers a chunk that spells a whole token (" the") without running BPE;
+        - joinable[x << 8 | y] says whether bytes x, y stand side by side in any token. If they never do,
+          no merge can ever join across them, so the chunk falls apart there into pieces that encode
+          independently (and repeat a lot: a long Chinese chunk becomes a few cached characters).
+        All three return what encode_chunk itself computes, so they cannot change any result."""
+        joinable = bytearray(1 << 16)
         table = {}
         for i, token in self.vocab.items():
             if i in self.inverse_special_tokens:
                 continue
-            try:
-                text = token.decode("utf-8")
-            except UnicodeDecodeError:
+            for x, y in zip(token, token[1:]):
+                joinable[x << 8 | y] = 1
+        self._unjoinable = bytes(1 - j for j in joinable)
+        self._pieces = _Cache(lambda piece: tuple(encode_chunk(list(piece.translate(self._byte_table)), self.merges)))
+        for i, token in self.vocab.items():
+            if i in self.inverse_special_tokens:
                 continue
-            table[text] = tuple(self._encode_bytes(token))
+            try:
+                table[token.decode("utf-8")] = self._pieces[token]
+            except UnicodeDecodeError:
+                pass
+        self._pieces.clear()
         self._token_table = table
+        self._cache = _Cache(self._encode_chunk_text)
+
+    def _encode_chunk_text(self, chunk):
+        ids = self._token_table.get(chunk)
+        return ids if ids is not None else tuple(self._encode_bytes(chunk.encode("utf-8")))
 
     def _number_pending_special(self):
         next_id = 256 + len(self.merges)
@@ -338,14 +354,16 @@ class Tokenizer:
             bar = tqdm(total=vocab_size - 256, unit="merge", desc="training")
         vocab = {i: bytes([i]) for i in range(256)}
 
-        def report(pair, new_id):
+        def report(pair, new_id, count):
             vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
             if verbose:
-                print(f"merge {new_id - 255}/{vocab_size - 256}: {pair} -> {new_id} ({vocab[new_id]!r})")
+                print(f"merge {new_id - 255}/{vocab_size - 256}: {pair} -> {new_id} ({vocab[new_id]!r}) "
+                      f"had {count} occurrences")
             if bar is not None:
                 bar.update(1)
 
-        learned = learn_merges(chunks, list(chunk_counts.values()), vocab_size - 256, progress=report)
+        learned = learn_merges(chunks, list(chunk_counts.values()), vocab_size - 256,
+                               progress=report if (verbose or bar is not None) else None)
         if bar is not None:
             bar.close()
         if len(learned) < vocab_size - 256:
@@ -361,14 +379,24 @@ class Tokenizer:
 
     # ----- encoding / decoding -----
     def _encode_bytes(self, data):
-        return encode_chunk(list(data.translate(self._byte_table)), self.merges)
+        """Textbook encoding of one chunk's bytes, split where no merge can ever join (see _prepare_encode)."""
+        pieces = self._pieces
+        if len(data) < 8:
+            return pieces[data]
+        unjoinable, out, start = self._unjoinable, [], 0
+        for k in range(1, len(data)):
+            if unjoinable[data[k - 1] << 8 | data[k]]:
+                out += pieces[data[start:k]]
+                start = k
+        out += pieces[data[start:]]
+        return out
 
     def encode_ordinary(self, text):
         """Encode text, treating special-token strings as ordinary text."""
+        if self._cache is None:
+            self._prepare_encode()
         if self.compiled_pattern is None:
             return list(self._encode_bytes(text.encode("utf-8")))
-        if self._token_table is None:
-            self._build_token_table()
         return list(chain.from_iterable(map(self._cache.__getitem__, self.compiled_pattern.findall(text))))
 
     def encode(self, text, allowed_special="none_raise"):
@@ -436,7 +464,7 @@ class Tokenizer:
             merges[(ranks[parts[0]], ranks[parts[1]])] = rank
         tok.merges = merges
         tok.register_special_tokens(dict(enc._special_tokens))
-        tok._build_token_table()
+        tok._prepare_encode()
         return tok
 
     def to_tiktoken(self, name="bpe"):
@@ -512,7 +540,7 @@ class Tokenizer:
         self.pattern, self.compiled_pattern = pattern or None, compiled
         self.byte_ids, self.merges, self._pending_special = byte_ids, merges, []
         self.register_special_tokens(special)
-        self._build_token_table()
+        self._prepare_encode()
         return self
 
 
