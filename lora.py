@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import resource
 import sys
 import time
 
@@ -323,12 +322,13 @@ def tokenize(pairs, tokenizer, block_size):
     return examples
 
 
-def split_examples(examples, val_frac, seed=1337, pairs=None):
+def split_examples(examples, val_frac, seed=1337):
     """Train/val split. Prompt/completion data is split by distinct prompt (val prompts are unseen in
     training; E2E has several references per prompt); plain text keeps its order (last chunks = val)."""
-    n_val = max(1, round(len(examples) * val_frac))
     if len(examples) < 2:
-        raise ValueError(f"need at least 2 examples for a train/val split, got {len(examples)}.")
+        raise ValueError(f"need at least 2 examples for a train/val split, got {len(examples)} "
+                         "(a plain-text file needs more than block_size tokens).")
+    n_val = max(1, round(len(examples) * val_frac))
     if all(n_prompt == 0 for _, n_prompt in examples):
         return examples[:-n_val], examples[-n_val:]
     by_prompt = {}
@@ -358,12 +358,11 @@ def collate(examples, pad_id):
 
 
 def load_data(args, tokenizer, block_size):
-    """(train examples, val examples, a few val prompts for samples) from --data."""
+    """(train examples, val examples) from --data: E2E's own train/valid files, or a split of one file."""
     if args.data == "e2e":
         paths = download_e2e(args.cache_dir, splits=("train", "valid"))
         train = tokenize(read_examples(paths["train"]), tokenizer, block_size)
-        val_pairs = read_examples(paths["valid"])
-        val = tokenize(val_pairs, tokenizer, block_size)
+        val = tokenize(read_examples(paths["valid"]), tokenizer, block_size)
     else:
         pairs = read_examples(args.data)
         train, val = split_examples(tokenize(pairs, tokenizer, block_size), args.val_frac, args.seed)
@@ -459,11 +458,27 @@ def optimizer_state_bytes(optimizer):
                if torch.is_tensor(t))
 
 
+def reset_peak_memory(device):
+    """Start a new peak: CUDA's allocator statistics, or on Linux the process's resident-set high-water mark."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # "5" resets VmHWM (Linux >= 4.0)
+    except OSError:
+        pass
+
+
 def peak_memory(device):
-    """Peak allocated bytes on CUDA; on CPU the process's peak resident set (monotonic over the run)."""
+    """Bytes: peak allocated on CUDA; on CPU the peak resident set since reset_peak_memory (None if unknown)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
@@ -473,8 +488,7 @@ def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
                                   fused=device.startswith("cuda"))
     rng = random.Random(args.seed)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     model.train()
     step_times = []
     bar = tqdm(range(args.steps), desc=desc, dynamic_ncols=True)
@@ -520,6 +534,8 @@ def load_base(args, device):
 
 
 def fmt_bytes(n):
+    if n is None:
+        return "n/a"
     return f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
@@ -534,8 +550,8 @@ def parse_args(argv=None):
     base.add_argument("--ckpt", default=None, help="base checkpoint from train_gpt2.py (default log/model.pt)")
     base.add_argument("--init", default=None, help="start from HuggingFace weights instead, e.g. gpt2, gpt2-medium")
     p.add_argument("--data", default="e2e", help="'e2e' (download) or a .txt / .jsonl / prompt||completion file")
-    p.add_argument("--cache_dir", default="e2e", help="where --data e2e keeps its downloaded files")
-    p.add_argument("--val_frac", type=float, default=0.1, help="validation share of a local --data file")
+    p.add_argument("--cache-dir", default="e2e", help="where --data e2e keeps its downloaded files")
+    p.add_argument("--val-frac", type=float, default=0.1, help="validation share of a local --data file")
     p.add_argument("--r", type=int, default=4, help="LoRA rank")
     p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (scaling = alpha / r)")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout on the LoRA input path")
@@ -544,15 +560,15 @@ def parse_args(argv=None):
                    help="comma-separated module-name suffixes: qv (q and v of c_attn, the paper's), c_attn, "
                         "attn.c_proj, c_fc, mlp.c_proj")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--grad_accum", type=int, default=1)
-    p.add_argument("--block_size", type=int, default=512, help="longest example in tokens")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--block-size", type=int, default=512, help="longest example in tokens")
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--full_lr", type=float, default=None, help="learning rate of --full (default: --lr)")
+    p.add_argument("--full-lr", type=float, default=None, help="learning rate of --full (default: --lr)")
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight_decay", type=float, default=0.01)
-    p.add_argument("--grad_clip", type=float, default=1.0)
-    p.add_argument("--eval_examples", type=int, default=512, help="validation examples used for val loss")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--eval-examples", type=int, default=512, help="validation examples used for val loss")
     p.add_argument("--samples", type=int, default=3, help="validation prompts to complete before/after")
     p.add_argument("--out", default="log/lora.pt", help="adapter-only output file")
     p.add_argument("--merge", nargs="?", const="log/lora_merged.pt", default=None,
@@ -563,9 +579,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args(argv)
     if args.r < 1 or args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.block_size < 2:
-        p.error("--r, --steps, --batch_size, --grad_accum must be >= 1 and --block_size >= 2")
+        p.error("--r, --steps, --batch-size, --grad-accum must be >= 1 and --block-size >= 2")
     if not 0 <= args.dropout < 1 or not 0 < args.val_frac < 1:
-        p.error("--dropout must be in [0, 1) and --val_frac in (0, 1)")
+        p.error("--dropout must be in [0, 1) and --val-frac in (0, 1)")
+    if args.adapter and args.full:
+        p.error("--full trains; --adapter only evaluates a saved adapter: use one of them")
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     return args
 
@@ -605,26 +623,29 @@ def main(argv=None):
         save_adapter(args.out, model, lora_config, base_path, base_hash, tokenizer.name, bool(args.init),
                      val_loss=stats["val_loss"], steps=args.steps)
         print(f"wrote adapter {args.out}")
-        if args.full:
-            full_model = load_base(args, device)[0]
-            report(full_model, "full fine-tuning")
-            full_stats = train(full_model, train_ex, val_ex, args, device, pad, desc="full")
-            print_full_table(stats, full_stats, device)
-            del full_model
     if args.merge:
         merge_and_unwrap(model)
         gpt.save_checkpoint(args.merge, model, tokenizer.name, lora_base=str(base_path))
         print(f"wrote merged checkpoint {args.merge}")
+    if args.full:  # the same run with every weight trainable, on a fresh copy of the base
+        del model  # (so that its memory is not counted in the full run's peak)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        full_model = load_base(args, device)[0]
+        report(full_model, "full fine-tuning")
+        full_stats = train(full_model, train_ex, val_ex, args, device, pad, desc="full")
+        print(f"val loss: base {val_before:.4f} -> full fine-tuning {full_stats['val_loss']:.4f}")
+        print_full_table(stats, full_stats, device)
 
 
 def print_full_table(lora, full, device):
-    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak process RSS (cumulative)"
+    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak resident memory (RSS)"
     rows = [("trainable params", f"{lora['trainable']:,}", f"{full['trainable']:,}",
              f"{lora['trainable'] / full['trainable']:.4f}"),
             ("optimizer state", fmt_bytes(lora["optimizer_bytes"]), fmt_bytes(full["optimizer_bytes"]),
              f"{lora['optimizer_bytes'] / full['optimizer_bytes']:.4f}"),
             (mem, fmt_bytes(lora["peak_bytes"]), fmt_bytes(full["peak_bytes"]),
-             f"{lora['peak_bytes'] / full['peak_bytes']:.3f}"),
+             f"{lora['peak_bytes'] / full['peak_bytes']:.3f}" if lora["peak_bytes"] and full["peak_bytes"] else ""),
             ("step time", f"{1000 * lora['step_time']:.1f} ms", f"{1000 * full['step_time']:.1f} ms",
              f"{lora['step_time'] / full['step_time']:.3f}"),
             ("final val loss", f"{lora['val_loss']:.4f}", f"{full['val_loss']:.4f}", "")]

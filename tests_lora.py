@@ -458,7 +458,7 @@ def test_lora_cli(tmp_path):
     gpt.save_checkpoint(str(tmp_path / "tiny.pt"), _lora_tiny_gpt(), "byte")
     gpt.save_checkpoint(str(tmp_path / "other.pt"), _lora_tiny_gpt(seed=1), "byte")
     data = _lora_task_file(tmp_path / "task.txt", n=200)
-    common = ["--data", data, "--batch_size", "16", "--eval_examples", "32", "--samples", "1"]
+    common = ["--data", data, "--batch-size", "16", "--eval-examples", "32", "--samples", "1"]
     run = _lora_cli("--ckpt", "tiny.pt", *common, "--steps", "8", "--warmup", "2", "--lr", "1e-2", "--r", "4",
                     "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
