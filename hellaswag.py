@@ -203,7 +203,7 @@ def pack_batch(parts, pad_to=1):
     Returns idx (B, L), pos (B, L) positions as if each ending followed the context alone, seg (B, L)
     (0 context, 1..4 ending, -1 padding), and for every ending token: the row, the position whose output
     predicts it, its id and which (example, ending) it belongs to."""
-    L = max(len(c) + sum(len(e) for e in ends) for c, ends, _ in parts)
+    L = max(len(c) + sum(len(e) - 1 for e in ends) for c, ends, _ in parts)
     L = -(-L // pad_to) * pad_to
     B = len(parts)
     idx = torch.zeros((B, L), dtype=torch.long)
@@ -299,12 +299,13 @@ def rows_losses(model, idx, targets):
 
 def pack_batch(parts, pad_to=1):
     """Lay out each example as ONE row: [context, ending 0, ending 1, ending 2, ending 3], right-padded
-    to a multiple of pad_to. The context is computed once instead of four times.
+    to a multiple of pad_to. The context is computed once instead of four times, and an ending's last
+    token is left out of the row: it is only ever a target, nothing reads its output.
 
     Returns idx (B, L); pos (B, L), the positions each token would have with its ending right after the
     context; seg (B, L): 0 context, 1..4 ending, -1 padding; and for every ending token (N in all): its
     row, the position whose output predicts it, its id, and which ending (4 * example + i) it belongs to."""
-    L = max(len(c) + sum(len(e) for e in ends) for c, ends, _ in parts)
+    L = max(len(c) + sum(len(e) - 1 for e in ends) for c, ends, _ in parts)
     L = -(-L // pad_to) * pad_to
     idx = torch.zeros((len(parts), L), dtype=torch.long)
     pos = torch.zeros((len(parts), L), dtype=torch.long)
@@ -315,15 +316,15 @@ def pack_batch(parts, pad_to=1):
         idx[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(context), torch.arange(n), 0
         start = n
         for i, ending in enumerate(endings):
-            m = len(ending)
-            idx[b, start:start + m] = torch.tensor(ending)
+            m = len(ending) - 1  # tokens fed in
+            idx[b, start:start + m] = torch.tensor(ending[:-1])
             pos[b, start:start + m] = torch.arange(n, n + m)
             seg[b, start:start + m] = i + 1
             # the last context token predicts every ending's first token; then each token its successor
-            sources += [n - 1] + list(range(start, start + m - 1))
-            rows += [b] * m
+            sources += [n - 1] + list(range(start, start + m))
+            rows += [b] * (m + 1)
             targets += ending
-            owner += [4 * b + i] * m
+            owner += [4 * b + i] * (m + 1)
             start += m
     longs = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return idx, pos, seg, longs(rows), longs(sources), longs(targets), longs(owner)
@@ -385,7 +386,7 @@ def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt",
     if compile:  # fixed shapes so the compiled graph is reused: pad the length to 64s and the batch full
         _compiled_hidden = _compiled_hidden or torch.compile(packed_hidden, dynamic=False)
         hidden_fn = _compiled_hidden
-    length = lambda j: len(parts[j][0]) + sum(map(len, parts[j][1]))  # noqa: E731
+    length = lambda j: len(parts[j][0]) + sum(map(len, parts[j][1]))  # noqa: E731 (either method's order)
     order = sorted(range(len(parts)), key=length, reverse=True)  # a too-big batch fails at the start
     sums = torch.zeros(len(parts), 4, dtype=torch.float64)
     autocast = torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
