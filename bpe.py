@@ -92,7 +92,11 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
         for new_pair in created:          # new pairs all contain new_id: push them with their final counts
             c = pair_count[new_pair]
             if c > 0:
-                heapq.heappush(heap, (-c, first_position(new_pair), new_pair))
+                i = where[new_pair][0]        # usually still live; first_position checks the rest
+                j = nxt[i]
+                if j < 0 or tok[i] != new_pair >> 32 or tok[j] != new_pair & MASK:
+                    i = first_position(new_pair)
+                heapq.heappush(heap, (-c, i, new_pair))
         if progress is not None:
             progress(merges[-1][0], new_id, count)
     return merges
@@ -114,16 +118,17 @@ def _link_chunks(chunks, counts):
     weight = np.repeat(np.asarray(counts, dtype=np.int64), lengths)
     # Every adjacent pair inside a chunk: its key, the position of its left byte, and its weight.
     pos = np.flatnonzero(nxt[:-1] >= 0) if n else np.zeros(0, dtype=np.int64)
-    keys = (tok[pos] << 32) | tok[pos + 1]
+    keys = (tok[pos] << 8 | tok[pos + 1]).astype(np.uint16)    # byte pairs fit 16 bits: radix sort
     order = np.argsort(keys, kind="stable")            # stable: positions stay ascending within a key
     keys, pos = keys[order], pos[order]
     uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    totals = np.bincount(inverse, weights=weight[pos], minlength=len(uniq))
-    bounds = list(first) + [len(keys)]
+    totals = np.bincount(inverse, weights=weight[pos], minlength=len(uniq)).astype(np.int64).tolist()
+    bounds = first.tolist() + [len(keys)]
     pos_list = pos.tolist()
     pair_count, where = {}, {}
     for k, key in enumerate(uniq.tolist()):
-        pair_count[key] = int(totals[k])
+        key = (key >> 8) << 32 | (key & 255)
+        pair_count[key] = totals[k]
         where[key] = pos_list[bounds[k]:bounds[k + 1]]
     return tok.tolist(), nxt.tolist(), prv.tolist(), weight.tolist(), pair_count, where
 
@@ -145,7 +150,8 @@ def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):
     """Merge every live occurrence of `pair`, left to right; update neighbour pair counts and positions.
     Returns the pairs it created (all contain new_id)."""
     a, b = pair >> 32, pair & MASK
-    created = []
+    # The new pairs (x, new) and (new, y), keyed by x and y while we go: [count, positions...]
+    lefts, rights = {}, {}
     for i in where[pair]:                 # ascending, so this is left to right with no overlap
         if tok[i] != a:
             continue                      # stale: node absorbed or already merged into something else
@@ -155,33 +161,38 @@ def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):
         w = weight[i]
         left, right = prv[i], nxt[j]
         if left >= 0:                     # (x, a) becomes (x, new)
-            x = tok[left] << 32
-            pair_count[x | a] -= w
-            new = x | new_id
-            c = pair_count.get(new)
-            if c is None:
-                pair_count[new] = w
-                where[new] = [left]
-                created.append(new)
+            x = tok[left]
+            if x == new_id:               # (new, a) was made a moment ago, by the previous merge
+                rights[a][0] -= w
             else:
-                pair_count[new] = c + w
-                where[new].append(left)
+                pair_count[x << 32 | a] -= w
+            entry = lefts.get(x)
+            if entry is None:
+                lefts[x] = [w, left]
+            else:
+                entry[0] += w
+                entry.append(left)
         if right >= 0:                    # (b, y) becomes (new, y)
             y = tok[right]
             pair_count[b << 32 | y] -= w
-            new = new_id << 32 | y
-            c = pair_count.get(new)
-            if c is None:
-                pair_count[new] = w
-                where[new] = [i]
-                created.append(new)
+            entry = rights.get(y)
+            if entry is None:
+                rights[y] = [w, i]
             else:
-                pair_count[new] = c + w
-                where[new].append(i)
+                entry[0] += w
+                entry.append(i)
             prv[right] = i
         tok[i] = new_id
         tok[j] = -1
         nxt[i] = right
+    created = []
+    for side, entries in ((0, lefts), (1, rights)):
+        for other, entry in entries.items():
+            key = (new_id << 32 | other) if side else (other << 32 | new_id)
+            pair_count[key] = entry[0]
+            del entry[0]
+            where[key] = entry
+            created.append(key)
     return created
 
 
