@@ -276,9 +276,15 @@ class _Cache(dict):
 # ---------------------------------------------------------------------------------------------
 
 class Tokenizer:
+    """minbpe-style byte-level BPE. pattern: "gpt4", "gpt2", None (no split) or a custom split regex
+    (which must match every character: text it skips is lost). special_tokens: {str: id}, or a list of
+    strings numbered right after the merges."""
+
     def __init__(self, pattern="gpt4", special_tokens=None):
         if pattern in PATTERNS:
             pattern = PATTERNS[pattern]
+        elif regex.fullmatch(r"[a-z0-9_]+", pattern):   # a name we do not know, not a regex
+            raise ValueError(f"unknown pattern {pattern!r}: use 'gpt4', 'gpt2', None or a split regex.")
         self.pattern = pattern or None
         self.compiled_pattern = regex.compile(self.pattern) if self.pattern else None
         self.byte_ids = list(range(256))  # the id of each raw byte (a permutation for GPT-2's ranks)

@@ -312,3 +312,10 @@ def test_bpe_cli_bad_inputs_get_one_line_errors(tmp_path):
         assert "Traceback" not in r.stderr, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (args, r.stderr)
+
+
+def test_bpe_rejects_unknown_pattern_name_and_bad_ids():
+    with pytest.raises(ValueError, match="unknown pattern"):
+        bpe.Tokenizer("gpt3")
+    with pytest.raises(ValueError, match="not in this tokenizer"):
+        bpe.Tokenizer().decode([99999])
