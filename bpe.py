@@ -485,8 +485,9 @@ class Tokenizer:
         return tok
 
     def to_tiktoken(self, name="bpe"):
-        """A tiktoken Encoding serving these merges (tiktoken merges by the rank of the joined bytes, which
-        gives the same ids as encode() whenever every token's bytes has one id; checked here)."""
+        """A tiktoken Encoding serving these merges. tiktoken knows no merge list: it joins the neighbours
+        whose joined bytes have the lowest rank. We check that this rule rebuilds every one of our merges
+        (as from_tiktoken does), and refuse the vocabularies where it cannot."""
         import tiktoken
         ranks = {}
         for i, token in self.vocab.items():
@@ -496,6 +497,10 @@ class Tokenizer:
                 raise ValueError(f"tokens {ranks[token]} and {i} are both {token!r}; tiktoken needs one id per "
                                  f"byte string, so this vocabulary cannot be served by tiktoken.")
             ranks[token] = i
+        for (a, b), i in self.merges.items():
+            if _tiktoken_bpe(ranks, self.vocab[i], max_rank=i) != [self.vocab[a], self.vocab[b]]:
+                raise ValueError(f"tiktoken's lowest-rank rule would not build token {i} ({self.vocab[i]!r}) from "
+                                 f"tokens {a} and {b}, so tiktoken cannot serve this vocabulary exactly.")
         pattern = self.pattern if self.pattern else r"[\s\S]+"
         return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
                                  special_tokens=dict(self.special_tokens))

@@ -319,3 +319,14 @@ def test_bpe_rejects_unknown_pattern_name_and_bad_ids():
         bpe.Tokenizer("gpt3")
     with pytest.raises(ValueError, match="not in this tokenizer"):
         bpe.Tokenizer().decode([99999])
+
+
+def test_bpe_to_tiktoken_refuses_merges_tiktoken_cannot_serve(tmp_path):
+    # "abc" made as a + bc: tiktoken's rule would join ab first and then abc, while the textbook encode
+    # (lowest merge id: ab) stops at [ab, c]. Serving these merges with tiktoken would change ids.
+    path = tmp_path / "odd.model"
+    path.write_text("minbpe v1\n\n0\n97 98\n98 99\n97 257\n", encoding="utf-8")
+    tok = bpe.Tokenizer().load(str(path))
+    assert tok.encode("abc") == [256, 99]
+    with pytest.raises(ValueError, match="cannot serve"):
+        tok.to_tiktoken()
