@@ -242,15 +242,15 @@ def _train_interrupt(args, sig, after_step):
 
 def test_train_resume_is_exact_after_stop_sigterm_and_kill9(tmp_path):
     shards = _train_shards(tmp_path)
-    n = 300
-    common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", n, "--eval-every", 100,
-                             "--ckpt-every", 50]
+    n = 120
+    common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", n, "--eval-every", 40,
+                             "--ckpt-every", 20]
     _train_run(common + ["--log-dir", tmp_path / "straight"])
     assert _train_ckpt(tmp_path / "straight")["step"] == n
 
-    # 1. --stop-at: stop after 120 steps (checkpoint written), then --resume to the end.
-    _train_run(common + ["--log-dir", tmp_path / "stopped", "--stop-at", 120])
-    assert _train_ckpt(tmp_path / "stopped")["step"] == 120
+    # 1. --stop-at: stop after 50 steps (checkpoint written), then --resume to the end.
+    _train_run(common + ["--log-dir", tmp_path / "stopped", "--stop-at", 50])
+    assert _train_ckpt(tmp_path / "stopped")["step"] == 50
     _train_run(common + ["--log-dir", tmp_path / "stopped", "--resume"])
     _train_assert_same_run(tmp_path / "straight", tmp_path / "stopped")
 
@@ -264,31 +264,37 @@ def test_train_resume_is_exact_after_stop_sigterm_and_kill9(tmp_path):
 
     # 3. kill -9: whatever was being written, model.pt is the last complete checkpoint; log lines past it
     #    are dropped on resume and written again.
-    rc, out = _train_interrupt(common + ["--log-dir", tmp_path / "kill"], signal.SIGKILL, after_step=60)
+    rc, out = _train_interrupt(common + ["--log-dir", tmp_path / "kill"], signal.SIGKILL, after_step=45)
     assert rc == -signal.SIGKILL
-    assert _train_ckpt(tmp_path / "kill")["step"] in range(50, n, 50)
+    assert _train_ckpt(tmp_path / "kill")["step"] in range(40, n, 20)
     _train_run(common + ["--log-dir", tmp_path / "kill", "--resume"])
     _train_assert_same_run(tmp_path / "straight", tmp_path / "kill")
 
 
 def test_train_tiny_preset_learns_manual_txt(tmp_path):
-    # The README's main command, shortened: manual.txt, bytes, CPU; the loss must fall far below ln(257).
+    # The README's main command, shortened (a smaller model, fewer steps): manual.txt, bytes, CPU.
     result = _train_run(["--preset", "tiny", "--n-layer", 2, "--n-embd", 64, "--seq-len", 64, "--batch-size", 8,
-                         "--total-batch-size", 512, "--max-steps", 60, "--warmup-steps", 5, "--eval-every", 30,
-                         "--keep-every", 30, "--log-dir", tmp_path / "log"])
+                         "--total-batch-size", 512, "--max-steps", 80, "--warmup-steps", 5, "--lr", 1e-2,
+                         "--min-lr", 1e-3, "--eval-every", 40, "--keep-every", 40, "--log-dir", tmp_path / "log"])
     val = _train_log(tmp_path / "log", "val")
     train = _train_log(tmp_path / "log", "train")
-    assert sorted(val) == [0, 30, 59] and sorted(train) == list(range(60))
-    assert val[0] == pytest.approx(math.log(257), abs=0.3)        # untrained: about uniform over bytes
-    assert val[59] < 0.6 * val[0] and train[59] < 0.6 * train[0]  # learned the byte statistics and more
+    assert sorted(val) == [0, 40, 79] and sorted(train) == list(range(80))
+    assert val[0] == pytest.approx(math.log(257), abs=0.3)  # untrained: about uniform over the byte ids
+    # The yardstick: the val split's cross-entropy under the train split's byte frequencies (add-1/2
+    # smoothed), i.e. the best a model ignoring context can do. Below it, the model reads its context.
+    data = np.frombuffer((_TRAIN_HERE / "manual.txt").read_bytes(), dtype=np.uint8)
+    split = int(0.9 * len(data))
+    counts = np.bincount(data[:split], minlength=257) + 0.5
+    unigram = float(-np.log(counts[data[split:]] / counts.sum()).mean())
+    assert val[79] < unigram - 0.3 and val[79] < val[0] - 1.5, (val, unigram)
     assert "notice: HellaSwag skipped" in result.stdout and result.stdout.count("sample 0:") == 3
     assert (tmp_path / "log" / "loss.png").stat().st_size > 1000
     ckpt = _train_ckpt(tmp_path / "log")
-    assert ckpt["step"] == 60 and ckpt["tokenizer"] == "byte" and ckpt["config"]["n_embd"] == 64
-    assert _train_ckpt(tmp_path / "log", "model_00030.pt")["step"] == 30
+    assert ckpt["step"] == 80 and ckpt["tokenizer"] == "byte" and ckpt["config"]["n_embd"] == 64
+    assert _train_ckpt(tmp_path / "log", "model_00040.pt")["step"] == 40
     from model import load_checkpoint
     model, _ = load_checkpoint(str(tmp_path / "log" / "model.pt"))
-    assert model.num_params() == sum(v.numel() for k, v in ckpt["model"].items() if k != "lm_head.weight")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
 
 
 def test_train_clear_errors(tmp_path):

@@ -49,13 +49,13 @@ PRESETS = {
         data="edu_fineweb10B", tokenizer="gpt2", n_layer=12, n_head=12, n_embd=768, vocab_multiple=64,
         batch_size=64, seq_len=1024, total_batch_size=524288, lr=6e-4, min_lr=6e-5, warmup_steps=715,
         max_steps=19073, eval_every=250, val_steps=20, ckpt_every=1000, keep_every=5000,
-        prompt="Hello, I'm a language model,", sample_tokens=32, num_samples=4),
+        prompt="Hello, I'm a language model,", sample_tokens=32, num_samples=4, temperature=1.0),
     # A small byte-level model on the bundled manual: offline, on a laptop CPU, in a few minutes.
     "tiny": dict(
         data=os.path.join(HERE, "manual.txt"), tokenizer="byte", n_layer=4, n_head=4, n_embd=128,
         vocab_multiple=64, batch_size=8, seq_len=256, total_batch_size=4096, lr=2e-3, min_lr=2e-4,
         warmup_steps=20, max_steps=300, eval_every=50, val_steps=10, ckpt_every=100, keep_every=0,
-        prompt="The ", sample_tokens=160, num_samples=2),
+        prompt="The ", sample_tokens=160, num_samples=2, temperature=0.8),
 }
 
 
@@ -101,6 +101,8 @@ def parse_args(argv=None):
     g.add_argument("--prompt")
     g.add_argument("--sample-tokens", type=int)
     g.add_argument("--num-samples", type=int)
+    g.add_argument("--temperature", type=float, help="sampling temperature (lower: likelier, blander text)")
+    g.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens")
     g.add_argument("--log-dir", default="log")
     g.add_argument("--ckpt-every", type=int, help="write log/model.pt every N steps and at the end (0 = never)")
     g.add_argument("--keep-every", type=int, help="also keep a copy log/model_STEP.pt every N steps (0 = never)")
@@ -367,11 +369,12 @@ def load_hellaswag(args, world, master, log):
     return examples
 
 
-def print_samples(raw_model, tok, prompt, num_samples, max_new_tokens, device, log):
-    ids = tok.encode_ordinary(prompt) or [tok.eot_token]
-    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+def print_samples(raw_model, tok, args, device, log):
+    ids = tok.encode_ordinary(args.prompt) or [tok.eot_token]
+    idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(42)  # its own generator: training RNG untouched
-    out = raw_model.generate(idx, max_new_tokens, top_k=50, generator=generator)
+    out = raw_model.generate(idx, args.sample_tokens, temperature=args.temperature, top_k=args.top_k,
+                             generator=generator)
     for i, row in enumerate(out.tolist()):
         log(f"sample {i}: {tok.decode(row)!r}")
 
@@ -483,8 +486,12 @@ def main(argv=None):
             rewind_log(log_file, start_step)
         log(f"resumed from {ckpt_file} at step {start_step}")
         del ckpt
-    elif master and os.path.exists(log_file):
-        os.remove(log_file)  # a fresh run starts a fresh log
+    elif master:
+        if os.path.exists(ckpt_file):
+            log(f"notice: a fresh run: {ckpt_file} will be overwritten at the first checkpoint "
+                f"(Ctrl-C now and add --resume to continue it instead)")
+        if os.path.exists(log_file):
+            os.remove(log_file)  # a fresh run starts a fresh log
     fast_model = torch.compile(raw_model) if use_compile else raw_model  # for the training and val loss
     model = fast_model
     if ddp:  # the wrapper that averages gradients over processes during backward
@@ -512,6 +519,8 @@ def main(argv=None):
                 shutil.copyfile(ckpt_file, keep + ".tmp")
                 os.replace(keep + ".tmp", keep)
 
+    if start_step >= args.max_steps:
+        log(f"nothing to do: the checkpoint is at step {start_step}, --max-steps is {args.max_steps}")
     step_time = None  # smoothed, for the ETA
     for step in range(start_step, args.max_steps):
         last_step = step == args.max_steps - 1
@@ -532,7 +541,7 @@ def main(argv=None):
                 lines.append(f"{step} hella {result['acc_norm']:.4f}\n")
             if master:
                 if args.num_samples > 0 and args.sample_tokens > 0:
-                    print_samples(raw_model, tok, args.prompt, args.num_samples, args.sample_tokens, device, log)
+                    print_samples(raw_model, tok, args, device, log)
                 with open(log_file, "a") as f:
                     f.writelines(lines)
                 plot_log(log_file, os.path.join(args.log_dir, "loss.png"))
