@@ -289,10 +289,12 @@ def rows_batch(parts):
 
 def rows_losses(model, idx, targets):
     """Summed ending loss per row, using the model's own forward (ours or HuggingFace's)."""
-    if is_hf_model(model):
-        logits = model(idx).logits.float()
-        losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
-        return losses.view(targets.shape).sum(dim=1)
+    if is_hf_model(model):  # HuggingFace's transformer, its lm_head applied at the scored positions only
+        hidden = model.transformer(input_ids=idx).last_hidden_state
+        scored = targets != -1
+        losses = torch.zeros(targets.shape, dtype=torch.float32, device=idx.device)
+        losses[scored] = F.cross_entropy(model.lm_head(hidden[scored]).float(), targets[scored], reduction="none")
+        return losses.sum(dim=1)
     _, losses = model(idx, targets, reduction="none")  # lm_head runs on the ending positions only
     return losses.sum(dim=1)
 

@@ -173,9 +173,9 @@ def test_hellaswag_harness_preprocessing(gpt2_enc):
     ex = _hellaswag_examples()[5]  # "[header] How to repot ..." with ctx_b "[title]"
     context, endings, chars = hellaswag.render_parts(ex, gpt2_enc, "harness")
     query = ("Home and Garden: How to repot a houseplant. Choose a slightly larger pot. The new pot should be "
-             "one or two inches wider than the old one.")
-    # ctx_b "[title]".capitalize() is "[title]"; " [title]" -> ". " leaves a trailing space that moves into
-    # the continuation, as the harness does before it tokenizes
+             "one or two inches wider than the old one..")
+    # ctx_b "[title]".capitalize() is "[title]"; " [title]" -> ". " gives the harness's well-known ".." and
+    # a trailing space, which moves into the continuation (as the harness does) before tokenizing
     assert context == gpt2_enc.encode(query)
     choice = "Water the plant a day before you move it. Moist soil holds together and slides out more easily."
     assert chars[0] == len(choice)
@@ -199,35 +199,36 @@ def _hellaswag_sums(records):
     return torch.tensor([r["losses_sum"] for r in records], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("style", hellaswag.STYLES)
-def test_hellaswag_losses_equal_transformers(hellaswag_models, gpt2_enc, style):
+def test_hellaswag_losses_equal_transformers(hellaswag_models, gpt2_enc):
     """Our GPT, packed and batched, vs GPT2LMHeadModel scoring each example on its own (same weights)."""
     examples = _hellaswag_examples()
-    reference = _hellaswag_loop_losses(hellaswag_models.hf, examples, gpt2_enc, style)
-    ours = hellaswag.score_examples(hellaswag_models.gpt, examples, gpt2_enc, "cpu", batch_size=8, style=style)
-    lengths = torch.tensor([[len(e) for e in hellaswag.render_parts(ex, gpt2_enc, style)[1]] for ex in examples])
-    assert (_hellaswag_sums(ours) / lengths - reference / lengths).abs().max() < 1e-5   # per-token mean loss
-    torch.testing.assert_close(_hellaswag_sums(ours), reference, rtol=1e-6, atol=0)
-    hf_rows = hellaswag.score_examples(hellaswag_models.hf, examples, gpt2_enc, "cpu", batch_size=8, style=style)
-    torch.testing.assert_close(_hellaswag_sums(hf_rows), reference, rtol=1e-6, atol=0)
-    assert [r["pred"] for r in ours] == [r["pred"] for r in hf_rows] == reference.argmin(dim=1).tolist()
+    for style in hellaswag.STYLES:
+        reference = _hellaswag_loop_losses(hellaswag_models.hf, examples, gpt2_enc, style)
+        ours = hellaswag.score_examples(hellaswag_models.gpt, examples, gpt2_enc, "cpu", batch_size=8, style=style)
+        lengths = torch.tensor([[len(e) for e in hellaswag.render_parts(ex, gpt2_enc, style)[1]] for ex in examples])
+        assert (_hellaswag_sums(ours) / lengths - reference / lengths).abs().max() < 1e-5  # per-token mean loss
+        torch.testing.assert_close(_hellaswag_sums(ours), reference, rtol=1e-6, atol=0)
+        hf_rows = hellaswag.score_examples(hellaswag_models.hf, examples, gpt2_enc, "cpu", batch_size=8, style=style)
+        torch.testing.assert_close(_hellaswag_sums(hf_rows), reference, rtol=1e-6, atol=0)
+        assert [r["pred"] for r in ours] == [r["pred"] for r in hf_rows] == reference.argmin(dim=1).tolist()
 
 
-@pytest.mark.parametrize("style", hellaswag.STYLES)
-def test_hellaswag_batched_equals_one_at_a_time(hellaswag_models, gpt2_enc, style):
+def test_hellaswag_batched_equals_one_at_a_time(hellaswag_models, gpt2_enc):
     examples = _hellaswag_examples()
     gpt = hellaswag_models.gpt
-    reference = _hellaswag_loop_losses(gpt, examples, gpt2_enc, style)  # the recipe's loop
-    one = hellaswag.score_examples(gpt, examples, gpt2_enc, "cpu", batch_size=1, style=style)
-    for method, batch_size in [("packed", 7), ("packed", 64), ("rows", 5)]:
-        batched = hellaswag.score_examples(gpt, examples, gpt2_enc, "cpu", batch_size, style, method=method)
-        torch.testing.assert_close(_hellaswag_sums(batched), reference, rtol=1e-6, atol=0)
-        torch.testing.assert_close(_hellaswag_sums(batched), _hellaswag_sums(one), rtol=1e-6, atol=0)
-        assert [(r["pred"], r["pred_norm"]) for r in batched] == [(r["pred"], r["pred_norm"]) for r in one]
-        assert [r["ind"] for r in batched] == [ex["ind"] for ex in examples]  # input order kept
-    # a torch.compile'd model (not yet compiled: evaluation unwraps it) gives the same numbers
-    compiled = hellaswag.evaluate(torch.compile(gpt), examples, gpt2_enc, "cpu", batch_size=4, style=style)
-    assert compiled == hellaswag.evaluate(gpt, examples, gpt2_enc, "cpu", batch_size=9, style=style)
+    for style in hellaswag.STYLES:
+        one = hellaswag.score_examples(gpt, examples, gpt2_enc, "cpu", batch_size=1, style=style)
+        # the recipe's loop (full logits, 4 rows per forward) on a few examples
+        torch.testing.assert_close(_hellaswag_sums(one[:6]), _hellaswag_loop_losses(gpt, examples[:6], gpt2_enc, style),
+                                   rtol=1e-6, atol=0)
+        for method, batch_size in [("packed", 7), ("rows", 5)]:
+            batched = hellaswag.score_examples(gpt, examples, gpt2_enc, "cpu", batch_size, style, method=method)
+            torch.testing.assert_close(_hellaswag_sums(batched), _hellaswag_sums(one), rtol=1e-6, atol=0)
+            assert [(r["pred"], r["pred_norm"]) for r in batched] == [(r["pred"], r["pred_norm"]) for r in one]
+            assert [r["ind"] for r in batched] == [ex["ind"] for ex in examples]  # input order kept
+    # evaluate() on a torch.compile'd model (it unwraps it: nothing gets compiled) counts the same answers
+    compiled = hellaswag.evaluate(torch.compile(gpt), examples, gpt2_enc, "cpu", batch_size=4, style="harness")
+    assert compiled == hellaswag.summarize(*hellaswag.count_correct(one), style="harness")
 
 
 class _HellaswagCostModel(torch.nn.Module):
@@ -369,7 +370,7 @@ def _hellaswag_cli(*args):
                           capture_output=True, text=True, timeout=300, cwd=HERE_DIR)
 
 
-def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path):
+def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
     from model import ByteTokenizer, save_checkpoint
     examples = _hellaswag_examples()
     data = _hellaswag_write(tmp_path / "hs.jsonl", examples)
@@ -391,12 +392,11 @@ def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path):
     last = run.stdout.strip().splitlines()[-1]
     assert f"acc {summary['acc']:.4f} ({summary['correct']}/{len(examples)})" in last
     assert f"acc_norm {summary['acc_norm']:.4f} ({summary['correct_norm']}/{len(examples)})" in last
-    # --hf: transformers' own forward pass on the save_pretrained directory agrees
-    run = _hellaswag_cli("-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu",
-                         "--style", "harness", "--limit", "10")
-    assert run.returncode == 0, run.stderr
+    # --hf: transformers' own forward pass on the save_pretrained directory agrees (in-process: faster)
+    hellaswag.main(["-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu", "--style", "harness",
+                    "--limit", "10"])
     summary = hellaswag.summarize(*hellaswag.count_correct(expected[:10]), style="harness")
-    assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in run.stdout.strip().splitlines()[-1]
+    assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in capsys.readouterr().out.strip().splitlines()[-1]
     # clear one-line errors: a byte-tokenizer checkpoint, a malformed file, a bad flag value
     from model import GPT, GPTConfig
     byte_ckpt = str(tmp_path / "byte.pt")
@@ -406,7 +406,9 @@ def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path):
     bad.write_text(json.dumps(examples[0]) + "\n{oops\n")
     for args, message in [(["--ckpt", byte_ckpt, "--file", data], "'byte' tokenizer"),
                           (["--ckpt", ckpt, "--file", str(bad)], "line 2: not valid JSON"),
-                          (["--ckpt", ckpt, "--file", data, "--limit", "0"], "--limit must be at least 1")]:
-        run = _hellaswag_cli(*args, "--device", "cpu")
-        assert run.returncode != 0 and run.stderr.strip().startswith("error:") and message in run.stderr
-        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+                          (["--ckpt", ckpt, "--file", data, "--limit", "0"], "--limit must be at least 1"),
+                          (["--ckpt", str(tmp_path / "none.pt"), "--file", data], "not found")]:
+        with pytest.raises(SystemExit) as info:
+            hellaswag.main(args + ["--device", "cpu"])
+        error = str(info.value.code)
+        assert error.startswith("error:") and message in error and "\n" not in error, error
