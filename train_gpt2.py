@@ -53,8 +53,8 @@ PRESETS = {
     # A small byte-level model on the bundled manual: offline, on a laptop CPU, in a few minutes.
     "tiny": dict(
         data=os.path.join(HERE, "manual.txt"), tokenizer="byte", n_layer=4, n_head=4, n_embd=128,
-        vocab_multiple=64, batch_size=8, seq_len=256, total_batch_size=4096, lr=2e-3, min_lr=2e-4,
-        warmup_steps=20, max_steps=300, eval_every=50, val_steps=10, ckpt_every=100, keep_every=0,
+        vocab_multiple=64, batch_size=8, seq_len=256, total_batch_size=4096, lr=3e-3, min_lr=3e-4,
+        warmup_steps=20, max_steps=500, eval_every=100, val_steps=10, ckpt_every=100, keep_every=0,
         prompt="The ", sample_tokens=160, num_samples=2, temperature=0.8),
 }
 
@@ -98,6 +98,7 @@ def parse_args(argv=None):
     g.add_argument("--hellaswag", action=argparse.BooleanOptionalAction, default=True,
                    help="HellaSwag accuracy at each eval (needs the gpt2 tokenizer and its data)")
     g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples (default: all 10,042)")
+    g.add_argument("--hellaswag-file", help="a local hellaswag_val.jsonl (default: downloaded once by hellaswag.py)")
     g.add_argument("--prompt")
     g.add_argument("--sample-tokens", type=int)
     g.add_argument("--num-samples", type=int)
@@ -344,7 +345,7 @@ def val_loss(model, val_shards, B, T, rank, world, steps, device, autocast):
     return total.item()
 
 
-def load_hellaswag(args, world, master, log):
+def load_hellaswag(args, tok, world, master, log):
     """HellaSwag's validation examples, or None with a one-line notice saying why they are skipped."""
     if not args.hellaswag:
         return None
@@ -355,16 +356,21 @@ def load_hellaswag(args, world, master, log):
     try:
         import hellaswag
         if master:  # rank 0 downloads the file if needed; the others read it once it is there
-            examples = hellaswag.load_examples("val", limit=args.hellaswag_limit)
+            examples = hellaswag.load_examples("val", file=args.hellaswag_file, limit=args.hellaswag_limit)
     except (ImportError, ValueError, FileNotFoundError, OSError) as e:
         error = str(e).splitlines()[0] if str(e) else type(e).__name__
     ok = torch.tensor(0 if error else 1)
     if world > 1:
         dist.broadcast(ok, 0)
         if ok and not master:
-            examples = hellaswag.load_examples("val", limit=args.hellaswag_limit)
+            examples = hellaswag.load_examples("val", file=args.hellaswag_file, limit=args.hellaswag_limit)
     if not ok:
-        log(f"notice: HellaSwag skipped: {error}")
+        log(f"notice: HellaSwag skipped (train_gpt2.py takes a local copy with --hellaswag-file): {error}")
+        return None
+    longest = max(len(context) + max(map(len, endings))
+                  for context, endings, _ in (hellaswag.render_parts(ex, tok) for ex in examples))
+    if longest > args.seq_len:
+        log(f"notice: HellaSwag skipped: its longest example has {longest} tokens, more than --seq-len {args.seq_len}")
         return None
     return examples
 
@@ -497,7 +503,7 @@ def main(argv=None):
     if ddp:  # the wrapper that averages gradients over processes during backward
         model = torch.nn.parallel.DistributedDataParallel(fast_model,
                                                           device_ids=[local_rank] if device_type == "cuda" else None)
-    hella_examples = load_hellaswag(args, world, master, log)
+    hella_examples = load_hellaswag(args, tok, world, master, log)
     peak = peak_flops(device)
 
     log(f"{raw_model.num_params():,} parameters | {world} process(es) on {device} | B={B} T={T} | "
