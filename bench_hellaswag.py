@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from bench import best_time, markdown_table
+from bench import markdown_table
 
 # Words to build synthetic contexts and endings from (one GPT-2 token each, with their leading space).
 _WORDS = ("the a man woman person he she they is are then now camera shows people water ball hands "
@@ -52,34 +52,34 @@ def bench_cpu(args):
     print(f"{len(examples)} synthetic examples, mean context {ctx:.0f} tokens, mean ending {end:.0f} tokens; "
           f"GPT-2 124M config, random weights, float32, {torch.get_num_threads()} threads")
 
-    results = {}
-
-    def loop():
-        with torch.no_grad():
-            results["loop"] = torch.stack([hellaswag.ending_losses_loop(model, ex, enc, "cpu") for ex in examples])
-
-    def batched(method, batch_size):
-        def run():
-            records = hellaswag.score_examples(model, examples, enc, "cpu", batch_size, method=method)
-            results[method, batch_size] = torch.tensor([r["losses_sum"] for r in records])
-        return run
-
-    runs = [("recipe loop: 1 example (4 rows) per forward, full logits", "loop", loop)]
-    runs += [(f"hellaswag.py rows: {bs} examples per forward, lm_head on endings only", ("rows", bs),
-              batched("rows", bs)) for bs in args.batch_sizes]
-    runs += [(f"hellaswag.py packed: {bs} examples per forward, context once", ("packed", bs),
-              batched("packed", bs)) for bs in args.batch_sizes]
-    rows, base = [], None
-    for label, key, fn in runs:
-        seconds = best_time(fn, repeat=args.repeat, warmup=0)
-        base = base or seconds
-        reference = results["loop"].double()
-        got = results[key].double()
+    # The scorers take turns chunk by chunk, so a load change on a shared machine hits them all alike.
+    scorers = [("recipe loop: 1 example (4 rows) per forward, full logits", None)]
+    describe = dict(rows="each context + ending its own row, lm_head on endings only",
+                    packed="one row per example, context once")
+    scorers += [(f"hellaswag.py {method}: {bs} examples per forward, {describe[method]}", (method, bs))
+                for method in args.methods for bs in args.batch_sizes]
+    seconds = [0.0] * len(scorers)
+    losses = [[] for _ in scorers]
+    for start in range(0, len(examples), args.chunk):
+        chunk = examples[start:start + args.chunk]
+        for i, (_, how) in enumerate(scorers):
+            t0 = time.perf_counter()
+            if how is None:
+                with torch.no_grad():
+                    out = torch.stack([hellaswag.ending_losses_loop(model, ex, enc, "cpu") for ex in chunk])
+            else:
+                records = hellaswag.score_examples(model, chunk, enc, "cpu", how[1], method=how[0])
+                out = torch.tensor([r["losses_sum"] for r in records])
+            seconds[i] += time.perf_counter() - t0
+            losses[i].append(out.double())
+    reference = torch.cat(losses[0])
+    rows = []
+    for (label, _), sec, got in zip(scorers, seconds, losses):
+        got = torch.cat(got)
         same_pred = sum(int(a.argmin() == b.argmin()) for a, b in zip(got, reference))
-        rows.append([label, f"{len(examples) / seconds:.2f}", f"{seconds:.1f}",
-                     f"{(got - reference).abs().max().item():.1e}", f"{same_pred}/{len(examples)}",
-                     f"{base / seconds:.2f}x"])
-    print(markdown_table(["scorer", "examples/s", "seconds", "max |loss diff|", "same pred", "speed-up"], rows))
+        rows.append([label, f"{len(examples) / sec:.2f}", f"{sec:.1f}", f"{(got - reference).abs().max().item():.1e}",
+                     f"{same_pred}/{len(examples)}", f"{seconds[0] / sec:.2f}x"])
+    print(markdown_table(["scorer", "examples/s", "seconds", "max abs loss diff", "same pred", "speed-up"], rows))
 
 
 def bench_gpu(args):
@@ -121,8 +121,10 @@ def add_parser(sub):
     p.add_argument("--device", default="cpu", help="cpu: speed-up table; cuda: full-split wall time")
     p.add_argument("--examples", type=int, default=200, help="(cpu) synthetic examples to score")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16], help="(cpu) examples per forward")
+    p.add_argument("--methods", nargs="+", choices=("rows", "packed"), default=["rows", "packed"],
+                   help="(cpu) batched scorers to time against the loop")
     p.add_argument("--threads", type=int, default=2, help="(cpu) torch threads")
-    p.add_argument("--repeat", type=int, default=1, help="(cpu) timed runs per scorer, best one kept")
+    p.add_argument("--chunk", type=int, default=50, help="(cpu) examples per turn of each scorer")
     p.add_argument("-m", "--models", nargs="+", default=["gpt2"],
                    help="(cuda) gpt2 sizes, 'random' (124M config) or checkpoint .pt files")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="(cuda) float32 and/or bfloat16")

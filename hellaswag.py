@@ -392,22 +392,33 @@ def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt",
     order = sorted(range(len(parts)), key=length, reverse=True)  # a too-big batch fails at the start
     sums = torch.zeros(len(parts), 4, dtype=torch.float64)
     autocast = torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
-    with torch.inference_mode(), autocast:
-        for start in tqdm(range(0, len(order), batch_size), desc="hellaswag", disable=not progress):
-            batch = order[start:start + batch_size]
-            batch_parts = [parts[j] for j in batch]
-            if method == "rows":
-                idx, targets = rows_batch(batch_parts)
-                sums[batch] = rows_losses(model, idx.to(device), targets.to(device)).double().cpu().view(-1, 4)
-                continue
-            if compile:
-                batch_parts += [batch_parts[-1]] * (batch_size - len(batch_parts))
-            idx, pos, seg, rows, sources, targets, owner = pack_batch(batch_parts, pad_to=64 if compile else 1)
-            losses = packed_losses(raw, *(t.to(device) for t in (idx, pos, seg, rows, sources, targets)),
-                                   hidden_fn=hidden_fn).double().cpu()
-            per_ending = torch.zeros(4 * len(batch_parts), dtype=torch.float64).index_add_(0, owner, losses)
-            sums[batch] = per_ending.view(-1, 4)[:len(batch)]
+    was_training = raw.training
+    raw.eval()  # no dropout while scoring, even when called from the middle of a training loop
+    try:
+        with torch.inference_mode(), autocast:
+            for start in tqdm(range(0, len(order), batch_size), desc="hellaswag", disable=not progress):
+                batch = order[start:start + batch_size]
+                sums[batch] = batch_losses(model, [parts[j] for j in batch], device, method, hidden_fn,
+                                           batch_size if compile else None)
+    finally:
+        raw.train(was_training)
     return [score_record(ex, s.tolist(), part, style) for ex, s, part in zip(examples, sums, parts)]
+
+
+def batch_losses(model, parts, device, method, hidden_fn=packed_hidden, fixed_batch=None):
+    """(len(parts), 4) summed ending losses of one batch. fixed_batch (for torch.compile) pads the batch
+    with copies of its last example and the length to a multiple of 64, so few shapes ever occur."""
+    if method == "rows":
+        idx, targets = rows_batch(parts)
+        return rows_losses(model, idx.to(device), targets.to(device)).double().cpu().view(-1, 4)
+    n = len(parts)
+    if fixed_batch:
+        parts = parts + [parts[-1]] * (fixed_batch - n)
+    idx, pos, seg, rows, sources, targets, owner = pack_batch(parts, pad_to=64 if fixed_batch else 1)
+    losses = packed_losses(unwrap(model), *(t.to(device) for t in (idx, pos, seg, rows, sources, targets)),
+                           hidden_fn=hidden_fn).double().cpu()
+    per_ending = torch.zeros(4 * len(parts), dtype=torch.float64).index_add_(0, owner, losses)
+    return per_ending.view(-1, 4)[:n]
 
 
 def best(values, largest=False):
