@@ -49,6 +49,7 @@ GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None}
 NEVER = sys.maxsize                      # "rank" of a pair that is not a merge
 MASK = (1 << 32) - 1                     # training keys a pair (a, b) as a << 32 | b
+BULK_MIN = 300                           # merges touching this many places run in numpy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,6 +62,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     progress(pair, new_id, count), if given, is called after each merge.
     A pair (a, b) is stored as the int a << 32 | b: ints hash much faster than tuples."""
     tok, nxt, prv, weight, pair_count, where = _link_chunks(chunks, counts)
+    bulk, recent = True, [BULK_MIN] * 15  # numpy arrays while merges are big, then plain lists
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
 
     def first_position(pair):
@@ -86,7 +88,13 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
             break
         merges.append(((pair >> 32, pair & MASK), new_id))
         count = pair_count[pair]
-        created = _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where)
+        if bulk:
+            recent = recent[-15:] + [len(where[pair])]
+            if sum(recent) < 16 * BULK_MIN:    # merges have become small: switch to lists for good
+                bulk = False
+                tok, nxt, prv, weight = tok.tolist(), nxt.tolist(), prv.tolist(), weight.tolist()
+        apply = _apply_merge_bulk if bulk else _apply_merge
+        created = apply(pair, new_id, tok, nxt, prv, weight, pair_count, where)
         del pair_count[pair], where[pair]
         scanned.pop(pair, None)
         for new_pair in created:          # new pairs all contain new_id: push them with their final counts
@@ -104,7 +112,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
 
 def _link_chunks(chunks, counts):
     """Lay the chunks side by side as one doubly linked list (node i = byte i of the concatenation) and
-    count the initial byte pairs. numpy does this bulk work; the merge loop then uses plain lists."""
+    count the initial byte pairs (with numpy: this is bulk work)."""
     import numpy as np
     lengths = np.array([len(c) for c in chunks], dtype=np.int64)
     n = int(lengths.sum())
@@ -130,7 +138,7 @@ def _link_chunks(chunks, counts):
         key = (key >> 8) << 32 | (key & 255)
         pair_count[key] = totals[k]
         where[key] = pos_list[bounds[k]:bounds[k + 1]]
-    return tok.tolist(), nxt.tolist(), prv.tolist(), weight.tolist(), pair_count, where
+    return tok, nxt, prv, weight, pair_count, where
 
 
 def _pop_best(heap, pair_count, first_position):
@@ -144,6 +152,71 @@ def _pop_best(heap, pair_count, first_position):
         if count > 0:
             heapq.heappush(heap, (-count, first_position(pair), pair))
     return None
+
+
+def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where):
+    """_apply_merge for a pair with many occurrences, on numpy arrays: same result, computed in bulk."""
+    import numpy as np
+    a, b = pair >> 32, pair & MASK
+    pos = np.array(where[pair], dtype=np.int64)
+    nx = nxt[pos]
+    live = (tok[pos] == a) & (nx >= 0)
+    live[live] = tok[nx[live]] == b
+    pos, nx = pos[live], nx[live]
+    if a == b and len(pos) > 1:           # runs "a a a ...": left to right keeps every other occurrence
+        chained = np.zeros(len(pos), dtype=bool)
+        chained[1:] = nx[:-1] == pos[1:]
+        index = np.arange(len(pos))
+        run_start = np.maximum.accumulate(np.where(chained, 0, index))
+        keep = (index - run_start) % 2 == 0
+        pos, nx = pos[keep], nx[keep]
+    left, right, w = prv[pos], nxt[nx], weight[pos]
+    # An occurrence whose left neighbour is the previous occurrence's merged node sees the new token there.
+    after_merge = np.zeros(len(pos), dtype=bool)
+    after_merge[1:] = right[:-1] == pos[1:]
+    before_merge = np.zeros(len(pos), dtype=bool)
+    before_merge[:-1] = after_merge[1:]
+    left = np.where(after_merge, np.roll(pos, 1), left)
+    has_left, has_right = left >= 0, right >= 0
+    x = np.where(after_merge, new_id, tok[np.where(has_left, left, 0)])
+    y = tok[np.where(has_right, right, 0)]
+    # Old pairs lose these occurrences: (x, a) unless x is the new token, and (b, y).
+    lost = has_left & ~after_merge
+    _add_counts(pair_count, np.concatenate([x[lost] << 32 | a, b << 32 | y[has_right]]),
+                -np.concatenate([w[lost], w[has_right]]))
+    tok[pos] = new_id
+    tok[nx] = -1
+    nxt[pos] = right
+    prv[right[has_right]] = pos[has_right]
+    # New pairs: (x, new) at the left neighbour; (new, y) here unless the next occurrence merges y.
+    gain = has_right & ~before_merge
+    keys = np.concatenate([x[has_left] << 32 | new_id, new_id << 32 | y[gain]])
+    places = np.concatenate([left[has_left], pos[gain]])
+    weights = np.concatenate([w[has_left], w[gain]])
+    order = np.argsort(keys, kind="stable")               # each side is ascending; (x, new) != (new, y)
+    keys, places, weights = keys[order], places[order], weights[order]
+    uniq, first = np.unique(keys, return_index=True)
+    totals = np.add.reduceat(weights, first).tolist() if len(keys) else []
+    bounds = first.tolist() + [len(keys)]
+    places = places.tolist()
+    created = []
+    for k, key in enumerate(uniq.tolist()):
+        pair_count[key] = totals[k]
+        group = places[bounds[k]:bounds[k + 1]]
+        group.sort()                      # (new, new) pairs come only from the left side; sort is cheap
+        where[key] = group
+        created.append(key)
+    return created
+
+
+def _add_counts(pair_count, keys, deltas):
+    import numpy as np
+    if len(keys) == 0:
+        return
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    sums = np.bincount(inverse, weights=deltas, minlength=len(uniq)).astype(np.int64).tolist()
+    for key, delta in zip(uniq.tolist(), sums):
+        pair_count[key] += delta
 
 
 def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):

@@ -128,6 +128,20 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
             assert bpe.Tokenizer(pattern).train(text, 300).merges == expected, text
 
 
+@pytest.mark.parametrize("bulk_min", [1, 3, 50])
+def test_bpe_bulk_numpy_merge_matches_textbook(monkeypatch, bulk_min):
+    # Big merges run in numpy (_apply_merge_bulk) until merges get small; force it on small texts.
+    monkeypatch.setattr(bpe, "BULK_MIN", bulk_min)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for pattern in ("gpt4", None):
+            for text in _BPE_TEXTS + _bpe_tie_texts()[::4]:
+                expected = _bpe_slow_train(text, 330, bpe.PATTERNS[pattern])
+                assert bpe.Tokenizer(pattern).train(text, 330).merges == expected, (pattern, text[:40])
+        text = _bpe_long_text(4)
+        assert bpe.Tokenizer("gpt2").train(text, 600).merges == _bpe_slow_train(text, 600, bpe.GPT2_PATTERN)
+
+
 @pytest.mark.parametrize("pattern, vocab_size", [("gpt4", 900), ("gpt2", 700), (None, 500)])
 def test_bpe_train_matches_textbook_large_vocab(pattern, vocab_size):
     text = _bpe_long_text(6)
