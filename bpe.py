@@ -420,6 +420,10 @@ class Tokenizer:
 
     def register_special_tokens(self, special_tokens):
         """special_tokens: dict str -> id (ids outside the merged vocabulary)."""
+        taken = [(s, i) for s, i in special_tokens.items() if i < 256 + len(self.merges)]
+        if taken:
+            raise ValueError(f"special token {taken[0][0]!r} has id {taken[0][1]}, which a byte or merge already "
+                             f"uses; give special tokens ids from {256 + len(self.merges)} up.")
         self.special_tokens = dict(special_tokens)
         self.inverse_special_tokens = {i: s for s, i in self.special_tokens.items()}
         self._rebuild_vocab()
@@ -436,6 +440,9 @@ class Tokenizer:
         """Learn vocab_size - 256 merges from text (exactly the textbook merges, see module docstring)."""
         if vocab_size < 256:
             raise ValueError(f"vocab_size must be at least 256 (the single bytes), got {vocab_size}.")
+        if not self._pending_special and any(i < vocab_size for i in self.special_tokens.values()):
+            raise ValueError(f"special token ids {sorted(self.special_tokens.values())} collide with the "
+                             f"vocabulary 0..{vocab_size - 1} being trained; use ids from {vocab_size} up.")
         chunk_counts = Counter(self.split(text))           # distinct chunks, in order of first appearance
         chunks = [c.encode("utf-8") for c in chunk_counts]
         bar = None

@@ -333,6 +333,10 @@ def test_bpe_rejects_unknown_pattern_name_and_bad_ids():
         bpe.Tokenizer("gpt3")
     with pytest.raises(ValueError, match="not in this tokenizer"):
         bpe.Tokenizer().decode([99999])
+    with pytest.raises(ValueError, match="collide"):
+        bpe.Tokenizer(special_tokens={"<|eot|>": 300}).train(_BPE_ENGLISH, 400)
+    with pytest.raises(ValueError, match="already"):
+        bpe.Tokenizer().register_special_tokens({"<|eot|>": 65})
 
 
 def test_bpe_to_tiktoken_refuses_merges_tiktoken_cannot_serve(tmp_path):
