@@ -379,7 +379,7 @@ class Tokenizer:
             self.vocab[i] = self.vocab[a] + self.vocab[b]
         for s, i in self.special_tokens.items():
             self.vocab[i] = s.encode("utf-8")
-        self._cache = self._pieces = self._unjoinable = None     # built on first use, see _prepare_encode
+        self._cache = self._pieces = self._unjoinable = self._token_table = None   # see _prepare_encode
 
     def _prepare_encode(self):
         """Encoding helpers that depend only on the merges, never on the text being encoded:
