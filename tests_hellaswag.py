@@ -134,7 +134,8 @@ def hellaswag_models(tmp_path_factory):
 
     from model import GPT
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=160, vocab_size=50257)).eval()
+    # n_embd 16 keeps the 50257-row vocabulary projection (most of the tests' time) cheap
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=160, vocab_size=50257)).eval()
     hf_dir = str(tmp_path_factory.mktemp("hellaswag_tiny_hf"))
     hf.save_pretrained(hf_dir)
     gpt = GPT.from_pretrained(hf_dir).eval()
@@ -200,17 +201,21 @@ def _hellaswag_sums(records):
 
 
 def test_hellaswag_losses_equal_transformers(hellaswag_models, gpt2_enc):
-    """Our GPT, packed and batched, vs GPT2LMHeadModel scoring each example on its own (same weights)."""
+    """Our GPT, packed and batched, vs GPT2LMHeadModel on the same weights: its own forward pass over
+    batched rows for every example, and the recipe's one-example loop (full logits) for every third."""
     examples = _hellaswag_examples()
     for style in hellaswag.STYLES:
-        reference = _hellaswag_loop_losses(hellaswag_models.hf, examples, gpt2_enc, style)
-        ours = hellaswag.score_examples(hellaswag_models.gpt, examples, gpt2_enc, "cpu", batch_size=8, style=style)
+        ours = _hellaswag_sums(hellaswag.score_examples(hellaswag_models.gpt, examples, gpt2_enc, "cpu",
+                                                        batch_size=8, style=style))
+        hf_records = hellaswag.score_examples(hellaswag_models.hf, examples, gpt2_enc, "cpu", batch_size=8,
+                                              style=style)
+        reference = _hellaswag_sums(hf_records)
         lengths = torch.tensor([[len(e) for e in hellaswag.render_parts(ex, gpt2_enc, style)[1]] for ex in examples])
-        assert (_hellaswag_sums(ours) / lengths - reference / lengths).abs().max() < 1e-5  # per-token mean loss
-        torch.testing.assert_close(_hellaswag_sums(ours), reference, rtol=1e-6, atol=0)
-        hf_rows = hellaswag.score_examples(hellaswag_models.hf, examples, gpt2_enc, "cpu", batch_size=8, style=style)
-        torch.testing.assert_close(_hellaswag_sums(hf_rows), reference, rtol=1e-6, atol=0)
-        assert [r["pred"] for r in ours] == [r["pred"] for r in hf_rows] == reference.argmin(dim=1).tolist()
+        assert (ours / lengths - reference / lengths).abs().max() < 1e-5  # per-token mean loss
+        torch.testing.assert_close(ours, reference, rtol=1e-6, atol=0)
+        loop = _hellaswag_loop_losses(hellaswag_models.hf, examples[::3], gpt2_enc, style)
+        torch.testing.assert_close(ours[::3], loop, rtol=1e-6, atol=0)
+        assert ours.argmin(dim=1).tolist() == [r["pred"] for r in hf_records]
 
 
 def test_hellaswag_batched_equals_one_at_a_time(hellaswag_models, gpt2_enc):
@@ -221,7 +226,7 @@ def test_hellaswag_batched_equals_one_at_a_time(hellaswag_models, gpt2_enc):
         # the recipe's loop (full logits, 4 rows per forward) on a few examples
         torch.testing.assert_close(_hellaswag_sums(one[:6]), _hellaswag_loop_losses(gpt, examples[:6], gpt2_enc, style),
                                    rtol=1e-6, atol=0)
-        for method, batch_size in [("packed", 7), ("rows", 5)]:
+        for method, batch_size in [("packed", 7)] + ([("rows", 5)] if style == "nanogpt" else []):
             batched = hellaswag.score_examples(gpt, examples, gpt2_enc, "cpu", batch_size, style, method=method)
             torch.testing.assert_close(_hellaswag_sums(batched), _hellaswag_sums(one), rtol=1e-6, atol=0)
             assert [(r["pred"], r["pred_norm"]) for r in batched] == [(r["pred"], r["pred_norm"]) for r in one]
