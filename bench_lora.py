@@ -49,6 +49,8 @@ def _lora_child(side, hf_dir, opts, queue):
     idx = _lora_make_batch(vocab, opts["batch"], opts["seq"]).to(device)
     x, y = idx[:, :-1], idx[:, 1:]
 
+    losses = []
+
     def step():
         with lora.autocast(device):
             if side == "peft":  # the same cross-entropy as model.GPT's, on the same T positions
@@ -56,6 +58,7 @@ def _lora_child(side, hf_dir, opts, queue):
                 loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
             else:
                 loss = model(x, y)[1]
+        losses.append(loss.item())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -64,7 +67,7 @@ def _lora_child(side, hf_dir, opts, queue):
 
     lora.reset_peak_memory(device)
     step_time = bench.best_time(step, repeat=opts["repeat"], warmup=1)
-    queue.put(dict(side=side, step_time=step_time, peak=lora.peak_memory(device),
+    queue.put(dict(side=side, step_time=step_time, peak=lora.peak_memory(device), first_loss=losses[0],
                    trainable=sum(p.numel() for p in params), optimizer_bytes=lora.optimizer_state_bytes(optimizer)))
 
 
@@ -98,10 +101,15 @@ def run_lora_bench(args):
         GPT2LMHeadModel(config).save_pretrained(tmp)
         rows = {side: _lora_measure(side, tmp, opts) for side in ("ours", "peft", "full")}
     ours, peft, full = rows["ours"], rows["peft"], rows["full"]
+    # B = 0 at the first step, so all three compute the base model's loss: proof they run the same function.
+    first = [r["first_loss"] for r in (ours, peft, full)]
+    tolerance = 1e-2 if device.startswith("cuda") else 1e-4  # bf16 autocast vs fp32
+    if max(first) - min(first) > tolerance * max(first):
+        raise SystemExit(f"error: the sides disagree on the first-step loss {first}: not the same model")
     print(f"GPT-2 {args.size} config ({sizes[args.size]}), random weights; LoRA r={args.r} alpha={args.alpha} "
           f"dropout={args.dropout} on {args.targets}; batch {args.batch} x {args.seq} tokens; AdamW; "
           f"{device}, {opts['threads']} threads, fp32{' + bf16 autocast' if device.startswith('cuda') else ''}; "
-          f"best of {args.repeat} steps")
+          f"best of {args.repeat} steps; first-step loss (all sides) {ours['first_loss']:.4f}")
     mem_name = "peak CUDA alloc" if device.startswith("cuda") else "peak RSS"
     table = []
     for name, r in (("ours: lora.py on model.GPT", ours), ("PEFT on GPT2LMHeadModel", peft),

@@ -15,7 +15,7 @@ import torch
 import lora
 import model as gpt
 
-ALL_TARGETS = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
+_LORA_ALL_TARGETS = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def _lora_idx(vocab=101, shape=(2, 16), seed=3):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("targets", [["qv"], ALL_TARGETS])
+@pytest.mark.parametrize("targets", [["qv"], _LORA_ALL_TARGETS])
 def test_lora_init_is_identity(targets):
     model = _lora_tiny_gpt()
     idx = _lora_idx(257)
@@ -102,7 +102,7 @@ def test_lora_A_init_matches_peft_default():
     assert torch.equal(peft_model.base_model.model[0].lora_B["default"].weight, torch.zeros(300, 64))
 
 
-@pytest.mark.parametrize("targets", [["qv"], ALL_TARGETS])
+@pytest.mark.parametrize("targets", [["qv"], _LORA_ALL_TARGETS])
 def test_lora_merge_equals_unmerged_and_unmerge_restores(targets):
     model = _lora_tiny_gpt()
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -129,7 +129,7 @@ def test_lora_trainable_count_and_tied_head():
     model = _lora_tiny_gpt()
     n_embd, L = 32, 2
     total_before = sum(p.numel() for p in model.parameters())
-    wrapped = lora.apply_lora(model, r=4, alpha=8, targets=ALL_TARGETS)
+    wrapped = lora.apply_lora(model, r=4, alpha=8, targets=_LORA_ALL_TARGETS)
     assert len(wrapped) == 4 * L
     shapes = {"attn.c_attn": (n_embd, 3 * n_embd), "attn.c_proj": (n_embd, n_embd),
               "mlp.c_fc": (n_embd, 4 * n_embd), "mlp.c_proj": (4 * n_embd, n_embd)}
@@ -187,11 +187,11 @@ def _lora_peft_layers(peft_model):
 @pytest.mark.parametrize("rslora", [False, True])
 def test_lora_equals_peft(tmp_path, rslora):
     hf, ours = _lora_tiny_hf(tmp_path)
-    peft_model = _lora_peft(hf, r=4, alpha=16, targets=ALL_TARGETS, rslora=rslora)
+    peft_model = _lora_peft(hf, r=4, alpha=16, targets=_LORA_ALL_TARGETS, rslora=rslora)
     with torch.no_grad():  # PEFT starts with B = 0 too: give it nonzero B so the adapters matter
         for m in _lora_peft_layers(peft_model).values():
             m.lora_B["default"].weight.normal_(0, 0.2)
-    lora.apply_lora(ours, r=4, alpha=16, targets=ALL_TARGETS, rslora=rslora)
+    lora.apply_lora(ours, r=4, alpha=16, targets=_LORA_ALL_TARGETS, rslora=rslora)
     peft_layers = _lora_peft_layers(peft_model)
     ours_layers = {n: m for n, m in ours.named_modules() if isinstance(m, lora.LoRALinear)}
     assert peft_layers.keys() == ours_layers.keys() and len(ours_layers) == 8
@@ -299,7 +299,7 @@ def test_lora_prompt_masking():
     # Changing a prompt token's target does not change the loss: rebuild the targets from a sequence whose
     # prompt differs (as a target; the inputs stay the same) and compare the losses.
     model = _lora_tiny_gpt()
-    lora.apply_lora(model, r=4, alpha=8, targets=ALL_TARGETS)
+    lora.apply_lora(model, r=4, alpha=8, targets=_LORA_ALL_TARGETS)
     _lora_randomize_B(model)
     ids, n_prompt = examples[1]
     changed = [(ids[:3] + [ord("Z")] + ids[4:], n_prompt)]
@@ -399,7 +399,7 @@ def test_lora_training_changes_only_lora_and_learns(tmp_path, lora_one_thread):
     train, val = lora.split_examples(lora.tokenize(pairs, tok, 127), 0.1)
     base_loss = lora.evaluate(model, val, 32, "cpu", tok.eot_token)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    lora.apply_lora(model, r=8, alpha=16, targets=ALL_TARGETS)
+    lora.apply_lora(model, r=8, alpha=16, targets=_LORA_ALL_TARGETS)
     lora_before = {k: v.clone() for k, v in lora.lora_state_dict(model).items()}
     args = argparse.Namespace(lr=1e-2, full_lr=None, weight_decay=0.0, seed=0, steps=25, warmup=3, batch_size=16,
                               grad_accum=2, grad_clip=1.0, eval_examples=64)
