@@ -82,6 +82,11 @@ def bench_cpu(args):
     print(markdown_table(["scorer", "examples/s", "seconds", "max abs loss diff", "same pred", "speed-up"], rows))
 
 
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def bench_gpu(args):
     import hellaswag
     from model import GPT, GPTConfig, get_tokenizer, load_checkpoint
@@ -100,10 +105,10 @@ def bench_gpu(args):
         for dtype in args.dtypes:
             autocast = torch.bfloat16 if dtype == "bfloat16" else None
             hellaswag.evaluate(model, examples[:64], enc, args.device, args.batch_size, autocast_dtype=autocast)
-            torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             result = hellaswag.evaluate(model, examples, enc, args.device, args.batch_size, autocast_dtype=autocast)
-            torch.cuda.synchronize()
+            sync()
             seconds = time.perf_counter() - t0
             rows.append([name, dtype, result["n"], f"{seconds:.1f}", f"{result['n'] / seconds:.0f}",
                          f"{result['acc']:.4f}", f"{result['acc_norm']:.4f}"])

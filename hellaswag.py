@@ -35,8 +35,7 @@ import torch.nn.functional as F
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 SPLITS = ("train", "val", "test")
 STYLES = ("nanogpt", "harness")
-DEFAULT_DATA_DIR = os.environ.get("HELLASWAG_DIR",
-                                  os.path.join(os.path.dirname(os.path.abspath(__file__)), "hellaswag"))
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hellaswag")  # or $HELLASWAG_DIR
 REQUIRED_KEYS = ("ctx", "ctx_a", "ctx_b", "activity_label", "endings")
 
 # -----------------------------------------------------------------------------------------------------
@@ -60,8 +59,10 @@ def download(url, path, timeout=30):
                     bar.update(f.write(chunk))
         os.replace(tmp, path)
     except requests.RequestException as e:
-        raise ValueError(f"could not download {url} ({type(e).__name__}); offline? "
-                         f"Pass a local copy with --file hellaswag_val.jsonl") from None
+        status = getattr(e.response, "status_code", None)
+        reason = f"HTTP {status}" if status else type(e).__name__
+        raise ValueError(f"could not download {url} ({reason}); offline? Pass a local copy of "
+                         f"{os.path.basename(path)} with --file") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -99,7 +100,7 @@ def load_examples(split="val", data_dir=None, file=None, limit=None):
     if file is None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        data_dir = data_dir or DEFAULT_DATA_DIR
+        data_dir = data_dir or os.environ.get("HELLASWAG_DIR") or DEFAULT_DATA_DIR
         os.makedirs(data_dir, exist_ok=True)
         file = os.path.join(data_dir, f"hellaswag_{split}.jsonl")
         if not os.path.exists(file):
@@ -517,7 +518,7 @@ def main(argv=None):
     parser.add_argument("--style", choices=STYLES, default="nanogpt", help="scoring convention (see above)")
     parser.add_argument("--split", choices=SPLITS, default="val")
     parser.add_argument("--file", help="a local hellaswag_*.jsonl instead of the download")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="download cache (env HELLASWAG_DIR)")
+    parser.add_argument("--data-dir", help=f"download cache (default $HELLASWAG_DIR or {DEFAULT_DATA_DIR})")
     parser.add_argument("--limit", type=int, help="score only the first N examples")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
