@@ -10,6 +10,7 @@ The textbook algorithm recounts the whole text for every merge; where a full run
 time its first merges and extrapolate with its cost model (time per merge proportional to the current
 number of tokens, which our exact trainer tells us), and label the number "est.".
 """
+import argparse
 import json
 import os
 import subprocess
@@ -224,7 +225,7 @@ def run(args):
 
 def add_parser(sub):
     p = sub.add_parser("tokenizer", help="bpe.py vs the textbook algorithm, HF tokenizers and tiktoken",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--english", default="../shared/data/shakespeare.txt")
     p.add_argument("--chinese", default="../shared/data/d2l_zh.txt")
     p.add_argument("--slice-kb", type=int, default=100, help="slice on which the textbook runs in full (KB)")
