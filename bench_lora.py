@@ -10,9 +10,7 @@ fine-tuning of our model, for the optimizer-state comparison.
     python bench.py lora --size tiny --batch 8   # a quick check
 """
 import multiprocessing
-import os
 import tempfile
-import time
 
 
 def _lora_make_batch(vocab_size, batch, seq, seed=0):

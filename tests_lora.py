@@ -482,3 +482,19 @@ def test_lora_cli(tmp_path):
     assert run.stderr.strip().splitlines()[-1].startswith("error: adapter was trained on base tiny.pt")
     run = _lora_cli("--ckpt", "tiny.pt", "--data", "missing.txt", cwd=tmp_path)
     assert run.returncode == 1 and run.stderr.strip() == "error: data file missing.txt does not exist."
+
+
+def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lora_one_thread):
+    monkeypatch.chdir(tmp_path)
+    gpt.save_checkpoint("tiny.pt", _lora_tiny_gpt(), "byte")
+    (tmp_path / "notes.txt").write_text("The adapter learns a low-rank update while the base stays frozen. " * 40)
+    lora.main(["--ckpt", "tiny.pt", "--data", "notes.txt", "--steps", "2", "--batch-size", "4", "--block-size", "64",
+               "--eval-examples", "8", "--samples", "1", "--out", "plain.pt", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "val loss: base" in out and "samples (LoRA):" in out
+    blob = lora.read_adapter("plain.pt")
+    assert blob["lora_config"]["targets"] == ["qv"] and blob["base"]["path"] == "tiny.pt"
+    # Offline, --init gpt2 fails with one sentence (the CLI prints it as "error: ...").
+    with pytest.raises(ValueError, match="could not load 'gpt2'") as err:
+        lora.main(["--init", "gpt2", "--data", "notes.txt", "--device", "cpu"])
+    assert "\n" not in str(err.value)
