@@ -50,6 +50,7 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None
 NEVER = sys.maxsize                      # "rank" of a pair that is not a merge
 MASK = (1 << 32) - 1                     # training keys a pair (a, b) as a << 32 | b
 BULK_MIN = 300                           # merges touching this many places run in numpy
+LOW = 32                                 # new pairs rarer than this wait outside the training heap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,9 +82,20 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
 
     heap = [(-c, where[pair][0], pair) for pair, c in pair_count.items()]
     heapq.heapify(heap)
+    # Most new pairs are rare (count 1 or 2) and never win. They wait in low[count] instead of the heap,
+    # and a bucket joins the heap only once the best count falls to its level (counts never grow).
+    low, floor = [[] for _ in range(LOW)], LOW - 1     # buckets 1..floor are still waiting
     merges = []
     for new_id in range(first_id, first_id + num_merges):
         pair = _pop_best(heap, pair_count, first_position)
+        while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
+            if pair is not None:
+                heapq.heappush(heap, (-pair_count[pair], first_position(pair), pair))
+            for p in low[floor]:
+                if pair_count[p] > 0:
+                    heapq.heappush(heap, (-pair_count[p], first_position(p), p))
+            floor -= 1
+            pair = _pop_best(heap, pair_count, first_position)
         if pair is None:
             break
         merges.append(((pair >> 32, pair & MASK), new_id))
@@ -99,7 +111,10 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
         scanned.pop(pair, None)
         for new_pair in created:          # new pairs all contain new_id: push them with their final counts
             c = pair_count[new_pair]
-            if c > 0:
+            if c <= floor:
+                if c > 0:
+                    low[c].append(new_pair)
+            else:
                 i = where[new_pair][0]        # usually still live; first_position checks the rest
                 j = nxt[i]
                 if j < 0 or tok[i] != new_pair >> 32 or tok[j] != new_pair & MASK:
