@@ -291,6 +291,7 @@ def packed_losses(model, idx, pos, seg, rows, sources, targets, chunk=4096, hidd
 
 
 _compiled_hidden = None
+COMPILE_PAD = 128  # HellaSwag's packed rows (< 1024 tokens) then come in at most 8 lengths
 
 
 def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt", autocast_dtype=None,
@@ -315,7 +316,7 @@ def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt",
         if len(context) + max(map(len, endings)) > window:
             raise ValueError(f"example ind={ex.get('ind')} is longer than the model's context ({window} tokens)")
     hidden_fn = packed_hidden
-    if compile:  # fixed shapes so the compiled graph is reused: pad the length to 64s and the batch full
+    if compile:  # fixed shapes so compiled graphs are reused: the batch padded full, lengths to COMPILE_PAD
         _compiled_hidden = _compiled_hidden or torch.compile(packed_hidden, dynamic=False)
         hidden_fn = _compiled_hidden
     length = lambda j: len(parts[j][0]) + sum(map(len, parts[j][1]))  # noqa: E731 (either method's order)
@@ -337,14 +338,15 @@ def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt",
 
 def batch_losses(model, parts, device, method, hidden_fn=packed_hidden, fixed_batch=None):
     """(len(parts), 4) summed ending losses of one batch. fixed_batch (for torch.compile) pads the batch
-    with copies of its last example and the length to a multiple of 64, so few shapes ever occur."""
+    with copies of its last example and the length to a multiple of COMPILE_PAD, so that few shapes occur
+    (torch.compile gives up and runs eagerly after 8 recompiles of one function)."""
     if method == "rows":
         idx, targets = rows_batch(parts)
         return rows_losses(model, idx.to(device), targets.to(device)).double().cpu().view(-1, 4)
     n = len(parts)
     if fixed_batch:
         parts = parts + [parts[-1]] * (fixed_batch - n)
-    idx, pos, seg, rows, sources, targets, owner = pack_batch(parts, pad_to=64 if fixed_batch else 1)
+    idx, pos, seg, rows, sources, targets, owner = pack_batch(parts, pad_to=COMPILE_PAD if fixed_batch else 1)
     losses = packed_losses(unwrap(model), *(t.to(device) for t in (idx, pos, seg, rows, sources, targets)),
                            hidden_fn=hidden_fn).double().cpu()
     per_ending = torch.zeros(4 * len(parts), dtype=torch.float64).index_add_(0, owner, losses)
@@ -451,7 +453,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16 runs the forward under autocast (faster on GPUs, not bit-exact)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the forward (lengths padded to 64s)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward (lengths padded to 128s)")
     parser.add_argument("--out", help="write one JSON line per example here (preds.jsonl)")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:

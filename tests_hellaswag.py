@@ -231,6 +231,12 @@ def test_hellaswag_batched_equals_one_at_a_time(hellaswag_models, gpt2_enc):
             torch.testing.assert_close(_hellaswag_sums(batched), _hellaswag_sums(one), rtol=1e-6, atol=0)
             assert [(r["pred"], r["pred_norm"]) for r in batched] == [(r["pred"], r["pred_norm"]) for r in one]
             assert [r["ind"] for r in batched] == [ex["ind"] for ex in examples]  # input order kept
+    # the fixed shapes used with --compile (batch padded with copies, length to COMPILE_PAD) change nothing
+    parts = [hellaswag.render_parts(ex, gpt2_enc) for ex in examples[:5]]
+    with torch.inference_mode():
+        fixed = hellaswag.batch_losses(gpt, parts, "cpu", "packed", fixed_batch=8)
+        torch.testing.assert_close(fixed, hellaswag.batch_losses(gpt, parts, "cpu", "packed"), rtol=1e-6, atol=0)
+    assert fixed.shape == (5, 4)
     # evaluate() on a torch.compile'd model (it unwraps it: nothing gets compiled) counts the same answers
     compiled = hellaswag.evaluate(torch.compile(gpt), examples, gpt2_enc, "cpu", batch_size=4, style="harness")
     assert compiled == hellaswag.summarize(*hellaswag.count_correct(one), style="harness")
