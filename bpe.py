@@ -33,6 +33,7 @@ whose single bytes do not have ids 0..255 (GPT-2's, from tiktoken): they get "bp
 one line after the special tokens listing the id of each byte 0..255. load() reads both.
 """
 import argparse
+from array import array
 import heapq
 import os
 import sys
@@ -104,7 +105,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
             recent = recent[-15:] + [len(where[pair])]
             if sum(recent) < 16 * BULK_MIN:    # merges have become small: switch to lists for good
                 bulk = False
-                tok, nxt, prv, weight = tok.tolist(), nxt.tolist(), prv.tolist(), weight.tolist()
+                tok, nxt, prv, weight = (array('q', x.tobytes()) for x in (tok, nxt, prv, weight))
         apply = _apply_merge_bulk if bulk else _apply_merge
         created = apply(pair, new_id, tok, nxt, prv, weight, pair_count, where)
         del pair_count[pair], where[pair]
@@ -238,7 +239,8 @@ def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):
     """Merge every live occurrence of `pair`, left to right; update neighbour pair counts and positions.
     Returns the pairs it created (all contain new_id)."""
     a, b = pair >> 32, pair & MASK
-    # The new pairs (x, new) and (new, y), keyed by x and y while we go: [count, positions...]
+    # Positions of the new pairs (x, new) and (new, y), grouped by x and y. Counts are settled per group
+    # at the end (a node's weight is its chunk's), which is much cheaper than per occurrence.
     lefts, rights = {}, {}
     for i in where[pair]:                 # ascending, so this is left to right with no overlap
         if tok[i] != a:
@@ -246,40 +248,43 @@ def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):
         j = nxt[i]
         if j < 0 or tok[j] != b:
             continue
-        w = weight[i]
         left, right = prv[i], nxt[j]
         if left >= 0:                     # (x, a) becomes (x, new)
             x = tok[left]
-            if x == new_id:               # (new, a) was made a moment ago, by the previous merge
-                rights[a][0] -= w
+            if x == new_id:               # (new, a) was made a moment ago by the previous merge, at `left`:
+                rights[a].pop()           # it is gone again, but (b, a) lost that occurrence for good
+                pair_count[b << 32 | a] -= weight[i]
+            places = lefts.get(x)
+            if places is None:
+                lefts[x] = [left]
             else:
-                pair_count[x << 32 | a] -= w
-            entry = lefts.get(x)
-            if entry is None:
-                lefts[x] = [w, left]
-            else:
-                entry[0] += w
-                entry.append(left)
+                places.append(left)
         if right >= 0:                    # (b, y) becomes (new, y)
             y = tok[right]
-            pair_count[b << 32 | y] -= w
-            entry = rights.get(y)
-            if entry is None:
-                rights[y] = [w, i]
+            places = rights.get(y)
+            if places is None:
+                rights[y] = [i]
             else:
-                entry[0] += w
-                entry.append(i)
+                places.append(i)
             prv[right] = i
         tok[i] = new_id
         tok[j] = -1
         nxt[i] = right
     created = []
-    for side, entries in ((0, lefts), (1, rights)):
-        for other, entry in entries.items():
-            key = (new_id << 32 | other) if side else (other << 32 | new_id)
-            pair_count[key] = entry[0]
-            del entry[0]
-            where[key] = entry
+    for side, groups in ((0, lefts), (1, rights)):
+        for other, places in groups.items():
+            if not places:
+                continue
+            c = sum(map(weight.__getitem__, places)) if len(places) > 1 else weight[places[0]]
+            if side:
+                pair_count[b << 32 | other] -= c
+                key = new_id << 32 | other
+            else:
+                if other != new_id:
+                    pair_count[other << 32 | a] -= c
+                key = other << 32 | new_id
+            pair_count[key] = c
+            where[key] = places
             created.append(key)
     return created
 
