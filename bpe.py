@@ -50,7 +50,7 @@ GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None}
 NEVER = sys.maxsize                      # "rank" of a pair that is not a merge
 MASK = (1 << 32) - 1                     # training keys a pair (a, b) as a << 32 | b
-BULK_MIN = 300                           # merges touching this many places run in numpy
+BULK_MIN = 300                           # merges with this many places (or more) run in numpy
 LOW = 32                                 # new pairs rarer than this wait outside the training heap
 
 
@@ -63,8 +63,12 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     that occur `counts` times each. Returns [((a, b), new_id), ...] in merge order; fewer if pairs ran out.
     progress(pair, new_id, count), if given, is called after each merge.
     A pair (a, b) is stored as the int a << 32 | b: ints hash much faster than tuples."""
+    import numpy as np
     tok, nxt, prv, weight, pair_count, where = _link_chunks(chunks, counts)
-    bulk, recent = True, [BULK_MIN] * 15  # numpy arrays while merges are big, then plain lists
+    # The nodes live in array('q')s (Python reads them fast); big merges see the same memory through numpy.
+    nodes = [array("q", x.tobytes()) for x in (tok, nxt, prv, weight)]
+    views = [np.frombuffer(x, dtype=np.int64) for x in nodes]
+    tok, nxt, prv, weight = nodes
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
 
     def first_position(pair):
@@ -101,13 +105,10 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
             break
         merges.append(((pair >> 32, pair & MASK), new_id))
         count = pair_count[pair]
-        if bulk:
-            recent = recent[-15:] + [len(where[pair])]
-            if sum(recent) < 16 * BULK_MIN:    # merges have become small: switch to lists for good
-                bulk = False
-                tok, nxt, prv, weight = (array('q', x.tobytes()) for x in (tok, nxt, prv, weight))
-        apply = _apply_merge_bulk if bulk else _apply_merge
-        created = apply(pair, new_id, tok, nxt, prv, weight, pair_count, where)
+        if len(where[pair]) >= BULK_MIN:
+            created = _apply_merge_bulk(pair, new_id, *views, pair_count, where)
+        else:
+            created = _apply_merge(pair, new_id, *nodes, pair_count, where)
         del pair_count[pair], where[pair]
         scanned.pop(pair, None)
         for new_pair in created:          # new pairs all contain new_id: push them with their final counts

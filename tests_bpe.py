@@ -130,7 +130,7 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
 
 @pytest.mark.parametrize("bulk_min", [1, 3, 50])
 def test_bpe_bulk_numpy_merge_matches_textbook(monkeypatch, bulk_min):
-    # Big merges run in numpy (_apply_merge_bulk) until merges get small; force it on small texts.
+    # Merges with BULK_MIN or more places run in numpy (_apply_merge_bulk); force it on small texts.
     monkeypatch.setattr(bpe, "BULK_MIN", bulk_min)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
