@@ -41,7 +41,8 @@ import time
 import unicodedata
 import warnings
 from collections import Counter
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
+from operator import getitem
 
 import regex
 
@@ -418,7 +419,10 @@ class Tokenizer:
                 continue
             for x, y in zip(token, token[1:]):
                 joinable[x << 8 | y] = 1
-        self._unjoinable = bytes(1 - j for j in joinable)
+        # unjoinable[x][y]. We leave out the cuts before UTF-8 continuation bytes (0x80-0xBF), which are
+        # allowed but make many one-byte pieces: whole characters are fewer, still well-cached pieces.
+        self._unjoinable = [bytes(0 if joinable[x << 8 | y] or 0x80 <= y < 0xC0 else 1 for y in range(256))
+                            for x in range(256)]
         self._pieces = _Cache(lambda piece: tuple(encode_chunk(list(piece.translate(self._byte_table)), self.merges)))
         for i, token in self.vocab.items():
             if i in self.inverse_special_tokens:
@@ -501,11 +505,12 @@ class Tokenizer:
         pieces = self._pieces
         if len(data) < 8:
             return pieces[data]
-        unjoinable, out, start = self._unjoinable, [], 0
-        for k in range(1, len(data)):
-            if unjoinable[data[k - 1] << 8 | data[k]]:
-                out += pieces[data[start:k]]
-                start = k
+        # The cuts are found in C (map/compress over the bytes): a Chinese chunk has one every character.
+        cuts = compress(range(1, len(data)), map(getitem, map(self._unjoinable.__getitem__, data), data[1:]))
+        out, start = [], 0
+        for k in cuts:
+            out += pieces[data[start:k]]
+            start = k
         out += pieces[data[start:]]
         return out
 
