@@ -52,6 +52,7 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None
 NEVER = sys.maxsize                      # "rank" of a pair that is not a merge
 MASK = (1 << 32) - 1                     # training keys a pair (a, b) as a << 32 | b
 BULK_MIN = 300                           # merges with this many places (or more) run in numpy
+INT32_MAX = 2**31 - 1                    # training nodes use 32-bit ints up to this size
 LOW = 32                                 # new pairs rarer than this wait outside the training heap
 
 
@@ -66,9 +67,12 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     A pair (a, b) is stored as the int a << 32 | b: ints hash much faster than tuples."""
     import numpy as np
     tok, nxt, prv, weight, pair_count, where = _link_chunks(chunks, counts)
-    # The nodes live in array('q')s (Python reads them fast); big merges see the same memory through numpy.
-    nodes = [array("q", x.tobytes()) for x in (tok, nxt, prv, weight)]
-    views = [np.frombuffer(x, dtype=np.int64) for x in nodes]
+    # The nodes live in arrays (Python reads them fast); big merges see the same memory through numpy.
+    # Tokens and links take 32 bits (less memory to walk) unless the text or vocabulary is too big.
+    wide = len(tok) > INT32_MAX or first_id + num_merges > INT32_MAX
+    arrays = [x.astype(np.int64 if wide else np.int32) for x in (tok, nxt, prv)] + [weight]
+    nodes = [array("q" if x.itemsize == 8 else "i", x.tobytes()) for x in arrays]
+    views = [np.frombuffer(node, dtype=x.dtype) for node, x in zip(nodes, arrays)]
     tok, nxt, prv, weight = nodes
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
 
@@ -188,7 +192,7 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where):
         run_start = np.maximum.accumulate(np.where(chained, 0, index))
         keep = (index - run_start) % 2 == 0
         pos, nx = pos[keep], nx[keep]
-    left, right, w = prv[pos], nxt[nx], weight[pos]
+    left, right, w = prv[pos], nxt[nx], weight[pos].astype(np.int64)
     # An occurrence whose left neighbour is the previous occurrence's merged node sees the new token there.
     after_merge = np.zeros(len(pos), dtype=bool)
     after_merge[1:] = right[:-1] == pos[1:]
@@ -196,8 +200,8 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where):
     before_merge[:-1] = after_merge[1:]
     left = np.where(after_merge, np.roll(pos, 1), left)
     has_left, has_right = left >= 0, right >= 0
-    x = np.where(after_merge, new_id, tok[np.where(has_left, left, 0)])
-    y = tok[np.where(has_right, right, 0)]
+    x = np.where(after_merge, new_id, tok[np.where(has_left, left, 0)].astype(np.int64))   # keys need 64 bits
+    y = tok[np.where(has_right, right, 0)].astype(np.int64)
     # Old pairs lose these occurrences: (x, a) unless x is the new token, and (b, y).
     lost = has_left & ~after_merge
     _add_counts(pair_count, np.concatenate([x[lost] << 32 | a, b << 32 | y[has_right]]),

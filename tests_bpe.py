@@ -348,3 +348,12 @@ def test_bpe_to_tiktoken_refuses_merges_tiktoken_cannot_serve(tmp_path):
     assert tok.encode("abc") == [256, 99]
     with pytest.raises(ValueError, match="cannot serve"):
         tok.to_tiktoken()
+
+
+def test_bpe_train_with_64_bit_nodes_matches_textbook(monkeypatch):
+    # Training nodes are 32-bit unless the text is huge; force the 64-bit layout, lists and numpy both.
+    monkeypatch.setattr(bpe, "INT32_MAX", 0)
+    for bulk_min in (3, 300):
+        monkeypatch.setattr(bpe, "BULK_MIN", bulk_min)
+        text = _bpe_long_text(2)
+        assert bpe.Tokenizer("gpt2").train(text, 500).merges == _bpe_slow_train(text, 500, bpe.GPT2_PATTERN)
