@@ -33,13 +33,13 @@ whose single bytes do not have ids 0..255 (GPT-2's, from tiktoken): they get "bp
 one line after the special tokens listing the id of each byte 0..255. load() reads both.
 """
 import argparse
-from array import array
 import heapq
 import os
 import sys
 import time
 import unicodedata
 import warnings
+from array import array
 from collections import Counter
 from itertools import chain, compress, repeat
 from operator import getitem
