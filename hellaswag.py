@@ -422,7 +422,7 @@ def load_model(args, device):
                 model = GPT2LMHeadModel.from_pretrained(os.path.join(tmp, "hf"), dtype=torch.float32)
         name = args.ckpt
     elif args.hf:  # GPT2LMHeadModel itself, with the same checks and one-line errors as GPT.from_pretrained
-        model, name = gpt_model._load_hf_gpt2(args.model), args.model
+        model, name = gpt_model.load_hf_gpt2(args.model), args.model
     else:
         model, name = gpt_model.GPT.from_pretrained(args.model), args.model
     return model.to(device).eval(), name + (" (transformers)" if args.hf else "")

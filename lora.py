@@ -418,25 +418,13 @@ def evaluate(model, examples, batch_size, device, pad_id):
 
 @torch.no_grad()
 def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64):
-    """Greedy completion of one prompt that stops at <|endoftext|> (model.generate has no stop token,
-    so this is its greedy loop with a KV cache and an early exit)."""
-    was_training = model.training
-    model.eval()
-    vocab, eot = model.config.vocab_size, tokenizer.eot_token
+    """Greedy completion of one prompt, up to <|endoftext|> (kept within the context: no cropping)."""
     prompt_ids = prompt_ids[-(model.config.block_size - 1):]
-    cache = gpt.KVCache(model.config, 1, device, model.lm_head.weight.dtype)
-    x = model.hidden_states(torch.tensor([prompt_ids], dtype=torch.long, device=device), cache)
-    out = []
-    while len(out) < max_new_tokens:
-        next_id = int(model.lm_head(x[:, -1])[0, :vocab].argmax())  # padded vocab rows are never real ids
-        if next_id == eot:
-            break
-        out.append(next_id)
-        if len(prompt_ids) + len(out) >= model.config.block_size:
-            break
-        x = model.hidden_states(torch.tensor([[next_id]], device=device), cache)
-    model.train(was_training)
-    return tokenizer.decode(out)
+    max_new_tokens = min(max_new_tokens, model.config.block_size - len(prompt_ids))
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    out = model.generate(idx, max_new_tokens, temperature=0, stop_token=tokenizer.eot_token)[0, len(prompt_ids):]
+    out = out.tolist()
+    return tokenizer.decode(out[:out.index(tokenizer.eot_token)] if tokenizer.eot_token in out else out)
 
 
 def print_samples(model, prompts, tokenizer, device, title):

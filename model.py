@@ -231,8 +231,11 @@ class GPT(nn.Module):
     # --- generation -------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                 use_cache=True):
+                 use_cache=True, stop_token=None):
         """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 is greedy decoding.
+
+        With stop_token (e.g. <|endoftext|>) it returns early once every row has produced it; rows that
+        stopped sooner carry on, so cut each row at its first stop_token.
 
         With use_cache each step feeds only the newest token. Once the sequence outgrows block_size the
         context is cropped to the last block_size tokens exactly as without the cache; the positions of the
@@ -242,6 +245,7 @@ class GPT(nn.Module):
         self.eval()
         block_size = self.config.block_size
         cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype) if use_cache else None
+        stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             if cache is not None and 0 < cache.length < block_size:
                 x = self.hidden_states(idx[:, -1:], cache)              # only the newest token
@@ -253,6 +257,10 @@ class GPT(nn.Module):
             logits[:, self.config.vocab_size:] = float("-inf")          # padded ids are never real tokens
             idx_next = sample_next_token(logits, temperature, top_k, top_p, generator)
             idx = torch.cat((idx, idx_next), dim=1)
+            if stop_token is not None:
+                stopped |= idx_next[:, 0] == stop_token
+                if stopped.all():
+                    break
         self.train(was_training)
         return idx
 
@@ -261,7 +269,7 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_path, **config_overrides):
         """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') via transformers, or a local
         directory written by GPT2LMHeadModel.save_pretrained (or by our save_hf)."""
-        hf = _load_hf_gpt2(name_or_path)
+        hf = load_hf_gpt2(name_or_path)
         hc = hf.config
         config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
                            n_head=hc.n_head, n_embd=hc.n_embd, layer_norm_epsilon=hc.layer_norm_epsilon,
@@ -325,7 +333,8 @@ _CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight"
 _VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
 
 
-def _load_hf_gpt2(name_or_path):
+def load_hf_gpt2(name_or_path):
+    """transformers' GPT2LMHeadModel for a GPT-2 name or directory, after checking it is a GPT-2 we implement."""
     from transformers import AutoConfig, GPT2LMHeadModel  # imported here: transformers is slow to import
     if not os.path.isdir(name_or_path) and name_or_path not in GPT_SIZES:
         raise ValueError(f"unknown model {name_or_path!r}: use one of {', '.join(GPT_SIZES)} "

@@ -227,3 +227,16 @@ def test_model_cli_samples_from_checkpoint_and_fails_cleanly(tmp_path):
     run = subprocess.run(cmd[:3] + [str(tmp_path / "bad.pt")], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert run.stderr.strip().startswith("error:") and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_model_generate_stops_when_every_row_hit_the_stop_token():
+    torch.manual_seed(0)
+    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=50, n_layer=1, n_head=2, n_embd=16)).eval()
+    prompt = torch.randint(0, 50, (2, 4))
+    full = m.generate(prompt, 30, temperature=0)
+    # Stop at the token row 0 produces 5th: row 0 hits it there, row 1 maybe later or never.
+    stop = full[0, 4 + 4].item()
+    out = m.generate(prompt, 30, temperature=0, stop_token=stop)
+    first_hits = [(row[4:] == stop).nonzero()[0, 0].item() if (row[4:] == stop).any() else 30 for row in full]
+    assert out.size(1) == 4 + min(30, max(first_hits) + 1)
+    assert torch.equal(out, full[:, :out.size(1)])  # same tokens up to the stop
