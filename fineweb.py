@@ -364,7 +364,7 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     print(f"{out_dir}: {len(shards)} shards, {total_tokens:,} tokens"
           + ("" if manifest["complete"] else " (stopped early: rerun without --max-shards to finish)"))
     if manifest["complete"] and len(shards) < 2:
-        print(f"warning: only one shard (the val shard): lower --shard-size to get training shards too")
+        print("warning: only one shard (the val shard): lower --shard-size to get training shards too")
     return manifest
 
 
