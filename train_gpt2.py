@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # 1. Settings: two presets, every value overridable by its flag
 # ---------------------------------------------------------------------------------------------
 PRESETS = {
-    # GPT-2 (124M) on FineWeb-Edu 10B, as in the well-known reproduction (8 GPUs, about 1.5 hours on H100s).
+    # GPT-2 (124M) on FineWeb-Edu 10B, as in the well-known reproduction (meant for 8 GPUs).
     "gpt2": dict(
         data="edu_fineweb10B", tokenizer="gpt2", n_layer=12, n_head=12, n_embd=768, vocab_multiple=64,
         batch_size=64, seq_len=1024, total_batch_size=524288, lr=6e-4, min_lr=6e-5, warmup_steps=715,
