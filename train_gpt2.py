@@ -54,7 +54,7 @@ PRESETS = {
     "tiny": dict(
         data=os.path.join(HERE, "manual.txt"), tokenizer="byte", n_layer=4, n_head=4, n_embd=128,
         vocab_multiple=64, batch_size=8, seq_len=256, total_batch_size=4096, lr=3e-3, min_lr=3e-4,
-        warmup_steps=20, max_steps=300, eval_every=50, val_steps=10, ckpt_every=100, keep_every=0,
+        warmup_steps=20, max_steps=900, eval_every=150, val_steps=10, ckpt_every=100, keep_every=0,
         prompt="The ", sample_tokens=160, num_samples=2, temperature=0.8),
 }
 
