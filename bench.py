@@ -872,7 +872,10 @@ def main():
     lora_add_parser(sub)
     args = parser.parse_args()
     print(machine_header())
-    args.run(args)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as e:  # e.g. offline without a tiktoken cache: one line, no traceback
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
