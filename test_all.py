@@ -1163,14 +1163,17 @@ def _train_stream(loaders, steps):
     return torch.cat(xs), torch.cat(ys)
 
 
+def _train_numbered_shards(sizes):
+    """Shards of the given lengths holding 0, 1, 2, ... in order: every token id says where it came from."""
+    bounds = np.cumsum([0] + sizes)
+    return [np.arange(lo, hi, dtype=np.int64) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
 def test_train_loader_ranks_disjoint_and_no_token_lost_at_shard_ends():
     # Distinct ids everywhere, shard lengths that no batch size divides: every token shows up exactly once
     # per pass, in order, whatever the shard ends are; rank r reads the r-th slice of each global batch.
     sizes = [37, 50, 23, 91]
-    shards, start = [], 0
-    for n in sizes:
-        shards.append(np.arange(start, start + n, dtype=np.int64))
-        start += n
+    shards = _train_numbered_shards(sizes)
     everything = np.concatenate(shards)
     B, T, world = 2, 4, 3
     loaders = [train_gpt2.DataLoader(shards, B, T, rank, world, shuffle=False) for rank in range(world)]
@@ -1188,10 +1191,7 @@ def test_train_loader_ranks_disjoint_and_no_token_lost_at_shard_ends():
 
 def test_train_loader_shuffle_is_a_seeded_permutation_of_each_epoch():
     sizes = [37, 50, 23, 91]
-    shards, start = [], 0
-    for n in sizes:
-        shards.append(np.arange(start, start + n, dtype=np.int64))
-        start += n
+    shards = _train_numbered_shards(sizes)
     total = sum(sizes)
     B, T = 3, 5
 
