@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import threading
@@ -266,6 +267,34 @@ def test_bpe_long_chunk_encoder_equals_short_one():
         assert bpe._encode_long_chunk(ids, tok.merges) == _bpe_slow_encode(text, tok.merges, None)
 
 
+def _bpe_ascii_texts():
+    """Pure-ASCII texts that stress every branch of the split patterns: contractions in any case, letter,
+    digit and punctuation runs, every kind of ASCII whitespace (and the \x1c-\x1f separators, which are
+    not whitespace to `regex`), trailing whitespace and newlines."""
+    rng = random.Random(11)
+    atoms = ["'s", "'S", "'ll", "'LL", "'Ve", "'re", "'d", "'m", "'t", "'x", "'", "a", "Zq", "word", "123", "4567",
+             "9", "!", "?!", "...", "#$%", "_", "-", " ", "  ", "   ", "\t", "\n", "\r\n", "\n\n", "\x0b", "\x0c",
+             "\x1c", "\x1f", "\x00", "\x7f", " \n ", "\t \n"]
+    texts = [_BPE_ENGLISH, "", " ", "\n", "a", "  x  ", "x\n", "x \n", "end  ", "'s'S''", "".join(map(chr, range(128)))]
+    for _ in range(300):
+        texts.append("".join(rng.choice(atoms) for _ in range(rng.randint(1, 30))))
+    return texts
+
+
+@pytest.mark.parametrize("pattern", [bpe.GPT2_PATTERN, bpe.GPT4_PATTERN, *bpe.TIKTOKEN_PATTERNS])
+def test_bpe_ascii_twin_splits_exactly_like_regex(pattern):
+    # On pure-ASCII text the split runs in Python's `re`, with \p{L}, \p{N}, \s spelled as ASCII classes.
+    for c in map(chr, range(128)):        # the classes themselves, as `regex` defines them
+        assert bool(regex.match(r"\p{L}", c)) == (c in string.ascii_letters)
+        assert bool(regex.match(r"\p{N}", c)) == (c in string.digits)
+        assert bool(regex.match(r"\s", c)) == (c in "\t\n\x0b\x0c\r ")
+    tok = bpe.Tokenizer(pattern)
+    assert tok._ascii_pattern is not None
+    for text in _bpe_ascii_texts():
+        assert tok.split(text) == regex.findall(pattern, text), repr(text)
+    assert tok.split("naïve 中文") == regex.findall(pattern, "naïve 中文")   # non-ASCII text takes `regex`
+
+
 @pytest.fixture(scope="module")
 def _bpe_gpt2(gpt2_enc):
     return bpe.Tokenizer.from_tiktoken(gpt2_enc)
@@ -284,6 +313,9 @@ def test_bpe_from_tiktoken_gpt2_gives_tiktoken_ids(_bpe_gpt2, gpt2_enc):
     assert _bpe_gpt2.encode(with_special, allowed_special="all") == gpt2_enc.encode(with_special, allowed_special="all")
     assert _bpe_gpt2.decode(gpt2_enc.encode(with_special, allowed_special="all")) == with_special
     assert gpt2_enc.encode("hello world") == _bpe_gpt2.encode("hello world") == [31373, 995]
+    assert gpt2_enc._pat_str in bpe.TIKTOKEN_PATTERNS and _bpe_gpt2._ascii_pattern is not None
+    for text in _bpe_ascii_texts():       # ASCII text is split by the `re` twin: still tiktoken's ids
+        assert _bpe_gpt2.encode_ordinary(text) == gpt2_enc.encode_ordinary(text), repr(text)
 
 
 def test_bpe_gpt2_merges_are_textbook_encode(_bpe_gpt2, gpt2_enc):
