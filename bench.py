@@ -48,6 +48,20 @@ def best_time(fn, repeat=3, warmup=1):
     return min(times)
 
 
+def turns(*fns, repeat=3):
+    """Best wall time of each function, called in turns (one warm-up each first), so that a load change
+    on a shared machine hits all of them alike."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
 def markdown_table(headers, rows):
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -181,8 +195,11 @@ def train_table(args, texts):
     for name, limit, vocab_size, full_textbook in jobs:
         text = texts[name][:limit] if limit else texts[name]
         path = args.english if name == "english" else args.chinese
-        ours = time_ours_train(text, vocab_size, "gpt2", args.repeat)
-        hf = run_hf(dict(kind="train", path=path, limit=limit, vocab_size=vocab_size, repeat=args.repeat))
+        ours = hf_seconds = float("inf")
+        for _ in range(args.repeat):      # in turns, as above
+            ours = min(ours, time_ours_train(text, vocab_size, "gpt2", 1))
+            hf_seconds = min(hf_seconds, run_hf(dict(kind="train", path=path, limit=limit, vocab_size=vocab_size,
+                                                     repeat=1))["seconds"])
         first = vocab_size if full_textbook else args.textbook_merges
         slow, est = time_textbook(text, vocab_size, pattern, first)
         if full_textbook:                 # show how good the estimate is where we have the real number
@@ -192,9 +209,9 @@ def train_table(args, texts):
             slow_cell = fmt_s(slow, est)
         peak = peak_python_mb(lambda: bpe.Tokenizer("gpt2").train(text, vocab_size))
         size = f"{len(text.encode()) / 1e6:.2f} MB"
-        rows.append([f"{name} {size}", vocab_size, slow_cell, fmt_s(ours), fmt_s(hf["seconds"]),
-                     f"{slow / ours:,.0f}x", f"{hf['seconds'] / ours:.2f}", f"{peak:.0f} MB"])
-        print(f"  train {name} {size} -> {vocab_size}: ours {ours:.2f} s, HF {hf['seconds']:.2f} s", file=sys.stderr)
+        rows.append([f"{name} {size}", vocab_size, slow_cell, fmt_s(ours), fmt_s(hf_seconds),
+                     f"{slow / ours:,.0f}x", f"{hf_seconds / ours:.2f}", f"{peak:.0f} MB"])
+        print(f"  train {name} {size} -> {vocab_size}: ours {ours:.2f} s, HF {hf_seconds:.2f} s", file=sys.stderr)
     return markdown_table(["text (GPT-2 split)", "vocab", "textbook", "ours", "HF BpeTrainer (1 thread)",
                            "textbook / ours", "HF / ours (>1: we win)", "ours peak Python heap"], rows)
 
@@ -222,23 +239,25 @@ def encode_table(args, texts):
         text = texts[name]
         mb = len(text.encode()) / 1e6
         reference = enc.encode_ordinary(text)
-        t_tik = min(_timed(lambda: enc.encode_ordinary(text)) for _ in range(args.repeat))
-        t_ours, same = float("inf"), True
-        for _ in range(args.repeat):
+        t_tik = t_ours = t_hf = float("inf")
+        same = True
+        for _ in range(args.repeat):  # in turns, so that a load change on a shared machine hits all three alike
+            t_tik = min(t_tik, _timed(lambda: enc.encode_ordinary(text)))
             tok = bpe.Tokenizer.from_tiktoken(enc)         # fresh: empty chunk cache, nothing seen yet
             t0 = time.perf_counter()
             ids = tok.encode_ordinary(text)
             t_ours = min(t_ours, time.perf_counter() - t0)
             same = same and ids == reference
+            hf = run_hf(dict(kind="encode", path=path, repeat=1, vocab_json=os.path.join(data, "encoder.json"),
+                             merges_txt=os.path.join(data, "vocab.bpe")))
+            t_hf = min(t_hf, hf["seconds"])
         tok = bpe.Tokenizer.from_tiktoken(enc)
         peak = peak_python_mb(lambda: tok.encode_ordinary(text))
-        hf = run_hf(dict(kind="encode", path=path, repeat=args.repeat, vocab_json=os.path.join(data, "encoder.json"),
-                         merges_txt=os.path.join(data, "vocab.bpe")))
         same_hf = hf["ids_sha"] == ids_sha(reference)
-        rows.append([f"{name} {mb:.2f} MB", f"{mb / t_tik:.2f}", f"{mb / t_ours:.2f}", f"{mb / hf['seconds']:.2f}",
-                     f"{t_tik / t_ours:.2f}", f"{hf['seconds'] / t_ours:.2f}",
+        rows.append([f"{name} {mb:.2f} MB", f"{mb / t_tik:.2f}", f"{mb / t_ours:.2f}", f"{mb / t_hf:.2f}",
+                     f"{t_tik / t_ours:.2f}", f"{t_hf / t_ours:.2f}",
                      f"ours {'yes' if same else 'NO'}, HF {'yes' if same_hf else 'NO'}", f"{peak:.0f} MB"])
-        print(f"  encode {name}: ours {t_ours:.3f} s, tiktoken {t_tik:.3f} s, HF {hf['seconds']:.3f} s", file=sys.stderr)
+        print(f"  encode {name}: ours {t_ours:.3f} s, tiktoken {t_tik:.3f} s, HF {t_hf:.3f} s", file=sys.stderr)
     return markdown_table(["text", "tiktoken MB/s (1 thread)", "ours MB/s (fresh)", "HF tokenizers MB/s (1 thread)",
                            "ours / tiktoken", "ours / HF", "ids == tiktoken", "ours peak Python heap"], rows)
 
@@ -275,7 +294,7 @@ def tokenizer_add_parser(sub):
     p.add_argument("--slice-kb", type=int, default=100, help="slice on which the textbook runs in full (KB)")
     p.add_argument("--textbook-merges", type=int, default=20,
                    help="merges the textbook runs before its time is extrapolated")
-    p.add_argument("--repeat", type=int, default=3, help="timings per measurement (best is kept)")
+    p.add_argument("--repeat", type=int, default=5, help="timings per measurement, taken in turns (best is kept)")
     p.add_argument("--parts", default="encode,train,none", help="comma-separated subset of encode,train,none")
     p.set_defaults(run=tokenizer_run)
     return p
@@ -308,15 +327,22 @@ def bench_model(args):
     ours, hf = (m.to(device).eval() for m in _twin_models(config))
     print(f"\nGeneration, GPT-2 {args.size} config, random weights, {device}, greedy, prompt {args.prompt_len} "
           f"tokens + {args.new_tokens} new (tokens/s = new tokens x batch / wall time)\n")
+    # A batch-1 decoding step multiplies one vector by every weight matrix: those matrix-vector products
+    # alone (each weight read once, torch.mv) are the floor under both implementations' step time.
+    matrices = [ours.transformer.wte.weight] + [m.weight for m in ours.transformer.h.modules()
+                                                if isinstance(m, torch.nn.Linear)]
+    vectors = [torch.randn(w.size(1), device=device) for w in matrices]
+    with torch.inference_mode():
+        t_floor = best_time(lambda: [torch.mv(w, v) for w, v in zip(matrices, vectors)], repeat=5)
     rows = []
     for batch in args.batch:
         prompt = torch.randint(0, config.vocab_size, (batch, args.prompt_len), device=device)
+        ours_generate = lambda: ours.generate(prompt, args.new_tokens, temperature=0)  # noqa: E731
+        hf_generate = lambda: hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False)  # noqa: E731
         with torch.inference_mode():
             same = torch.equal(ours.generate(prompt, 16, temperature=0),
                                hf.generate(prompt, max_new_tokens=16, do_sample=False))
-            t_hf = best_time(lambda: hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False),
-                             repeat=args.repeat)
-            t_ours = best_time(lambda: ours.generate(prompt, args.new_tokens, temperature=0), repeat=args.repeat)
+            t_hf, t_ours = turns(hf_generate, ours_generate, repeat=args.repeat)
             t_nocache = None
             if batch == 1:  # the no-cache path re-reads the whole prefix every step: measured once, batch 1
                 t_nocache = best_time(lambda: ours.generate(prompt, args.new_tokens, temperature=0,
@@ -325,8 +351,13 @@ def bench_model(args):
         rows.append([batch, f"{tps(t_ours):.1f}", f"{tps(t_hf):.1f}", f"**{t_hf / t_ours:.2f}x**",
                      f"{tps(t_nocache):.1f}" if t_nocache else "-",
                      f"**{t_nocache / t_ours:.1f}x**" if t_nocache else "-", "yes" if same else "NO"])
+        if batch == 1:
+            step_ours, step_hf = t_ours / args.new_tokens * 1e3, t_hf / args.new_tokens * 1e3
     print(markdown_table(["batch", "ours, KV cache (tok/s)", "HF generate (tok/s)", "ours / HF",
                           "ours, no cache (tok/s)", "cache / no cache", "same greedy tokens"], rows))
+    if 1 in args.batch:
+        print(f"\nBatch 1, per token: ours {step_ours:.1f} ms, HF {step_hf:.1f} ms. Floor: the {len(matrices)} "
+              f"matrix-vector products alone (every weight read once, torch.mv) take {t_floor * 1e3:.1f} ms.")
 
     B, T = args.train_batch, args.train_seq
     x = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
@@ -341,7 +372,7 @@ def bench_model(args):
         hf.zero_grad(set_to_none=True)
         hf(input_ids=x, labels=x).loss.backward()  # HF shifts labels inside: same T predictions
 
-    t_ours, t_hf = best_time(step_ours, repeat=args.repeat), best_time(step_hf, repeat=args.repeat)
+    t_ours, t_hf = turns(step_ours, step_hf, repeat=args.repeat)
     print(f"\nForward + backward, GPT-2 {args.size} config, B={B}, T={T}, fp32, {device}\n")
     print(markdown_table(["model", "step (ms)", "tokens/s", "ratio"], [
         ["ours (model.GPT)", f"{t_ours * 1e3:.0f}", f"{B * T / t_ours:.0f}", f"**{t_hf / t_ours:.2f}x**"],
@@ -628,13 +659,38 @@ def hellaswag_bench_cpu(args):
             seconds[i] += time.perf_counter() - t0
             losses[i].append(out.double())
     reference = torch.cat(losses[0])
+    flops = [hellaswag_flops(model, examples[:args.flop_examples], enc, how) for _, how in scorers]
     rows = []
-    for (label, _), sec, got in zip(scorers, seconds, losses):
+    for (label, _), sec, got, flop in zip(scorers, seconds, losses, flops):
         got = torch.cat(got)
         same_pred = sum(int(a.argmin() == b.argmin()) for a, b in zip(got, reference))
         rows.append([label, f"{len(examples) / sec:.2f}", f"{sec:.1f}", f"{(got - reference).abs().max().item():.1e}",
-                     f"{same_pred}/{len(examples)}", f"{seconds[0] / sec:.2f}x"])
-    print(markdown_table(["scorer", "examples/s", "seconds", "max abs loss diff", "same pred", "speed-up"], rows))
+                     f"{same_pred}/{len(examples)}", f"{flop / 1e9 / args.flop_examples:.1f}",
+                     f"{flop / 1e9 / args.flop_examples * len(examples) / sec:.0f}",
+                     f"{flops[0] / flop:.2f}x", f"{seconds[0] / sec:.2f}x"])
+    print(markdown_table(["scorer", "examples/s", "seconds", "max abs loss diff", "same pred",
+                          f"GFLOP per example (first {args.flop_examples})", "GFLOP/s", "FLOP ratio",
+                          "speed-up"], rows))
+    # Packed one example at a time has no padding: what any exact scorer must compute (every context token's
+    # keys and values, every ending token's hidden state and its full-vocabulary logits).
+    least = hellaswag_flops(model, examples[:args.flop_examples], enc, ("packed", 1))
+    print(f"\nLeast work of an exact scorer (packed, no padding): {least / 1e9 / args.flop_examples:.1f} GFLOP per "
+          f"example, {flops[0] / least:.2f}x fewer FLOPs than the recipe loop: the speed-up a scorer running at "
+          f"the loop's FLOP/s would get.")
+
+
+def hellaswag_flops(model, examples, enc, how):
+    """Matmul and attention FLOPs of one scorer on these examples, counted by torch's FlopCounterMode."""
+    import hellaswag
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        if how is None:
+            for ex in examples:
+                hellaswag.ending_losses_loop(model, ex, enc, "cpu")
+        else:
+            hellaswag.score_examples(model, examples, enc, "cpu", how[1], method=how[0])
+    return counter.get_total_flops()
 
 
 def hellaswag_sync():
@@ -685,6 +741,7 @@ def hellaswag_add_parser(sub):
                    help="(cpu) batched scorers to time against the loop")
     p.add_argument("--threads", type=int, default=2, help="(cpu) torch threads")
     p.add_argument("--chunk", type=int, default=50, help="(cpu) examples per turn of each scorer")
+    p.add_argument("--flop-examples", type=int, default=50, help="(cpu) examples whose FLOPs are counted")
     p.add_argument("-m", "--models", nargs="+", default=["gpt2"],
                    help="(cuda) gpt2 sizes, 'random' (124M config) or checkpoint .pt files")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="(cuda) float32 and/or bfloat16")
@@ -864,7 +921,7 @@ def main():
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-seq", type=int, default=256)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per side, taken in turns (best kept)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.set_defaults(run=bench_model)
     train_add_parser(sub)
