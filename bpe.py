@@ -68,6 +68,13 @@ ASCII_CLASSES = ((r"\s\p{L}\p{N}", r"\t-\r A-Za-z0-9"), (r"\p{L}\p{N}", "A-Za-z0
                  (r"\p{N}", "[0-9]"), (r"\S", r"[^\t-\r ]"), (r"\s", r"[\t-\r ]"))
 
 
+# Mixed text (Chinese with code and formulas, say) takes the twin on its long ASCII stretches. A stretch
+# starts and ends at a space that follows a non-space: no chunk holds that pair of characters (in these
+# patterns a space only leads a chunk or sits in a run of whitespace), so each side splits exactly as in
+# the whole text. re's \S is narrower than regex's (it calls \x1c-\x1f whitespace): a safe direction.
+ASCII_STRETCH = re.compile(r"(?<=\S) [\x00-\x7f]{64,}(?<=\S)(?= )")
+
+
 def ascii_twin(pattern):
     """`re` twin of a built-in (or tiktoken's) split pattern, exact on ASCII text; None for other patterns
     and on Python < 3.11, whose `re` lacks possessive quantifiers."""
@@ -467,7 +474,12 @@ class Tokenizer:
 
     def _encode_chunk_text(self, chunk):
         ids = self._token_table.get(chunk)
-        return ids if ids is not None else tuple(self._encode_bytes(chunk.encode("utf-8")))
+        if ids is not None:
+            return ids
+        data = chunk.encode("utf-8")
+        # Only 3-byte characters (Chinese, Japanese, most symbols)? Then a cut can only fall every 3rd byte.
+        three_byte_chars = len(data) == 3 * len(chunk) and max(chunk) < "\U00010000"
+        return tuple(self._encode_bytes(data, stride=3 if three_byte_chars else 1))
 
     def _number_pending_special(self):
         next_id = 256 + len(self.merges)
@@ -492,9 +504,16 @@ class Tokenizer:
         """The chunks BPE works on (never merged across): the regex matches, or the whole text."""
         if self.compiled_pattern is None:
             return [text] if text else []
-        if self._ascii_pattern is not None and text.isascii():
+        if self._ascii_pattern is None:
+            return self.compiled_pattern.findall(text)
+        if text.isascii():
             return self._ascii_pattern.findall(text)
-        return self.compiled_pattern.findall(text)
+        chunks, start = [], 0
+        for stretch in ASCII_STRETCH.finditer(text):
+            chunks += self.compiled_pattern.findall(text[start:stretch.start()])
+            chunks += self._ascii_pattern.findall(stretch.group())
+            start = stretch.end()
+        return chunks + self.compiled_pattern.findall(text[start:])
 
     def train(self, text, vocab_size, verbose=False, progress=False):
         """Learn vocab_size - 256 merges from text (exactly the textbook merges, see module docstring)."""
@@ -535,13 +554,16 @@ class Tokenizer:
         return self
 
     # ----- encoding / decoding -----
-    def _encode_bytes(self, data):
-        """Textbook encoding of one chunk's bytes, split where no merge can ever join (see _prepare_encode)."""
+    def _encode_bytes(self, data, stride=1):
+        """Textbook encoding of one chunk's bytes, split where no merge can ever join (see _prepare_encode).
+        With stride=3 the bytes are 3-byte characters: only the borders between them are checked."""
         pieces = self._pieces
         if len(data) < 8:
             return pieces[data]
         # The cuts are found in C (map/compress over the bytes): a Chinese chunk has one every character.
-        cuts = compress(range(1, len(data)), map(getitem, map(self._unjoinable.__getitem__, data), data[1:]))
+        lefts, rights = data[stride - 1:-1:stride], data[stride::stride]
+        cuts = compress(range(stride, len(data), stride),
+                        map(getitem, map(self._unjoinable.__getitem__, lefts), rights))
         out, start = [], 0
         for k in cuts:
             out += pieces[data[start:k]]

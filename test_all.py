@@ -295,6 +295,24 @@ def test_bpe_ascii_twin_splits_exactly_like_regex(pattern):
     assert tok.split("naïve 中文") == regex.findall(pattern, "naïve 中文")   # non-ASCII text takes `regex`
 
 
+@pytest.mark.parametrize("pattern", [bpe.GPT2_PATTERN, bpe.GPT4_PATTERN, *bpe.TIKTOKEN_PATTERNS])
+def test_bpe_mixed_text_ascii_stretches_split_like_regex(pattern, monkeypatch):
+    # Mixed text: ASCII stretches go to the `re` twin, the rest to `regex`. With the minimum stretch length
+    # cut to 1 nearly every space after a non-space becomes a border, and the chunks must still be regex's.
+    monkeypatch.setattr(bpe, "ASCII_STRETCH", re.compile(r"(?<=\S) [\x00-\x7f]{1,}(?<=\S)(?= )"))
+    rng = random.Random(5)
+    atoms = ["中文", "，", "。", "é", "😀", "\u00a0", "\u3000", "\u2028", "\x1c", " ", "  ", "\n", "\r\n", "\t",
+             "word", "Word", "'s", "'LL", "42", "12345", "!?", "(x)", " a", " 1", "x =", "1 2"]
+    texts = [_BPE_ENGLISH + _BPE_CHINESE, _bpe_long_text(6)]
+    texts += ["".join(rng.choice(atoms) for _ in range(rng.randint(1, 40))) for _ in range(300)]
+    tok = bpe.Tokenizer(pattern)
+    stretches = 0
+    for text in texts:
+        assert tok.split(text) == regex.findall(pattern, text), repr(text)
+        stretches += not text.isascii() and sum(1 for _ in bpe.ASCII_STRETCH.finditer(text))
+    assert stretches > 100                # the borders really were exercised
+
+
 @pytest.fixture(scope="module")
 def _bpe_gpt2(gpt2_enc):
     return bpe.Tokenizer.from_tiktoken(gpt2_enc)
