@@ -36,28 +36,30 @@ def machine_header():
             f"Python {platform.python_version()} · torch {torch.__version__} · torch threads {torch.get_num_threads()}")
 
 
+def sync():
+    """Wait for queued GPU work, so that a timing covers it (nothing to wait for on a CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def best_time(fn, repeat=3, warmup=1):
     """Best wall time of `repeat` calls after `warmup` calls (the minimum is the least noisy estimate)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return turns(fn, repeat=repeat, warmup=warmup)[0]
 
 
-def turns(*fns, repeat=3):
-    """Best wall time of each function, called in turns (one warm-up each first), so that a load change
+def turns(*fns, repeat=3, warmup=1):
+    """Best wall time of each function, called in turns after `warmup` calls each, so that a load change
     on a shared machine hits all of them alike."""
     for fn in fns:
-        fn()
+        for _ in range(warmup):
+            fn()
+    sync()
     best = [float("inf")] * len(fns)
     for _ in range(repeat):
         for k, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn()
+            sync()
             best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
@@ -391,7 +393,6 @@ def _bench_model_gpu_mfu(ours, config, args):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = ours(x[:, :-1], x[:, 1:])[1]
         loss.backward()
-        torch.cuda.synchronize()
 
     t = best_time(step, repeat=5, warmup=2)
     peak = peak_flops(args.device)
@@ -693,11 +694,6 @@ def hellaswag_flops(model, examples, enc, how):
     return counter.get_total_flops()
 
 
-def hellaswag_sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def hellaswag_bench_gpu(args):
     import hellaswag
     from model import GPT, GPTConfig, get_tokenizer, load_checkpoint
@@ -716,10 +712,10 @@ def hellaswag_bench_gpu(args):
         for dtype in args.dtypes:
             autocast = torch.bfloat16 if dtype == "bfloat16" else None
             hellaswag.evaluate(model, examples[:64], enc, args.device, args.batch_size, autocast_dtype=autocast)
-            hellaswag_sync()
+            sync()
             t0 = time.perf_counter()
             result = hellaswag.evaluate(model, examples, enc, args.device, args.batch_size, autocast_dtype=autocast)
-            hellaswag_sync()
+            sync()
             seconds = time.perf_counter() - t0
             rows.append([name, dtype, result["n"], f"{seconds:.1f}", f"{result['n'] / seconds:.0f}",
                          f"{result['acc']:.4f}", f"{result['acc_norm']:.4f}"])
