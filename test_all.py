@@ -295,6 +295,15 @@ def test_bpe_ascii_twin_splits_exactly_like_regex(pattern):
     assert tok.split("naïve 中文") == regex.findall(pattern, "naïve 中文")   # non-ASCII text takes `regex`
 
 
+def test_bpe_tiktoken_spellings_of_the_split_patterns():
+    # GPT-2's spelling runs as ours (the two tests above check the chunks); cl100k's is not minbpe's GPT-4
+    # pattern, so it must not be swapped for it: they cut whitespace after a last newline differently.
+    assert bpe.Tokenizer(bpe.TIKTOKEN_GPT2_PATTERN).compiled_pattern.pattern == bpe.GPT2_PATTERN
+    text = "x\t\n\n   "
+    assert regex.findall(bpe.TIKTOKEN_CL100K_PATTERN, text) != regex.findall(bpe.GPT4_PATTERN, text)
+    assert bpe.Tokenizer(bpe.TIKTOKEN_CL100K_PATTERN).split(text) == regex.findall(bpe.TIKTOKEN_CL100K_PATTERN, text)
+
+
 @pytest.mark.parametrize("pattern", [bpe.GPT2_PATTERN, bpe.GPT4_PATTERN, *bpe.TIKTOKEN_PATTERNS])
 def test_bpe_mixed_text_ascii_stretches_split_like_regex(pattern, monkeypatch):
     # Mixed text: ASCII stretches go to the `re` twin, the rest to `regex`. With the minimum stretch length
