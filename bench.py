@@ -321,7 +321,7 @@ def _twin_models(config):
 
 
 def bench_model(args):
-    from model import GPT_SIZES, GPTConfig
+    from model import GPT_SIZES, GPTConfig, in_out_copy
     torch.set_num_threads(args.threads)
     config = GPTConfig(**GPT_SIZES["gpt2"]) if args.size == "124M" else \
         GPTConfig(block_size=512, vocab_size=50257, n_layer=4, n_head=4, n_embd=256)
@@ -329,13 +329,18 @@ def bench_model(args):
     ours, hf = (m.to(device).eval() for m in _twin_models(config))
     print(f"\nGeneration, GPT-2 {args.size} config, random weights, {device}, greedy, prompt {args.prompt_len} "
           f"tokens + {args.new_tokens} new (tokens/s = new tokens x batch / wall time)\n")
-    # A batch-1 decoding step multiplies one vector by every weight matrix: those matrix-vector products
-    # alone (each weight read once, torch.mv) are the floor under both implementations' step time.
+    # A batch-1 decoding step multiplies one vector by every weight matrix: reading each weight once is the
+    # floor under both implementations' step time. It is timed in both memory orders: nn.Linear's (out, in)
+    # (torch.mv) and (in, out) copies, the order in which generate may read lm_head (GPT._decode_ways).
     matrices = [ours.transformer.wte.weight] + [m.weight for m in ours.transformer.h.modules()
                                                 if isinstance(m, torch.nn.Linear)]
     vectors = [torch.randn(w.size(1), device=device) for w in matrices]
     with torch.inference_mode():
-        t_floor = best_time(lambda: [torch.mv(w, v) for w, v in zip(matrices, vectors)], repeat=5)
+        in_out = [in_out_copy(w) for w in matrices]
+        rows_in = [v.unsqueeze(0) for v in vectors]
+        t_floor, t_floor_in_out = turns(lambda: [torch.mv(w, v) for w, v in zip(matrices, vectors)],
+                                        lambda: [v @ w for w, v in zip(in_out, rows_in)], repeat=5)
+        del in_out
     rows = []
     for batch in args.batch:
         prompt = torch.randint(0, config.vocab_size, (batch, args.prompt_len), device=device)
@@ -359,7 +364,8 @@ def bench_model(args):
                           "ours, no cache (tok/s)", "cache / no cache", "same greedy tokens"], rows))
     if 1 in args.batch:
         print(f"\nBatch 1, per token: ours {step_ours:.1f} ms, HF {step_hf:.1f} ms. Floor: the {len(matrices)} "
-              f"matrix-vector products alone (every weight read once, torch.mv) take {t_floor * 1e3:.1f} ms.")
+              f"matrix-vector products alone (every weight read once) take {t_floor * 1e3:.1f} ms with "
+              f"nn.Linear's (out, in) weights (torch.mv), {t_floor_in_out * 1e3:.1f} ms with (in, out) copies.")
 
     B, T = args.train_batch, args.train_seq
     x = torch.randint(0, config.vocab_size, (B, T + 1), device=device)

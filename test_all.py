@@ -802,6 +802,60 @@ def test_model_cached_sampling_equals_uncached(sampling):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_model_decode_step_every_way_equals_forward(rows):
+    # Each way generate may pick (x @ W.T, (W @ x.T).T, lm_head stored as (in, out)) is the forward pass
+    # of the newest position, and the cache it fills is the one forward would have filled.
+    torch.manual_seed(0)
+    m = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=3, n_embd=24)).eval()
+    idx = torch.randint(0, 97, (rows, 9))
+    with torch.no_grad():
+        full = m(idx)[0][:, -1]
+        ways = [dict(), dict(columns_first=True), dict(head_in_out=gpt.in_out_copy(m.lm_head.weight))]
+        for way in ways:
+            cache = gpt.KVCache(m.config, rows, "cpu", torch.float32)
+            m.hidden_states(idx[:, :-1], cache)
+            torch.testing.assert_close(m.decode_step(idx[:, -1:], cache, **way), full, atol=1e-5, rtol=0)
+            assert cache.length == 9
+            reference = gpt.KVCache(m.config, rows, "cpu", torch.float32)
+            m.hidden_states(idx, reference)
+            torch.testing.assert_close(cache.k[:, :, :, :9], reference.k[:, :, :, :9], atol=1e-6, rtol=0)
+
+
+def test_model_in_out_copy_is_the_transpose():
+    w = torch.randn(600, 7)               # 600 rows: two full bands of 256 and a short one
+    assert torch.equal(gpt.in_out_copy(w), w.t().contiguous())
+    assert gpt.in_out_copy(w).is_contiguous()
+
+
+def test_model_generate_tries_the_ways_only_where_they_can_differ():
+    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=97, n_layer=1, n_head=2, n_embd=16)).eval()
+    one, many = torch.zeros(1, 4, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long)
+    assert len(m._decode_ways(many, 40, True)) == 3
+    assert len(m._decode_ways(one, 40, True)) == 2      # one row: both products are one matrix-vector product
+    assert len(m._decode_ways(many, 40, False)) == 1    # no cache, no decode steps
+    assert len(m._decode_ways(many, 8, True)) == 1      # too short to pay for the trials
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert len(m._decode_ways(many, 40, True)) == 1
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_model_decode_step_runs_lora_layers_as_modules():
+    # LoRA wraps c_attn and friends; the decode step must call the wrapper, not read the base weight.
+    m = _lora_tiny_gpt().double()        # float64: merged and unmerged weights round alike
+    lora.apply_lora(m, r=4, alpha=8, targets=("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"))
+    with torch.no_grad():
+        for layer in lora.lora_layers(m):
+            layer.lora_B.normal_(std=0.5)
+    prompt = _lora_idx(257, shape=(2, 5))
+    cached = m.generate(prompt, 40, temperature=0)
+    assert torch.equal(cached, m.generate(prompt, 40, temperature=0, use_cache=False))
+    lora.merge_and_unwrap(m)
+    assert torch.equal(cached, m.generate(prompt, 40, temperature=0))
+
+
 def test_model_generate_never_samples_padded_ids():
     torch.manual_seed(0)
     m = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=5, n_layer=1, n_head=1, n_embd=8, vocab_multiple=64))
