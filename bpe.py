@@ -135,7 +135,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
         scanned[pair] = len(positions)
         return None
 
-    heap = [(-c, where[pair][0], pair) for pair, c in pair_count.items()]
+    heap = [(-c, int(where[pair][0]), pair) for pair, c in pair_count.items()]
     heapq.heapify(heap)
     # Most new pairs are rare (count 1 or 2) and never win. They wait in low[count] instead of the heap,
     # and a bucket joins the heap only once the best count falls to its level (counts never grow).
@@ -193,18 +193,20 @@ def _link_chunks(chunks, counts):
     weight = np.repeat(np.asarray(counts, dtype=np.int64), lengths)
     # Every adjacent pair inside a chunk: its key, the position of its left byte, and its weight.
     pos = np.flatnonzero(nxt[:-1] >= 0) if n else np.zeros(0, dtype=np.int64)
-    keys = (tok[pos] << 8 | tok[pos + 1]).astype(np.uint16)    # byte pairs fit 16 bits: radix sort
+    data = tok.astype(np.uint16)
+    keys = data[pos] << 8 | data[pos + 1]               # byte pairs fit 16 bits: radix sort
     order = np.argsort(keys, kind="stable")            # stable: positions stay ascending within a key
     keys, pos = keys[order], pos[order]
-    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    totals = np.bincount(inverse, weights=weight[pos], minlength=len(uniq)).astype(np.int64).tolist()
+    first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))) if len(keys) else pos[:0]
+    totals = np.add.reduceat(weight[pos], first).tolist() if len(keys) else []
     bounds = first.tolist() + [len(keys)]
-    pos_list = pos.tolist()
     pair_count, where = {}, {}
-    for k, key in enumerate(uniq.tolist()):
+    for key, total, i, j in zip(keys[first].tolist(), totals, bounds, bounds[1:]):
         key = (key >> 8) << 32 | (key & 255)
-        pair_count[key] = totals[k]
-        where[key] = pos_list[bounds[k]:bounds[k + 1]]
+        pair_count[key] = total
+        # Big pairs are merged in numpy (_apply_merge_bulk), which takes the array as it is; the rest
+        # are walked in Python, which wants a list.
+        where[key] = pos[i:j] if j - i >= BULK_MIN else pos[i:j].tolist()
     return tok, nxt, prv, weight, pair_count, where
 
 
@@ -225,7 +227,7 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where):
     """_apply_merge for a pair with many occurrences, on numpy arrays: same result, computed in bulk."""
     import numpy as np
     a, b = pair >> 32, pair & MASK
-    pos = np.array(where[pair], dtype=np.int64)
+    pos = np.asarray(where[pair], dtype=np.int64)
     nx = nxt[pos]
     live = (tok[pos] == a) & (nx >= 0)
     live[live] = tok[nx[live]] == b
@@ -243,7 +245,8 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where):
     after_merge[1:] = right[:-1] == pos[1:]
     before_merge = np.zeros(len(pos), dtype=bool)
     before_merge[:-1] = after_merge[1:]
-    left = np.where(after_merge, np.roll(pos, 1), left)
+    chained = np.flatnonzero(after_merge)
+    left[chained] = pos[chained - 1]
     has_left, has_right = left >= 0, right >= 0
     x = np.where(after_merge, new_id, tok[np.where(has_left, left, 0)].astype(np.int64))   # keys need 64 bits
     y = tok[np.where(has_right, right, 0)].astype(np.int64)
@@ -266,13 +269,11 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where):
     totals = np.add.reduceat(weights, first).tolist() if len(keys) else []
     bounds = first.tolist() + [len(keys)]
     places = places.tolist()
-    created = []
-    for k, key in enumerate(uniq.tolist()):
-        pair_count[key] = totals[k]
-        group = places[bounds[k]:bounds[k + 1]]
-        group.sort()                      # (new, new) pairs come only from the left side; sort is cheap
-        where[key] = group
-        created.append(key)
+    created = uniq.tolist()
+    pair_count.update(zip(created, totals))
+    # Within a key the places are ascending: each side lists them in text order (the stable sort keeps it),
+    # and a key comes from one side only ((x, new) from the left, (new, y) from the right).
+    where.update(zip(created, [places[i:j] for i, j in zip(bounds, bounds[1:])]))
     return created
 
 
@@ -280,9 +281,10 @@ def _add_counts(pair_count, keys, deltas):
     import numpy as np
     if len(keys) == 0:
         return
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    sums = np.bincount(inverse, weights=deltas, minlength=len(uniq)).astype(np.int64).tolist()
-    for key, delta in zip(uniq.tolist(), sums):
+    order = np.argsort(keys)
+    keys, deltas = keys[order], deltas[order]
+    first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    for key, delta in zip(keys[first].tolist(), np.add.reduceat(deltas, first).tolist()):
         pair_count[key] += delta
 
 
