@@ -142,15 +142,15 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     low, floor = [[] for _ in range(LOW)], LOW - 1     # buckets 1..floor are still waiting
     merges = []
     for new_id in range(first_id, first_id + num_merges):
-        pair = _pop_best(heap, pair_count, first_position)
+        pair = _pop_best(heap, pair_count, first_position, tok, nxt)
         while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
             if pair is not None:
                 heapq.heappush(heap, (-pair_count[pair], first_position(pair), pair))
             for p in low[floor]:
                 if pair_count[p] > 0:
-                    heapq.heappush(heap, (-pair_count[p], first_position(p), p))
+                    heapq.heappush(heap, (-pair_count[p], where[p][0], p))
             floor -= 1
-            pair = _pop_best(heap, pair_count, first_position)
+            pair = _pop_best(heap, pair_count, first_position, tok, nxt)
         if pair is None:
             break
         merges.append(((pair >> 32, pair & MASK), new_id))
@@ -167,11 +167,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
                 if c > 0:
                     low[c].append(new_pair)
             else:
-                i = where[new_pair][0]        # usually still live; first_position checks the rest
-                j = nxt[i]
-                if j < 0 or tok[i] != new_pair >> 32 or tok[j] != new_pair & MASK:
-                    i = first_position(new_pair)
-                heapq.heappush(heap, (-c, i, new_pair))
+                heapq.heappush(heap, (-c, where[new_pair][0], new_pair))
         if progress is not None:
             progress(merges[-1][0], new_id, count)
     return merges
@@ -210,16 +206,21 @@ def _link_chunks(chunks, counts):
     return tok, nxt, prv, weight, pair_count, where
 
 
-def _pop_best(heap, pair_count, first_position):
-    """Pop the most frequent pair, ties to the earliest first occurrence; stale entries are refreshed.
-    An entry whose count is still right is exact: a pair loses occurrences only by losing count."""
+def _pop_best(heap, pair_count, first_position, tok, nxt):
+    """Pop the most frequent pair, ties to the earliest first occurrence.
+    A heap entry's position is at or before the pair's first live occurrence: a pair's positions are all
+    recorded when it first appears (where[pair], ascending), and they only die. So an entry whose count is
+    still right and whose position is live is exact; any other is refreshed and pushed back."""
     while heap:
         neg_count, pos, pair = heapq.heappop(heap)
         count = pair_count.get(pair, 0)
         if count == -neg_count:
-            return pair
-        if count > 0:
-            heapq.heappush(heap, (-count, first_position(pair), pair))
+            j = nxt[pos]
+            if j >= 0 and tok[pos] == pair >> 32 and tok[j] == pair & MASK:
+                return pair
+            heapq.heappush(heap, (neg_count, first_position(pair), pair))
+        elif count > 0:
+            heapq.heappush(heap, (-count, pos, pair))    # the old position is still a lower bound
     return None
 
 
