@@ -347,9 +347,8 @@ def bench_model(args):
         ours_generate = lambda: ours.generate(prompt, args.new_tokens, temperature=0)  # noqa: E731
         hf_generate = lambda: hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False)  # noqa: E731
         with torch.inference_mode():
-            same = torch.equal(ours.generate(prompt, 16, temperature=0),
-                               hf.generate(prompt, max_new_tokens=16, do_sample=False))
-            t_hf, t_ours = turns(hf_generate, ours_generate, repeat=args.repeat)
+            same = torch.equal(ours_generate(), hf_generate())     # also the warm-up of the timings below
+            t_hf, t_ours = turns(hf_generate, ours_generate, repeat=args.repeat, warmup=0)
             t_nocache = None
             if batch == 1:  # the no-cache path re-reads the whole prefix every step: measured once, batch 1
                 t_nocache = best_time(lambda: ours.generate(prompt, args.new_tokens, temperature=0,
