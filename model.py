@@ -242,6 +242,8 @@ class GPT(nn.Module):
         if given, is lm_head.weight stored as (in, out) (see generate for both).
         """
         pos = kv_cache.length
+        if pos >= kv_cache.k.size(3):
+            raise ValueError(f"the KV cache is full ({pos} positions); crop the context and refill it")
         x = self.transformer.wte(idx[:, 0]) + self.transformer.wpe.weight[pos]     # (B, C)
         B, C = x.shape
         nh = self.config.n_head

@@ -822,6 +822,15 @@ def test_model_decode_step_every_way_equals_forward(rows):
             torch.testing.assert_close(cache.k[:, :, :, :9], reference.k[:, :, :, :9], atol=1e-6, rtol=0)
 
 
+def test_model_decode_step_refuses_a_full_cache():
+    m = gpt.GPT(gpt.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=1, n_embd=8)).eval()
+    cache = gpt.KVCache(m.config, 1, "cpu", torch.float32, max_len=4)
+    with torch.no_grad():
+        m.hidden_states(torch.zeros(1, 4, dtype=torch.long), cache)
+        with pytest.raises(ValueError, match="KV cache is full"):
+            m.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
+
+
 def test_model_in_out_copy_is_the_transpose():
     w = torch.randn(600, 7)               # 600 rows: two full bands of 256 and a short one
     assert torch.equal(gpt.in_out_copy(w), w.t().contiguous())
