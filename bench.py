@@ -320,6 +320,31 @@ def _twin_models(config):
     return ours, hf
 
 
+def decode_ways_table(model, config, args, steps=8):
+    """What generate's trials choose between on a CPU (GPT._decode_ways): one decode step per way and
+    batch size, with the prompt in the cache; the ways take turns."""
+    from model import KVCache, in_out_copy
+    ways = {"x @ W.T": dict(), "(W @ x.T).T": dict(columns_first=True),
+            "lm_head (in, out)": dict(head_in_out=in_out_copy(model.lm_head.weight))}
+    rows = []
+    for batch in (1, 2, 4, 8, 16):
+        prompt = torch.randint(0, config.vocab_size, (batch, args.prompt_len))
+        cache = KVCache(config, batch, "cpu", torch.float32, args.prompt_len + steps)
+        with torch.inference_mode():
+            model.hidden_states(prompt, cache)
+
+            def run(way):
+                cache.length = args.prompt_len
+                for _ in range(steps):
+                    model.decode_step(prompt[:, -1:], cache, **way)
+            seconds = turns(*(lambda way=way: run(way) for way in ways.values()), repeat=args.repeat)
+        ms = [t / steps * 1e3 for t in seconds]
+        rows.append([batch] + [f"{t:.1f}" for t in ms] + [list(ways)[ms.index(min(ms))]])
+    print(f"\nOne decode step (ms) on {torch.get_num_threads()} threads, by the way its products are taken "
+          f"(what generate times on its first steps and then keeps)\n")
+    print(markdown_table(["batch"] + list(ways) + ["fastest"], rows))
+
+
 def bench_model(args):
     from model import GPT_SIZES, GPTConfig, in_out_copy
     torch.set_num_threads(args.threads)
@@ -365,6 +390,9 @@ def bench_model(args):
         print(f"\nBatch 1, per token: ours {step_ours:.1f} ms, HF {step_hf:.1f} ms. Floor: the {len(matrices)} "
               f"matrix-vector products alone (every weight read once) take {t_floor * 1e3:.1f} ms with "
               f"nn.Linear's (out, in) weights (torch.mv), {t_floor_in_out * 1e3:.1f} ms with (in, out) copies.")
+
+    if device == "cpu":
+        decode_ways_table(ours, config, args)
 
     B, T = args.train_batch, args.train_seq
     x = torch.randint(0, config.vocab_size, (B, T + 1), device=device)

@@ -265,10 +265,11 @@ class GPT(nn.Module):
 
         On a GPU there is one. On a CPU a decode step reads every weight once for a few rows x, and BLAS
         libraries pick their kernels by shape: x @ W.T, (W @ x.T).T and x @ W_in_out (the weight stored as
-        (in, out)) can differ 1.5x either way, depending on the library and the number of rows (MKL here:
-        8 rows slower than 16 with x @ W.T, 2 rows slower with the others; one row reads lm_head, the
-        largest matrix, 20% faster as (in, out)). So generate times them, like cudnn.benchmark does. They
-        differ only in float rounding, and with torch.use_deterministic_algorithms(True) x @ W.T is used.
+        (in, out)) can differ up to 2x either way, depending on the library and the number of rows (MKL
+        here, bench.py model: 8 rows slower than 16 with x @ W.T, 2 rows slower with the others; one row
+        reads lm_head, the largest matrix, faster as (in, out)). So generate times them, as cudnn.benchmark
+        does. They differ only in float rounding; with torch.use_deterministic_algorithms(True) x @ W.T is
+        used.
         """
         ways = [dict(columns_first=False, head_in_out=None)]
         if (idx.device.type == "cpu" and use_cache and max_new_tokens >= 32 and type(self.lm_head) is nn.Linear
