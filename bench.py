@@ -950,7 +950,7 @@ def main():
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-seq", type=int, default=256)
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per side, taken in turns (best kept)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per side, taken in turns (best kept)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.set_defaults(run=bench_model)
     train_add_parser(sub)
