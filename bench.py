@@ -312,7 +312,9 @@ def _twin_models(config):
     torch.manual_seed(0)
     ours = GPT(config)
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
-                                    n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head))
+                                    n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+                                    resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+                                    attn_pdrop=config.dropout))   # GPT2Config's default is 0.1, ours 0
     hf.load_state_dict({k: (v.t() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v)
                         for k, v in ours.state_dict().items()})
     hf.generation_config.eos_token_id = None  # never stop early: both produce exactly max_new_tokens
