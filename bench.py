@@ -306,17 +306,12 @@ def tokenizer_add_parser(sub):
 # python bench.py model: generation and training-step speed of model.GPT vs transformers' GPT2LMHeadModel
 # ---------------------------------------------------------------------------------------------
 def _twin_models(config):
-    """Our GPT and HuggingFace's GPT2LMHeadModel holding identical weights (random, GPT-2 init)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """Our GPT and HuggingFace's GPT2LMHeadModel holding identical weights (random, GPT-2 init), both with
+    dropout 0 (hf_twin; GPT2Config's default 0.1 would make HF's training step do extra work)."""
     from model import GPT
     torch.manual_seed(0)
     ours = GPT(config)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
-                                    n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
-                                    resid_pdrop=config.dropout, embd_pdrop=config.dropout,
-                                    attn_pdrop=config.dropout))   # GPT2Config's default is 0.1, ours 0
-    hf.load_state_dict({k: (v.t() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v)
-                        for k, v in ours.state_dict().items()})
+    hf = hf_twin(ours)
     hf.generation_config.eos_token_id = None  # never stop early: both produce exactly max_new_tokens
     hf.generation_config.pad_token_id = 0
     return ours, hf
@@ -372,7 +367,8 @@ def bench_model(args):
     for batch in args.batch:
         prompt = torch.randint(0, config.vocab_size, (batch, args.prompt_len), device=device)
         ours_generate = lambda: ours.generate(prompt, args.new_tokens, temperature=0)  # noqa: E731
-        hf_generate = lambda: hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False)  # noqa: E731
+        hf_generate = lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt),  # noqa: E731
+                                          max_new_tokens=args.new_tokens, do_sample=False)  # no padding: id 0 is a token
         with torch.inference_mode():
             same = torch.equal(ours_generate(), hf_generate())     # also the warm-up of the timings below
             t_hf, t_ours = turns(hf_generate, ours_generate, repeat=args.repeat, warmup=0)
