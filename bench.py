@@ -513,7 +513,7 @@ def train_ablation(args):
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
     print(f"\nSpeed ablation: {args.size} GPT-2 shape {size}, B={B} T={T}; each row: the fastest step of "
           f"{args.repeat} runs x {args.steps - args.skip_steps} timed steps (after {args.skip_steps} untimed: "
-          f"compilation, warmup); data {os.path.relpath(data)}")
+          f"compilation, warmup); data {os.path.relpath(data)}\n")
     settings, flags = [], []
     for label, switch in _ABLATION:
         flags = flags + switch
@@ -741,7 +741,12 @@ def hellaswag_bench_gpu(args):
     import hellaswag
     from model import GPT, GPTConfig, get_tokenizer, load_checkpoint
     enc = get_tokenizer("gpt2")
-    examples = hellaswag.load_examples(args.split, file=args.file, limit=args.limit)
+    if args.synthetic:  # offline: split-sized synthetic examples (scores mean nothing, wall time does)
+        examples = synthetic_examples(args.synthetic)
+    else:
+        examples = hellaswag.load_examples(args.split, file=args.file, limit=args.limit)
+    print(f"{len(examples)} examples ({'synthetic' if args.synthetic else args.split}), batch {args.batch_size}, "
+          f"{args.device}\n")
     rows = []
     for name in args.models:
         if name == "random":
@@ -787,6 +792,7 @@ def hellaswag_add_parser(sub):
     p.add_argument("--split", default="val", help="(cuda) split to time")
     p.add_argument("--file", help="(cuda) local hellaswag jsonl instead of the download")
     p.add_argument("--limit", type=int, help="(cuda) first N examples only")
+    p.add_argument("--synthetic", type=int, help="(cuda) score N synthetic examples instead (offline; 10042 = val's size)")
     p.add_argument("--batch-size", type=int, default=64, help="(cuda) examples per forward")
     p.set_defaults(run=hellaswag_run)
 
