@@ -33,6 +33,7 @@ whose single bytes do not have ids 0..255 (GPT-2's, from tiktoken): they get "bp
 one line after the special tokens listing the id of each byte 0..255. load() reads both.
 """
 import argparse
+import gc
 import heapq
 import os
 import re
@@ -55,6 +56,7 @@ MASK = (1 << 32) - 1                     # training keys a pair (a, b) as a << 3
 BULK_MIN = 300                           # merges with this many places (or more) run in numpy
 INT32_MAX = 2**31 - 1                    # training nodes use 32-bit ints up to this size
 LOW = 32                                 # new pairs rarer than this wait outside the training heap
+RARE = 8                                 # pairs rarer than this get a count but no place list, until needed
 
 # tiktoken's spellings of the two splits, with possessive quantifiers (from_tiktoken keeps them: save()
 # writes them). GPT-2's cuts text exactly as ours and is compiled as ours, which `regex` runs about 15%
@@ -111,7 +113,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     progress(pair, new_id, count), if given, is called after each merge.
     A pair (a, b) is stored as the int a << 32 | b: ints hash much faster than tuples."""
     import numpy as np
-    tok, nxt, prv, weight, pair_count, where = _link_chunks(chunks, counts)
+    tok, nxt, prv, weight = _link_chunks(chunks, counts)
     # The nodes live in arrays (Python reads them fast); big merges see the same memory through numpy.
     # Tokens and links take 32 bits (less memory to walk) unless the text or vocabulary is too big.
     wide = len(tok) > INT32_MAX or first_id + num_merges > INT32_MAX
@@ -119,6 +121,14 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     nodes = [array("q" if x.itemsize == 8 else "i", x.tobytes()) for x in arrays]
     views = [np.frombuffer(node, dtype=x.dtype) for node, x in zip(nodes, arrays)]
     tok, nxt, prv, weight = nodes
+    # pair_count holds every pair's count; where holds the ascending positions of the pairs that can still
+    # win. Most new pairs occur once or twice and never do: a pair rarer than `rare` gets no place list
+    # (building them was a fifth of the run on Chinese text). Counts never grow, so while the best listed
+    # pair occurs `rare` times or more no unlisted pair can win or tie. Once it does not, every live pair
+    # occurring twice or more is listed afresh, and pairs occurring once are left to the endgame (see
+    # _leftmost_merges), which needs no list.
+    rare = RARE
+    pair_count, where = _index_pairs(*views[:2], views[3], rare)
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
 
     def first_position(pair):
@@ -135,47 +145,89 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
         scanned[pair] = len(positions)
         return None
 
-    heap = [(-c, int(where[pair][0]), pair) for pair, c in pair_count.items()]
+    heap = [(-pair_count[pair], int(positions[0]), pair) for pair, positions in where.items()]
     heapq.heapify(heap)
     # Most new pairs are rare (count 1 or 2) and never win. They wait in low[count] instead of the heap,
     # and a bucket joins the heap only once the best count falls to its level (counts never grow).
     low, floor = [[] for _ in range(LOW)], LOW - 1     # buckets 1..floor are still waiting
-    merges = []
-    for new_id in range(first_id, first_id + num_merges):
-        pair = _pop_best(heap, pair_count, first_position, tok, nxt)
-        while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
-            if pair is not None:
-                heapq.heappush(heap, (-pair_count[pair], first_position(pair), pair))
-            for p in low[floor]:
-                if pair_count[p] > 0:
-                    heapq.heappush(heap, (-pair_count[p], where[p][0], p))
-            floor -= 1
+    merges, new_id, end = [], first_id, first_id + num_merges
+    with _gc_paused():
+        while new_id < end:
             pair = _pop_best(heap, pair_count, first_position, tok, nxt)
-        if pair is None:
-            break
-        merges.append(((pair >> 32, pair & MASK), new_id))
-        count = pair_count[pair]
-        if len(where[pair]) >= BULK_MIN:
-            created = _apply_merge_bulk(pair, new_id, *views, pair_count, where)
-        else:
-            created = _apply_merge(pair, new_id, *nodes, pair_count, where)
-        del pair_count[pair], where[pair]
-        scanned.pop(pair, None)
-        for new_pair in created:          # new pairs all contain new_id: push them with their final counts
-            c = pair_count[new_pair]
-            if c <= floor:
-                if c > 0:
-                    low[c].append(new_pair)
+            while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
+                if pair is not None:
+                    heapq.heappush(heap, (-pair_count[pair], first_position(pair), pair))
+                for p in low[floor]:
+                    if pair_count[p] > 0:
+                        heapq.heappush(heap, (-pair_count[p], where[p][0], p))
+                floor -= 1
+                pair = _pop_best(heap, pair_count, first_position, tok, nxt)
+            best = 0 if pair is None else pair_count[pair]
+            if best < rare and rare > 2:  # an unlisted pair might tie or win: list all but the single ones
+                rare = 2
+                pair_count, where = _index_pairs(*views[:2], views[3], rare)
+                scanned.clear()
+                heap = [(-pair_count[p], int(positions[0]), p) for p, positions in where.items()]
+                heapq.heapify(heap)       # every listed pair is in it now: no bucket waits any more
+                low, floor = [[] for _ in range(LOW)], 0
+                continue
+            if best < 2:                  # every pair left occurs once (unlisted ones too: rare <= 2)
+                for merge in _leftmost_merges(tok, nxt, views[0], views[2], new_id, end):
+                    merges.append(merge)
+                    if progress is not None:
+                        progress(merge[0], merge[1], 1)
+                break
+            merges.append(((pair >> 32, pair & MASK), new_id))
+            if len(where[pair]) >= BULK_MIN:
+                created = _apply_merge_bulk(pair, new_id, *views, pair_count, where, rare)
             else:
-                heapq.heappush(heap, (-c, where[new_pair][0], new_pair))
-        if progress is not None:
-            progress(merges[-1][0], new_id, count)
+                created = _apply_merge(pair, new_id, *nodes, pair_count, where, rare)
+            del pair_count[pair], where[pair]
+            scanned.pop(pair, None)
+            for new_pair in created:      # new pairs all contain new_id: push them with their final counts
+                c = pair_count[new_pair]
+                if c <= floor:
+                    low[c].append(new_pair)
+                else:
+                    heapq.heappush(heap, (-c, where[new_pair][0], new_pair))
+            if progress is not None:
+                progress(merges[-1][0], new_id, best)
+            new_id += 1
     return merges
 
 
+def _leftmost_merges(tok, nxt, tok_view, prv_view, new_id, end):
+    """The merges new_id.. (up to end) once every pair left occurs once. Then all pairs tie, and the tie
+    rule takes the leftmost: the first chunk of several tokens merges its first two, then the new token
+    with the next one, and so on to one token; then the next chunk, in order."""
+    import numpy as np
+    merges = []
+    for i in np.flatnonzero((tok_view >= 0) & (prv_view < 0)).tolist():   # live chunk starts, in order
+        token, j = tok[i], nxt[i]
+        while j >= 0 and new_id < end:
+            merges.append(((token, tok[j]), new_id))
+            token, new_id, j = new_id, new_id + 1, nxt[j]
+        if new_id == end:
+            break
+    return merges
+
+
+class _gc_paused:
+    """Python's cycle collector off for a while: training makes ~10^5 small lists, none in a cycle, and
+    the collector would walk them all again and again (a tenth of the run on Chinese text)."""
+
+    def __enter__(self):
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self.was_enabled:
+            gc.enable()
+
+
 def _link_chunks(chunks, counts):
-    """Lay the chunks side by side as one doubly linked list (node i = byte i of the concatenation) and
-    count the initial byte pairs (with numpy: this is bulk work)."""
+    """Lay the chunks side by side as one doubly linked list (node i = byte i of the concatenation):
+    -> numpy arrays tok, nxt, prv (-1: no neighbour; chunks never merge across their border), weight."""
     import numpy as np
     lengths = np.array([len(c) for c in chunks], dtype=np.int64)
     n = int(lengths.sum())
@@ -184,26 +236,37 @@ def _link_chunks(chunks, counts):
     nxt = np.arange(1, n + 1, dtype=np.int64)
     prv = np.arange(-1, n - 1, dtype=np.int64)
     if n:
-        nxt[starts + lengths - 1] = -1    # chunks never merge across their border
+        nxt[starts + lengths - 1] = -1
         prv[starts] = -1
     weight = np.repeat(np.asarray(counts, dtype=np.int64), lengths)
-    # Every adjacent pair inside a chunk: its key, the position of its left byte, and its weight.
-    pos = np.flatnonzero(nxt[:-1] >= 0) if n else np.zeros(0, dtype=np.int64)
-    data = tok.astype(np.uint16)
-    keys = data[pos] << 8 | data[pos + 1]               # byte pairs fit 16 bits: radix sort
-    order = np.argsort(keys, kind="stable")            # stable: positions stay ascending within a key
-    keys, pos = keys[order], pos[order]
+    return tok, nxt, prv, weight
+
+
+def _index_pairs(tok, nxt, weight, min_count):
+    """Count every adjacent pair of live tokens (numpy arrays; a dead node has tok -1) with numpy:
+    -> pair_count for all pairs, and where (ascending positions) for pairs occurring min_count times or
+    more: a numpy array for pairs merged in numpy (_apply_merge_bulk), a list for those walked in Python."""
+    import numpy as np
+    pos = np.flatnonzero(tok >= 0)
+    pos = pos[nxt[pos] >= 0]
+    a, b = tok[pos].astype(np.int64), tok[nxt[pos]].astype(np.int64)
+    # Sort by (a, b), stably so that positions stay ascending within a pair. Ids below 2**16 (always at
+    # the start: bytes) take two stable 16-bit sorts, which numpy does by radix: much faster.
+    if len(pos) and max(a.max(), b.max()) < 2**16:
+        order = np.argsort(b.astype(np.uint16), kind="stable")
+        order = order[np.argsort(a[order].astype(np.uint16), kind="stable")]
+    else:
+        order = np.argsort(a << 32 | b, kind="stable")
+    pos, keys = pos[order], (a[order] << 32) | b[order]
     first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))) if len(keys) else pos[:0]
     totals = np.add.reduceat(weight[pos], first).tolist() if len(keys) else []
     bounds = first.tolist() + [len(keys)]
     pair_count, where = {}, {}
     for key, total, i, j in zip(keys[first].tolist(), totals, bounds, bounds[1:]):
-        key = (key >> 8) << 32 | (key & 255)
         pair_count[key] = total
-        # Big pairs are merged in numpy (_apply_merge_bulk), which takes the array as it is; the rest
-        # are walked in Python, which wants a list.
-        where[key] = pos[i:j] if j - i >= BULK_MIN else pos[i:j].tolist()
-    return tok, nxt, prv, weight, pair_count, where
+        if total >= min_count:
+            where[key] = pos[i:j] if j - i >= BULK_MIN else pos[i:j].tolist()
+    return pair_count, where
 
 
 def _pop_best(heap, pair_count, first_position, tok, nxt):
@@ -224,7 +287,7 @@ def _pop_best(heap, pair_count, first_position, tok, nxt):
     return None
 
 
-def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where):
+def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, rare):
     """_apply_merge for a pair with many occurrences, on numpy arrays: same result, computed in bulk."""
     import numpy as np
     a, b = pair >> 32, pair & MASK
@@ -264,17 +327,20 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where):
     keys = np.concatenate([x[has_left] << 32 | new_id, new_id << 32 | y[gain]])
     places = np.concatenate([left[has_left], pos[gain]])
     weights = np.concatenate([w[has_left], w[gain]])
+    if len(keys) == 0:
+        return []
     order = np.argsort(keys, kind="stable")               # each side is ascending; (x, new) != (new, y)
     keys, places, weights = keys[order], places[order], weights[order]
-    uniq, first = np.unique(keys, return_index=True)
-    totals = np.add.reduceat(weights, first).tolist() if len(keys) else []
-    bounds = first.tolist() + [len(keys)]
-    places = places.tolist()
-    created = uniq.tolist()
-    pair_count.update(zip(created, totals))
+    first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    totals = np.add.reduceat(weights, first)
+    pair_count.update(zip(keys[first].tolist(), totals.tolist()))
     # Within a key the places are ascending: each side lists them in text order (the stable sort keeps it),
     # and a key comes from one side only ((x, new) from the left, (new, y) from the right).
-    where.update(zip(created, [places[i:j] for i, j in zip(bounds, bounds[1:])]))
+    listed = np.flatnonzero(totals >= rare)
+    starts, ends = first[listed], np.append(first[1:], len(keys))[listed]
+    created = keys[starts].tolist()
+    places = places.tolist()
+    where.update(zip(created, [places[i:j] for i, j in zip(starts.tolist(), ends.tolist())]))
     return created
 
 
@@ -289,9 +355,10 @@ def _add_counts(pair_count, keys, deltas):
         pair_count[key] += delta
 
 
-def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):
+def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where, rare):
     """Merge every live occurrence of `pair`, left to right; update neighbour pair counts and positions.
-    Returns the pairs it created (all contain new_id)."""
+    Returns the pairs it created (all contain new_id) that occur `rare` times or more: only they get
+    their positions listed in `where`; every created pair gets its count."""
     a, b = pair >> 32, pair & MASK
     # Positions of the new pairs (x, new) and (new, y), grouped by x and y. Counts are settled per group
     # at the end (a node's weight is its chunk's), which is much cheaper than per occurrence.
@@ -338,8 +405,9 @@ def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where):
                     pair_count[other << 32 | a] -= c
                 key = other << 32 | new_id
             pair_count[key] = c
-            where[key] = places
-            created.append(key)
+            if c >= rare:
+                where[key] = places
+                created.append(key)
     return created
 
 

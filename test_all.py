@@ -4,6 +4,7 @@ Run: python -m pytest test_all.py -q
 """
 import argparse
 import functools
+import gc
 import hashlib
 import http.server
 import json
@@ -216,6 +217,34 @@ def test_bpe_bulk_numpy_merge_matches_textbook(monkeypatch, bulk_min):
                 assert bpe.Tokenizer(pattern).train(text, 330).merges == expected, (pattern, text[:40])
         text = _bpe_long_text(4)
         assert bpe.Tokenizer("gpt2").train(text, 600).merges == _bpe_slow_train(text, 600, bpe.GPT2_PATTERN)
+
+
+@pytest.mark.parametrize("rare", [0, 2, 3, 10**9])
+def test_bpe_unlisted_rare_pairs_and_endgame_match_textbook(monkeypatch, rare):
+    # Pairs rarer than RARE get no place list until the best listed pair falls below RARE; then all pairs
+    # occurring twice or more are listed afresh, and once every pair occurs once the endgame merges the
+    # chunks from left to right. RARE=10**9 lists nothing at first, 0 lists everything from the start.
+    monkeypatch.setattr(bpe, "RARE", rare)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for pattern in ("gpt2", None):
+            for text in _BPE_TEXTS + _bpe_tie_texts()[::4]:
+                expected = _bpe_slow_train(text, 330, bpe.PATTERNS[pattern])
+                assert bpe.Tokenizer(pattern).train(text, 330).merges == expected, (pattern, text[:40])
+        text = _bpe_long_text(4)
+        assert bpe.Tokenizer("gpt4").train(text, 900).merges == _bpe_slow_train(text, 900, bpe.GPT4_PATTERN)
+
+
+def test_bpe_training_pauses_the_garbage_collector_and_restores_it():
+    seen = []
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            bpe.learn_merges([b"abcabc", b"abab"], [2, 1], 5, progress=lambda *_: seen.append(gc.isenabled()))
+            assert gc.isenabled() == enabled
+        finally:
+            gc.enable()
+    assert seen and not any(seen)
 
 
 @pytest.mark.parametrize("pattern, vocab_size", [("gpt4", 900), ("gpt2", 700), (None, 500)])
