@@ -26,7 +26,9 @@ text order). The textbook recounts the whole text for every merge; we get the sa
      touches the places where the merged pair actually is;
   4. a heap ordered by (-count, position of first occurrence) picks the next merge. Counts only go down
      and first occurrences only move right for existing pairs (new pairs always contain the new token),
-     so a stale heap entry is never worse than the truth: pop, re-check, push back if it changed.
+     so a stale heap entry is never worse than the truth: pop, re-check, push back if it changed;
+  5. since counts never grow, a new pair too rare to win yet needs no list of places; and once every
+     pair left occurs once, all tie and the leftmost wins: the rest is read off the chunks in order.
 
 The .model file is minbpe's "minbpe v1" text format (which minbpe can read back), except for tokenizers
 whose single bytes do not have ids 0..255 (GPT-2's, from tiktoken): they get "bpe v2", which is v1 plus
@@ -115,9 +117,11 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     import numpy as np
     tok, nxt, prv, weight = _link_chunks(chunks, counts)
     # The nodes live in arrays (Python reads them fast); big merges see the same memory through numpy.
-    # Tokens and links take 32 bits (less memory to walk) unless the text or vocabulary is too big.
+    # Tokens, links and weights take 32 bits (less memory to walk) unless the text, the vocabulary or a
+    # chunk's count is too big.
     wide = len(tok) > INT32_MAX or first_id + num_merges > INT32_MAX
-    arrays = [x.astype(np.int64 if wide else np.int32) for x in (tok, nxt, prv)] + [weight]
+    arrays = [x.astype(np.int64 if wide else np.int32) for x in (tok, nxt, prv)]
+    arrays.append(weight.astype(np.int64 if len(weight) and weight.max() > INT32_MAX else np.int32))
     nodes = [array("q" if x.itemsize == 8 else "i", x.tobytes()) for x in arrays]
     views = [np.frombuffer(node, dtype=x.dtype) for node, x in zip(nodes, arrays)]
     tok, nxt, prv, weight = nodes
@@ -259,7 +263,7 @@ def _index_pairs(tok, nxt, weight, min_count):
         order = np.argsort(a << 32 | b, kind="stable")
     pos, keys = pos[order], (a[order] << 32) | b[order]
     first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))) if len(keys) else pos[:0]
-    totals = np.add.reduceat(weight[pos], first).tolist() if len(keys) else []
+    totals = np.add.reduceat(weight[pos], first, dtype=np.int64).tolist() if len(keys) else []
     bounds = first.tolist() + [len(keys)]
     pair_count, where = {}, {}
     for key, total, i, j in zip(keys[first].tolist(), totals, bounds, bounds[1:]):
