@@ -205,10 +205,15 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
             assert bpe.Tokenizer(pattern).train(text, 300).merges == expected, text
 
 
-@pytest.mark.parametrize("bulk_min", [1, 3, 50])
-def test_bpe_bulk_numpy_merge_matches_textbook(monkeypatch, bulk_min):
-    # Merges with BULK_MIN or more places run in numpy (_apply_merge_bulk); force it on small texts.
-    monkeypatch.setattr(bpe, "BULK_MIN", bulk_min)
+@pytest.mark.parametrize("knob, value", [("BULK_MIN", 1), ("BULK_MIN", 3), ("BULK_MIN", 50), ("RARE", 0),
+                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9)])
+def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
+    # The knobs choose a path, never a result. Merges with BULK_MIN or more places run in numpy
+    # (_apply_merge_bulk): 1 and 3 force it on small texts. Pairs rarer than RARE get no place list until
+    # the best listed pair falls below RARE, then all pairs occurring twice or more are listed afresh, and
+    # once every pair occurs once the endgame merges chunks from left to right: RARE=10**9 lists nothing
+    # at first, 0 everything from the start. Vocab 900 on the long text runs into the endgame.
+    monkeypatch.setattr(bpe, knob, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for pattern in ("gpt4", None):
@@ -216,23 +221,9 @@ def test_bpe_bulk_numpy_merge_matches_textbook(monkeypatch, bulk_min):
                 expected = _bpe_slow_train(text, 330, bpe.PATTERNS[pattern])
                 assert bpe.Tokenizer(pattern).train(text, 330).merges == expected, (pattern, text[:40])
         text = _bpe_long_text(4)
-        assert bpe.Tokenizer("gpt2").train(text, 600).merges == _bpe_slow_train(text, 600, bpe.GPT2_PATTERN)
-
-
-@pytest.mark.parametrize("rare", [0, 2, 3, 10**9])
-def test_bpe_unlisted_rare_pairs_and_endgame_match_textbook(monkeypatch, rare):
-    # Pairs rarer than RARE get no place list until the best listed pair falls below RARE; then all pairs
-    # occurring twice or more are listed afresh, and once every pair occurs once the endgame merges the
-    # chunks from left to right. RARE=10**9 lists nothing at first, 0 lists everything from the start.
-    monkeypatch.setattr(bpe, "RARE", rare)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for pattern in ("gpt2", None):
-            for text in _BPE_TEXTS + _bpe_tie_texts()[::4]:
-                expected = _bpe_slow_train(text, 330, bpe.PATTERNS[pattern])
-                assert bpe.Tokenizer(pattern).train(text, 330).merges == expected, (pattern, text[:40])
-        text = _bpe_long_text(4)
-        assert bpe.Tokenizer("gpt4").train(text, 900).merges == _bpe_slow_train(text, 900, bpe.GPT4_PATTERN)
+        for pattern, vocab_size in (("gpt2", 600), ("gpt4", 900)):
+            expected = _bpe_slow_train(text, vocab_size, bpe.PATTERNS[pattern])
+            assert bpe.Tokenizer(pattern).train(text, vocab_size).merges == expected, (pattern, vocab_size)
 
 
 def test_bpe_training_pauses_the_garbage_collector_and_restores_it():
