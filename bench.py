@@ -139,14 +139,10 @@ def fmt_s(seconds, est=False):
     return s + (" (est.)" if est else "")
 
 
-def time_ours_train(text, vocab_size, pattern, repeat):
+def time_ours_train(text, vocab_size, pattern):
+    """Seconds of one training run: a new Tokenizer, as `python bpe.py` does it."""
     import bpe
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        bpe.Tokenizer(pattern).train(text, vocab_size)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return _timed(lambda: bpe.Tokenizer(pattern).train(text, vocab_size))
 
 
 def peak_python_mb(fn):
@@ -200,7 +196,7 @@ def train_table(args, texts):
         for k, (name, limit, vocab_size, _) in enumerate(jobs):
             text = texts[name][:limit] if limit else texts[name]
             path = args.english if name == "english" else args.chinese
-            ours[k] = min(ours[k], time_ours_train(text, vocab_size, "gpt2", 1))
+            ours[k] = min(ours[k], time_ours_train(text, vocab_size, "gpt2"))
             hf[k] = min(hf[k], run_hf(dict(kind="train", path=path, limit=limit, vocab_size=vocab_size,
                                            repeat=1))["seconds"])
     rows = []
@@ -225,7 +221,7 @@ def train_table(args, texts):
 def none_table(args, texts):
     import bpe
     text = texts["english"][:1_000_000]
-    ours = time_ours_train(text, 1024, None, 1)
+    ours = time_ours_train(text, 1024, None)
     slow, est = time_textbook(text, 1024, None, args.textbook_merges)
     peak = peak_python_mb(lambda: bpe.Tokenizer(None).train(text, 1024))
     rows = [["english 1.00 MB, pattern=None", 1024, fmt_s(slow, est), fmt_s(ours), f"{slow / ours:,.0f}x",

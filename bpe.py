@@ -149,8 +149,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
         scanned[pair] = len(positions)
         return None
 
-    heap = [(-pair_count[pair], int(positions[0]), pair) for pair, positions in where.items()]
-    heapq.heapify(heap)
+    heap = _heap_of(pair_count, where)
     # Listed new pairs rarer than LOW seldom win either. They wait in low[count] instead of the heap, and
     # a bucket joins the heap only once the best count falls to its level (counts never grow).
     low, floor = [[] for _ in range(LOW)], LOW - 1     # buckets 1..floor are still waiting
@@ -171,8 +170,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
                 rare = 2
                 pair_count, where = _index_pairs(*views[:2], views[3], rare)
                 scanned.clear()
-                heap = [(-pair_count[p], int(positions[0]), p) for p, positions in where.items()]
-                heapq.heapify(heap)       # every listed pair is in it now: no bucket waits any more
+                heap = _heap_of(pair_count, where)     # every listed pair: no bucket waits any more
                 low, floor = [[] for _ in range(LOW)], 0
                 continue
             if best < 2:                  # every pair left occurs once (unlisted ones too: rare <= 2)
@@ -198,6 +196,13 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
                 progress(merges[-1][0], new_id, best)
             new_id += 1
     return merges
+
+
+def _heap_of(pair_count, where):
+    """The training heap of every listed pair: (-count, first position, pair), so the top is the next merge."""
+    heap = [(-pair_count[pair], int(positions[0]), pair) for pair, positions in where.items()]
+    heapq.heapify(heap)
+    return heap
 
 
 def _leftmost_merges(tok, nxt, tok_view, prv_view, new_id, end):
