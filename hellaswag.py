@@ -31,6 +31,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from model import download, unwrap
+
 # The dataset's own public repository (the HuggingFace copy is the same data).
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 SPLITS = ("train", "val", "test")
@@ -41,31 +43,6 @@ REQUIRED_KEYS = ("ctx", "ctx_a", "ctx_b", "activity_label", "endings")
 # -----------------------------------------------------------------------------------------------------
 # 1. Data: download once into a cache directory, then read and validate the jsonl file.
 # -----------------------------------------------------------------------------------------------------
-
-
-def download(url, path, timeout=30):
-    """Stream `url` into `path` with a progress bar. The bytes go to path + ".tmp" first and are renamed
-    only when complete, so an interrupted download never leaves a truncated file behind."""
-    import requests
-    from tqdm import tqdm
-    tmp = path + ".tmp"
-    try:
-        with requests.get(url, stream=True, timeout=timeout) as response:
-            response.raise_for_status()
-            total = int(response.headers.get("content-length", 0)) or None
-            with open(tmp, "wb") as f, tqdm(total=total, unit="iB", unit_scale=True,
-                                            desc=os.path.basename(path), disable=total is None) as bar:
-                for chunk in response.iter_content(chunk_size=1 << 16):
-                    bar.update(f.write(chunk))
-        os.replace(tmp, path)
-    except requests.RequestException as e:
-        status = getattr(e.response, "status_code", None)
-        reason = f"HTTP {status}" if status else type(e).__name__
-        raise ValueError(f"could not download {url} ({reason}); offline? Pass a local copy of "
-                         f"{os.path.basename(path)} with --file") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def parse_example(line, where):
@@ -104,7 +81,8 @@ def load_examples(split="val", data_dir=None, file=None, limit=None):
         os.makedirs(data_dir, exist_ok=True)
         file = os.path.join(data_dir, f"hellaswag_{split}.jsonl")
         if not os.path.exists(file):
-            download(DATA_URL.format(split=split), file)
+            hint = f"pass a local copy of {os.path.basename(file)} with --file"
+            download(DATA_URL.format(split=split), file, hint=hint)
     if not os.path.isfile(file):
         raise FileNotFoundError(f"HellaSwag file {file} does not exist")
     examples = []
@@ -170,17 +148,6 @@ def render_example(example, enc, style="nanogpt"):
 # -----------------------------------------------------------------------------------------------------
 # 3. Scoring: per-ending summed completion loss (= minus the log-likelihood) and token counts.
 # -----------------------------------------------------------------------------------------------------
-
-
-def unwrap(model):
-    """The plain nn.Module under torch.compile (._orig_mod) and DistributedDataParallel (.module)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def is_hf_model(model):

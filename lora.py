@@ -250,24 +250,6 @@ def load_adapter(model, blob, base_hash=None):
 E2E_URL = "https://raw.githubusercontent.com/microsoft/LoRA/main/examples/NLG/data/e2e/{split}.txt"
 
 
-def download(url, path, timeout=30):
-    """Download url to path through a temp file (an interrupted download never leaves a partial file)."""
-    import requests
-    tmp = path + ".tmp"
-    try:
-        with requests.get(url, stream=True, timeout=timeout) as r:
-            r.raise_for_status()
-            with open(tmp, "wb") as f:
-                for chunk in r.iter_content(chunk_size=1 << 20):
-                    f.write(chunk)
-        os.replace(tmp, path)
-    except requests.RequestException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise ValueError(f"could not download {url} ({e.__class__.__name__}); offline? "
-                         f"pass a local file instead: --data FILE (prompt||completion lines, .jsonl or .txt).") from None
-
-
 def download_e2e(cache_dir="e2e", splits=("train", "valid", "test")):
     """The E2E NLG files of the LoRA paper's repository (`meaning representation||sentence` per line)."""
     os.makedirs(cache_dir, exist_ok=True)
@@ -276,7 +258,8 @@ def download_e2e(cache_dir="e2e", splits=("train", "valid", "test")):
         paths[split] = os.path.join(cache_dir, f"{split}.txt")
         if not os.path.exists(paths[split]):
             print(f"downloading E2E {split} -> {paths[split]}")
-            download(E2E_URL.format(split=split), paths[split])
+            gpt.download(E2E_URL.format(split=split), paths[split],
+                         hint="pass a local file instead: --data FILE (prompt||completion lines, .jsonl or .txt).")
     return paths
 
 

