@@ -2017,8 +2017,9 @@ def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
 
 
 # =================================================================================================
-# LoRA: lora.py (issue 6)
-# Tests of lora.py: identity at init, merge/unmerge, equality with HuggingFace PEFT, masking, adapters, CLI.
+# LoRA: lora.py
+# The adapter (identity at init, merge, q/v blocks), equality with HuggingFace PEFT, data and masking,
+# training, adapter files, the CLI.
 # =================================================================================================
 _LORA_ALL_TARGETS = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
 
@@ -2032,14 +2033,13 @@ def lora_one_thread():
     torch.set_num_threads(old)
 
 
-def _lora_tiny_gpt(seed=0, gain=8.0, vocab_size=257):
-    """A tiny random GPT. A random model's frozen ln_f/lm_head can only produce nearly flat logits; raising
-    ln_f's gain gives the (frozen) head enough range for a low-rank update to express a task."""
-    torch.manual_seed(seed)
-    m = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32))
+def _lora_tiny_gpt(seed=0, gain=8.0):
+    """tiny_gpt with ln_f's gain raised: a random model's frozen ln_f/lm_head can only produce nearly flat
+    logits, and the higher gain gives the head enough range for a low-rank update to express a task."""
+    m = tiny_gpt(seed)
     with torch.no_grad():
         m.transformer.ln_f.weight.fill_(gain)
-    return m.eval()
+    return m
 
 
 def _lora_randomize_B(model, seed=1):
@@ -2051,7 +2051,6 @@ def _lora_randomize_B(model, seed=1):
 
 def _lora_task_file(path, n=400, seed=0):
     """A synthetic prompt||completion task in the E2E format: the completion repeats the prompt's slots."""
-    import random
     rng = random.Random(seed)
     names = ["Alimentum", "Aromi", "Bibimbap", "Cotto", "Giraffe", "Zizzi", "Wildwood", "Strada"]
     foods = ["Chinese", "English", "French", "Indian", "Italian", "Japanese"]
@@ -2062,16 +2061,13 @@ def _lora_task_file(path, n=400, seed=0):
     return str(path)
 
 
-def _lora_tiny_hf(tmp_path):
-    """A tiny random HuggingFace GPT-2 (saved with save_pretrained) and the same weights in our GPT."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=101)).eval()
-    hf.save_pretrained(tmp_path / "hf")
-    return hf, gpt.GPT.from_pretrained(str(tmp_path / "hf")).eval()
+def _lora_hf_pair(tmp_path):
+    """tiny_hf's GPT2LMHeadModel and the same weights in our GPT."""
+    hf, path = tiny_hf(tmp_path / "hf")
+    return hf, GPT.from_pretrained(path).eval()
 
 
-def _lora_idx(vocab=101, shape=(2, 16), seed=3):
+def _lora_idx(vocab=211, shape=(2, 16), seed=3):
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -2191,7 +2187,7 @@ def _lora_peft_layers(peft_model):
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_lora_equals_peft(tmp_path, rslora):
-    hf, ours = _lora_tiny_hf(tmp_path)
+    hf, ours = _lora_hf_pair(tmp_path)
     peft_model = _lora_peft(hf, r=4, alpha=16, targets=_LORA_ALL_TARGETS, rslora=rslora)
     with torch.no_grad():  # PEFT starts with B = 0 too: give it nonzero B so the adapters matter
         for m in _lora_peft_layers(peft_model).values():
@@ -2228,7 +2224,7 @@ def test_lora_qv_equals_peft_blockdiagonal(tmp_path):
     # PEFT cannot adapt part of a fused layer; our q/v pair of rank-r adapters equals one PEFT adapter of
     # rank 2r on c_attn with A = [A_q; A_v] and B = [[B_q, 0], [0, 0], [0, B_v]] (alpha doubled, since
     # PEFT scales by alpha / (2r)).
-    hf, ours = _lora_tiny_hf(tmp_path)
+    hf, ours = _lora_hf_pair(tmp_path)
     r, alpha, n = 2, 8, 32
     peft_model = _lora_peft(hf, r=2 * r, alpha=2 * alpha, targets=["c_attn"])
     lora.apply_lora(ours, r=r, alpha=alpha, targets=["qv"])
@@ -2287,7 +2283,8 @@ def test_lora_data_formats(tmp_path):
 def test_lora_gpt2_tokenizer_examples(gpt2_enc):
     tok = gpt.get_tokenizer("gpt2")
     (ids, n_prompt), = lora.tokenize([("name : Aromi||", "Aromi is a pub .")], tok, 512)
-    assert ids == gpt2_enc.encode_ordinary("name : Aromi||") + gpt2_enc.encode_ordinary("Aromi is a pub .") + [50256]
+    enc = gpt2_enc.encode_ordinary
+    assert ids == enc("name : Aromi||") + enc("Aromi is a pub .") + [50256]
     assert n_prompt == len(gpt2_enc.encode_ordinary("name : Aromi||"))
 
 
@@ -2406,15 +2403,16 @@ def test_lora_training_changes_only_lora_and_learns(tmp_path, lora_one_thread):
     base = {k: v.clone() for k, v in model.state_dict().items()}
     lora.apply_lora(model, r=8, alpha=16, targets=_LORA_ALL_TARGETS)
     lora_before = {k: v.clone() for k, v in lora.lora_state_dict(model).items()}
-    args = argparse.Namespace(lr=1e-2, full_lr=None, weight_decay=0.0, seed=0, steps=25, warmup=3, batch_size=16,
-                              grad_accum=2, grad_clip=1.0, eval_examples=64)
+    args = argparse.Namespace(lr=1e-2, full_lr=None, weight_decay=0.0, seed=0, steps=25, warmup=3,
+                              batch_size=16, grad_accum=2, grad_clip=1.0, eval_examples=64)
     stats = lora.train(model, train, val, args, "cpu", tok.eot_token)
     state = model.state_dict()
     for name, value in base.items():
         assert torch.equal(state[name], value), f"base weight {name} changed"
     assert all(not torch.equal(state[k], v) for k, v in lora_before.items())
     assert stats["trainable"] == lora.count_params(model)[0]
-    assert stats["optimizer_bytes"] == 2 * 4 * stats["trainable"] + 4 * len(lora_before)  # exp_avg, exp_avg_sq, step
+    # AdamW keeps exp_avg and exp_avg_sq (fp32) per weight and a step count per tensor.
+    assert stats["optimizer_bytes"] == 2 * 4 * stats["trainable"] + 4 * len(lora_before)
     # Clearly better than the base and than a uniform guess over the 257 byte tokens.
     assert stats["val_loss"] < base_loss - 1.0 and stats["val_loss"] < math.log(257) - 1.0, (base_loss, stats)
 
@@ -2453,19 +2451,15 @@ def test_lora_adapter_roundtrip_and_wrong_base(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _lora_cli(*args, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(HERE / "lora.py"), *args, "--device", "cpu"], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
+@slow
 def test_lora_cli(tmp_path):
     gpt.save_checkpoint(str(tmp_path / "tiny.pt"), _lora_tiny_gpt(), "byte")
     gpt.save_checkpoint(str(tmp_path / "other.pt"), _lora_tiny_gpt(seed=1), "byte")
     data = _lora_task_file(tmp_path / "task.txt", n=200)
-    common = ["--data", data, "--batch-size", "16", "--eval-examples", "32", "--samples", "1"]
-    run = _lora_cli("--ckpt", "tiny.pt", *common, "--steps", "8", "--warmup", "2", "--lr", "1e-2", "--r", "4",
-                    "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full", cwd=tmp_path)
+    common = ["--data", data, "--batch-size", "16", "--eval-examples", "32", "--samples", "1",
+              "--device", "cpu"]
+    run = run_script("lora.py", "--ckpt", "tiny.pt", *common, "--steps", "8", "--warmup", "2", "--lr", "1e-2",
+                     "--r", "4", "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     assert "trainable params 2,304 of" in out  # 2 layers x (2*4*(32+32) + 4*(128+32))
@@ -2478,23 +2472,23 @@ def test_lora_cli(tmp_path):
     idx = _lora_idx(257)
     assert (merged.eval()(idx)[0] - adapted.eval()(idx)[0]).abs().max() <= 1e-5
     # --adapter: evaluate and sample with the saved adapter on its recorded base.
-    run = _lora_cli("--adapter", "log/lora.pt", *common, cwd=tmp_path)
+    run = run_script("lora.py", "--adapter", "log/lora.pt", *common, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "val loss with adapter" in run.stdout
     # A different base is refused with one line, no traceback.
-    run = _lora_cli("--adapter", "log/lora.pt", "--ckpt", "other.pt", *common, cwd=tmp_path)
-    assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert run.stderr.strip().splitlines()[-1].startswith("error: adapter was trained on base tiny.pt")
-    run = _lora_cli("--ckpt", "tiny.pt", "--data", "missing.txt", cwd=tmp_path)
+    run = run_script("lora.py", "--adapter", "log/lora.pt", "--ckpt", "other.pt", *common, cwd=tmp_path)
+    assert_one_line_error(run, "error: adapter was trained on base tiny.pt")
+    run = run_script("lora.py", "--ckpt", "tiny.pt", "--data", "missing.txt", cwd=tmp_path)
     assert run.returncode == 1 and run.stderr.strip() == "error: data file missing.txt does not exist."
 
 
 def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lora_one_thread):
     monkeypatch.chdir(tmp_path)
     gpt.save_checkpoint("tiny.pt", _lora_tiny_gpt(), "byte")
-    (tmp_path / "notes.txt").write_text("The adapter learns a low-rank update while the base stays frozen. " * 40)
-    lora.main(["--ckpt", "tiny.pt", "--data", "notes.txt", "--steps", "2", "--batch-size", "4", "--block-size", "64",
-               "--eval-examples", "8", "--samples", "1", "--out", "plain.pt", "--device", "cpu"])
+    (tmp_path / "notes.txt").write_text("The adapter learns a low-rank update; the base stays frozen. " * 40)
+    lora.main(["--ckpt", "tiny.pt", "--data", "notes.txt", "--steps", "2", "--batch-size", "4",
+               "--block-size", "64", "--eval-examples", "8", "--samples", "1", "--out", "plain.pt",
+               "--device", "cpu"])
     out = capsys.readouterr().out
     assert "val loss: base" in out and "samples (LoRA):" in out
     blob = lora.read_adapter("plain.pt")
