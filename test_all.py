@@ -1073,9 +1073,8 @@ def test_model_generate_stops_when_every_row_hit_the_stop_token():
 
 
 # =================================================================================================
-# Data: fineweb.py (issue 4)
+# Data: fineweb.py
 # =================================================================================================
-_FINEWEB_HERE = pathlib.Path(__file__).resolve().parent
 _FINEWEB_SHARD = 1000          # tokens per shard in these tests: the corpus below fills about 7 shards
 
 
@@ -1191,6 +1190,7 @@ def test_fineweb_txt_jsonl_parquet_directory_in_sorted_order(tmp_path, gpt2_enc)
                                   _fineweb_expected(gpt2_enc, [order[10], docs[11]]))
 
 
+@slow
 def test_fineweb_cli_with_spawned_pool_matches_in_process_run(tmp_path):
     # The real script as __main__ with 2 pool workers started by 'spawn' (macOS/Windows' default): each
     # worker re-imports fineweb.py, so this fails without the __main__ guard or a module-level worker.
@@ -1200,17 +1200,15 @@ def test_fineweb_cli_with_spawned_pool_matches_in_process_run(tmp_path):
             "--shard-size", str(_FINEWEB_SHARD), "--workers", "2"]
     code = ("import multiprocessing, runpy, sys; multiprocessing.set_start_method('spawn'); "
             f"sys.argv = {argv!r}; runpy.run_path('fineweb.py', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=_FINEWEB_HERE, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert _fineweb_files(tmp_path / "cli") == _fineweb_files(tmp_path / "inproc")
 
 
+@slow
 def test_fineweb_cli_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "fineweb.py", "--source", str(tmp_path / "missing.jsonl"),
-                           "--out-dir", str(tmp_path / "out")],
-                          cwd=_FINEWEB_HERE, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
+    proc = run_script("fineweb.py", "--source", tmp_path / "missing.jsonl", "--out-dir", tmp_path / "out")
+    assert_one_line_error(proc, "missing.jsonl not found")
     assert proc.stderr.strip().splitlines() == [f"error: source {tmp_path / 'missing.jsonl'} not found"]
 
 
@@ -1279,32 +1277,31 @@ def test_fineweb_hub_path_matches_local_files_and_resumes(tmp_path, monkeypatch,
 
 
 # =================================================================================================
-# Training: train_gpt2.py (issue 4)
+# Training: train_gpt2.py
 # =================================================================================================
-_TRAIN_HERE = pathlib.Path(__file__).resolve().parent
-_TRAIN_SCRIPT = str(_TRAIN_HERE / "train_gpt2.py")
 # A 2-layer, 32-wide byte-level model on T=32: each run takes a few seconds, most of it importing torch.
 _TRAIN_SMALL = ["--preset", "tiny", "--tokenizer", "byte", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
                 "--seq-len", "32", "--batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4", "--warmup-steps", "3",
                 "--val-steps", "2", "--sample-tokens", "8", "--num-samples", "1"]
 
 
-def _train_env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    return env
-
-
-def _train_run(args, torchrun=False, check=True, timeout=170):
-    """Run train_gpt2.py (under torchrun with 2 gloo processes if asked); returns the CompletedProcess."""
-    cmd = [sys.executable, _TRAIN_SCRIPT]
+def _train(*args, torchrun=False):
+    """Run train_gpt2.py to its end (under torchrun with 2 gloo processes if asked); -> CompletedProcess."""
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", _TRAIN_SCRIPT]
-    result = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=_train_env(),
-                            timeout=timeout, cwd=_TRAIN_HERE)
-    if check and result.returncode != 0:
-        raise AssertionError(f"train_gpt2.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc_per_node=2", str(REPO / "train_gpt2.py"), *map(str, args)],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    else:
+        result = run_script("train_gpt2.py", *args)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def _train_in_process(monkeypatch, *args):
+    """train_gpt2.main() in this process (no torch import to wait for); its signal handlers stay out."""
+    monkeypatch.setattr(train_gpt2.signal, "signal", lambda *a: None)
+    train_gpt2.main([str(a) for a in args])
 
 
 def _train_shards(tmp_path, sizes=(2000, 300, 517, 211), seed=0):
@@ -1332,6 +1329,18 @@ def _train_log(log_dir, kind):
 
 def _train_ckpt(log_dir, name="model.pt"):
     return torch.load(pathlib.Path(log_dir) / name, map_location="cpu", weights_only=True)
+
+
+def _train_assert_same_run(dir_a, dir_b):
+    """Bit-identical weights and optimizer state, identical log.txt (every loss, to the printed digit)."""
+    a, b = _train_ckpt(dir_a), _train_ckpt(dir_b)
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["loader"] == b["loader"]
+    assert (pathlib.Path(dir_a) / "log.txt").read_text() == (pathlib.Path(dir_b) / "log.txt").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1454,15 +1463,33 @@ def test_train_decay_groups():
 # ---------------------------------------------------------------------------------------------
 # Real runs
 # ---------------------------------------------------------------------------------------------
+def test_train_resume_with_dropout_is_exact(tmp_path, monkeypatch):
+    # Dropout draws from the global torch RNG at every step: a resumed run matches the uninterrupted one
+    # only if the checkpoint carries that generator's state and --resume restores it.
+    shards = _train_shards(tmp_path)
+    common = _TRAIN_SMALL + ["--data", shards, "--dropout", 0.2, "--total-batch-size", 128, "--max-steps", 8,
+                             "--eval-every", 0, "--ckpt-every", 4]
+    _train_in_process(monkeypatch, *common, "--log-dir", tmp_path / "straight")
+    _train_in_process(monkeypatch, *common, "--log-dir", tmp_path / "stopped", "--stop-at", 3)
+    assert _train_ckpt(tmp_path / "stopped")["step"] == 3
+    _train_in_process(monkeypatch, *common, "--log-dir", tmp_path / "stopped", "--resume")
+    _train_assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+    # The test can fail: without dropout the weights differ (dropout really is drawing random numbers).
+    _train_in_process(monkeypatch, *common, "--dropout", 0, "--log-dir", tmp_path / "no_dropout")
+    a, b = _train_ckpt(tmp_path / "straight")["model"], _train_ckpt(tmp_path / "no_dropout")["model"]
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+@slow
 def test_train_ddp_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
     # 2 processes x 1 micro-step of B=4 vs 1 process x 2 micro-steps of B=4: the same 256 tokens per step
     # (the global batch is cut into B*T slices in the same order either way), the same mean loss.
     shards = _train_shards(tmp_path)
     common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 2 * 4 * 32, "--max-steps", 6,
                              "--eval-every", 3, "--ckpt-every", 6]
-    one = _train_run(common + ["--log-dir", tmp_path / "one"])
+    one = _train(*common, "--log-dir", tmp_path / "one")
     assert "2 micro-step(s) x 1 process(es)" in one.stdout
-    two = _train_run(common + ["--log-dir", tmp_path / "two"], torchrun=True)
+    two = _train(*common, "--log-dir", tmp_path / "two", torchrun=True)
     assert "1 micro-step(s) x 2 process(es)" in two.stdout
     # The two compute the same sums in a different order: one process backpropagates l0/2 and l1/2 and adds
     # the gradients in .grad (g0/2 + g1/2); DDP backpropagates l0 and l1 on two ranks, all-reduces g0 + g1 and
@@ -1490,22 +1517,11 @@ def test_train_ddp_two_gloo_processes_equal_one_process_with_accumulation(tmp_pa
     assert _train_log(tmp_path / "one", "train")[5] < _train_log(tmp_path / "one", "train")[0]
 
 
-def _train_assert_same_run(dir_a, dir_b):
-    """Bit-identical weights and optimizer state, identical log.txt (every loss, to the printed digit)."""
-    a, b = _train_ckpt(dir_a), _train_ckpt(dir_b)
-    assert a["step"] == b["step"]
-    assert a["model"].keys() == b["model"].keys()
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert a["loader"] == b["loader"]
-    assert (pathlib.Path(dir_a) / "log.txt").read_text() == (pathlib.Path(dir_b) / "log.txt").read_text()
-
-
 def _train_interrupt(args, sig, after_step):
     """Start a run, send `sig` once it has printed step `after_step`, return (returncode, stdout)."""
-    proc = subprocess.Popen([sys.executable, _TRAIN_SCRIPT] + [str(a) for a in args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_train_env(), cwd=_TRAIN_HERE)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_gpt2.py"), *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
     for line in proc.stdout:
         out.append(line)
@@ -1516,26 +1532,26 @@ def _train_interrupt(args, sig, after_step):
     return proc.returncode, "".join(out)
 
 
+@slow
 def test_train_resume_is_exact_after_stop_sigterm_and_kill9(tmp_path):
     shards = _train_shards(tmp_path)
     n = 120
     common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", n, "--eval-every", 40,
-                             "--ckpt-every", 20]
-    _train_run(common + ["--log-dir", tmp_path / "straight"])
+                             "--ckpt-every", 20, "--dropout", 0.1]
+    _train(*common, "--log-dir", tmp_path / "straight")
     assert _train_ckpt(tmp_path / "straight")["step"] == n
 
     # 1. --stop-at: stop after 50 steps (checkpoint written), then --resume to the end.
-    _train_run(common + ["--log-dir", tmp_path / "stopped", "--stop-at", 50])
+    _train(*common, "--log-dir", tmp_path / "stopped", "--stop-at", 50)
     assert _train_ckpt(tmp_path / "stopped")["step"] == 50
-    _train_run(common + ["--log-dir", tmp_path / "stopped", "--resume"])
+    _train(*common, "--log-dir", tmp_path / "stopped", "--resume")
     _train_assert_same_run(tmp_path / "straight", tmp_path / "stopped")
-
     # 2. SIGTERM mid-run: the step finishes, a checkpoint is written, the exit is clean.
     rc, out = _train_interrupt(common + ["--log-dir", tmp_path / "term"], signal.SIGTERM, after_step=5)
     assert rc == 0 and "Traceback" not in out, out[-2000:]
     stopped_at = _train_ckpt(tmp_path / "term")["step"]
     assert 5 < stopped_at < n and f"stopped after step {stopped_at - 1}" in out
-    _train_run(common + ["--log-dir", tmp_path / "term", "--resume"])
+    _train(*common, "--log-dir", tmp_path / "term", "--resume")
     _train_assert_same_run(tmp_path / "straight", tmp_path / "term")
 
     # 3. kill -9: whatever was being written, model.pt is the last complete checkpoint; log lines past it
@@ -1543,22 +1559,23 @@ def test_train_resume_is_exact_after_stop_sigterm_and_kill9(tmp_path):
     rc, out = _train_interrupt(common + ["--log-dir", tmp_path / "kill"], signal.SIGKILL, after_step=45)
     assert rc == -signal.SIGKILL
     assert _train_ckpt(tmp_path / "kill")["step"] in range(40, n, 20)
-    _train_run(common + ["--log-dir", tmp_path / "kill", "--resume"])
+    _train(*common, "--log-dir", tmp_path / "kill", "--resume")
     _train_assert_same_run(tmp_path / "straight", tmp_path / "kill")
 
 
+@slow
 def test_train_tiny_preset_learns_manual_txt(tmp_path):
     # The README's main command, shortened (a smaller model, fewer steps): manual.txt, bytes, CPU.
-    result = _train_run(["--preset", "tiny", "--n-layer", 2, "--n-embd", 64, "--seq-len", 64, "--batch-size", 8,
-                         "--total-batch-size", 512, "--max-steps", 80, "--warmup-steps", 5, "--lr", 1e-2,
-                         "--min-lr", 1e-3, "--eval-every", 40, "--keep-every", 40, "--log-dir", tmp_path / "log"])
+    result = _train("--preset", "tiny", "--n-layer", 2, "--n-embd", 64, "--seq-len", 64, "--batch-size", 8,
+                    "--total-batch-size", 512, "--max-steps", 80, "--warmup-steps", 5, "--lr", 1e-2,
+                    "--min-lr", 1e-3, "--eval-every", 40, "--keep-every", 40, "--log-dir", tmp_path / "log")
     val = _train_log(tmp_path / "log", "val")
     train = _train_log(tmp_path / "log", "train")
     assert sorted(val) == [0, 40, 79] and sorted(train) == list(range(80))
     assert val[0] == pytest.approx(math.log(257), abs=0.3)  # untrained: about uniform over the byte ids
     # The yardstick: the val split's cross-entropy under the train split's byte frequencies (add-1/2
     # smoothed), i.e. the best a model ignoring context can do. Below it, the model reads its context.
-    data = np.frombuffer((_TRAIN_HERE / "manual.txt").read_bytes(), dtype=np.uint8)
+    data = np.frombuffer((REPO / "manual.txt").read_bytes(), dtype=np.uint8)
     split = int(0.9 * len(data))
     counts = np.bincount(data[:split], minlength=257) + 0.5
     unigram = float(-np.log(counts[data[split:]] / counts.sum()).mean())
@@ -1573,6 +1590,7 @@ def test_train_tiny_preset_learns_manual_txt(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
 
 
+@slow
 def test_train_clear_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -1590,14 +1608,8 @@ def test_train_clear_errors(tmp_path):
         "nan": (base + ["--total-batch-size", 128, "--lr", 1e30, "--warmup-steps", 0, "--log-dir", tmp_path / "n"],
                 "the loss is"),
     }
-    procs = {k: subprocess.Popen([sys.executable, _TRAIN_SCRIPT] + [str(a) for a in args], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=_train_env(), cwd=_TRAIN_HERE)
-             for k, (args, _) in cases.items()}
-    for key, proc in procs.items():
-        _, err = proc.communicate(timeout=120)
-        lines = err.strip().splitlines()
-        assert proc.returncode == 1, (key, err)
-        assert len(lines) == 1 and lines[0].startswith("error: ") and cases[key][1] in lines[0], (key, err)
+    for key, (args, message) in cases.items():
+        assert_one_line_error(run_script("train_gpt2.py", *args), "error: ", message)
     # NaN: it stopped before stepping on the bad gradients; the last good checkpoint is intact.
     good = _train_ckpt(tmp_path / "n")
     assert good["step"] >= 1 and all(torch.isfinite(v).all() for v in good["model"].values())
