@@ -773,7 +773,7 @@ def test_compare_cli_unreadable_model_no_traceback(compare_files, tmp_path):
 
 
 # =================================================================================================
-# Model: model.py (issue 3)
+# Model: model.py
 # =================================================================================================
 # Tiny GPT-2 shapes: head counts 2, 3 and 5 (head sizes 16, 16, 8: not all powers of two, not all equal).
 MODEL_SHAPES = [dict(n_layer=2, n_head=2, n_embd=32), dict(n_layer=3, n_head=3, n_embd=48),
@@ -781,29 +781,33 @@ MODEL_SHAPES = [dict(n_layer=2, n_head=2, n_embd=32), dict(n_layer=3, n_head=3, 
 TINY_VOCAB = 211
 
 
-def _model_hf_dir(tmp_path, seed=0, **shape):
-    """A tiny random transformers GPT2LMHeadModel written with save_pretrained; returns (hf_model, dir)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(seed)
-    config = GPT2Config(n_positions=64, vocab_size=TINY_VOCAB, bos_token_id=TINY_VOCAB - 1,
-                        eos_token_id=TINY_VOCAB - 1, **shape)
-    hf = GPT2LMHeadModel(config).eval()
-    path = tmp_path / f"hf_{seed}_{shape['n_layer']}_{shape['n_head']}_{shape['n_embd']}"
-    hf.save_pretrained(path)
-    return hf, str(path)
-
-
 def _model_next_targets(idx):
     """Targets for next-token prediction in our convention: shifted left, -1 where nothing follows."""
     return torch.cat([idx[:, 1:], torch.full_like(idx[:, :1], -1)], dim=1)
 
 
+def _model_idx(shape, seed=1, vocab=TINY_VOCAB):
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def model_large_weights(tmp_path):
+    """A tiny GPT2LMHeadModel whose weights are all N(0, 0.5) (float64), and ours loaded from it. At GPT-2's
+    init scale (0.02) activations stay where exact and tanh GELU agree to 1e-5; here they differ by ~1e-3."""
+    hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[1])
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(std=0.5)
+    hf.save_pretrained(path)
+    return hf.double(), GPT.from_pretrained(path).double().eval()
+
+
 @pytest.mark.parametrize("shape", MODEL_SHAPES, ids=lambda s: f"L{s['n_layer']}H{s['n_head']}C{s['n_embd']}")
 @pytest.mark.parametrize("attn", ["flash", "plain"])
 def test_model_matches_huggingface_logits_and_loss(tmp_path, shape, attn):
-    hf, path = _model_hf_dir(tmp_path, **shape)
-    ours = gpt.GPT.from_pretrained(path, attn=attn).eval()
-    idx = torch.randint(0, TINY_VOCAB, (3, 40), generator=torch.Generator().manual_seed(1))
+    hf, path = tiny_hf(tmp_path / "hf", **shape)
+    ours = GPT.from_pretrained(path, attn=attn).eval()
+    idx = _model_idx((3, 40))
     with torch.no_grad():
         ref = hf(idx, labels=idx)  # HF shifts labels inside
         logits, loss = ours(idx, _model_next_targets(idx))
@@ -812,11 +816,125 @@ def test_model_matches_huggingface_logits_and_loss(tmp_path, shape, attn):
     torch.testing.assert_close(loss, ref.loss, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attn", ["flash", "plain"])
+def test_model_matches_huggingface_with_large_weights(model_large_weights, attn):
+    """Full forward and cached one-token steps both equal transformers where GELU's curvature matters."""
+    hf, ours = model_large_weights
+    ours.config.attn = attn
+    for block in ours.transformer.h:
+        block.attn.attn = attn
+    idx = _model_idx((2, 30))
+    with torch.no_grad():
+        ref = hf(idx).logits
+        assert ref.abs().max() > 3                    # far from the near-linear regime of init scale
+        torch.testing.assert_close(ours(idx)[0], ref, atol=1e-9, rtol=0)
+        cache = gpt.KVCache(ours.config, 2, "cpu", torch.float64)
+        steps = [ours.lm_head(ours.hidden_states(idx[:, :10], cache))]
+        steps += [ours.lm_head(ours.hidden_states(idx[:, t:t + 1], cache)) for t in range(10, 30)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), ref, atol=1e-9, rtol=0)
+        prompt = idx[:, :5]
+        expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40,
+                               do_sample=False, pad_token_id=0)
+    for use_cache in (True, False):
+        assert torch.equal(ours.generate(prompt, 40, temperature=0, use_cache=use_cache), expected)
+
+
+def test_model_defaults_are_gpt2_small():
+    """GPTConfig() and a default GPT against transformers' own GPT2Config() defaults (not copied through)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.activations import ACT2FN
+    hc, c = GPT2Config(), GPTConfig()
+    assert (c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd, c.layer_norm_epsilon) == \
+        (hc.n_positions, hc.vocab_size, hc.n_layer, hc.n_head, hc.n_embd, hc.layer_norm_epsilon)
+    with torch.device("meta"):  # shapes only, no memory
+        ours, hf = GPT(c), GPT2LMHeadModel(hc)
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    hf_shapes = {k: tuple(v.shape[::-1] if k.endswith(conv1d) else v.shape) for k, v in hf.state_dict().items()
+                 if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == hf_shapes
+    norms = [m for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * c.n_layer + 1 and all(m.eps == hc.layer_norm_epsilon for m in norms)
+    # the MLP's activation is GPT-2's (gelu_new), checked where tanh and exact GELU differ
+    mlp = gpt.MLP(GPTConfig(n_embd=8, n_head=1))
+    with torch.no_grad():
+        mlp.c_fc.weight.copy_(torch.eye(32, 8) * 3), mlp.c_fc.bias.zero_()
+        mlp.c_proj.weight.copy_(torch.eye(8, 32)), mlp.c_proj.bias.zero_()
+        x = torch.linspace(-4, 4, 8)[None]
+        torch.testing.assert_close(mlp(x), ACT2FN[hc.activation_function](3 * x), atol=1e-6, rtol=0)
+
+
+def _model_hf_sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution transformers' warpers define (temperature, then top-k, then top-p, as generate)."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    warpers = [TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else []) + \
+        ([TopPLogitsWarper(top_p)] if top_p else [])
+    for warper in warpers:
+        logits = warper(None, logits)
+    return torch.softmax(logits, dim=-1)
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.6), dict(temperature=1.7, top_k=5), dict(top_p=0.7),
+                                      dict(temperature=0.8, top_k=12, top_p=0.9)])
+def test_model_sampling_draws_from_transformers_distribution(monkeypatch, sampling):
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    expected = _model_hf_sampling_probs(logits, **sampling)
+    seen = []
+    real_multinomial = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda p, *a, **k: seen.append(p) or real_multinomial(p, *a, **k))
+    gpt.sample_next_token(logits, **sampling)
+    torch.testing.assert_close(seen[0], expected, atol=1e-12, rtol=0)        # exactly the filtered distribution
+    monkeypatch.undo()
+    # and the draws follow it: 20000 draws of one row, frequencies within 4 standard errors
+    row = logits[:1].expand(20000, -1)
+    draws = gpt.sample_next_token(row, generator=torch.Generator().manual_seed(1), **sampling)[:, 0]
+    freq = torch.bincount(draws, minlength=40).double() / len(draws)
+    p = expected[0]
+    assert ((freq - p).abs() <= 4 * (p * (1 - p) / len(draws)).sqrt() + 1e-9).all()
+    assert gpt.sample_next_token(logits, temperature=0).equal(logits.argmax(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(top_k=20), dict(top_p=0.8, temperature=0.7)])
+def test_model_cached_sampling_equals_uncached(sampling):
+    # float64 so both paths pick the same token from the same random draw; 60 new tokens after a
+    # 10-token prompt run past block_size 64, exercising the crop-and-rebuild path as well.
+    m = tiny_gpt(block_size=64, vocab_size=97, n_layer=2, n_head=3, n_embd=24).double()
+    prompt = _model_idx((2, 10), vocab=97)
+    outs = [m.generate(prompt, 60, generator=torch.Generator().manual_seed(123), use_cache=use_cache, **sampling)
+            for use_cache in (True, False)]
+    assert outs[0].shape == (2, 70)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_model_kv_cache_refuses_to_overflow():
+    m = tiny_gpt(block_size=8, vocab_size=11, n_layer=1, n_head=1, n_embd=8)
+    cache = gpt.KVCache(m.config, 1, "cpu", torch.float32, max_len=4)
+    with torch.no_grad():
+        m.hidden_states(torch.zeros(1, 4, dtype=torch.long), cache)
+        with pytest.raises(ValueError, match="KV cache is full"):
+            m.hidden_states(torch.zeros(1, 1, dtype=torch.long), cache)
+
+
+def test_model_position_ids_and_mask_pack_two_sequences_in_one_row():
+    """hidden_states(pos=, attn_mask=) is what hellaswag.py packs with: two sequences sharing a prefix in one
+    row give each sequence's own hidden states."""
+    m = tiny_gpt(n_layer=2, n_head=2, n_embd=32)
+    prefix, a, b = _model_idx((1, 5), 1, 257), _model_idx((1, 3), 2, 257), _model_idx((1, 4), 3, 257)
+    row = torch.cat([prefix, a, b], dim=1)
+    pos = torch.tensor([list(range(8)) + list(range(5, 9))])
+    seg = torch.tensor([0] * 5 + [1] * 3 + [2] * 4)
+    mask = torch.ones(12, 12, dtype=torch.bool).tril() & ((seg[None] == 0) | (seg[None] == seg[:, None]))
+    with torch.no_grad():
+        packed = m.hidden_states(row, pos=pos, attn_mask=mask[None, None])
+        torch.testing.assert_close(packed[:, :8], m.hidden_states(torch.cat([prefix, a], 1)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(packed[:, 8:], m.hidden_states(torch.cat([prefix, b], 1))[:, 5:], atol=1e-6,
+                                   rtol=0)
+
+
 def test_model_per_token_losses_match_huggingface(tmp_path):
     """reduction='none' (lm_head only where a target exists) equals per-token CE of HF's full logits."""
-    hf, path = _model_hf_dir(tmp_path, **MODEL_SHAPES[1])
-    ours = gpt.GPT.from_pretrained(path).eval()
-    idx = torch.randint(0, TINY_VOCAB, (2, 30), generator=torch.Generator().manual_seed(2))
+    hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[1])
+    ours = GPT.from_pretrained(path).eval()
+    idx = _model_idx((2, 30), seed=2)
     targets = _model_next_targets(idx)
     targets[:, :12] = -1  # a "prompt" that is not scored
     with torch.no_grad():
@@ -829,99 +947,35 @@ def test_model_per_token_losses_match_huggingface(tmp_path):
 
 def test_model_save_hf_round_trip_cuts_padded_vocab(tmp_path):
     from transformers import GPT2LMHeadModel
-    _, path = _model_hf_dir(tmp_path, **MODEL_SHAPES[2])
-    ours = gpt.GPT.from_pretrained(path, vocab_multiple=64).eval()
+    _, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[2])
+    ours = GPT.from_pretrained(path, vocab_multiple=64).eval()
     assert ours.lm_head.weight.shape[0] == 256  # 211 padded up to a multiple of 64
     out = ours.save_hf(str(tmp_path / "export"))
     back = GPT2LMHeadModel.from_pretrained(out).eval()
     assert back.config.vocab_size == TINY_VOCAB
-    idx = torch.randint(0, TINY_VOCAB, (2, 33), generator=torch.Generator().manual_seed(3))
+    idx = _model_idx((2, 33), seed=3)
     with torch.no_grad():
         torch.testing.assert_close(back(idx).logits, ours(idx)[0][..., :TINY_VOCAB], atol=1e-5, rtol=0)
     assert not (tmp_path / "export.tmp").exists()
 
 
 def test_model_greedy_generation_equals_huggingface(tmp_path):
-    hf, path = _model_hf_dir(tmp_path, **MODEL_SHAPES[0])
-    ours = gpt.GPT.from_pretrained(path).eval()
-    prompt = torch.randint(0, TINY_VOCAB, (3, 6), generator=torch.Generator().manual_seed(4))
+    hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[0])
+    ours = GPT.from_pretrained(path).eval()
+    prompt = _model_idx((3, 6), seed=4)
     ref = hf.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=TINY_VOCAB - 1)
     for use_cache in (True, False):
         assert torch.equal(ours.generate(prompt, 30, temperature=0, use_cache=use_cache), ref)
 
 
-@pytest.mark.parametrize("sampling", [dict(), dict(top_k=20), dict(top_p=0.8, temperature=0.7)])
-def test_model_cached_sampling_equals_uncached(sampling):
-    # float64 so both paths pick the same token from the same random draw; 60 new tokens after a
-    # 10-token prompt run past block_size 64, exercising the crop-and-rebuild path as well.
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=97, n_layer=2, n_head=3, n_embd=24)).double().eval()
-    prompt = torch.randint(0, 97, (2, 10))
-    outs = []
-    for use_cache in (True, False):
-        g = torch.Generator().manual_seed(123)
-        outs.append(m.generate(prompt, 60, generator=g, use_cache=use_cache, **sampling))
-    assert outs[0].shape == (2, 70)
-    assert torch.equal(outs[0], outs[1])
-
-
-@pytest.mark.parametrize("rows", [1, 3])
-def test_model_decode_step_every_way_equals_forward(rows):
-    # Each way generate may pick (x @ W.T, (W @ x.T).T, lm_head stored as (in, out)) is the forward pass
-    # of the newest position, and the cache it fills is the one forward would have filled.
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=3, n_embd=24)).eval()
-    idx = torch.randint(0, 97, (rows, 9))
-    with torch.no_grad():
-        full = m(idx)[0][:, -1]
-        ways = [dict(), dict(columns_first=True), dict(head_in_out=gpt.in_out_copy(m.lm_head.weight))]
-        for way in ways:
-            cache = gpt.KVCache(m.config, rows, "cpu", torch.float32)
-            m.hidden_states(idx[:, :-1], cache)
-            torch.testing.assert_close(m.decode_step(idx[:, -1:], cache, **way), full, atol=1e-5, rtol=0)
-            assert cache.length == 9
-            reference = gpt.KVCache(m.config, rows, "cpu", torch.float32)
-            m.hidden_states(idx, reference)
-            torch.testing.assert_close(cache.k[:, :, :, :9], reference.k[:, :, :, :9], atol=1e-6, rtol=0)
-
-
-def test_model_decode_step_refuses_a_full_cache():
-    m = gpt.GPT(gpt.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=1, n_embd=8)).eval()
-    cache = gpt.KVCache(m.config, 1, "cpu", torch.float32, max_len=4)
-    with torch.no_grad():
-        m.hidden_states(torch.zeros(1, 4, dtype=torch.long), cache)
-        with pytest.raises(ValueError, match="KV cache is full"):
-            m.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
-
-
-def test_model_in_out_copy_is_the_transpose():
-    w = torch.randn(600, 7)               # 600 rows: two full bands of 256 and a short one
-    assert torch.equal(gpt.in_out_copy(w), w.t().contiguous())
-    assert gpt.in_out_copy(w).is_contiguous()
-
-
-def test_model_generate_tries_the_ways_only_where_they_can_differ():
-    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=97, n_layer=1, n_head=2, n_embd=16)).eval()
-    one, many = torch.zeros(1, 4, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long)
-    assert len(m._decode_ways(many, 40, True)) == 3
-    assert len(m._decode_ways(one, 40, True)) == 2      # one row: both products are one matrix-vector product
-    assert len(m._decode_ways(many, 40, False)) == 1    # no cache, no decode steps
-    assert len(m._decode_ways(many, 8, True)) == 1      # too short to pay for the trials
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert len(m._decode_ways(many, 40, True)) == 1
-    finally:
-        torch.use_deterministic_algorithms(False)
-
-
-def test_model_decode_step_runs_lora_layers_as_modules():
-    # LoRA wraps c_attn and friends; the decode step must call the wrapper, not read the base weight.
-    m = _lora_tiny_gpt().double()        # float64: merged and unmerged weights round alike
+def test_model_cached_generation_runs_lora_layers():
+    # LoRA wraps c_attn and friends; cached steps must run the wrappers, not read the base weights.
+    m = tiny_gpt().double()        # float64: merged and unmerged weights round alike
     lora.apply_lora(m, r=4, alpha=8, targets=("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"))
     with torch.no_grad():
         for layer in lora.lora_layers(m):
             layer.lora_B.normal_(std=0.5)
-    prompt = _lora_idx(257, shape=(2, 5))
+    prompt = _model_idx((2, 5), vocab=257)
     cached = m.generate(prompt, 40, temperature=0)
     assert torch.equal(cached, m.generate(prompt, 40, temperature=0, use_cache=False))
     lora.merge_and_unwrap(m)
@@ -929,12 +983,23 @@ def test_model_decode_step_runs_lora_layers_as_modules():
 
 
 def test_model_generate_never_samples_padded_ids():
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=5, n_layer=1, n_head=1, n_embd=8, vocab_multiple=64))
+    m = tiny_gpt(block_size=32, vocab_size=5, n_layer=1, n_head=1, n_embd=8, vocab_multiple=64)
     with torch.no_grad():
         m.lm_head.weight[5:] = 10.0  # make the padding rows by far the most likely
     out = m.generate(torch.zeros(4, 1, dtype=torch.long), 20, generator=torch.Generator().manual_seed(0))
     assert out.max() < 5
+
+
+def test_model_generate_stops_when_every_row_hit_the_stop_token():
+    m = tiny_gpt(block_size=64, vocab_size=50, n_layer=1, n_head=2, n_embd=16)
+    prompt = _model_idx((2, 4), vocab=50)
+    full = m.generate(prompt, 30, temperature=0)
+    # Stop at the token row 0 produces 5th: row 0 hits it there, row 1 maybe later or never.
+    stop = full[0, 4 + 4].item()
+    out = m.generate(prompt, 30, temperature=0, stop_token=stop)
+    first_hits = [(row[4:] == stop).nonzero()[0, 0].item() if (row[4:] == stop).any() else 30 for row in full]
+    assert out.size(1) == 4 + min(30, max(first_hits) + 1)
+    assert torch.equal(out, full[:, :out.size(1)])  # same tokens up to the stop
 
 
 def test_model_published_parameter_counts():
@@ -942,14 +1007,13 @@ def test_model_published_parameter_counts():
                  "gpt2-xl": 1_557_611_200}
     for name, count in published.items():
         with torch.device("meta"):  # shapes only, no memory
-            model = gpt.GPT(gpt.GPTConfig(**gpt.GPT_SIZES[name]))
+            model = GPT(GPTConfig(**gpt.GPT_SIZES[name]))
         assert model.num_params() == count, name
         assert model.lm_head.weight is model.transformer.wte.weight
 
 
 def test_model_init_follows_gpt2_paper():
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=1000, n_layer=8, n_head=4, n_embd=256))
+    m = tiny_gpt(block_size=64, vocab_size=1000, n_layer=8, n_head=4, n_embd=256)
     residual_std = 0.02 / (2 * 8) ** 0.5
     for name, p in m.named_parameters():
         if name.endswith("c_proj.weight"):
@@ -965,7 +1029,7 @@ def test_model_flops_per_token_matches_an_independent_flop_count():
     attention matmuls are visible to it). The formula 6N + 12LHQT adds 6 FLOPs per token for each
     non-matmul parameter (biases, LayerNorm) too; apart from exactly that, the two must agree."""
     from torch.utils.flop_counter import FlopCounterMode
-    m = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=500, n_layer=2, n_head=4, n_embd=64, attn="plain"))
+    m = GPT(GPTConfig(block_size=128, vocab_size=500, n_layer=2, n_head=4, n_embd=64, attn="plain"))
     idx = torch.randint(0, 500, (2, 128))
     with FlopCounterMode(display=False) as counter:
         m(idx, idx)[1].backward()
@@ -984,8 +1048,7 @@ def test_model_peak_flops_table(monkeypatch):
 
 
 def _model_tiny_checkpoint(path, tokenizer="byte", **extra):
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=16, vocab_multiple=64))
+    m = tiny_gpt(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=16, vocab_multiple=64)
     gpt.save_checkpoint(str(path), m, tokenizer, **extra)
     return m
 
@@ -1025,14 +1088,14 @@ def test_model_bad_checkpoints_give_clear_errors(tmp_path):
 
 def test_model_from_pretrained_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
-        gpt.GPT.from_pretrained("gpt3")
+        GPT.from_pretrained("gpt3")
     from transformers import BertConfig
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
         tmp_path / "bert")
     with pytest.raises(ValueError, match="not GPT-2"):
-        gpt.GPT.from_pretrained(str(tmp_path / "bert"))
-    hf, path = _model_hf_dir(tmp_path, **MODEL_SHAPES[0])
-    model = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=TINY_VOCAB, n_layer=2, n_head=2, n_embd=48))
+        GPT.from_pretrained(str(tmp_path / "bert"))
+    hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[0])
+    model = GPT(GPTConfig(block_size=64, vocab_size=TINY_VOCAB, n_layer=2, n_head=2, n_embd=48))
     with pytest.raises(ValueError, match="shape mismatch"):
         model.load_hf_state_dict(hf.state_dict())
 
@@ -1046,30 +1109,15 @@ def test_model_byte_tokenizer_round_trip():
         gpt.get_tokenizer("sentencepiece")
 
 
+@slow
 def test_model_cli_samples_from_checkpoint_and_fails_cleanly(tmp_path):
     _model_tiny_checkpoint(tmp_path / "model.pt")
-    cmd = [sys.executable, str(HERE / "model.py"), "--ckpt", str(tmp_path / "model.pt"), "--device", "cpu",
-           "--prompt", "The ", "--num-samples", "2", "--max-new-tokens", "8"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    run = run_script("model.py", "--ckpt", tmp_path / "model.pt", "--device", "cpu", "--prompt", "The ",
+                     "--num-samples", "2", "--max-new-tokens", "8")
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("--- sample") == 2 and "The " in run.stdout
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
-    run = subprocess.run(cmd[:3] + [str(tmp_path / "bad.pt")], capture_output=True, text=True, timeout=120)
-    assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert run.stderr.strip().startswith("error:") and len(run.stderr.strip().splitlines()) == 1
-
-
-def test_model_generate_stops_when_every_row_hit_the_stop_token():
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=50, n_layer=1, n_head=2, n_embd=16)).eval()
-    prompt = torch.randint(0, 50, (2, 4))
-    full = m.generate(prompt, 30, temperature=0)
-    # Stop at the token row 0 produces 5th: row 0 hits it there, row 1 maybe later or never.
-    stop = full[0, 4 + 4].item()
-    out = m.generate(prompt, 30, temperature=0, stop_token=stop)
-    first_hits = [(row[4:] == stop).nonzero()[0, 0].item() if (row[4:] == stop).any() else 30 for row in full]
-    assert out.size(1) == 4 + min(30, max(first_hits) + 1)
-    assert torch.equal(out, full[:, :out.size(1)])  # same tokens up to the stop
+    assert_one_line_error(run_script("model.py", "--ckpt", tmp_path / "bad.pt"), "bad.pt")
 
 
 # =================================================================================================
