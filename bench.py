@@ -123,12 +123,6 @@ def run_hf(job):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def textbook_train():
-    """The slow textbook reference lives with the tests, in test_all.py."""
-    from test_all import _bpe_slow_train
-    return _bpe_slow_train
-
-
 def ids_sha(ids):
     import hashlib
     return hashlib.sha1(json.dumps(ids).encode()).hexdigest()
@@ -171,7 +165,8 @@ def merge_costs(text, vocab_size, pattern):
 
 def time_textbook(text, vocab_size, pattern, first_merges):
     """(seconds, estimated?): full run if vocab_size - 256 <= first_merges, else timed first merges x model."""
-    slow = textbook_train()
+    import bpe
+    slow = bpe.textbook_train
     merges = vocab_size - 256
     k = min(first_merges, merges)
     t0 = time.perf_counter()

@@ -132,58 +132,8 @@ def test_offline_tiktoken_is_real_gpt2(gpt2_enc):
 
 
 # =================================================================================================
-# Tokenizer: bpe.py (issue 2)
+# Tokenizer: bpe.py
 # =================================================================================================
-_BPE_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _bpe_slow_split(text, pattern):
-    return regex.findall(pattern, text) if pattern else ([text] if text else [])
-
-
-def _bpe_slow_merge(ids, pair, new_id):
-    out, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
-def _bpe_slow_train(text, vocab_size, pattern):
-    """The textbook algorithm, recounting everything for every merge (minbpe's RegexTokenizer.train)."""
-    chunks = [list(c.encode("utf-8")) for c in _bpe_slow_split(text, pattern)]
-    merges = {}
-    for new_id in range(256, vocab_size):
-        counts = {}
-        for ids in chunks:
-            for pair in zip(ids, ids[1:]):
-                counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            break
-        pair = max(counts, key=counts.get)      # first of the most frequent, in text order
-        merges[pair] = new_id
-        chunks = [_bpe_slow_merge(ids, pair, new_id) for ids in chunks]
-    return merges
-
-
-def _bpe_slow_encode(text, merges, pattern):
-    """Textbook encode: in each chunk, merge the lowest-id pair present until none is a merge."""
-    out = []
-    for chunk in _bpe_slow_split(text, pattern):
-        ids = list(chunk.encode("utf-8"))
-        while len(ids) >= 2:
-            pair = min(set(zip(ids, ids[1:])), key=lambda p: merges.get(p, float("inf")))
-            if pair not in merges:
-                break
-            ids = _bpe_slow_merge(ids, pair, merges[pair])
-        out.extend(ids)
-    return out
-
-
 _BPE_ENGLISH = """\
 The tokenizer turns text into a list of integers. It first splits the text into chunks with a regular
 expression, so that words, numbers and punctuation never merge with each other; then it repeatedly
@@ -241,10 +191,10 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
         warnings.simplefilter("ignore")   # tiny texts run out of pairs; that is tested separately
         for text in _BPE_TEXTS:
             for vocab_size in (256, 257, 300, 420):
-                expected = _bpe_slow_train(text, vocab_size, pat)
+                expected = bpe.textbook_train(text, vocab_size, pat)
                 assert bpe.Tokenizer(pattern).train(text, vocab_size).merges == expected, (text[:40], vocab_size)
         for text in _bpe_tie_texts():
-            expected = _bpe_slow_train(text, 300, pat)
+            expected = bpe.textbook_train(text, 300, pat)
             assert bpe.Tokenizer(pattern).train(text, 300).merges == expected, text
 
 
@@ -261,11 +211,11 @@ def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
         warnings.simplefilter("ignore")
         for pattern in ("gpt4", None):
             for text in _BPE_TEXTS + _bpe_tie_texts()[::4]:
-                expected = _bpe_slow_train(text, 330, bpe.PATTERNS[pattern])
+                expected = bpe.textbook_train(text, 330, bpe.PATTERNS[pattern])
                 assert bpe.Tokenizer(pattern).train(text, 330).merges == expected, (pattern, text[:40])
         text = _bpe_long_text(4)
         for pattern, vocab_size in (("gpt2", 600), ("gpt4", 900)):
-            expected = _bpe_slow_train(text, vocab_size, bpe.PATTERNS[pattern])
+            expected = bpe.textbook_train(text, vocab_size, bpe.PATTERNS[pattern])
             assert bpe.Tokenizer(pattern).train(text, vocab_size).merges == expected, (pattern, vocab_size)
 
 
@@ -284,7 +234,7 @@ def test_bpe_training_pauses_the_garbage_collector_and_restores_it():
 @pytest.mark.parametrize("pattern, vocab_size", [("gpt4", 900), ("gpt2", 700), (None, 500)])
 def test_bpe_train_matches_textbook_large_vocab(pattern, vocab_size):
     text = _bpe_long_text(6)
-    expected = _bpe_slow_train(text, vocab_size, bpe.PATTERNS[pattern])
+    expected = bpe.textbook_train(text, vocab_size, bpe.PATTERNS[pattern])
     tok = bpe.Tokenizer(pattern).train(text, vocab_size)
     assert tok.merges == expected
     assert list(tok.merges.values()) == list(range(256, vocab_size))
@@ -297,7 +247,7 @@ def test_bpe_warns_once_and_keeps_merges_when_pairs_run_out():
     with pytest.warns(UserWarning, match="no pairs left") as record:
         tok = bpe.Tokenizer("gpt4").train(text, 5000)
     assert len([w for w in record if "no pairs left" in str(w.message)]) == 1
-    assert tok.merges == _bpe_slow_train(text, 5000, bpe.GPT4_PATTERN)
+    assert tok.merges == bpe.textbook_train(text, 5000, bpe.GPT4_PATTERN)
     assert 0 < len(tok.merges) < 5000 - 256
     assert len(tok.encode("hello")) == 1 and len(tok.encode(" world")) == 1
     with pytest.raises(ValueError, match="at least 256"):
@@ -312,10 +262,10 @@ def test_bpe_encode_matches_textbook_and_round_trips(pattern):
                "未见过的汉字：龘靐齉爩", "\x00\x01\x7f control", "🧬" * 40]
     for text in samples:
         ids = tok.encode(text)
-        assert ids == _bpe_slow_encode(text, tok.merges, bpe.PATTERNS[pattern])
+        assert ids == bpe.textbook_encode(text, tok.merges, bpe.PATTERNS[pattern])
         assert tok.decode(ids) == text
     # The chunk cache returns the same ids the second time.
-    assert tok.encode(samples[0]) == _bpe_slow_encode(samples[0], tok.merges, bpe.PATTERNS[pattern])
+    assert tok.encode(samples[0]) == bpe.textbook_encode(samples[0], tok.merges, bpe.PATTERNS[pattern])
 
 
 def test_bpe_long_chunk_encoder_equals_short_one():
@@ -327,7 +277,7 @@ def test_bpe_long_chunk_encoder_equals_short_one():
     for _ in range(30):
         text = "".join(rng.choice("abrcd ") for _ in range(rng.randint(65, 400)))
         ids = list(text.encode())
-        assert bpe._encode_long_chunk(ids, tok.merges) == _bpe_slow_encode(text, tok.merges, None)
+        assert bpe._encode_long_chunk(ids, tok.merges) == bpe.textbook_encode(text, tok.merges, None)
 
 
 def _bpe_ascii_texts():
@@ -415,7 +365,7 @@ def test_bpe_gpt2_merges_are_textbook_encode(_bpe_gpt2, gpt2_enc):
     # Map GPT-2's ids for single bytes back to raw bytes so the slow encoder can run on plain bytes.
     raw = lambda i: unshuffle[i] if i < 256 else i          # noqa: E731
     merges = {(raw(a), raw(b)): i for (a, b), i in _bpe_gpt2.merges.items()}
-    slow = [(_bpe_gpt2.byte_ids[i] if i < 256 else i) for i in _bpe_slow_encode(text, merges, _bpe_gpt2.pattern)]
+    slow = [(_bpe_gpt2.byte_ids[i] if i < 256 else i) for i in bpe.textbook_encode(text, merges, _bpe_gpt2.pattern)]
     assert slow == gpt2_enc.encode_ordinary(text)
 
 
@@ -489,27 +439,24 @@ def test_bpe_load_rejects_corrupt_files(tmp_path, content):
         bpe.Tokenizer().load(str(path))
 
 
-def _bpe_cli(*args, cwd):
-    return subprocess.run([sys.executable, os.path.join(_BPE_HERE, "bpe.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
+@slow
 def test_bpe_cli_trains_saves_and_reports(tmp_path):
     (tmp_path / "corpus.txt").write_text(_bpe_long_text(12), encoding="utf-8")
-    r = _bpe_cli("corpus.txt", "400", "--pattern", "gpt2", "--special", "<|endoftext|>", cwd=tmp_path)
+    r = run_script("bpe.py", "corpus.txt", "400", "--pattern", "gpt2", "--special", "<|endoftext|>", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "round trip ok" in r.stdout and "merges/s" in r.stdout and "bytes per token" in r.stdout
     assert "longest tokens" in r.stdout
     tok = bpe.Tokenizer().load(str(tmp_path / "corpus.model"))
     assert len(tok.merges) == 144 and tok.special_tokens == {"<|endoftext|>": 400}
-    assert tok.merges == _bpe_slow_train(_bpe_long_text(12), 400, bpe.GPT2_PATTERN)
-    r = _bpe_cli("corpus.txt", "300", "-o", "out/small", "--pattern", "none", cwd=tmp_path)
+    assert tok.merges == bpe.textbook_train(_bpe_long_text(12), 400, bpe.GPT2_PATTERN)
+    r = run_script("bpe.py", "corpus.txt", "300", "-o", "out/small", "--pattern", "none", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "small.model").exists() and (tmp_path / "out" / "small.vocab").exists()
-    r = _bpe_cli("--load", "corpus.model", "--encode", "hello world", cwd=tmp_path)
+    r = run_script("bpe.py", "--load", "corpus.model", "--encode", "hello world", cwd=tmp_path)
     assert r.returncode == 0 and [int(x) for x in r.stdout.split()] == tok.encode("hello world")
 
 
+@slow
 def test_bpe_cli_bad_inputs_get_one_line_errors(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     (tmp_path / "ok.txt").write_text("hello", encoding="utf-8")
@@ -518,7 +465,7 @@ def test_bpe_cli_bad_inputs_get_one_line_errors(tmp_path):
              (("ok.txt", "100"), "at least 256"), (("--load", "bad.model", "--encode", "x"), "not a valid"),
              (("--load", "nothere.model", "--encode", "x"), "no such file")]
     for args, message in cases:
-        r = _bpe_cli(*args, cwd=tmp_path)
+        r = run_script("bpe.py", *args, cwd=tmp_path)
         assert r.returncode != 0, args
         assert "Traceback" not in r.stderr, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -553,11 +500,11 @@ def test_bpe_train_with_64_bit_nodes_matches_textbook(monkeypatch):
     for bulk_min in (3, 300):
         monkeypatch.setattr(bpe, "BULK_MIN", bulk_min)
         text = _bpe_long_text(2)
-        assert bpe.Tokenizer("gpt2").train(text, 500).merges == _bpe_slow_train(text, 500, bpe.GPT2_PATTERN)
+        assert bpe.Tokenizer("gpt2").train(text, 500).merges == bpe.textbook_train(text, 500, bpe.GPT2_PATTERN)
 
 
 # =================================================================================================
-# Tokenizer comparison: compare_tokenizers.py (issue 2)
+# Tokenizer comparison: compare_tokenizers.py
 # =================================================================================================
 _COMPARE_DIR = pathlib.Path(__file__).resolve().parent
 _COMPARE_SENTENCES = [
