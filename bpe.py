@@ -767,6 +767,10 @@ class Tokenizer:
                 ids.extend(self.encode_ordinary(part))
         return ids
 
+    def decode_single_token_bytes(self, i):
+        """The bytes of token i (tiktoken's name for it)."""
+        return self.vocab[i]
+
     def decode(self, ids):
         try:
             data = b"".join(self.vocab[i] for i in ids)

@@ -577,13 +577,13 @@ def test_compare_table_counts_match_tiktoken_and_ours(compare_files, gpt2_enc, c
 
 def test_compare_measure_and_pieces(gpt2_enc):
     text = "héllo 世界"  # 8 characters, 1+2+1+1+1+1+3+3 = 13 UTF-8 bytes
-    r = ct.measure(ct.from_tiktoken(gpt2_enc), "t", text)
+    r = ct.measure("t", gpt2_enc, "t", text)
     ids = gpt2_enc.encode(text)
     assert (r["chars"], r["bytes"], r["tokens"], r["ids"]) == (8, 13, len(ids), ids)
     assert r["bytes_per_token"] == 13 / len(ids) and r["chars_per_token"] == 8 / len(ids)
-    assert ct.show_pieces(ct.from_tiktoken(gpt2_enc), gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
+    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
     # A piece that is only part of a UTF-8 character shows its bytes: GPT-2 splits 世 (e4 b8 96).
-    assert ct.show_pieces(ct.from_tiktoken(gpt2_enc), gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
+    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
 
 
 def test_compare_trains_missing_model_like_bpe_cli(compare_files, capsys):
