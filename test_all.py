@@ -199,7 +199,8 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
 
 
 @pytest.mark.parametrize("knob, value", [("BULK_MIN", 1), ("BULK_MIN", 3), ("BULK_MIN", 50), ("RARE", 0),
-                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9)])
+                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9), ("ENDGAME", False),
+                                         ("LOW", 1), ("LOW", 3), ("RADIX", False)])
 def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
     # The knobs choose a path, never a result. Merges with BULK_MIN or more places run in numpy
     # (_apply_merge_bulk): 1 and 3 force it on small texts. Pairs rarer than RARE get no place list until
@@ -254,8 +255,17 @@ def test_bpe_warns_once_and_keeps_merges_when_pairs_run_out():
         bpe.Tokenizer().train(text, 255)
 
 
+_BPE_ENCODE_KNOBS = [("CACHE_CHUNKS", False), ("TOKEN_TABLE", False), ("CUT_UNJOINABLE", False),
+                     ("STRIDE3", False), ("LONG_CHUNK", 1), ("LONG_CHUNK", 10**9), ("ascii_twin", lambda p: None),
+                     ("ASCII_STRETCH", re.compile(r"(?!)"))]
+
+
+@pytest.mark.parametrize("knob, value", [(None, None)] + _BPE_ENCODE_KNOBS)
 @pytest.mark.parametrize("pattern", ["gpt4", "gpt2", None])
-def test_bpe_encode_matches_textbook_and_round_trips(pattern):
+def test_bpe_encode_matches_textbook_and_round_trips(monkeypatch, pattern, knob, value):
+    # The knobs switch one encoding shortcut off (LONG_CHUNK=1: every chunk takes the heap), never a result.
+    if knob:
+        monkeypatch.setattr(bpe, knob, value)
     train_text = _bpe_long_text(8)
     tok = bpe.Tokenizer(pattern).train(train_text, 600)
     samples = [_bpe_long_text(3), "", " ", "a" * 300, " " * 150 + "x", "\n" * 80, _BPE_EMOJI,
@@ -301,10 +311,10 @@ def test_bpe_ascii_twin_splits_exactly_like_regex(pattern):
         assert bool(regex.match(r"\p{L}", c)) == (c in string.ascii_letters)
         assert bool(regex.match(r"\p{N}", c)) == (c in string.digits)
         assert bool(regex.match(r"\s", c)) == (c in "\t\n\x0b\x0c\r ")
-    tok = bpe.Tokenizer(pattern)
-    assert tok._ascii_pattern is not None
+    tok, twin = bpe.Tokenizer(pattern), bpe.ascii_twin(pattern)
+    assert tok._ascii_pattern is not None and twin is not None
     for text in _bpe_ascii_texts():
-        assert tok.split(text) == regex.findall(pattern, text), repr(text)
+        assert tok.split(text) == twin.findall(text) == regex.findall(pattern, text), repr(text)
     assert tok.split("naïve 中文") == regex.findall(pattern, "naïve 中文")   # non-ASCII text takes `regex`
 
 
@@ -385,6 +395,26 @@ def test_bpe_special_tokens_and_allowed_special_modes():
     assert tok.decode(tok.encode(text, allowed_special="all")) == text
     tok.register_special_tokens({"<|x|>": 5000})
     assert tok.encode("a<|x|>", allowed_special="all")[-1] == 5000 and tok.decode([5000]) == "<|x|>"
+
+
+def test_bpe_overlapping_special_tokens_longest_wins(gpt2_enc):
+    # Specials sharing a prefix ("<|end" ...) encode as tiktoken encodes them with the same specials.
+    import tiktoken
+    gpt2 = bpe.Tokenizer.from_tiktoken(gpt2_enc)
+    special = {"<|endoftext|>": 50256, "<|end|>": 50257}
+    gpt2.register_special_tokens(special)
+    enc = tiktoken.Encoding("overlap", pat_str=gpt2_enc._pat_str, mergeable_ranks=gpt2_enc._mergeable_ranks,
+                            special_tokens=special)
+    text = "a<|end|>b<|endoftext|> c<|end|><|endoftext|><|end<|end|x <|endo|> end|>"
+    assert gpt2.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
+    assert gpt2.encode(text, allowed_special="all")[:3] == [64, 50257, 65]
+    # One special inside another: the longest wins wherever both match (tiktoken's pick follows no such rule).
+    tok = bpe.Tokenizer("gpt2", special_tokens=["<|im|>", "<|im|>\n", "\n<|im|>"]).train(_BPE_ENGLISH, 300)
+    im, im_nl, nl_im = 300, 301, 302
+    ordinary = tok.encode_ordinary
+    assert tok.encode("x<|im|>\ny\n<|im|>z<|im|>", allowed_special="all") == \
+        ordinary("x") + [im_nl] + ordinary("y") + [nl_im] + ordinary("z") + [im]
+    assert tok.encode("<|im|>\n<|im|>", allowed_special="all") == [im_nl, im]
 
 
 @pytest.mark.parametrize("pattern", ["gpt4", "gpt2", None])
