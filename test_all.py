@@ -132,58 +132,8 @@ def test_offline_tiktoken_is_real_gpt2(gpt2_enc):
 
 
 # =================================================================================================
-# Tokenizer: bpe.py (issue 2)
+# Tokenizer: bpe.py
 # =================================================================================================
-_BPE_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _bpe_slow_split(text, pattern):
-    return regex.findall(pattern, text) if pattern else ([text] if text else [])
-
-
-def _bpe_slow_merge(ids, pair, new_id):
-    out, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
-def _bpe_slow_train(text, vocab_size, pattern):
-    """The textbook algorithm, recounting everything for every merge (minbpe's RegexTokenizer.train)."""
-    chunks = [list(c.encode("utf-8")) for c in _bpe_slow_split(text, pattern)]
-    merges = {}
-    for new_id in range(256, vocab_size):
-        counts = {}
-        for ids in chunks:
-            for pair in zip(ids, ids[1:]):
-                counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            break
-        pair = max(counts, key=counts.get)      # first of the most frequent, in text order
-        merges[pair] = new_id
-        chunks = [_bpe_slow_merge(ids, pair, new_id) for ids in chunks]
-    return merges
-
-
-def _bpe_slow_encode(text, merges, pattern):
-    """Textbook encode: in each chunk, merge the lowest-id pair present until none is a merge."""
-    out = []
-    for chunk in _bpe_slow_split(text, pattern):
-        ids = list(chunk.encode("utf-8"))
-        while len(ids) >= 2:
-            pair = min(set(zip(ids, ids[1:])), key=lambda p: merges.get(p, float("inf")))
-            if pair not in merges:
-                break
-            ids = _bpe_slow_merge(ids, pair, merges[pair])
-        out.extend(ids)
-    return out
-
-
 _BPE_ENGLISH = """\
 The tokenizer turns text into a list of integers. It first splits the text into chunks with a regular
 expression, so that words, numbers and punctuation never merge with each other; then it repeatedly
@@ -241,15 +191,16 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
         warnings.simplefilter("ignore")   # tiny texts run out of pairs; that is tested separately
         for text in _BPE_TEXTS:
             for vocab_size in (256, 257, 300, 420):
-                expected = _bpe_slow_train(text, vocab_size, pat)
+                expected = bpe.textbook_train(text, vocab_size, pat)
                 assert bpe.Tokenizer(pattern).train(text, vocab_size).merges == expected, (text[:40], vocab_size)
         for text in _bpe_tie_texts():
-            expected = _bpe_slow_train(text, 300, pat)
+            expected = bpe.textbook_train(text, 300, pat)
             assert bpe.Tokenizer(pattern).train(text, 300).merges == expected, text
 
 
 @pytest.mark.parametrize("knob, value", [("BULK_MIN", 1), ("BULK_MIN", 3), ("BULK_MIN", 50), ("RARE", 0),
-                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9)])
+                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9), ("ENDGAME", False),
+                                         ("LOW", 1), ("LOW", 3), ("RADIX", False)])
 def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
     # The knobs choose a path, never a result. Merges with BULK_MIN or more places run in numpy
     # (_apply_merge_bulk): 1 and 3 force it on small texts. Pairs rarer than RARE get no place list until
@@ -261,11 +212,11 @@ def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
         warnings.simplefilter("ignore")
         for pattern in ("gpt4", None):
             for text in _BPE_TEXTS + _bpe_tie_texts()[::4]:
-                expected = _bpe_slow_train(text, 330, bpe.PATTERNS[pattern])
+                expected = bpe.textbook_train(text, 330, bpe.PATTERNS[pattern])
                 assert bpe.Tokenizer(pattern).train(text, 330).merges == expected, (pattern, text[:40])
         text = _bpe_long_text(4)
         for pattern, vocab_size in (("gpt2", 600), ("gpt4", 900)):
-            expected = _bpe_slow_train(text, vocab_size, bpe.PATTERNS[pattern])
+            expected = bpe.textbook_train(text, vocab_size, bpe.PATTERNS[pattern])
             assert bpe.Tokenizer(pattern).train(text, vocab_size).merges == expected, (pattern, vocab_size)
 
 
@@ -284,7 +235,7 @@ def test_bpe_training_pauses_the_garbage_collector_and_restores_it():
 @pytest.mark.parametrize("pattern, vocab_size", [("gpt4", 900), ("gpt2", 700), (None, 500)])
 def test_bpe_train_matches_textbook_large_vocab(pattern, vocab_size):
     text = _bpe_long_text(6)
-    expected = _bpe_slow_train(text, vocab_size, bpe.PATTERNS[pattern])
+    expected = bpe.textbook_train(text, vocab_size, bpe.PATTERNS[pattern])
     tok = bpe.Tokenizer(pattern).train(text, vocab_size)
     assert tok.merges == expected
     assert list(tok.merges.values()) == list(range(256, vocab_size))
@@ -297,25 +248,34 @@ def test_bpe_warns_once_and_keeps_merges_when_pairs_run_out():
     with pytest.warns(UserWarning, match="no pairs left") as record:
         tok = bpe.Tokenizer("gpt4").train(text, 5000)
     assert len([w for w in record if "no pairs left" in str(w.message)]) == 1
-    assert tok.merges == _bpe_slow_train(text, 5000, bpe.GPT4_PATTERN)
+    assert tok.merges == bpe.textbook_train(text, 5000, bpe.GPT4_PATTERN)
     assert 0 < len(tok.merges) < 5000 - 256
     assert len(tok.encode("hello")) == 1 and len(tok.encode(" world")) == 1
     with pytest.raises(ValueError, match="at least 256"):
         bpe.Tokenizer().train(text, 255)
 
 
+_BPE_ENCODE_KNOBS = [("CACHE_CHUNKS", False), ("TOKEN_TABLE", False), ("CUT_UNJOINABLE", False),
+                     ("STRIDE3", False), ("LONG_CHUNK", 1), ("LONG_CHUNK", 10**9), ("ascii_twin", lambda p: None),
+                     ("ASCII_STRETCH", re.compile(r"(?!)"))]
+
+
+@pytest.mark.parametrize("knob, value", [(None, None)] + _BPE_ENCODE_KNOBS)
 @pytest.mark.parametrize("pattern", ["gpt4", "gpt2", None])
-def test_bpe_encode_matches_textbook_and_round_trips(pattern):
+def test_bpe_encode_matches_textbook_and_round_trips(monkeypatch, pattern, knob, value):
+    # The knobs switch one encoding shortcut off (LONG_CHUNK=1: every chunk takes the heap), never a result.
+    if knob:
+        monkeypatch.setattr(bpe, knob, value)
     train_text = _bpe_long_text(8)
     tok = bpe.Tokenizer(pattern).train(train_text, 600)
     samples = [_bpe_long_text(3), "", " ", "a" * 300, " " * 150 + "x", "\n" * 80, _BPE_EMOJI,
                "未见过的汉字：龘靐齉爩", "\x00\x01\x7f control", "🧬" * 40]
     for text in samples:
         ids = tok.encode(text)
-        assert ids == _bpe_slow_encode(text, tok.merges, bpe.PATTERNS[pattern])
+        assert ids == bpe.textbook_encode(text, tok.merges, bpe.PATTERNS[pattern])
         assert tok.decode(ids) == text
     # The chunk cache returns the same ids the second time.
-    assert tok.encode(samples[0]) == _bpe_slow_encode(samples[0], tok.merges, bpe.PATTERNS[pattern])
+    assert tok.encode(samples[0]) == bpe.textbook_encode(samples[0], tok.merges, bpe.PATTERNS[pattern])
 
 
 def test_bpe_long_chunk_encoder_equals_short_one():
@@ -327,7 +287,7 @@ def test_bpe_long_chunk_encoder_equals_short_one():
     for _ in range(30):
         text = "".join(rng.choice("abrcd ") for _ in range(rng.randint(65, 400)))
         ids = list(text.encode())
-        assert bpe._encode_long_chunk(ids, tok.merges) == _bpe_slow_encode(text, tok.merges, None)
+        assert bpe._encode_long_chunk(ids, tok.merges) == bpe.textbook_encode(text, tok.merges, None)
 
 
 def _bpe_ascii_texts():
@@ -351,10 +311,10 @@ def test_bpe_ascii_twin_splits_exactly_like_regex(pattern):
         assert bool(regex.match(r"\p{L}", c)) == (c in string.ascii_letters)
         assert bool(regex.match(r"\p{N}", c)) == (c in string.digits)
         assert bool(regex.match(r"\s", c)) == (c in "\t\n\x0b\x0c\r ")
-    tok = bpe.Tokenizer(pattern)
-    assert tok._ascii_pattern is not None
+    tok, twin = bpe.Tokenizer(pattern), bpe.ascii_twin(pattern)
+    assert tok._ascii_pattern is not None and twin is not None
     for text in _bpe_ascii_texts():
-        assert tok.split(text) == regex.findall(pattern, text), repr(text)
+        assert tok.split(text) == twin.findall(text) == regex.findall(pattern, text), repr(text)
     assert tok.split("naïve 中文") == regex.findall(pattern, "naïve 中文")   # non-ASCII text takes `regex`
 
 
@@ -415,7 +375,7 @@ def test_bpe_gpt2_merges_are_textbook_encode(_bpe_gpt2, gpt2_enc):
     # Map GPT-2's ids for single bytes back to raw bytes so the slow encoder can run on plain bytes.
     raw = lambda i: unshuffle[i] if i < 256 else i          # noqa: E731
     merges = {(raw(a), raw(b)): i for (a, b), i in _bpe_gpt2.merges.items()}
-    slow = [(_bpe_gpt2.byte_ids[i] if i < 256 else i) for i in _bpe_slow_encode(text, merges, _bpe_gpt2.pattern)]
+    slow = [(_bpe_gpt2.byte_ids[i] if i < 256 else i) for i in bpe.textbook_encode(text, merges, _bpe_gpt2.pattern)]
     assert slow == gpt2_enc.encode_ordinary(text)
 
 
@@ -435,6 +395,26 @@ def test_bpe_special_tokens_and_allowed_special_modes():
     assert tok.decode(tok.encode(text, allowed_special="all")) == text
     tok.register_special_tokens({"<|x|>": 5000})
     assert tok.encode("a<|x|>", allowed_special="all")[-1] == 5000 and tok.decode([5000]) == "<|x|>"
+
+
+def test_bpe_overlapping_special_tokens_longest_wins(gpt2_enc):
+    # Specials sharing a prefix ("<|end" ...) encode as tiktoken encodes them with the same specials.
+    import tiktoken
+    gpt2 = bpe.Tokenizer.from_tiktoken(gpt2_enc)
+    special = {"<|endoftext|>": 50256, "<|end|>": 50257}
+    gpt2.register_special_tokens(special)
+    enc = tiktoken.Encoding("overlap", pat_str=gpt2_enc._pat_str, mergeable_ranks=gpt2_enc._mergeable_ranks,
+                            special_tokens=special)
+    text = "a<|end|>b<|endoftext|> c<|end|><|endoftext|><|end<|end|x <|endo|> end|>"
+    assert gpt2.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
+    assert gpt2.encode(text, allowed_special="all")[:3] == [64, 50257, 65]
+    # One special inside another: the longest wins wherever both match (tiktoken's pick follows no such rule).
+    tok = bpe.Tokenizer("gpt2", special_tokens=["<|im|>", "<|im|>\n", "\n<|im|>"]).train(_BPE_ENGLISH, 300)
+    im, im_nl, nl_im = 300, 301, 302
+    ordinary = tok.encode_ordinary
+    assert tok.encode("x<|im|>\ny\n<|im|>z<|im|>", allowed_special="all") == \
+        ordinary("x") + [im_nl] + ordinary("y") + [nl_im] + ordinary("z") + [im]
+    assert tok.encode("<|im|>\n<|im|>", allowed_special="all") == [im_nl, im]
 
 
 @pytest.mark.parametrize("pattern", ["gpt4", "gpt2", None])
@@ -489,27 +469,24 @@ def test_bpe_load_rejects_corrupt_files(tmp_path, content):
         bpe.Tokenizer().load(str(path))
 
 
-def _bpe_cli(*args, cwd):
-    return subprocess.run([sys.executable, os.path.join(_BPE_HERE, "bpe.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
+@slow
 def test_bpe_cli_trains_saves_and_reports(tmp_path):
     (tmp_path / "corpus.txt").write_text(_bpe_long_text(12), encoding="utf-8")
-    r = _bpe_cli("corpus.txt", "400", "--pattern", "gpt2", "--special", "<|endoftext|>", cwd=tmp_path)
+    r = run_script("bpe.py", "corpus.txt", "400", "--pattern", "gpt2", "--special", "<|endoftext|>", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "round trip ok" in r.stdout and "merges/s" in r.stdout and "bytes per token" in r.stdout
     assert "longest tokens" in r.stdout
     tok = bpe.Tokenizer().load(str(tmp_path / "corpus.model"))
     assert len(tok.merges) == 144 and tok.special_tokens == {"<|endoftext|>": 400}
-    assert tok.merges == _bpe_slow_train(_bpe_long_text(12), 400, bpe.GPT2_PATTERN)
-    r = _bpe_cli("corpus.txt", "300", "-o", "out/small", "--pattern", "none", cwd=tmp_path)
+    assert tok.merges == bpe.textbook_train(_bpe_long_text(12), 400, bpe.GPT2_PATTERN)
+    r = run_script("bpe.py", "corpus.txt", "300", "-o", "out/small", "--pattern", "none", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "small.model").exists() and (tmp_path / "out" / "small.vocab").exists()
-    r = _bpe_cli("--load", "corpus.model", "--encode", "hello world", cwd=tmp_path)
+    r = run_script("bpe.py", "--load", "corpus.model", "--encode", "hello world", cwd=tmp_path)
     assert r.returncode == 0 and [int(x) for x in r.stdout.split()] == tok.encode("hello world")
 
 
+@slow
 def test_bpe_cli_bad_inputs_get_one_line_errors(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     (tmp_path / "ok.txt").write_text("hello", encoding="utf-8")
@@ -518,7 +495,7 @@ def test_bpe_cli_bad_inputs_get_one_line_errors(tmp_path):
              (("ok.txt", "100"), "at least 256"), (("--load", "bad.model", "--encode", "x"), "not a valid"),
              (("--load", "nothere.model", "--encode", "x"), "no such file")]
     for args, message in cases:
-        r = _bpe_cli(*args, cwd=tmp_path)
+        r = run_script("bpe.py", *args, cwd=tmp_path)
         assert r.returncode != 0, args
         assert "Traceback" not in r.stderr, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -553,11 +530,11 @@ def test_bpe_train_with_64_bit_nodes_matches_textbook(monkeypatch):
     for bulk_min in (3, 300):
         monkeypatch.setattr(bpe, "BULK_MIN", bulk_min)
         text = _bpe_long_text(2)
-        assert bpe.Tokenizer("gpt2").train(text, 500).merges == _bpe_slow_train(text, 500, bpe.GPT2_PATTERN)
+        assert bpe.Tokenizer("gpt2").train(text, 500).merges == bpe.textbook_train(text, 500, bpe.GPT2_PATTERN)
 
 
 # =================================================================================================
-# Tokenizer comparison: compare_tokenizers.py (issue 2)
+# Tokenizer comparison: compare_tokenizers.py
 # =================================================================================================
 _COMPARE_DIR = pathlib.Path(__file__).resolve().parent
 _COMPARE_SENTENCES = [
@@ -630,13 +607,13 @@ def test_compare_table_counts_match_tiktoken_and_ours(compare_files, gpt2_enc, c
 
 def test_compare_measure_and_pieces(gpt2_enc):
     text = "héllo 世界"  # 8 characters, 1+2+1+1+1+1+3+3 = 13 UTF-8 bytes
-    r = ct.measure(ct.from_tiktoken(gpt2_enc), "t", text)
+    r = ct.measure("t", gpt2_enc, "t", text)
     ids = gpt2_enc.encode(text)
     assert (r["chars"], r["bytes"], r["tokens"], r["ids"]) == (8, 13, len(ids), ids)
     assert r["bytes_per_token"] == 13 / len(ids) and r["chars_per_token"] == 8 / len(ids)
-    assert ct.show_pieces(ct.from_tiktoken(gpt2_enc), gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
+    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
     # A piece that is only part of a UTF-8 character shows its bytes: GPT-2 splits 世 (e4 b8 96).
-    assert ct.show_pieces(ct.from_tiktoken(gpt2_enc), gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
+    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
 
 
 def test_compare_trains_missing_model_like_bpe_cli(compare_files, capsys):
