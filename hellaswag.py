@@ -3,13 +3,10 @@
 Each HellaSwag example is a context and 4 candidate endings; the model "answers" by picking the ending
 it finds most likely. Two conventions are in use and give different numbers for the same model:
 
-  --style nanogpt   the well-known GPT-2 reproduction: context = the `ctx` field, each ending rendered as
-                    " " + ending; acc picks the smallest summed completion loss, acc_norm the smallest
-                    mean per-token loss.
-  --style harness   lm-evaluation-harness: the query is a cleaned-up
-                    "activity_label: ctx_a Ctx_b" (brackets and [title] markers removed), acc picks the
-                    largest summed log-likelihood, acc_norm the largest log-likelihood per character of
-                    the ending.
+  --style nanogpt   the well-known GPT-2 reproduction: context = `ctx`, each ending " " + ending; acc picks
+                    the smallest summed ending loss, acc_norm the smallest mean per-token loss.
+  --style harness   lm-evaluation-harness: the query is a cleaned-up "activity_label: ctx_a Ctx_b"; acc
+                    picks the largest summed log-likelihood, acc_norm the largest per character of ending.
 
 Run it:
     python hellaswag.py -m gpt2                       # OpenAI's weights (any of the four sizes)
@@ -216,17 +213,12 @@ def pack_batch(parts, pad_to=1):
     return idx, pos, seg, longs(rows), longs(sources), longs(targets), longs(owner)
 
 
-def packed_mask(seg):
-    """(B, 1, L, L) attention mask for packed rows: a token sees the context and the earlier tokens of its
-    own ending only (never another ending), the same for every head."""
-    causal = torch.ones(seg.size(1), seg.size(1), dtype=torch.bool, device=seg.device).tril()
-    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, query, key)
-    return (causal & visible)[:, None]
-
-
 def packed_hidden(model, idx, pos, seg):
-    """The model's own forward over packed rows (compiled as one function under --compile)."""
-    return model.hidden_states(idx, pos=pos, attn_mask=packed_mask(seg))
+    """The model's own forward over packed rows, with an attention mask that lets a token see the context
+    and the earlier tokens of its own ending only (never another ending)."""
+    causal = torch.ones(idx.size(1), idx.size(1), dtype=torch.bool, device=idx.device).tril()
+    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, query, key)
+    return model.hidden_states(idx, pos=pos, attn_mask=(causal & visible)[:, None])  # same for every head
 
 
 def packed_losses(model, idx, pos, seg, rows, sources, targets, chunk=4096, hidden_fn=packed_hidden):
@@ -302,21 +294,17 @@ def batch_losses(model, parts, device, method, hidden_fn=packed_hidden, fixed_ba
     return per_ending.view(-1, 4)[:n]
 
 
-def best(values, largest=False):
-    """Index of the smallest (or largest) value; ties go to the first, like numpy's argmin/argmax."""
-    pick = max if largest else min
-    return pick(range(len(values)), key=lambda i: values[i])
-
-
 def score_record(example, losses_sum, part, style):
-    """Both conventions' numbers for one example, and the predictions of the chosen style."""
+    """Both conventions' numbers for one example, and the predictions of the chosen style (ties go to the
+    first ending, like numpy's argmin/argmax)."""
     _, endings, chars = part
     losses_mean = [s / len(e) for s, e in zip(losses_sum, endings)]
     loglik_per_char = [-s / max(c, 1) for s, c in zip(losses_sum, chars)]
-    pred_norm = best(losses_mean) if style == "nanogpt" else best(loglik_per_char, largest=True)
+    pred_norm = min(range(4), key=losses_mean.__getitem__) if style == "nanogpt" else \
+        max(range(4), key=loglik_per_char.__getitem__)
     return dict(ind=example.get("ind"), label=example["label"], losses_sum=losses_sum,
-                losses_mean=losses_mean, loglik_per_char=loglik_per_char, pred=best(losses_sum),
-                pred_norm=pred_norm)
+                losses_mean=losses_mean, loglik_per_char=loglik_per_char,
+                pred=min(range(4), key=losses_sum.__getitem__), pred_norm=pred_norm)
 
 
 # --- 4. Accuracy, summed over DDP ranks: every rank scores its shard, the counts are all-reduced.
