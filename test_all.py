@@ -1641,12 +1641,10 @@ def test_train_clear_errors(tmp_path):
 
 
 # =================================================================================================
-# Evaluation: hellaswag.py (issue 5)
-# Tests for hellaswag.py: rendering vs tiktoken, packed/batched scoring vs one-at-a-time and vs
-# transformers' GPT2LMHeadModel, accuracy on known answers, DDP, malformed files, download, CLI.
+# Evaluation: hellaswag.py
+# Rendering vs tiktoken, packed/batched scoring vs one-at-a-time and vs transformers' GPT2LMHeadModel,
+# accuracy on known answers, DDP, malformed files, download, CLI.
 # =================================================================================================
-HERE_DIR = os.path.dirname(os.path.abspath(__file__))
-
 # A hand-made HellaSwag file: the real schema, our own sentences. WikiHow-style items carry the scraping
 # artefacts ([header], [title], [step], [substeps]) the harness cleans up; several endings are long.
 _HS_ITEMS = [
@@ -1758,16 +1756,10 @@ def _hellaswag_write(path, examples):
 @pytest.fixture(scope="module")
 def hellaswag_models(tmp_path_factory):
     """A tiny random GPT2LMHeadModel saved with save_pretrained, and our GPT loaded from that directory."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from model import GPT
-    torch.manual_seed(0)
     # n_embd 16 keeps the 50257-row vocabulary projection (most of the tests' time) cheap
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=160, vocab_size=50257)).eval()
-    hf_dir = str(tmp_path_factory.mktemp("hellaswag_tiny_hf"))
-    hf.save_pretrained(hf_dir)
-    gpt = GPT.from_pretrained(hf_dir).eval()
-    return types.SimpleNamespace(hf=hf, gpt=gpt, hf_dir=hf_dir)
+    hf, hf_dir = tiny_hf(tmp_path_factory.mktemp("hellaswag_tiny_hf"), vocab_size=50257, n_positions=160,
+                         n_embd=16)
+    return types.SimpleNamespace(hf=hf, gpt=GPT.from_pretrained(hf_dir).eval(), hf_dir=hf_dir)
 
 
 def test_hellaswag_file_schema_and_load(tmp_path):
@@ -1989,6 +1981,7 @@ def _hellaswag_ddp_worker(rank, world, init_file, ckpt, data, out_dir):
         dist.destroy_process_group()
 
 
+@slow
 def test_hellaswag_ddp_equals_single_process(hellaswag_models, gpt2_enc, tmp_path):
     import torch.multiprocessing as mp
 
@@ -2004,20 +1997,15 @@ def test_hellaswag_ddp_equals_single_process(hellaswag_models, gpt2_enc, tmp_pat
     assert single["n"] == len(examples)
 
 
-def _hellaswag_cli(*args):
-    return subprocess.run([sys.executable, os.path.join(HERE_DIR, "hellaswag.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=HERE_DIR)
-
-
-def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
-    from model import ByteTokenizer, save_checkpoint
+@slow
+def test_hellaswag_cli_scores_and_writes_predictions(hellaswag_models, gpt2_enc, tmp_path):
     examples = _hellaswag_examples()
     data = _hellaswag_write(tmp_path / "hs.jsonl", examples)
     ckpt = str(tmp_path / "tiny.pt")
-    save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2", step=7)
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2", step=7)
     out = tmp_path / "preds.jsonl"
-    run = _hellaswag_cli("--ckpt", ckpt, "--file", data, "--device", "cpu", "--batch-size", "5",
-                         "--style", "harness", "--out", str(out))
+    run = run_script("hellaswag.py", "--ckpt", ckpt, "--file", data, "--device", "cpu", "--batch-size", "5",
+                     "--style", "harness", "--out", out)
     assert run.returncode == 0, run.stderr
     expected = hellaswag.score_examples(hellaswag_models.gpt, examples, gpt2_enc, "cpu", style="harness")
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -2031,16 +2019,21 @@ def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
     last = run.stdout.strip().splitlines()[-1]
     assert f"acc {summary['acc']:.4f} ({summary['correct']}/{len(examples)})" in last
     assert f"acc_norm {summary['acc_norm']:.4f} ({summary['correct_norm']}/{len(examples)})" in last
-    # --hf: transformers' own forward pass on the save_pretrained directory agrees (in-process: faster)
-    hellaswag.main(["-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu", "--style", "harness",
-                    "--limit", "10"])
-    summary = hellaswag.summarize(*hellaswag.count_correct(expected[:10]), style="harness")
+
+
+def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt2_enc, tmp_path, capsys):
+    examples = _hellaswag_examples()
+    data = _hellaswag_write(tmp_path / "hs.jsonl", examples)
+    # --hf: transformers' own forward pass on the save_pretrained directory agrees
+    hellaswag.main(["-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu", "--style",
+                    "harness", "--limit", "10"])
+    expected = hellaswag.score_examples(hellaswag_models.gpt, examples[:10], gpt2_enc, "cpu", style="harness")
+    summary = hellaswag.summarize(*hellaswag.count_correct(expected), style="harness")
     assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in capsys.readouterr().out.strip().splitlines()[-1]
     # clear one-line errors: a byte-tokenizer checkpoint, a malformed file, a bad flag value
-    from model import GPT, GPTConfig
-    byte_ckpt = str(tmp_path / "byte.pt")
-    save_checkpoint(byte_ckpt, GPT(GPTConfig(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=32)),
-                    ByteTokenizer.name)
+    ckpt, byte_ckpt = str(tmp_path / "tiny.pt"), str(tmp_path / "byte.pt")
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
+    gpt.save_checkpoint(byte_ckpt, tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=32), "byte")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(examples[0]) + "\n{oops\n")
     for args, message in [(["--ckpt", byte_ckpt, "--file", data], "'byte' tokenizer"),
