@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=PRESETS, default="gpt2", help="starting values for everything below")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="a directory of .npy token shards (from fineweb.py) or a .txt file")
-    g.add_argument("--tokenizer", choices=["gpt2", "byte"], help="for a .txt file: GPT-2 BPE or UTF-8 bytes")
+    g.add_argument("--tokenizer", help="gpt2 (BPE), byte (UTF-8 bytes), or a .model file written by bpe.py")
     g.add_argument("--shuffle", action=on_off, default=True,
                    help="seeded shard order and start offsets each epoch (--no-shuffle: the recipe's order)")
     g.add_argument("--seed", type=int, default=1337)
@@ -154,8 +154,8 @@ def check_log_dir(args):
         with atomic_write(probe):
             pass
         os.remove(probe)
-        if any(os.path.isdir(path) for path in outputs):
-            raise IsADirectoryError(f"{[p for p in outputs if os.path.isdir(p)][0]} is a directory")
+        for path in filter(os.path.isdir, outputs):
+            raise IsADirectoryError(f"{path} is a directory")
     except OSError as e:
         fail(f"--log-dir {args.log_dir} cannot hold this run's outputs ({e.strerror or e})")
 
@@ -215,20 +215,18 @@ def load_token_splits(path, tok, log):
     if not os.path.isfile(path):
         fail(f"--data {path} is neither a directory of shards nor a file"
              + (" (make the shards with `python fineweb.py`)" if path.endswith("edu_fineweb10B") else ""))
-    size = os.path.getsize(path)
-    if size * 16 > memory_bytes():  # the token list takes several bytes per character
-        fail(f"--data {path} ({size / 1e9:.1f} GB) is too big to tokenize in memory: make shards of it with "
-             f"`python fineweb.py --source {path}`")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
+        tokens = np.array(tok.encode_ordinary(text), dtype=np.uint16 if tok.n_vocab <= 2**16 else np.uint32)
     except UnicodeDecodeError as e:
         fail(f"--data {path} is not UTF-8 text ({e.reason} at byte {e.start})")
-    tokens = np.array(tok.encode_ordinary(text), dtype=np.uint16 if tok.n_vocab <= 2**16 else np.uint32)
+    except MemoryError:
+        fail(f"--data {path} is too big to tokenize in memory: make shards of it with `python fineweb.py`")
     split = int(0.9 * len(tokens))  # first 90% to learn from, last 10% to measure on
     log(f"{path}: {len(text):,} characters -> {len(tokens):,} {tok.name} tokens "
         f"({split:,} train, {len(tokens) - split:,} val)")
-    return [tokens[:split]], [tokens[split:]], {"file": os.path.abspath(path), "bytes": size}
+    return [tokens[:split]], [tokens[split:]], {"file": os.path.abspath(path), "bytes": os.path.getsize(path)}
 
 
 def check_shard(path, tok):
@@ -245,23 +243,13 @@ def check_shard(path, tok):
     return shard
 
 
-def memory_bytes():
-    """This machine's physical memory (inf where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return math.inf
-
-
 class DataLoader:
     """An endless stream of batches: epoch 0's shards end to end, then epoch 1's, and so on.
 
     A global batch is the next B*T*world tokens of the stream (plus one: targets are the inputs shifted by
     one); process `rank` takes the rank-th slice of B*T. Batches run across shard ends: no token is skipped.
     With shuffle, each epoch visits the shards in a new seeded order, each from a seeded offset and wrapping
-    around, so every epoch cuts the text into different windows. The position is one integer: the number
-    of tokens of the stream consumed so far.
-    """
+    around, so every epoch cuts the text into different windows. The position: tokens consumed so far."""
 
     def __init__(self, shards, B, T, rank=0, world=1, shuffle=True, seed=0):
         self.shards = [s for s in shards if len(s) > 0]
@@ -424,9 +412,8 @@ def start_or_resume(args, run):
 def describe(source):
     if not isinstance(source, dict):
         return "an unrecorded data source"
-    if "file" in source:
-        return f"{source['file']} ({source['bytes']:,} bytes)"
-    return f"{len(source['shards'])} shards of {sum(n for _, n in source['shards']):,} tokens"
+    return (f"{source['file']} ({source['bytes']:,} bytes)" if "file" in source else
+            f"{len(source['shards'])} shards of {sum(n for _, n in source['shards']):,} tokens")
 
 
 def read_log(log_file, log):
