@@ -395,6 +395,9 @@ def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer_name,
 
 
 def read_adapter(path):
+    """An adapter as {"lora": tensors, "lora_config", "base"}: a file of ours, or a PEFT directory."""
+    if os.path.isdir(path):
+        return read_peft(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"adapter file {path} does not exist.")
     try:
@@ -409,7 +412,7 @@ def read_adapter(path):
 def load_adapter(model, blob, base_hash=None):
     """Wrap `model` (the unadapted base) as the adapter says and load its A/B; refuse a different base."""
     have, want = base_hash or base_fingerprint(model), blob["base"]
-    if have != want["sha256"]:
+    if want["sha256"] and have != want["sha256"]:  # (a directory PEFT wrote names its base, without a hash)
         raise ValueError(f"adapter was trained on base {want['path']} (weights sha256 {want['sha256'][:12]}"
                          f"...), but this base's sha256 is {have[:12]}...: pass the matching --ckpt/--init.")
     cfg = blob["lora_config"]
@@ -424,6 +427,74 @@ def load_adapter(model, blob, base_hash=None):
                                  f"the model expects {tuple(params[name].shape)}.")
             params[name].copy_(t)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# PEFT's adapter format: adapter_config.json + adapter_model.safetensors
+# ---------------------------------------------------------------------------------------------
+PEFT_PREFIX = "base_model.model."
+# PEFT options that LoRALinear does not implement, and the values that mean "off".
+PEFT_OPTIONS = ("use_dora", "bias", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern",
+                "modules_to_save", "lora_bias", "exclude_modules", "target_parameters")
+PEFT_PLAIN = (None, False, "none", {}, [])
+PEFT_NOTE = """Exported by lora.py. PEFT adapts whole modules, so the q/v-only adapter (two rank-r adapters
+on the q and v blocks of GPT-2's fused c_attn) is stored as one rank-2r adapter on c_attn: A = [A_q; A_v]
+and B = [[B_q, 0], [0, 0], [0, B_v]] (zero rows for k), with lora_alpha scaled so that PEFT's scaling
+equals ours. Other modules of the same adapter get r zero rows in A and zero columns in B, to share that rank.
+"""
+
+
+def save_peft(out_dir, model, lora_config, base_path, base_hash):
+    """Write the adapter so that PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), out_dir)
+    computes what `model` computes (PEFT_NOTE says how block adapters become whole-module ones)."""
+    from safetensors.torch import save
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    r = lora_config["r"]
+    rank = max(len(m.enabled) for m in layers.values()) * r
+    tensors = {}
+    for name, m in layers.items():
+        A, B = torch.zeros(rank, m.in_features), torch.zeros(m.out_features, rank)
+        A[:len(m.enabled) * r] = m.lora_A.detach()
+        for i, (block, B_i) in enumerate(zip(m.enabled, m.lora_B.detach().split(m.block_size))):
+            B[block * m.block_size:(block + 1) * m.block_size, i * r:(i + 1) * r] = B_i
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = A, B
+    alpha, rslora = lora_config["alpha"], lora_config["rslora"]
+    config = dict(peft_type="LORA", task_type="CAUSAL_LM", base_model_name_or_path=str(base_path), r=rank,
+                  lora_alpha=alpha * (math.sqrt(rank // r) if rslora else rank // r), use_rslora=rslora,
+                  lora_dropout=lora_config["dropout"], fan_in_fan_out=True, inference_mode=True,
+                  target_modules=sorted({"c_attn" if t == "qv" else t for t in lora_config["targets"]}))
+    with gpt.atomic_write(os.path.join(out_dir, "adapter_model.safetensors")) as f:
+        f.write(save(tensors, metadata={"format": "pt", "base_sha256": base_hash}))
+    with gpt.atomic_write(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    with gpt.atomic_write(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(PEFT_NOTE)
+
+
+def read_peft(path):
+    """A PEFT LoRA directory (ours or PEFT's own) as an adapter of ours; unsupported options are refused."""
+    from safetensors import safe_open
+    try:
+        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
+            with safe_open(os.path.join(path, "adapter_model.safetensors"), "pt") as f:
+                tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        else:
+            tensors, meta = torch.load(os.path.join(path, "adapter_model.bin"), weights_only=True), {}
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable PEFT adapter directory ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120]})") from None
+    shown = ["peft_type", "target_modules"] + [k for k in PEFT_OPTIONS if config.get(k) not in PEFT_PLAIN]
+    if config.get("peft_type") != "LORA" or not isinstance(config.get("target_modules"), list) or shown[2:]:
+        raise ValueError(f"{path}: lora.py loads PEFT LoRA adapters with a list of target_modules and no "
+                         f"other options; this one has {', '.join(f'{k}={config.get(k)!r}' for k in shown)}")
+    lora_config = dict(r=config["r"], alpha=config["lora_alpha"], dropout=config.get("lora_dropout", 0.0),
+                       targets=config["target_modules"], rslora=config.get("use_rslora", False))
+    lora = {k.removeprefix(PEFT_PREFIX).removesuffix(".weight"): v for k, v in tensors.items()}
+    base = config.get("base_model_name_or_path") or "gpt2"
+    return dict(lora=lora, lora_config=lora_config,
+                base=dict(path=base, init=not os.path.isfile(base), sha256=meta.get("base_sha256")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +527,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="log/lora.pt", help="adapter-only output file")
     p.add_argument("--merge", nargs="?", const="log/lora_merged.pt",
                    help="also write a checkpoint with the adapter merged in (default: log/lora_merged.pt)")
-    p.add_argument("--adapter", help="load this adapter onto its base and only evaluate/sample")
+    p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
+    p.add_argument("--save-peft", metavar="DIR", help="also write the adapter in PEFT's format into DIR")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--seed", type=int, default=1337)
@@ -515,6 +587,7 @@ def main(argv=None):
     samples(model, title="base")
     if adapter:  # evaluate a saved adapter
         load_adapter(model, adapter, base_hash)
+        config = adapter["lora_config"]
         report(model, "adapter")
         print(f"val loss with adapter {val_loss(model):.4f}")
         samples(model, title="adapter")
@@ -528,6 +601,9 @@ def main(argv=None):
         save_adapter(args.out, model, config, base_path, base_hash, tokenizer.name, bool(args.init),
                      val_loss=stats["val_loss"], steps=args.steps)
         print(f"wrote adapter {args.out}")
+    if args.save_peft:
+        save_peft(args.save_peft, model, config, base_path, base_hash)
+        print(f"wrote PEFT adapter {args.save_peft}")
     if args.merge:
         gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer.name, lora_base=base_path)
         print(f"wrote merged checkpoint {args.merge}")

@@ -2247,6 +2247,84 @@ def test_lora_qv_equals_peft_blockdiagonal(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# PEFT's adapter format: --save-peft and PEFT directories as --adapter
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("targets, rslora", [(["qv"], False), (["qv"], True), (_LORA_ALL_TARGETS, False),
+                                             (_LORA_ALL_TARGETS, True), (["qv", "c_fc"], True)])
+def test_lora_save_peft_loads_in_peftmodel(tmp_path, targets, rslora):
+    from peft import PeftModel
+    from transformers import GPT2LMHeadModel
+    _, hf_dir = tiny_hf(tmp_path / "hf")
+    ours = GPT.from_pretrained(hf_dir).eval()
+    base_hash = lora.base_fingerprint(ours)
+    config = dict(r=3, alpha=7.0, dropout=0.0, targets=targets, rslora=rslora)
+    lora.apply_lora(ours, **config)
+    _lora_randomize_B(ours)
+    lora.save_peft(str(tmp_path / "peft"), ours, config, hf_dir, base_hash)
+    peft_model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(hf_dir), str(tmp_path / "peft"))
+    peft_model.eval()
+    idx = _lora_idx()
+    expected = ours(idx)[0]
+    assert (peft_model(idx).logits - expected).abs().max() <= 1e-5
+    with peft_model.disable_adapter():  # the adapters matter: the comparison above exercises them
+        assert (peft_model(idx).logits - expected).abs().max() > 1e-2
+    saved = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    doubled = "qv" in targets  # q/v-only: one rank-2r adapter on c_attn (zero k rows), alpha scaled to match
+    assert saved["r"] == (6 if doubled else 3) and saved["fan_in_fan_out"] and saved["use_rslora"] == rslora
+    assert saved["lora_alpha"] == (7.0 * (math.sqrt(2) if rslora else 2) if doubled else 7.0)
+    assert "rank-2r adapter on c_attn" in (tmp_path / "peft" / "README.md").read_text()
+    # And the directory loads back into our model, as --adapter DIR: the same logits, its base hash checked.
+    back = lora.load_adapter(GPT.from_pretrained(hf_dir).eval(), lora.read_adapter(str(tmp_path / "peft")))
+    assert (back(idx)[0] - expected).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="adapter was trained on base"):
+        lora.load_adapter(tiny_gpt(vocab_size=211, block_size=64), lora.read_adapter(str(tmp_path / "peft")))
+
+
+@pytest.mark.parametrize("targets, rslora", [(["c_attn"], False), (_LORA_ALL_TARGETS, True),
+                                             (["c_proj"], False)])
+def test_lora_reads_adapter_saved_by_peft(tmp_path, targets, rslora):
+    hf, hf_dir = tiny_hf(tmp_path / "hf")
+    peft_model = _lora_peft(hf, r=4, alpha=16, targets=targets, rslora=rslora)
+    with torch.no_grad():
+        for m in _lora_peft_layers(peft_model).values():
+            m.lora_B["default"].weight.normal_(0, 0.2)
+    peft_model.save_pretrained(str(tmp_path / "peft"))
+    idx = _lora_idx()
+    expected = peft_model(idx).logits
+    blob = lora.read_adapter(str(tmp_path / "peft"))
+    assert blob["base"]["sha256"] is None and blob["lora_config"]["rslora"] == rslora
+    ours = lora.load_adapter(GPT.from_pretrained(hf_dir).eval(), blob)
+    assert (ours(idx)[0] - expected).abs().max() <= 1e-5
+    with peft_model.disable_adapter():
+        assert (peft_model(idx).logits - expected).abs().max() > 1e-2
+    # A base of another shape is refused in one line, not loaded half-way.
+    with pytest.raises(ValueError, match="shape") as err:
+        lora.load_adapter(tiny_gpt(vocab_size=211, block_size=64, n_embd=48, n_head=2), blob)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(target_modules=".*c_attn"), "target_modules='.*c_attn'"),
+    (dict(use_dora=True), "use_dora=True"),
+    (dict(bias="all"), "bias='all'"),
+    (dict(rank_pattern={"c_fc": 8}), "rank_pattern"),
+    (dict(peft_type="IA3"), "peft_type='IA3'"),
+    (dict(target_modules=["wte"]), "'wte' matches no nn.Linear"),
+])
+def test_lora_unsupported_peft_adapters_get_one_line_errors(tmp_path, change, needle):
+    hf, hf_dir = tiny_hf(tmp_path / "hf")
+    _lora_peft(hf, r=4, alpha=16, targets=["c_attn"]).save_pretrained(str(tmp_path / "peft"))
+    config_path = tmp_path / "peft" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **change}))
+    with pytest.raises(ValueError) as err:
+        lora.load_adapter(GPT.from_pretrained(hf_dir), lora.read_adapter(str(tmp_path / "peft")))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    config_path.unlink()
+    with pytest.raises(ValueError, match="not a readable PEFT adapter directory"):
+        lora.read_adapter(str(tmp_path / "peft"))
+
+
+# ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
 
@@ -2459,7 +2537,8 @@ def test_lora_cli(tmp_path):
     common = ["--data", data, "--batch-size", "16", "--eval-examples", "32", "--samples", "1",
               "--device", "cpu"]
     run = run_script("lora.py", "--ckpt", "tiny.pt", *common, "--steps", "8", "--warmup", "2", "--lr", "1e-2",
-                     "--r", "4", "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full", cwd=tmp_path)
+                     "--r", "4", "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full",
+                     "--save-peft", "peft", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     assert "trainable params 2,304 of" in out  # 2 layers x (2*4*(32+32) + 4*(128+32))
@@ -2475,6 +2554,11 @@ def test_lora_cli(tmp_path):
     run = run_script("lora.py", "--adapter", "log/lora.pt", *common, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "val loss with adapter" in run.stdout
+    # The same adapter through PEFT's format (written by --save-peft), on the base it names.
+    peft_run = run_script("lora.py", "--adapter", "peft", *common, cwd=tmp_path)
+    assert peft_run.returncode == 0, peft_run.stderr[-2000:]
+    loss = [float(re.search(r"val loss with adapter ([\d.]+)", r.stdout).group(1)) for r in (run, peft_run)]
+    assert abs(loss[0] - loss[1]) <= 2e-4, loss
     # A different base is refused with one line, no traceback.
     run = run_script("lora.py", "--adapter", "log/lora.pt", "--ckpt", "other.pt", *common, cwd=tmp_path)
     assert_one_line_error(run, "error: adapter was trained on base tiny.pt")
