@@ -2581,3 +2581,123 @@ def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lo
     with pytest.raises(ValueError, match="could not load 'gpt2'") as err:
         lora.main(["--init", "gpt2", "--data", "notes.txt", "--device", "cpu"])
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: refused at the door in one line naming the culprit, the user's files untouched
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def lora_door(tmp_path, monkeypatch, capsys):
+    """A folder with a base, data, an adapter of ours and a PEFT one; -> run(argv): (exit code, message)."""
+    monkeypatch.chdir(tmp_path)
+    gpt.save_checkpoint("tiny.pt", _lora_tiny_gpt(), "byte")
+    _lora_task_file(tmp_path / "task.txt", n=60)
+    model = _lora_tiny_gpt()
+    config = dict(r=2, alpha=4.0, dropout=0.0, targets=["qv"], rslora=False)
+    base_hash = lora.base_fingerprint(model)
+    lora.apply_lora(model, **config)
+    lora.save_adapter("lora.pt", model, config, "tiny.pt", base_hash, "byte")
+    lora.save_peft("peft", model, config, "tiny.pt", base_hash)
+    (tmp_path / "bad_pairs.txt").write_text("a : 1||one .\nb : 2||two .\nc : 3 three .\nd : 4||four .\n")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 3, "completion": ""}')
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n')
+    (tmp_path / "binary.txt").write_bytes(b"text then \xff\xfe bytes")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+
+    def run(argv):
+        try:
+            lora.main(["--device", "cpu", "--steps", "2", "--eval-examples", "4", "--samples", "0", *argv])
+        except SystemExit as e:  # argparse: usage, then one error line
+            return e.code, capsys.readouterr().err.strip().splitlines()[-1]
+        except (ValueError, FileNotFoundError) as e:  # the CLI prints these as one "error: ..." line
+            return 1, str(e)
+        return 0, ""
+    return run
+
+
+def _lora_break_adapter(tmp_path, how):
+    """Make the fixture's adapters hostile: a config field changed, a NaN weight, a PEFT config replaced."""
+    if how[0] == "peft":
+        path = tmp_path / "peft" / "adapter_config.json"
+        change = how[1]
+        if isinstance(change, dict):
+            change = {**json.loads(path.read_text()), **change}
+        path.write_text(json.dumps(change))
+        return
+    blob = torch.load("lora.pt", weights_only=True)
+    if how[0] == "nan":
+        next(iter(blob["lora"].values()))[0, 0] = math.nan
+    else:
+        blob["lora_config"].update(how[1])
+    torch.save(blob, "lora.pt")
+
+
+_LORA_T = ["--ckpt", "tiny.pt", "--data", "task.txt"]      # train on the fixture's base and data
+_LORA_A = ["--adapter", "lora.pt", "--data", "task.txt"]   # evaluate the fixture's adapter
+_LORA_DOOR_CASES = [  # (argv, the culprit the message names, how to break an adapter first)
+    (["--alpha", "nan"], "--alpha", None), (["--alpha", "inf"], "--alpha", None),
+    (["--lr", "-1e-3"], "--lr", None), (["--full-lr", "nan"], "--full-lr", None),
+    (["--dropout", "1"], "--dropout", None), (["--dropout", "-0.1"], "--dropout", None),
+    (["--r", "0"], "--r", None), (["--steps", "0"], "--steps", None),
+    (["--eval-examples", "0"], "--eval-examples", None), (["--eval-examples", "-3"], "--eval-examples", None),
+    (["--weight-decay", "inf"], "--weight-decay", None), (["--grad-clip", "0"], "--grad-clip", None),
+    (["--val-frac", "1"], "--val-frac", None), (["--block-size", "1"], "--block-size", None),
+    (["--targets", ","], "--targets", None), (["--device", "tpu"], "--device", None),
+    (["--adapter", "lora.pt", "--full"], "--full", None),
+    # outputs onto inputs (and onto each other)
+    (_LORA_T + ["--merge", "tiny.pt"], "--merge tiny.pt is also --ckpt", None),
+    (_LORA_T + ["--merge", "./tiny.pt"], "is also --ckpt", None),
+    (_LORA_T + ["--merge", "task.txt"], "--merge task.txt is also --data", None),
+    (_LORA_T + ["--out", "tiny.pt"], "--out tiny.pt is also --ckpt", None),
+    (_LORA_T + ["--out", "m.pt", "--merge", "m.pt"], "--merge m.pt is also --out", None),
+    (_LORA_A + ["--merge", "lora.pt"], "--merge lora.pt is also --adapter", None),
+    (_LORA_A + ["--merge", "tiny.pt"], "--merge tiny.pt is also --ckpt", None),  # the adapter's base
+    (["--adapter", "peft", "--data", "task.txt", "--save-peft", "peft"], "is also --adapter", None),
+    # outputs that cannot be written: found before training, not after it
+    (_LORA_T + ["--out", "a_file/lora.pt"], "--out a_file/lora.pt cannot be written", None),
+    (_LORA_T + ["--merge", "a_folder"], "--merge a_folder cannot be written", None),
+    (_LORA_T + ["--save-peft", "a_file"], "cannot be written", None),
+    # data files
+    (["--ckpt", "tiny.pt", "--data", "bad_pairs.txt"], "bad_pairs.txt:3: no '||'", None),
+    (["--ckpt", "tiny.pt", "--data", "bad.jsonl"],
+     "bad.jsonl:2: expected a JSON object whose 'prompt'", None),
+    (["--ckpt", "tiny.pt", "--data", "broken.jsonl"], "broken.jsonl:2: not valid JSON", None),
+    (["--ckpt", "tiny.pt", "--data", "binary.txt"], "binary.txt is not UTF-8", None),
+    (["--ckpt", "tiny.pt", "--data", "missing.txt"], "missing.txt", None),
+    # adapters with fields of the wrong type or value
+    (_LORA_A, "'r' must be int, got '2'", ("config", dict(r="2"))),
+    (_LORA_A, "'alpha' must be finite", ("config", dict(alpha=math.nan))),
+    (_LORA_A, "'targets' must be list", ("config", dict(targets="qv"))),
+    (_LORA_A, "'dropout' must be in [0, 1)", ("config", dict(dropout=2.0))),
+    (_LORA_A, "holds non-finite values", ("nan",)),
+    (["--adapter", "peft", "--data", "task.txt"], "'r' must be int", ("peft", dict(r="2"))),
+    (["--adapter", "peft", "--data", "task.txt"], "holds no JSON object", ("peft", [1, 2])),
+    # a loss that turns NaN stops the run before anything is written
+    (_LORA_T + ["--lr", "1e30", "--warmup", "0", "--merge", "m.pt", "--save-peft", "p"], "loss is nan", None),
+]
+
+
+@pytest.mark.parametrize("argv, culprit, broken", _LORA_DOOR_CASES)
+def test_lora_hostile_input_refused_in_one_line(lora_door, tmp_path, argv, culprit, broken):
+    if broken:
+        _lora_break_adapter(tmp_path, broken)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, message = lora_door(argv)
+    assert code != 0 and culprit in message and "\n" not in message, (code, message)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing overwritten: every file byte-identical
+
+
+@slow
+def test_lora_cli_hostile_input_no_traceback(tmp_path):
+    gpt.save_checkpoint(str(tmp_path / "tiny.pt"), _lora_tiny_gpt(), "byte")
+    _lora_task_file(tmp_path / "task.txt", n=60)
+    original = (tmp_path / "tiny.pt").read_bytes()
+    cases = [(["--alpha", "nan"], "--alpha"), (["--merge", "tiny.pt"], "--merge tiny.pt is also"),
+             (["--lr", "1e30", "--warmup", "0"], "loss is nan")]
+    for argv, culprit in cases:
+        run = run_script("lora.py", *_LORA_T, "--steps", "2", "--samples", "0", "--device", "cpu", *argv,
+                         cwd=tmp_path)
+        assert_one_line_error(run, culprit)
+    assert (tmp_path / "tiny.pt").read_bytes() == original and not (tmp_path / "log").exists()
