@@ -399,8 +399,8 @@ def base_fingerprint(model):
     return h.hexdigest()
 
 
-def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer_name, base_is_init=False, **extra):
-    blob = {"lora": lora_state_dict(model), "lora_config": dict(lora_config), "tokenizer": tokenizer_name,
+def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer, base_is_init=False, **extra):
+    blob = {"lora": lora_state_dict(model), "lora_config": dict(lora_config), "tokenizer": tokenizer,
             "base": {"path": str(base_path), "init": base_is_init, "sha256": base_hash}, **extra}
     with gpt.atomic_write(path) as f:
         torch.save(blob, f)
@@ -416,8 +416,11 @@ def read_adapter(path):
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say so in one line
         raise ValueError(f"{path} is not a readable adapter file ({e.__class__.__name__}).") from None
-    if not isinstance(blob, dict) or not {"lora", "lora_config", "base"} <= blob.keys():
+    if not isinstance(blob, dict) or not {"lora", "lora_config", "base"} <= blob.keys() \
+            or not isinstance(blob["lora"], dict) or not isinstance(blob["base"], dict):
         raise ValueError(f"{path} is not a LoRA adapter written by lora.py (no 'lora'/'lora_config'/'base').")
+    if not isinstance(blob["base"].get("path"), str) or not isinstance(blob["base"].get("sha256"), str):
+        raise ValueError(f"{path}: the adapter's 'base' must name a path and a sha256, got {blob['base']!r}")
     check_lora_config(blob["lora_config"], path)
     return blob
 
@@ -639,13 +642,13 @@ def choose_base(args, adapter):
 
 
 def load_base(args, device):
-    """(model, tokenizer, base hash) from --ckpt or --init."""
+    """(model, its tokenizer as the checkpoint records it, base hash) from --ckpt or --init."""
     if args.init:
         model, tokenizer = gpt.GPT.from_pretrained(args.init), "gpt2"
     else:
         model, ckpt = gpt.load_checkpoint(args.ckpt)
         tokenizer = ckpt.get("tokenizer", "gpt2")
-    return model.to(device), gpt.get_tokenizer(tokenizer), base_fingerprint(model)
+    return model.to(device), tokenizer, base_fingerprint(model)
 
 
 def report(model, name):
@@ -660,7 +663,8 @@ def main(argv=None):
     adapter = read_adapter(args.adapter) if args.adapter else None
     choose_base(args, adapter)
     check_paths(args)
-    model, tokenizer, base_hash = load_base(args, device)
+    model, tokenizer_spec, base_hash = load_base(args, device)
+    tokenizer = gpt.get_tokenizer(tokenizer_spec)
     base_path = args.init or args.ckpt
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
     print(f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, tokenizer {tokenizer.name}")
@@ -679,18 +683,19 @@ def main(argv=None):
     else:  # train one
         config = dict(r=args.r, alpha=args.alpha, dropout=args.dropout, targets=args.targets,
                       rslora=args.rslora)
-        report(model, f"LoRA on {len(apply_lora(model, **config))} layers")
+        wrapped = apply_lora(model, **config)
+        report(model, f"LoRA on {len(wrapped)} layers")
         stats = train(model, train_ex, val_ex, args, device, tokenizer.eot_token)
         print(f"val loss: base {base_loss:.4f} -> LoRA {stats['val_loss']:.4f}")
         samples(model, title="LoRA")
-        save_adapter(args.out, model, config, base_path, base_hash, tokenizer.name, bool(args.init),
+        save_adapter(args.out, model, config, base_path, base_hash, tokenizer_spec, bool(args.init),
                      val_loss=stats["val_loss"], steps=args.steps)
         print(f"wrote adapter {args.out}")
     if args.save_peft:
         save_peft(args.save_peft, model, config, base_path, base_hash)
         print(f"wrote PEFT adapter {args.save_peft}")
     if args.merge:
-        gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer.name, lora_base=base_path)
+        gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer_spec, lora_base=base_path)
         print(f"wrote merged checkpoint {args.merge}")
     if args.full:
         del model  # so that its memory does not count in the full run's peak

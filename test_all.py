@@ -2666,7 +2666,7 @@ def _lora_break_adapter(tmp_path, how):
     if how[0] == "nan":
         next(iter(blob["lora"].values()))[0, 0] = math.nan
     else:
-        blob["lora_config"].update(how[1])
+        (blob["lora_config"] if how[0] == "config" else blob).update(how[1])
     torch.save(blob, "lora.pt")
 
 
@@ -2708,6 +2708,8 @@ _LORA_DOOR_CASES = [  # (argv, the culprit the message names, how to break an ad
     (_LORA_A, "'targets' must be list", ("config", dict(targets="qv"))),
     (_LORA_A, "'dropout' must be in [0, 1)", ("config", dict(dropout=2.0))),
     (_LORA_A, "holds non-finite values", ("nan",)),
+    (_LORA_A, "'base' must name a path and a sha256", ("blob", dict(base={"path": "tiny.pt"}))),
+    (_LORA_A, "not a LoRA adapter", ("blob", dict(lora=[1, 2]))),
     (["--adapter", "peft", "--data", "task.txt"], "'r' must be int", ("peft", dict(r="2"))),
     (["--adapter", "peft", "--data", "task.txt"], "holds no JSON object", ("peft", [1, 2])),
     # a loss that turns NaN stops the run before anything is written
