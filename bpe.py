@@ -42,7 +42,7 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None
 # ---------------------------------------------------------------------------------------------
 
 def get_stats(ids, counts=None):
-    """Count the adjacent pairs of `ids` into `counts`, a dict filled in text order ("aaa" has (a, a) twice)."""
+    """Count the adjacent pairs of `ids` into `counts`, a dict in text order ("aaa" has (a, a) twice)."""
     counts = {} if counts is None else counts
     for pair in zip(ids, ids[1:]):
         counts[pair] = counts.get(pair, 0) + 1
@@ -69,7 +69,7 @@ def textbook_split(text, pattern):
 
 def textbook_train(text, vocab_size, pattern=GPT4_PATTERN):
     """Merges {(a, b): new_id}: count every pair in every chunk, merge the most frequent one everywhere,
-    repeat. Ties go to the first of the most frequent pairs in text order (max() over a dict in text order)."""
+    repeat. Ties go to the first of the most frequent pairs in text order (max() over the dict)."""
     chunks = [list(chunk.encode("utf-8")) for chunk in textbook_split(text, pattern)]
     merges = {}
     for new_id in range(256, vocab_size):
@@ -85,7 +85,7 @@ def textbook_train(text, vocab_size, pattern=GPT4_PATTERN):
 
 
 def textbook_encode(text, merges, pattern=GPT4_PATTERN):
-    """Ids of `text`: in each chunk, merge the present pair with the lowest merge id, until none is a merge."""
+    """Ids of `text`: in each chunk, merge the present pair of lowest merge id until none is a merge."""
     out = []
     for chunk in textbook_split(text, pattern):
         ids = list(chunk.encode("utf-8"))
@@ -151,7 +151,7 @@ def compile_split(pattern):
 
 
 def split_text(text, compiled, twin):
-    """The chunks of `text` (as textbook_split), with ASCII text and long ASCII stretches split by the twin."""
+    """textbook_split's chunks, with ASCII text and long ASCII stretches split by the `re` twin."""
     if compiled is None:
         return [text] if text else []
     if twin is None:
@@ -185,10 +185,8 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     count), if given, is called after each merge."""
     nodes, views = _link_chunks(chunks, counts)
     tok, nxt = nodes[0], nodes[1]
-    # pair_count holds every pair's count, where the ascending positions of the pairs that can still win.
-    # Most new pairs occur once or twice and never do: a pair rarer than `rare` gets no place list. Counts
-    # never grow, so while the best listed pair occurs `rare` times or more no unlisted pair can win or tie;
-    # once it does not, every pair is listed afresh.
+    # pair_count holds every pair's count, where the ascending positions of the pairs that might win: most
+    # pairs occur once or twice and never do, so those rarer than `rare` get no place list, until they might.
     rare = RARE
     pair_count, where = _index_pairs(views, rare)
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
@@ -274,17 +272,16 @@ def _index_pairs(views, min_count):
 
 
 def _heap_of(pair_count, where):
-    """The training heap of every listed pair: (-count, first position, pair), so the top is the next merge."""
+    """The heap of every listed pair: (-count, first position, pair), so the top is the next merge."""
     heap = [(-pair_count[pair], int(positions[0]), pair) for pair, positions in where.items()]
     heapq.heapify(heap)
     return heap
 
 
 def _pop_best(heap, pair_count, first_position, tok, nxt):
-    """Pop the most frequent pair, ties to the earliest first occurrence.
-    A heap entry's position is at or before the pair's first live occurrence: a pair's positions are all
-    recorded when it first appears (where[pair], ascending), and they only die. So an entry whose count is
-    still right and whose position is live is exact; any other is refreshed and pushed back."""
+    """Pop the most frequent pair, ties to the earliest first occurrence. An entry's position is at or
+    before the pair's first live occurrence (positions only die), so an entry whose count is right and
+    whose position is live is exact; any other is refreshed and pushed back."""
     while heap:
         neg_count, pos, pair = heapq.heappop(heap)
         count = pair_count.get(pair, 0)
@@ -299,12 +296,10 @@ def _pop_best(heap, pair_count, first_position, tok, nxt):
 
 
 def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where, rare):
-    """Merge every live occurrence of `pair`, left to right; update neighbour pair counts and positions.
-    Returns the pairs it created (all contain new_id) that occur `rare` times or more: only they get
-    their positions listed in `where`; every created pair gets its count."""
+    """Merge every live occurrence of `pair`, left to right, and update the neighbour pairs' counts and
+    places. -> the new pairs (all hold new_id) occurring `rare` times or more, which get a place list."""
     a, b = pair >> 32, pair & MASK
-    # Positions of the new pairs (x, new) and (new, y), grouped by x and y. Counts are settled per group
-    # at the end (a node's weight is its chunk's), which is much cheaper than per occurrence.
+    # Places of the new pairs (x, new) and (new, y), grouped by x and y: counts are settled per group.
     lefts, rights = defaultdict(list), defaultdict(list)
     for i in where[pair]:                 # ascending, so this is left to right with no overlap
         if tok[i] != a:
@@ -516,7 +511,8 @@ class ChunkEncoder:
         # makes many one-byte pieces; whole characters are fewer, still well-cached pieces.
         self.unjoinable = [bytes(0 if joinable[x << 8 | y] or 0x80 <= y < 0xC0 else 1 for y in range(256))
                            for x in range(256)]
-        self.pieces = _Cache(lambda piece: tuple(encode_chunk(list(piece.translate(self.byte_table)), merges)))
+        self.pieces = _Cache(lambda piece: tuple(encode_chunk(list(piece.translate(self.byte_table)),
+                                                              merges)))
         self.token_table = {}
         for token in tokens if TOKEN_TABLE else ():
             try:
@@ -528,9 +524,7 @@ class ChunkEncoder:
 
     def encode(self, chunk):
         ids = self.token_table.get(chunk)
-        if ids is not None:
-            return ids
-        return tuple(self.encode_bytes(chunk.encode("utf-8")))
+        return tuple(self.encode_bytes(chunk.encode("utf-8"))) if ids is None else ids
 
     def encode_bytes(self, data):
         """The ids of one chunk's bytes, cut where no merge can ever join."""
@@ -623,7 +617,7 @@ class Tokenizer:
             def report(pair, new_id, count):
                 bar.update(1)
                 if verbose:
-                    print(f"merge {new_id - 255}/{vocab_size - 256}: {pair} -> {new_id} ({count} occurrences)")
+                    print(f"merge {new_id - 255}/{vocab_size - 256}: {pair} -> {new_id} ({count} times)")
             learned = learn_merges([c.encode("utf-8") for c in chunk_counts], list(chunk_counts.values()),
                                    vocab_size - 256, progress=report if verbose or progress else None)
         if len(learned) < vocab_size - 256:
@@ -649,12 +643,13 @@ class Tokenizer:
             found = [s for s in self.special_tokens if s in text]
             if found and allowed_special == "none_raise":
                 raise ValueError(f"the text contains the special token {found[0]!r}; pass allowed_special="
-                                 f"'all' (or a set) to encode it as one token, or 'none' to treat it as text.")
+                                 f"'all' (or a set) to encode it as one token, or 'none' for plain text.")
             return self.encode_ordinary(text)
         if allowed_special != "all" and not isinstance(allowed_special, (set, frozenset, list, tuple)):
             raise ValueError(f"allowed_special={allowed_special!r} is not understood: use 'all', 'none', "
                              f"'none_raise' or a set of special tokens.")
-        special = {s: i for s, i in self.special_tokens.items() if allowed_special == "all" or s in allowed_special}
+        special = {s: i for s, i in self.special_tokens.items()
+                   if allowed_special == "all" or s in allowed_special}
         if not special:
             return self.encode_ordinary(text)
         # Longest first, so that where one special token holds another, the longer one wins.
@@ -686,8 +681,8 @@ class Tokenizer:
         ranks, tok = enc._mergeable_ranks, cls(pattern=enc._pat_str)
         tok.byte_ids = [ranks.get(bytes([b]), -1) for b in range(256)]
         if sorted(tok.byte_ids) != list(range(256)) or sorted(ranks.values()) != list(range(len(ranks))):
-            raise ValueError(f"tiktoken encoding {enc.name!r}: the single bytes must have ranks 0..255 and the "
-                             f"ranks no gaps, or its merges cannot be rebuilt.")
+            raise ValueError(f"tiktoken encoding {enc.name!r}: its merges cannot be rebuilt unless single "
+                             f"bytes have ranks 0..255 and the ranks no gaps.")
         # Each multi-byte token t was made from the two parts that BPE with lower ranks leaves of t.
         for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
             if len(token) > 1:
@@ -708,13 +703,14 @@ class Tokenizer:
         for i, token in self.vocab.items():
             if i not in self.inverse_special_tokens:
                 if token in ranks:
-                    raise ValueError(f"tokens {ranks[token]} and {i} are both {token!r}; tiktoken needs one id "
-                                     f"per byte string, so it cannot serve this vocabulary.")
+                    raise ValueError(f"tokens {ranks[token]} and {i} are both {token!r}; tiktoken needs one "
+                                     f"id per byte string, so it cannot serve this vocabulary.")
                 ranks[token] = i
         for (a, b), i in self.merges.items():
             if _tiktoken_bpe(ranks, self.vocab[i], max_rank=i) != [self.vocab[a], self.vocab[b]]:
-                raise ValueError(f"tiktoken's lowest-rank rule would not build token {i} ({self.vocab[i]!r}) "
-                                 f"from tokens {a} and {b}, so tiktoken cannot serve this vocabulary exactly.")
+                raise ValueError(f"tiktoken's lowest-rank rule would not build token {i} "
+                                 f"({self.vocab[i]!r}) from tokens {a} and {b}, so tiktoken cannot serve "
+                                 f"this vocabulary exactly.")
         return tiktoken.Encoding(name=name, pat_str=self.pattern or r"[\s\S]+", mergeable_ranks=ranks,
                                  special_tokens=dict(self.special_tokens))
 
@@ -824,12 +820,13 @@ def train_cli(args):
           f"({len(tok.merges) / max(seconds, 1e-9):,.0f} merges/s)\nsaved {prefix}.model and {prefix}.vocab\n"
           f"round trip ok: {len(ids):,} tokens, {n_bytes / max(len(ids), 1):.2f} bytes per token")
     longest = sorted(tok.merges.values(), key=lambda i: len(tok.vocab[i]), reverse=True)[:10]
-    print("longest tokens: " + ", ".join(repr(tok.vocab[i].decode("utf-8", errors="replace")) for i in longest))
+    print("longest tokens: " + ", ".join(repr(tok.decode([i])) for i in longest))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("text", nargs="?", default="manual.txt", help="UTF-8 training text (default manual.txt)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("text", nargs="?", default="manual.txt", help="UTF-8 training text")
     parser.add_argument("vocab_size", nargs="?", type=int, default=1024, help="256 + number of merges")
     parser.add_argument("--pattern", choices=["gpt4", "gpt2", "none"], default="gpt4",
                         help="split regex before BPE; none = classic BPE over the raw bytes")
