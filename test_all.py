@@ -199,14 +199,12 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
 
 
 @pytest.mark.parametrize("knob, value", [("BULK_MIN", 1), ("BULK_MIN", 3), ("BULK_MIN", 50), ("RARE", 0),
-                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9), ("ENDGAME", False),
-                                         ("LOW", 1), ("LOW", 3), ("RADIX", False)])
+                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9)])
 def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
     # The knobs choose a path, never a result. Merges with BULK_MIN or more places run in numpy
     # (_apply_merge_bulk): 1 and 3 force it on small texts. Pairs rarer than RARE get no place list until
-    # the best listed pair falls below RARE, then all pairs occurring twice or more are listed afresh, and
-    # once every pair occurs once the endgame merges chunks from left to right: RARE=10**9 lists nothing
-    # at first, 0 everything from the start. Vocab 900 on the long text runs into the endgame.
+    # the best listed pair falls below RARE, then all pairs are listed afresh: RARE=10**9 lists nothing at
+    # first, 0 everything from the start. Vocab 900 on the long text runs on to pairs occurring once.
     monkeypatch.setattr(bpe, knob, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -256,7 +254,7 @@ def test_bpe_warns_once_and_keeps_merges_when_pairs_run_out():
 
 
 _BPE_ENCODE_KNOBS = [("CACHE_CHUNKS", False), ("TOKEN_TABLE", False), ("CUT_UNJOINABLE", False),
-                     ("STRIDE3", False), ("LONG_CHUNK", 1), ("LONG_CHUNK", 10**9), ("ascii_twin", lambda p: None),
+                     ("LONG_CHUNK", 1), ("LONG_CHUNK", 10**9), ("ascii_twin", lambda p: None),
                      ("ASCII_STRETCH", re.compile(r"(?!)"))]
 
 
@@ -319,9 +317,9 @@ def test_bpe_ascii_twin_splits_exactly_like_regex(pattern):
 
 
 def test_bpe_tiktoken_spellings_of_the_split_patterns():
-    # GPT-2's spelling runs as ours (the two tests above check the chunks); cl100k's is not minbpe's GPT-4
-    # pattern, so it must not be swapped for it: they cut whitespace after a last newline differently.
-    assert bpe.Tokenizer(bpe.TIKTOKEN_GPT2_PATTERN).compiled_pattern.pattern == bpe.GPT2_PATTERN
+    # Each pattern runs as written: cl100k's is not minbpe's GPT-4 pattern (whitespace after a last newline).
+    for pattern in bpe.TIKTOKEN_PATTERNS:
+        assert bpe.Tokenizer(pattern).compiled_pattern.pattern == pattern
     text = "x\t\n\n   "
     assert regex.findall(bpe.TIKTOKEN_CL100K_PATTERN, text) != regex.findall(bpe.GPT4_PATTERN, text)
     assert bpe.Tokenizer(bpe.TIKTOKEN_CL100K_PATTERN).split(text) == regex.findall(bpe.TIKTOKEN_CL100K_PATTERN, text)
@@ -522,15 +520,6 @@ def test_bpe_to_tiktoken_refuses_merges_tiktoken_cannot_serve(tmp_path):
     assert tok.encode("abc") == [256, 99]
     with pytest.raises(ValueError, match="cannot serve"):
         tok.to_tiktoken()
-
-
-def test_bpe_train_with_64_bit_nodes_matches_textbook(monkeypatch):
-    # Training nodes are 32-bit unless the text is huge; force the 64-bit layout, lists and numpy both.
-    monkeypatch.setattr(bpe, "INT32_MAX", 0)
-    for bulk_min in (3, 300):
-        monkeypatch.setattr(bpe, "BULK_MIN", bulk_min)
-        text = _bpe_long_text(2)
-        assert bpe.Tokenizer("gpt2").train(text, 500).merges == bpe.textbook_train(text, 500, bpe.GPT2_PATTERN)
 
 
 # =================================================================================================
