@@ -1070,9 +1070,97 @@ def test_model_byte_tokenizer_round_trip():
     enc = gpt.get_tokenizer("byte")
     text = "Héllo, 世界! 🙂"
     assert enc.decode(enc.encode_ordinary(text)) == text
-    assert enc.decode(enc.encode_ordinary(text) + [enc.eot_token]) == text
+    assert enc.decode(enc.encode_ordinary(text) + [enc.eot_token]) == text + "<|endoftext|>"  # as tiktoken
+    assert enc.encode("a<|endoftext|>b", allowed_special="all") == [97, 256, 98]
+    assert enc.encode("a<|endoftext|>b") == enc.encode_ordinary("a<|endoftext|>b")
     with pytest.raises(ValueError, match="unknown tokenizer"):
         gpt.get_tokenizer("sentencepiece")
+
+
+_MODEL_TOKENIZER_TEXTS = ["Hello world, it's 2024! Don't panic.", "深度学习是机器学习的一个分支。",
+                          "emoji 😀 family 👨‍👩‍👧‍👦 flags 🇫🇷🇯🇵", "a  \n\n   b\t\t  c   \n", "   ",
+                          "one<|endoftext|>two <|endoftext|>"]
+
+
+@pytest.fixture(scope="module")
+def model_bpe_file(tmp_path_factory):
+    """A bpe.py tokenizer trained here (GPT-4 split, <|endoftext|>) saved as a .model file."""
+    tok = bpe.Tokenizer("gpt4", ["<|endoftext|>"])
+    tok.train((REPO / "manual.txt").read_text()[:30000] + " ".join(_MODEL_TOKENIZER_TEXTS) * 5, 420)
+    prefix = str(tmp_path_factory.mktemp("bpe") / "tok")
+    tok.save(prefix)
+    return prefix + ".model"
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "byte", "bpe"])
+def test_model_export_tokenizer_equals_kit_in_autotokenizer(kind, gpt2_enc, model_bpe_file, tmp_path):
+    from transformers import AutoTokenizer
+    enc = gpt.get_tokenizer({"gpt2": "gpt2", "byte": "byte", "bpe": model_bpe_file}[kind])
+    model = tiny_gpt(vocab_size=enc.n_vocab, n_layer=1, n_head=1, n_embd=8)
+    auto = AutoTokenizer.from_pretrained(model.save_hf(str(tmp_path / "hf"), enc))
+    assert auto.eos_token == "<|endoftext|>" and auto.eos_token_id == enc.eot_token
+    for text in _MODEL_TOKENIZER_TEXTS:
+        ids = enc.encode(text, allowed_special="all")
+        assert auto(text)["input_ids"] == ids, text
+        assert auto.decode(ids) == enc.decode(ids) == text
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_model_export_pipeline_greedy_equals_generate(kind, model_bpe_file, tmp_path):
+    from transformers import pipeline
+    enc = gpt.get_tokenizer({"byte": "byte", "bpe": model_bpe_file}[kind])
+    model = tiny_gpt(seed=1, vocab_size=enc.n_vocab, block_size=64)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" not in name:   # weights large enough that greedy decoding wanders, not one token again
+                p.normal_(std=0.3)
+    pipe = pipeline("text-generation", model=model.save_hf(str(tmp_path / "hf"), enc))
+    prompt = "The model"
+    theirs = pipe(prompt, max_new_tokens=24, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+    ours = model.generate(torch.tensor([enc.encode_ordinary(prompt)]), 24, temperature=0,
+                          stop_token=enc.eot_token)[0].tolist()
+    assert theirs == ours and len(set(ours[-24:])) > 4
+
+
+def test_model_checkpoint_carries_a_bpe_tokenizer_whole(model_bpe_file, tmp_path):
+    local = shutil.copy(model_bpe_file, tmp_path / "mine.model")
+    enc = gpt.get_tokenizer(local)
+    model = tiny_gpt(vocab_size=enc.n_vocab)
+    gpt.save_checkpoint(str(tmp_path / "model.pt"), model, enc)
+    os.remove(local)                                   # the checkpoint alone must do
+    loaded, ckpt = gpt.load_checkpoint(str(tmp_path / "model.pt"))
+    again = gpt.get_tokenizer(ckpt["tokenizer"])
+    for text in _MODEL_TOKENIZER_TEXTS:
+        assert again.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
+    prompt = torch.tensor([again.encode_ordinary("The ")])
+    assert again.decode(loaded.generate(prompt, 20, temperature=0)[0].tolist()) == \
+        enc.decode(model.generate(prompt, 20, temperature=0)[0].tolist())
+    assert gpt.tokenizer_spec("byte") == "byte" and gpt.tokenizer_spec(gpt.get_tokenizer("byte")) == "byte"
+
+
+def test_model_tokenizer_without_eot_is_refused_where_documents_need_it(tmp_path):
+    tok = bpe.Tokenizer("gpt4")
+    tok.train("no separator here " * 20, 270)
+    tok.save(str(tmp_path / "plain"))
+    enc = gpt.get_tokenizer(str(tmp_path / "plain.model"))
+    assert enc.decode(enc.encode_ordinary("no separator")) == "no separator"
+    with pytest.raises(ValueError, match=r"no <\|endoftext\|> token .* --special"):
+        enc.eot_token
+
+
+@slow
+def test_model_cli_exports_a_checkpoint_for_transformers(model_bpe_file, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    enc = gpt.get_tokenizer(model_bpe_file)
+    model = tiny_gpt(vocab_size=enc.n_vocab)
+    gpt.save_checkpoint(str(tmp_path / "model.pt"), model, enc)
+    run = run_script("model.py", "--ckpt", tmp_path / "model.pt", "--export-hf", tmp_path / "hf")
+    assert run.returncode == 0, run.stderr
+    hf, auto = AutoModelForCausalLM.from_pretrained(tmp_path / "hf"), AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = auto("Hello world")["input_ids"]
+    assert ids == enc.encode_ordinary("Hello world")
+    with torch.no_grad():
+        torch.testing.assert_close(hf(torch.tensor([ids])).logits, model(torch.tensor([ids]))[0], atol=1e-5, rtol=0)
 
 
 @slow
@@ -2183,11 +2271,13 @@ def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt
     # clear one-line errors: a byte-tokenizer checkpoint, a malformed file, a bad flag value
     ckpt, byte_ckpt = str(tmp_path / "tiny.pt"), str(tmp_path / "byte.pt")
     gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
-    gpt.save_checkpoint(byte_ckpt, tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=32), "byte")
+    gpt.save_checkpoint(byte_ckpt, tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=512), "byte")
+    # another tokenizer than GPT-2's scores, and the summary says the scores are not the published kind
+    hellaswag.main(["--ckpt", byte_ckpt, "--file", data, "--device", "cpu", "--limit", "3"])
+    assert "byte tokenizer: not comparable to the published scores" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(examples[0]) + "\n{oops\n")
-    for args, message in [(["--ckpt", byte_ckpt, "--file", data], "'byte' tokenizer"),
-                          (["--ckpt", ckpt, "--file", str(bad)], "line 2: not valid JSON"),
+    for args, message in [(["--ckpt", ckpt, "--file", str(bad)], "line 2: not valid JSON"),
                           (["--ckpt", ckpt, "--file", data, "--limit", "0"], "--limit must be at least 1"),
                           (["--ckpt", str(tmp_path / "none.pt"), "--file", data], "not found")]:
         with pytest.raises(SystemExit) as info:
