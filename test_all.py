@@ -1696,6 +1696,8 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
     np.save(floats / "edufineweb_train_000002.npy", np.ones(300, dtype=np.float32))
     a_file = tmp_path / "a_file"
     a_file.write_text("")
+    fineweb.main(["--source", _fineweb_write_jsonl(tmp_path / "docs.jsonl", _fineweb_docs()), "--out-dir",
+                  str(tmp_path / "gpt2_shards"), "--shard-size", "500", "--workers", "1"])
     fresh = lambda name: ["--log-dir", tmp_path / name]  # noqa: E731
     return {
         "nan lr": (base + ["--lr", "nan"] + fresh("x"), "--lr", None),
@@ -1725,6 +1727,8 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
         "binary text": (base + ["--data", binary] + fresh("y"), "binary.txt is not UTF-8", None),
         "id beyond vocab in a later shard": (base + ["--data", wide] + fresh("z"), "train_000003.npy", None),
         "float shard": (base + ["--data", floats] + fresh("z"), "train_000002.npy", None),
+        "shards of another tokenizer": (base + ["--data", tmp_path / "gpt2_shards"] + fresh("z"),
+                                        "tokenized with gpt2", None),
     }
 
 
