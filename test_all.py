@@ -1837,12 +1837,10 @@ def test_train_clear_errors(tmp_path):
 
 
 # =================================================================================================
-# Evaluation: hellaswag.py (issue 5)
-# Tests for hellaswag.py: rendering vs tiktoken, packed/batched scoring vs one-at-a-time and vs
-# transformers' GPT2LMHeadModel, accuracy on known answers, DDP, malformed files, download, CLI.
+# Evaluation: hellaswag.py
+# Rendering vs tiktoken, packed/batched scoring vs one-at-a-time and vs transformers' GPT2LMHeadModel,
+# accuracy on known answers, DDP, malformed files, download, CLI.
 # =================================================================================================
-HERE_DIR = os.path.dirname(os.path.abspath(__file__))
-
 # A hand-made HellaSwag file: the real schema, our own sentences. WikiHow-style items carry the scraping
 # artefacts ([header], [title], [step], [substeps]) the harness cleans up; several endings are long.
 _HS_ITEMS = [
@@ -1954,16 +1952,10 @@ def _hellaswag_write(path, examples):
 @pytest.fixture(scope="module")
 def hellaswag_models(tmp_path_factory):
     """A tiny random GPT2LMHeadModel saved with save_pretrained, and our GPT loaded from that directory."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from model import GPT
-    torch.manual_seed(0)
     # n_embd 16 keeps the 50257-row vocabulary projection (most of the tests' time) cheap
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=160, vocab_size=50257)).eval()
-    hf_dir = str(tmp_path_factory.mktemp("hellaswag_tiny_hf"))
-    hf.save_pretrained(hf_dir)
-    gpt = GPT.from_pretrained(hf_dir).eval()
-    return types.SimpleNamespace(hf=hf, gpt=gpt, hf_dir=hf_dir)
+    hf, hf_dir = tiny_hf(tmp_path_factory.mktemp("hellaswag_tiny_hf"), vocab_size=50257, n_positions=160,
+                         n_embd=16)
+    return types.SimpleNamespace(hf=hf, gpt=GPT.from_pretrained(hf_dir).eval(), hf_dir=hf_dir)
 
 
 def test_hellaswag_file_schema_and_load(tmp_path):
@@ -2185,6 +2177,7 @@ def _hellaswag_ddp_worker(rank, world, init_file, ckpt, data, out_dir):
         dist.destroy_process_group()
 
 
+@slow
 def test_hellaswag_ddp_equals_single_process(hellaswag_models, gpt2_enc, tmp_path):
     import torch.multiprocessing as mp
 
@@ -2200,20 +2193,15 @@ def test_hellaswag_ddp_equals_single_process(hellaswag_models, gpt2_enc, tmp_pat
     assert single["n"] == len(examples)
 
 
-def _hellaswag_cli(*args):
-    return subprocess.run([sys.executable, os.path.join(HERE_DIR, "hellaswag.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=HERE_DIR)
-
-
-def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
-    from model import ByteTokenizer, save_checkpoint
+@slow
+def test_hellaswag_cli_scores_and_writes_predictions(hellaswag_models, gpt2_enc, tmp_path):
     examples = _hellaswag_examples()
     data = _hellaswag_write(tmp_path / "hs.jsonl", examples)
     ckpt = str(tmp_path / "tiny.pt")
-    save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2", step=7)
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2", step=7)
     out = tmp_path / "preds.jsonl"
-    run = _hellaswag_cli("--ckpt", ckpt, "--file", data, "--device", "cpu", "--batch-size", "5",
-                         "--style", "harness", "--out", str(out))
+    run = run_script("hellaswag.py", "--ckpt", ckpt, "--file", data, "--device", "cpu", "--batch-size", "5",
+                     "--style", "harness", "--out", out)
     assert run.returncode == 0, run.stderr
     expected = hellaswag.score_examples(hellaswag_models.gpt, examples, gpt2_enc, "cpu", style="harness")
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -2227,16 +2215,21 @@ def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
     last = run.stdout.strip().splitlines()[-1]
     assert f"acc {summary['acc']:.4f} ({summary['correct']}/{len(examples)})" in last
     assert f"acc_norm {summary['acc_norm']:.4f} ({summary['correct_norm']}/{len(examples)})" in last
-    # --hf: transformers' own forward pass on the save_pretrained directory agrees (in-process: faster)
-    hellaswag.main(["-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu", "--style", "harness",
-                    "--limit", "10"])
-    summary = hellaswag.summarize(*hellaswag.count_correct(expected[:10]), style="harness")
+
+
+def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt2_enc, tmp_path, capsys):
+    examples = _hellaswag_examples()
+    data = _hellaswag_write(tmp_path / "hs.jsonl", examples)
+    # --hf: transformers' own forward pass on the save_pretrained directory agrees
+    hellaswag.main(["-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu", "--style",
+                    "harness", "--limit", "10"])
+    expected = hellaswag.score_examples(hellaswag_models.gpt, examples[:10], gpt2_enc, "cpu", style="harness")
+    summary = hellaswag.summarize(*hellaswag.count_correct(expected), style="harness")
     assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in capsys.readouterr().out.strip().splitlines()[-1]
     # clear one-line errors: a byte-tokenizer checkpoint, a malformed file, a bad flag value
-    from model import GPT, GPTConfig
-    byte_ckpt = str(tmp_path / "byte.pt")
-    save_checkpoint(byte_ckpt, GPT(GPTConfig(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=32)),
-                    ByteTokenizer.name)
+    ckpt, byte_ckpt = str(tmp_path / "tiny.pt"), str(tmp_path / "byte.pt")
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
+    gpt.save_checkpoint(byte_ckpt, tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=32), "byte")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(examples[0]) + "\n{oops\n")
     for args, message in [(["--ckpt", byte_ckpt, "--file", data], "'byte' tokenizer"),
@@ -2480,6 +2473,84 @@ def test_lora_qv_equals_peft_blockdiagonal(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# PEFT's adapter format: --save-peft and PEFT directories as --adapter
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("targets, rslora", [(["qv"], False), (["qv"], True), (_LORA_ALL_TARGETS, False),
+                                             (_LORA_ALL_TARGETS, True), (["qv", "c_fc"], True)])
+def test_lora_save_peft_loads_in_peftmodel(tmp_path, targets, rslora):
+    from peft import PeftModel
+    from transformers import GPT2LMHeadModel
+    _, hf_dir = tiny_hf(tmp_path / "hf")
+    ours = GPT.from_pretrained(hf_dir).eval()
+    base_hash = lora.base_fingerprint(ours)
+    config = dict(r=3, alpha=7.0, dropout=0.0, targets=targets, rslora=rslora)
+    lora.apply_lora(ours, **config)
+    _lora_randomize_B(ours)
+    lora.save_peft(str(tmp_path / "peft"), ours, config, hf_dir, base_hash)
+    peft_model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(hf_dir), str(tmp_path / "peft"))
+    peft_model.eval()
+    idx = _lora_idx()
+    expected = ours(idx)[0]
+    assert (peft_model(idx).logits - expected).abs().max() <= 1e-5
+    with peft_model.disable_adapter():  # the adapters matter: the comparison above exercises them
+        assert (peft_model(idx).logits - expected).abs().max() > 1e-2
+    saved = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    doubled = "qv" in targets  # q/v-only: one rank-2r adapter on c_attn (zero k rows), alpha scaled to match
+    assert saved["r"] == (6 if doubled else 3) and saved["fan_in_fan_out"] and saved["use_rslora"] == rslora
+    assert saved["lora_alpha"] == (7.0 * (math.sqrt(2) if rslora else 2) if doubled else 7.0)
+    assert "rank-2r adapter on c_attn" in (tmp_path / "peft" / "README.md").read_text()
+    # And the directory loads back into our model, as --adapter DIR: the same logits, its base hash checked.
+    back = lora.load_adapter(GPT.from_pretrained(hf_dir).eval(), lora.read_adapter(str(tmp_path / "peft")))
+    assert (back(idx)[0] - expected).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="adapter was trained on base"):
+        lora.load_adapter(tiny_gpt(vocab_size=211, block_size=64), lora.read_adapter(str(tmp_path / "peft")))
+
+
+@pytest.mark.parametrize("targets, rslora", [(["c_attn"], False), (_LORA_ALL_TARGETS, True),
+                                             (["c_proj"], False)])
+def test_lora_reads_adapter_saved_by_peft(tmp_path, targets, rslora):
+    hf, hf_dir = tiny_hf(tmp_path / "hf")
+    peft_model = _lora_peft(hf, r=4, alpha=16, targets=targets, rslora=rslora)
+    with torch.no_grad():
+        for m in _lora_peft_layers(peft_model).values():
+            m.lora_B["default"].weight.normal_(0, 0.2)
+    peft_model.save_pretrained(str(tmp_path / "peft"))
+    idx = _lora_idx()
+    expected = peft_model(idx).logits
+    blob = lora.read_adapter(str(tmp_path / "peft"))
+    assert blob["base"]["sha256"] is None and blob["lora_config"]["rslora"] == rslora
+    ours = lora.load_adapter(GPT.from_pretrained(hf_dir).eval(), blob)
+    assert (ours(idx)[0] - expected).abs().max() <= 1e-5
+    with peft_model.disable_adapter():
+        assert (peft_model(idx).logits - expected).abs().max() > 1e-2
+    # A base of another shape is refused in one line, not loaded half-way.
+    with pytest.raises(ValueError, match="shape") as err:
+        lora.load_adapter(tiny_gpt(vocab_size=211, block_size=64, n_embd=48, n_head=2), blob)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(target_modules=".*c_attn"), "target_modules='.*c_attn'"),
+    (dict(use_dora=True), "use_dora=True"),
+    (dict(bias="all"), "bias='all'"),
+    (dict(rank_pattern={"c_fc": 8}), "rank_pattern"),
+    (dict(peft_type="IA3"), "peft_type='IA3'"),
+    (dict(target_modules=["wte"]), "'wte' matches no nn.Linear"),
+])
+def test_lora_unsupported_peft_adapters_get_one_line_errors(tmp_path, change, needle):
+    hf, hf_dir = tiny_hf(tmp_path / "hf")
+    _lora_peft(hf, r=4, alpha=16, targets=["c_attn"]).save_pretrained(str(tmp_path / "peft"))
+    config_path = tmp_path / "peft" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **change}))
+    with pytest.raises(ValueError) as err:
+        lora.load_adapter(GPT.from_pretrained(hf_dir), lora.read_adapter(str(tmp_path / "peft")))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    config_path.unlink()
+    with pytest.raises(ValueError, match="not a readable PEFT adapter directory"):
+        lora.read_adapter(str(tmp_path / "peft"))
+
+
+# ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
 
@@ -2692,7 +2763,8 @@ def test_lora_cli(tmp_path):
     common = ["--data", data, "--batch-size", "16", "--eval-examples", "32", "--samples", "1",
               "--device", "cpu"]
     run = run_script("lora.py", "--ckpt", "tiny.pt", *common, "--steps", "8", "--warmup", "2", "--lr", "1e-2",
-                     "--r", "4", "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full", cwd=tmp_path)
+                     "--r", "4", "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full",
+                     "--save-peft", "peft", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     assert "trainable params 2,304 of" in out  # 2 layers x (2*4*(32+32) + 4*(128+32))
@@ -2708,6 +2780,11 @@ def test_lora_cli(tmp_path):
     run = run_script("lora.py", "--adapter", "log/lora.pt", *common, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "val loss with adapter" in run.stdout
+    # The same adapter through PEFT's format (written by --save-peft), on the base it names.
+    peft_run = run_script("lora.py", "--adapter", "peft", *common, cwd=tmp_path)
+    assert peft_run.returncode == 0, peft_run.stderr[-2000:]
+    loss = [float(re.search(r"val loss with adapter ([\d.]+)", r.stdout).group(1)) for r in (run, peft_run)]
+    assert abs(loss[0] - loss[1]) <= 2e-4, loss
     # A different base is refused with one line, no traceback.
     run = run_script("lora.py", "--adapter", "log/lora.pt", "--ckpt", "other.pt", *common, cwd=tmp_path)
     assert_one_line_error(run, "error: adapter was trained on base tiny.pt")
@@ -2730,3 +2807,125 @@ def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lo
     with pytest.raises(ValueError, match="could not load 'gpt2'") as err:
         lora.main(["--init", "gpt2", "--data", "notes.txt", "--device", "cpu"])
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: refused at the door in one line naming the culprit, the user's files untouched
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def lora_door(tmp_path, monkeypatch, capsys):
+    """A folder with a base, data, an adapter of ours and a PEFT one; -> run(argv): (exit code, message)."""
+    monkeypatch.chdir(tmp_path)
+    gpt.save_checkpoint("tiny.pt", _lora_tiny_gpt(), "byte")
+    _lora_task_file(tmp_path / "task.txt", n=60)
+    model = _lora_tiny_gpt()
+    config = dict(r=2, alpha=4.0, dropout=0.0, targets=["qv"], rslora=False)
+    base_hash = lora.base_fingerprint(model)
+    lora.apply_lora(model, **config)
+    lora.save_adapter("lora.pt", model, config, "tiny.pt", base_hash, "byte")
+    lora.save_peft("peft", model, config, "tiny.pt", base_hash)
+    (tmp_path / "bad_pairs.txt").write_text("a : 1||one .\nb : 2||two .\nc : 3 three .\nd : 4||four .\n")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 3, "completion": ""}')
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n')
+    (tmp_path / "binary.txt").write_bytes(b"text then \xff\xfe bytes")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+
+    def run(argv):
+        try:
+            lora.main(["--device", "cpu", "--steps", "2", "--eval-examples", "4", "--samples", "0", *argv])
+        except SystemExit as e:  # argparse: usage, then one error line
+            return e.code, capsys.readouterr().err.strip().splitlines()[-1]
+        except (ValueError, FileNotFoundError) as e:  # the CLI prints these as one "error: ..." line
+            return 1, str(e)
+        return 0, ""
+    return run
+
+
+def _lora_break_adapter(tmp_path, how):
+    """Make the fixture's adapters hostile: a config field changed, a NaN weight, a PEFT config replaced."""
+    if how[0] == "peft":
+        path = tmp_path / "peft" / "adapter_config.json"
+        change = how[1]
+        if isinstance(change, dict):
+            change = {**json.loads(path.read_text()), **change}
+        path.write_text(json.dumps(change))
+        return
+    blob = torch.load("lora.pt", weights_only=True)
+    if how[0] == "nan":
+        next(iter(blob["lora"].values()))[0, 0] = math.nan
+    else:
+        (blob["lora_config"] if how[0] == "config" else blob).update(how[1])
+    torch.save(blob, "lora.pt")
+
+
+_LORA_T = ["--ckpt", "tiny.pt", "--data", "task.txt"]      # train on the fixture's base and data
+_LORA_A = ["--adapter", "lora.pt", "--data", "task.txt"]   # evaluate the fixture's adapter
+_LORA_DOOR_CASES = [  # (argv, the culprit the message names, how to break an adapter first)
+    (["--alpha", "nan"], "--alpha", None), (["--alpha", "inf"], "--alpha", None),
+    (["--lr", "-1e-3"], "--lr", None), (["--full-lr", "nan"], "--full-lr", None),
+    (["--dropout", "1"], "--dropout", None), (["--dropout", "-0.1"], "--dropout", None),
+    (["--r", "0"], "--r", None), (["--steps", "0"], "--steps", None),
+    (["--eval-examples", "0"], "--eval-examples", None), (["--eval-examples", "-3"], "--eval-examples", None),
+    (["--weight-decay", "inf"], "--weight-decay", None), (["--grad-clip", "0"], "--grad-clip", None),
+    (["--val-frac", "1"], "--val-frac", None), (["--block-size", "1"], "--block-size", None),
+    (["--targets", ","], "--targets", None), (["--device", "tpu"], "--device", None),
+    (["--adapter", "lora.pt", "--full"], "--full", None),
+    # outputs onto inputs (and onto each other)
+    (_LORA_T + ["--merge", "tiny.pt"], "--merge tiny.pt is also --ckpt", None),
+    (_LORA_T + ["--merge", "./tiny.pt"], "is also --ckpt", None),
+    (_LORA_T + ["--merge", "task.txt"], "--merge task.txt is also --data", None),
+    (_LORA_T + ["--out", "tiny.pt"], "--out tiny.pt is also --ckpt", None),
+    (_LORA_T + ["--out", "m.pt", "--merge", "m.pt"], "--merge m.pt is also --out", None),
+    (_LORA_A + ["--merge", "lora.pt"], "--merge lora.pt is also --adapter", None),
+    (_LORA_A + ["--merge", "tiny.pt"], "--merge tiny.pt is also --ckpt", None),  # the adapter's base
+    (["--adapter", "peft", "--data", "task.txt", "--save-peft", "peft"], "is also --adapter", None),
+    # outputs that cannot be written: found before training, not after it
+    (_LORA_T + ["--out", "a_file/lora.pt"], "--out a_file/lora.pt cannot be written", None),
+    (_LORA_T + ["--merge", "a_folder"], "--merge a_folder cannot be written", None),
+    (_LORA_T + ["--save-peft", "a_file"], "cannot be written", None),
+    # data files
+    (["--ckpt", "tiny.pt", "--data", "bad_pairs.txt"], "bad_pairs.txt:3: no '||'", None),
+    (["--ckpt", "tiny.pt", "--data", "bad.jsonl"],
+     "bad.jsonl:2: expected a JSON object whose 'prompt'", None),
+    (["--ckpt", "tiny.pt", "--data", "broken.jsonl"], "broken.jsonl:2: not valid JSON", None),
+    (["--ckpt", "tiny.pt", "--data", "binary.txt"], "binary.txt is not UTF-8", None),
+    (["--ckpt", "tiny.pt", "--data", "missing.txt"], "missing.txt", None),
+    # adapters with fields of the wrong type or value
+    (_LORA_A, "'r' must be int, got '2'", ("config", dict(r="2"))),
+    (_LORA_A, "'alpha' must be finite", ("config", dict(alpha=math.nan))),
+    (_LORA_A, "'targets' must be list", ("config", dict(targets="qv"))),
+    (_LORA_A, "'dropout' must be in [0, 1)", ("config", dict(dropout=2.0))),
+    (_LORA_A, "holds non-finite values", ("nan",)),
+    (_LORA_A, "'base' must name a path and a sha256", ("blob", dict(base={"path": "tiny.pt"}))),
+    (_LORA_A, "not a LoRA adapter", ("blob", dict(lora=[1, 2]))),
+    (["--adapter", "peft", "--data", "task.txt"], "'r' must be int", ("peft", dict(r="2"))),
+    (["--adapter", "peft", "--data", "task.txt"], "holds no JSON object", ("peft", [1, 2])),
+    # a loss that turns NaN stops the run before anything is written
+    (_LORA_T + ["--lr", "1e30", "--warmup", "0", "--merge", "m.pt", "--save-peft", "p"], "loss is nan", None),
+]
+
+
+@pytest.mark.parametrize("argv, culprit, broken", _LORA_DOOR_CASES)
+def test_lora_hostile_input_refused_in_one_line(lora_door, tmp_path, argv, culprit, broken):
+    if broken:
+        _lora_break_adapter(tmp_path, broken)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, message = lora_door(argv)
+    assert code != 0 and culprit in message and "\n" not in message, (code, message)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing overwritten: every file byte-identical
+
+
+@slow
+def test_lora_cli_hostile_input_no_traceback(tmp_path):
+    gpt.save_checkpoint(str(tmp_path / "tiny.pt"), _lora_tiny_gpt(), "byte")
+    _lora_task_file(tmp_path / "task.txt", n=60)
+    original = (tmp_path / "tiny.pt").read_bytes()
+    cases = [(["--alpha", "nan"], "--alpha"), (["--merge", "tiny.pt"], "--merge tiny.pt is also"),
+             (["--lr", "1e30", "--warmup", "0"], "loss is nan")]
+    for argv, culprit in cases:
+        run = run_script("lora.py", *_LORA_T, "--steps", "2", "--samples", "0", "--device", "cpu", *argv,
+                         cwd=tmp_path)
+        assert_one_line_error(run, culprit)
+    assert (tmp_path / "tiny.pt").read_bytes() == original and not (tmp_path / "log").exists()
