@@ -436,29 +436,36 @@ def train_ablation(args):
     common = ["--preset", "gpt2", "--data", args.data, "--tokenizer", "gpt2", "-B", B, "-T", T,
               "--total-batch-size", B * T, "--max-steps", args.steps, "--warmup-steps", 2, "--eval-every", 0,
               "--ckpt-every", 0, "--no-hellaswag", *size] + (["--device", args.device] if args.device else [])
-    rows, flags = [], []
+    rows, flags = {}, []
     for label, switch in _ABLATION:
         flags = flags + switch
-        rows.append([label, common + flags, None])
+        rows[label] = common + flags
+    best = {label: [] for label in rows}  # label -> timed (loss, ms, MFU) steps of every run
+    failed = {}
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_gpt2.py")
     with tempfile.TemporaryDirectory() as log_dir:
         for _ in range(args.repeat):  # row after row, then again: a slow spell of the machine hits all rows
-            for row in rows:
-                out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                      "train_gpt2.py"), *map(str, row[1]), "--log-dir", log_dir],
+            for label, row in rows.items():
+                out = subprocess.run([sys.executable, script, *map(str, row), "--log-dir", log_dir],
                                      capture_output=True, text=True, env=env)
                 steps = [m.groups() for m in map(_STEP_LINE.match, out.stdout.splitlines()) if m][3:]
-                if out.returncode or not steps:
-                    sys.exit(f"error: {row[0]}: {(out.stderr.strip().splitlines() or ['no output'])[-1]}")
-                best = min(steps, key=lambda s: float(s[1]))
-                row[2] = min(row[2] or best, best, key=lambda s: float(s[1]))
+                best[label] += steps
+                if out.returncode or not steps:  # the table says why; the other rows go on
+                    failed[label] = (out.stderr.strip().splitlines() or ["no output"])[-1][:70]
     print(f"\nSpeed ablation: GPT-2 vocabulary, {' '.join(map(str, size))}, B={B} T={T}, {args.data}; each "
-          f"row: the fastest step of "
-          f"{args.repeat} runs x {args.steps - 3} timed steps\n")
-    base = B * T / float(rows[0][2][1]) * 1000
-    print(markdown_table(["cumulative setting", "loss", "step time (ms)", "tokens/s", "vs fp32", "MFU"], [
-        [label, loss, ms, f"{B * T / float(ms) * 1000:,.0f}", f"{B * T / float(ms) * 1000 / base:.2f}x",
-         f"{mfu}%" if mfu else "n/a"] for label, _, (loss, ms, mfu) in rows]))
+          f"row: the fastest step of {args.repeat} runs x {args.steps - 3} timed steps\n")
+    table, base = [], None
+    for label in rows:
+        if not best[label]:
+            table.append([label, "failed", failed.get(label, ""), "", "", ""])
+            continue
+        _, ms, mfu = min(best[label], key=lambda step: float(step[1]))
+        loss = best[label][-1][0]  # at the last step: every row trains the same model on the same data
+        base = base or float(ms)
+        table.append([label, loss, ms, f"{B * T / float(ms) * 1000:,.0f}", f"{base / float(ms):.2f}x",
+                      f"{mfu}%" if mfu else "n/a"])
+    print(markdown_table(["cumulative setting", "last loss", "step ms", "tokens/s", "vs fp32", "MFU"], table))
 
 
 def hf_twin(model):

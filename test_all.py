@@ -1773,6 +1773,8 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
     np.save(floats / "edufineweb_train_000002.npy", np.ones(300, dtype=np.float32))
     a_file = tmp_path / "a_file"
     a_file.write_text("")
+    fineweb.main(["--source", _fineweb_write_jsonl(tmp_path / "docs.jsonl", _fineweb_docs()), "--out-dir",
+                  str(tmp_path / "gpt2_shards"), "--shard-size", "500", "--workers", "1"])
     fresh = lambda name: ["--log-dir", tmp_path / name]  # noqa: E731
     return {
         "nan lr": (base + ["--lr", "nan"] + fresh("x"), "--lr", None),
@@ -1802,6 +1804,8 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
         "binary text": (base + ["--data", binary] + fresh("y"), "binary.txt is not UTF-8", None),
         "id beyond vocab in a later shard": (base + ["--data", wide] + fresh("z"), "train_000003.npy", None),
         "float shard": (base + ["--data", floats] + fresh("z"), "train_000002.npy", None),
+        "shards of another tokenizer": (base + ["--data", tmp_path / "gpt2_shards"] + fresh("z"),
+                                        "tokenized with gpt2", None),
     }
 
 
@@ -1826,10 +1830,12 @@ def test_train_bad_input_is_refused_in_one_line_and_destroys_nothing(tmp_path, m
 
 def test_train_reads_uint32_shards_as_it_reads_uint16_ones(tmp_path, monkeypatch):
     # fineweb.py writes uint32 shards for a vocabulary beyond 65,536 ids: the same ids train the same way.
-    common = _TRAIN_SMALL + ["--total-batch-size", 128, "--max-steps", 3, "--eval-every", 2, "--ckpt-every", 3]
+    common = _TRAIN_SMALL + ["--total-batch-size", 128, "--max-steps", 3, "--eval-every", 2,
+                             "--ckpt-every", 3]
     for dtype in (np.uint16, np.uint32):
         shards = _train_shards(tmp_path, dtype=dtype, name=np.dtype(dtype).name)
-        _train_in_process(monkeypatch, *common, "--data", shards, "--log-dir", tmp_path / f"log_{dtype.__name__}")
+        _train_in_process(monkeypatch, *common, "--data", shards, "--log-dir",
+                          tmp_path / f"log_{dtype.__name__}")
     _train_assert_same_run(tmp_path / "log_uint16", tmp_path / "log_uint32")
 
 
@@ -1851,6 +1857,35 @@ def test_train_resume_drops_damaged_log_lines_and_any_position_is_finite(tmp_pat
     loader.load_state({"tokens_read": 10**12 + 3})
     x, _ = loader.next_batch()
     assert x.reshape(-1).tolist() == [(10**12 + 3 + i) % 77 for i in range(8)]
+
+
+@slow
+def test_train_with_a_bpe_tokenizer_samples_the_same_text_after_its_file_is_gone(tmp_path, monkeypatch):
+    # The checkpoint carries the whole tokenizer, not a path: a copy on another machine samples the same.
+    tok = bpe.Tokenizer("gpt4", special_tokens=["<|endoftext|>"])
+    text = (REPO / "manual.txt").read_text(encoding="utf-8")[:20_000]
+    tok.train(text, 320)
+    tok.save(str(tmp_path / "tok"))
+    try:
+        gpt.get_tokenizer(str(tmp_path / "tok.model"))
+    except ValueError as e:
+        pytest.skip(f"model.get_tokenizer does not load bpe.py .model files yet ({e})")
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    _train_in_process(monkeypatch, *_TRAIN_SMALL, "--tokenizer", tmp_path / "tok.model", "--data",
+                      tmp_path / "text.txt", "--total-batch-size", 128, "--max-steps", 6, "--eval-every", 0,
+                      "--ckpt-every", 6, "--log-dir", tmp_path / "log")
+    ckpt = tmp_path / "log" / "model.pt"
+    sample = ["--ckpt", ckpt, "--prompt", "The ", "--num-samples", 1, "--max-new-tokens", 24,
+              "--temperature", 0, "--device", "cpu"]
+    before = run_script("model.py", *sample)
+    (tmp_path / "tok.model").unlink()
+    (tmp_path / "tok.vocab").unlink()
+    after = run_script("model.py", *sample)
+    assert before.returncode == after.returncode == 0, after.stderr[-2000:]
+    assert after.stdout == before.stdout
+    model, _ = gpt.load_checkpoint(str(ckpt))       # the same greedy text, decoded by bpe.py itself
+    ids = model.generate(torch.tensor([tok.encode_ordinary("The ")]), 24, temperature=0)[0].tolist()
+    assert tok.decode(ids) in after.stdout
 
 
 @slow
