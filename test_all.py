@@ -2503,3 +2503,96 @@ def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lo
     with pytest.raises(ValueError, match="could not load 'gpt2'") as err:
         lora.main(["--init", "gpt2", "--data", "notes.txt", "--device", "cpu"])
     assert "\n" not in str(err.value)
+
+
+# =================================================================================================
+# Beam search (model.py) and the E2E NLG metrics (lora.py)
+# Beam search token for token against transformers; the metrics against the libraries and the official
+# E2E scorer's own example; the MR grouping and the files the official scorer reads.
+# =================================================================================================
+@pytest.fixture(scope="module")
+def beam_models(tmp_path_factory):
+    """A tiny random GPT-2 in transformers and the same weights in ours. A random model's logits are nearly
+    flat, so near-ties would let rounding decide between beams; weights scaled up 6x make every log-prob gap
+    far wider than the two implementations' rounding differences."""
+    hf, path = tiny_hf(tmp_path_factory.mktemp("beam") / "hf", vocab_size=211, n_positions=96)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.mul_(6.0)
+    hf.save_pretrained(path)
+    hf.generation_config.eos_token_id = None   # a stop token only where a test passes one
+    return hf, GPT.from_pretrained(path).eval()
+
+
+def _beam_prompt(seed, length=5):
+    return torch.randint(0, 210, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _beam_hf(hf, idx, max_new_tokens, stop_token=None, pad=209, **options):
+    return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=max_new_tokens, do_sample=False,
+                       eos_token_id=stop_token, pad_token_id=pad, **options)
+
+
+@pytest.mark.parametrize("num_beams,length_penalty,no_repeat", [
+    (2, 1.0, 0), (4, 0.8, 0), (10, 2.0, 0), (10, 0.8, 4), (4, 1.0, 2), (4, 2.0, 3), (2, -0.5, 0)])
+def test_beam_equals_transformers(beam_models, num_beams, length_penalty, no_repeat):
+    hf, ours = beam_models
+    options = dict(num_beams=num_beams, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat)
+    for seed in range(3):
+        idx = _beam_prompt(seed, length=3 + 4 * seed)
+        greedy = ours.generate(idx, 12, temperature=0)[0, idx.size(1):].tolist()
+        for stop in (None, greedy[2]):   # a stop token the model emits early
+            expected = _beam_hf(hf, idx, 24, stop, **options)
+            got = ours.generate(idx, 24, stop_token=stop, **options)
+            assert torch.equal(got, expected), (seed, stop, got.tolist(), expected.tolist())
+            if stop is None:
+                assert got.size(1) == idx.size(1) + 24
+            elif got.size(1) < idx.size(1) + 24:
+                assert got[0, -1] == stop and (got[0, idx.size(1):-1] != stop).all()
+
+
+def test_beam_early_stopping_modes_and_a_stop_at_the_first_step(beam_models):
+    hf, ours = beam_models
+    idx = _beam_prompt(1)
+    greedy = ours.generate(idx, 12, temperature=0)[0, 5:].tolist()
+    results = {}
+    for stop in greedy[:2]:   # greedy[0]: the most likely first token is the stop token
+        for length_penalty in (0.8, 2.0):
+            for mode in (False, True, "never"):
+                options = dict(num_beams=4, length_penalty=length_penalty, early_stopping=mode)
+                expected = _beam_hf(hf, idx, 30, stop, **options)
+                got = ours.generate(idx, 30, stop_token=stop, **options)
+                assert torch.equal(got, expected), (stop, length_penalty, mode, got.tolist(), expected.tolist())
+                results[stop, length_penalty, mode] = got.tolist()
+    assert len(results[greedy[0], 0.8, False][0]) == 6           # the one-token answer wins at 0.8
+    assert results[greedy[0], 2.0, True] != results[greedy[0], 2.0, False]   # the modes are not all alike
+
+
+def test_beam_batch_of_different_lengths_equals_transformers_left_padded(beam_models):
+    hf, ours = beam_models
+    prompts = [[5, 17, 33, 2, 9, 100, 42], [8], [61, 62, 63, 64]]
+    width, pad = max(map(len, prompts)), 209
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    stop = ours.generate(torch.tensor([prompts[0]]), 6, temperature=0)[0, -4].item()
+    options = dict(num_beams=4, length_penalty=0.8, no_repeat_ngram_size=3)
+    expected = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=stop,
+                           pad_token_id=pad, **options)
+    got = ours.generate([torch.tensor(p) for p in prompts], 20, stop_token=stop, **options)
+    assert len(got) == 3 and any(len(g) < len(p) + 20 for g, p in zip(got, prompts))   # one stopped early
+    for row, p, g in zip(expected.tolist(), prompts, got):
+        row = row[width - len(p):]       # transformers fills a row that stopped early with the pad token
+        assert row == g.tolist() + [pad] * (len(row) - len(g))
+
+
+def test_beam_cache_reorder_keeps_the_chosen_rows():
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=8)
+    cache = gpt.KVCache(config, 3, "cpu", torch.float32)
+    k, v = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    for layer in range(2):
+        cache.update(layer, k, v)
+    cache.length = 5
+    cache.reorder(torch.tensor([2, 2, 0, 1]))
+    assert cache.k.shape[1] == 4 and torch.equal(cache.k[1, :, :, :5], k[[2, 2, 0, 1]])
+    assert torch.equal(cache.v[0, :, :, :5], v[[2, 2, 0, 1]])
