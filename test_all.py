@@ -2510,6 +2510,15 @@ def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lo
 # Beam search token for token against transformers; the metrics against the libraries and the official
 # E2E scorer's own example; the MR grouping and the files the official scorer reads.
 # =================================================================================================
+@pytest.fixture
+def beam_one_thread():
+    """Tiny models decode faster on one thread (no OpenMP hand-offs), above all on a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def beam_models(tmp_path_factory):
     """A tiny random GPT-2 in transformers and the same weights in ours. A random model's logits are nearly
@@ -2529,13 +2538,13 @@ def _beam_prompt(seed, length=5):
 
 
 def _beam_hf(hf, idx, max_new_tokens, stop_token=None, pad=209, **options):
-    return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=max_new_tokens, do_sample=False,
-                       eos_token_id=stop_token, pad_token_id=pad, **options)
+    return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=max_new_tokens,
+                       do_sample=False, eos_token_id=stop_token, pad_token_id=pad, **options)
 
 
 @pytest.mark.parametrize("num_beams,length_penalty,no_repeat", [
     (2, 1.0, 0), (4, 0.8, 0), (10, 2.0, 0), (10, 0.8, 4), (4, 1.0, 2), (4, 2.0, 3), (2, -0.5, 0)])
-def test_beam_equals_transformers(beam_models, num_beams, length_penalty, no_repeat):
+def test_beam_equals_transformers(beam_models, beam_one_thread, num_beams, length_penalty, no_repeat):
     hf, ours = beam_models
     options = dict(num_beams=num_beams, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat)
     for seed in range(3):
@@ -2551,7 +2560,7 @@ def test_beam_equals_transformers(beam_models, num_beams, length_penalty, no_rep
                 assert got[0, -1] == stop and (got[0, idx.size(1):-1] != stop).all()
 
 
-def test_beam_early_stopping_modes_and_a_stop_at_the_first_step(beam_models):
+def test_beam_early_stopping_modes_and_a_stop_at_the_first_step(beam_models, beam_one_thread):
     hf, ours = beam_models
     idx = _beam_prompt(1)
     greedy = ours.generate(idx, 12, temperature=0)[0, 5:].tolist()
@@ -2562,13 +2571,13 @@ def test_beam_early_stopping_modes_and_a_stop_at_the_first_step(beam_models):
                 options = dict(num_beams=4, length_penalty=length_penalty, early_stopping=mode)
                 expected = _beam_hf(hf, idx, 30, stop, **options)
                 got = ours.generate(idx, 30, stop_token=stop, **options)
-                assert torch.equal(got, expected), (stop, length_penalty, mode, got.tolist(), expected.tolist())
+                assert torch.equal(got, expected), (stop, length_penalty, mode, got, expected)
                 results[stop, length_penalty, mode] = got.tolist()
     assert len(results[greedy[0], 0.8, False][0]) == 6           # the one-token answer wins at 0.8
     assert results[greedy[0], 2.0, True] != results[greedy[0], 2.0, False]   # the modes are not all alike
 
 
-def test_beam_batch_of_different_lengths_equals_transformers_left_padded(beam_models):
+def test_beam_batch_of_different_lengths_equals_transformers_left_padded(beam_models, beam_one_thread):
     hf, ours = beam_models
     prompts = [[5, 17, 33, 2, 9, 100, 42], [8], [61, 62, 63, 64]]
     width, pad = max(map(len, prompts)), 209
