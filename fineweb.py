@@ -1,28 +1,19 @@
 """Tokenize a text corpus with GPT-2's tokenizer into uint16 .npy shards for train_gpt2.py.
 
-By default it downloads FineWeb-Edu's 10B-token sample (HuggingFaceFW/fineweb-edu, config sample-10BT),
-tokenizes every document with tiktoken's GPT-2 encoding in a process pool, puts <|endoftext|> before
-each document, and writes 100M-token shards:
-
-    edu_fineweb10B/edufineweb_val_000000.npy     shard 0: the validation split
-    edu_fineweb10B/edufineweb_train_000001.npy   shards 1, 2, ...: training data
-    edu_fineweb10B/manifest.json                 what is done so far (for resuming)
-
-Each shard is np.save of a 1-D uint16 array (GPT-2's ids are < 2**16). Shards are filled to the brim:
-a document that does not fit in the current shard continues at the start of the next one.
-
     python fineweb.py                                  # FineWeb-Edu sample-10BT, ~100 shards, ~20 GB
     python fineweb.py --streaming                      # same shards, no ~28 GB parquet cache on disk
     python fineweb.py --source my_corpus/ --out-dir my_shards --shard-size 10_000_000
     python fineweb.py --source 'data/*.jsonl' --text-field content
     python fineweb.py --source Salesforce/wikitext --name wikitext-103-raw-v1 --split train
 
---source takes a local file, a directory (searched recursively) or a glob of .txt / .jsonl / .parquet
-files (a .txt file is one document; a .jsonl line or a .parquet row is one document, read from the field
---text-field), or else the name of a dataset on the HuggingFace Hub.
-
-Interrupted? Run the same command again: finished shards (listed in manifest.json) are kept, and the
-run resumes right after them, producing exactly the bytes an uninterrupted run would have.
+It reads every document of --source (a local .txt / .jsonl / .parquet file, directory or glob: a .txt
+file is one document, a .jsonl line or .parquet row one read from --text-field; else a HuggingFace Hub
+dataset, by default FineWeb-Edu's sample-10BT), tokenizes it with tiktoken's GPT-2 encoding in a process
+pool, puts <|endoftext|> before each document and fills 100M-token shards to the brim (a document that
+does not fit continues in the next): OUT/edufineweb_val_000000.npy (the val split), then
+OUT/edufineweb_train_000001.npy, ... (np.save of 1-D uint16), and OUT/manifest.json, what is done so far.
+Interrupted? Run the same command again: finished shards are kept, and the result is byte for byte what
+an uninterrupted run writes.
 """
 import argparse
 import glob
@@ -35,32 +26,24 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-DEFAULT_DATASET = "HuggingFaceFW/fineweb-edu"
-DEFAULT_CONFIG = "sample-10BT"            # the config name used when --source is the default dataset
+DEFAULT_DATASET, DEFAULT_CONFIG = "HuggingFaceFW/fineweb-edu", "sample-10BT"
 SHARD_PREFIX = "edufineweb"               # train_gpt2.py looks for {prefix}_{val|train}_{index:06d}.npy
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 MANIFEST = "manifest.json"
 
+
 # ---------------------------------------------------------------------------------------------
 # 1. Reading documents: local files or a HuggingFace dataset, always in the same order
 # ---------------------------------------------------------------------------------------------
-
-
 def local_files(source):
     """The sorted list of files a local --source names (file, directory or glob); None for a Hub name."""
-    if os.path.isdir(source):
-        pattern = os.path.join(source, "**", "*")
-        files = sorted(p for p in glob.glob(pattern, recursive=True)
-                       if os.path.isfile(p) and p.endswith(LOCAL_SUFFIXES))
-        if not files:
-            raise FileNotFoundError(f"directory {source} holds no .txt, .jsonl or .parquet files")
-        return files
     if os.path.isfile(source):
         if not source.endswith(LOCAL_SUFFIXES):
             raise ValueError(f"{source}: unsupported file type (use .txt, .jsonl or .parquet)")
         return [source]
-    if any(c in source for c in "*?["):
-        files = sorted(p for p in glob.glob(source, recursive=True)
+    if os.path.isdir(source) or any(c in source for c in "*?["):
+        pattern = os.path.join(source, "**", "*") if os.path.isdir(source) else source
+        files = sorted(p for p in glob.glob(pattern, recursive=True)
                        if os.path.isfile(p) and p.endswith(LOCAL_SUFFIXES))
         if not files:
             raise FileNotFoundError(f"no .txt, .jsonl or .parquet files match {source}")
@@ -76,15 +59,15 @@ def text_of(record, text_field, where):
     """The text of one record (a dict), or a one-line error naming where the record came from."""
     if not isinstance(record, dict) or text_field not in record:
         raise ValueError(f"{where}: record has no field '{text_field}' (choose one with --text-field)")
-    text = record[text_field]
-    if not isinstance(text, str):
-        raise ValueError(f"{where}: field '{text_field}' is {type(text).__name__}, not text")
-    return text
+    if not isinstance(record[text_field], str):
+        raise ValueError(f"{where}: field '{text_field}' is {type(record[text_field]).__name__}, not text")
+    return record[text_field]
 
 
 def read_local_documents(files, text_field):
     """Yield the text of every document in `files`, in order."""
     for path in files:
+        where = path
         try:
             if path.endswith(".txt"):
                 with open(path, encoding="utf-8") as f:
@@ -92,29 +75,21 @@ def read_local_documents(files, text_field):
             elif path.endswith(".jsonl"):
                 with open(path, encoding="utf-8") as f:
                     for line_no, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue                  # tolerate blank lines (e.g. a trailing one)
-                        try:
-                            record = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-                        yield text_of(record, text_field, f"{path}:{line_no}")
+                        where = f"{path}:{line_no}"
+                        if line.strip():              # tolerate blank lines (e.g. a trailing one)
+                            yield text_of(json.loads(line), text_field, where)
             else:
-                yield from read_parquet_texts(path, text_field)
+                import pyarrow.parquet as pq          # ships with `datasets`
+                parquet = pq.ParquetFile(path)
+                if text_field not in parquet.schema_arrow.names:
+                    raise ValueError(f"{path}: no column '{text_field}' (choose one with --text-field)")
+                for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+                    for text in batch.column(0).to_pylist():
+                        yield text_of({text_field: text}, text_field, path)
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def read_parquet_texts(path, text_field):
-    import pyarrow.parquet as pq              # ships with `datasets`
-    parquet = pq.ParquetFile(path)
-    if text_field not in parquet.schema_arrow.names:
-        raise ValueError(f"{path}: no column '{text_field}' (choose one with --text-field)")
-    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if not isinstance(text, str):
-                raise ValueError(f"{path}: column '{text_field}' holds a {type(text).__name__}, not text")
-            yield text
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
 
 
 def load_hub_dataset(source, name, split, streaming, text_field):
@@ -137,33 +112,22 @@ def load_hub_dataset(source, name, split, streaming, text_field):
     return ds.select_columns([text_field])    # don't ship the other columns to the tokenizer workers
 
 
-def hub_documents(ds, text_field, start):
-    for record in ds.skip(start) if start else ds:
-        yield text_of(record, text_field, "dataset row")
-
-
-def hub_document_count(ds, split):
-    """The number of documents, when the dataset knows it (for the progress bar's ETA)."""
-    try:
-        return len(ds)
-    except TypeError:                          # a streaming dataset has no len(); its metadata may say
-        splits = getattr(ds.info, "splits", None) or {}
-        return (splits[split].num_examples or None) if split in splits else None
-
-
 def open_documents(source, files, name, split, streaming, text_field, start):
     """(iterator over the documents' texts from number `start` on, number of documents or None)."""
-    if files is None:
-        ds = load_hub_dataset(source, name, split, streaming, text_field)
-        return hub_documents(ds, text_field, start), hub_document_count(ds, split)
-    # Skipping finished documents is cheap: they are read but not tokenized.
-    return itertools.islice(read_local_documents(files, text_field), start, None), None
+    if files is not None:                      # skipping finished documents is cheap: read, not tokenized
+        return itertools.islice(read_local_documents(files, text_field), start, None), None
+    ds = load_hub_dataset(source, name, split, streaming, text_field)
+    try:
+        total = len(ds)
+    except TypeError:                          # a streaming dataset has no len(); its metadata may say
+        splits = getattr(ds.info, "splits", None) or {}
+        total = (splits[split].num_examples or None) if split in splits else None
+    return (text_of(r, text_field, "dataset row") for r in (ds.skip(start) if start else ds)), total
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. Tokenizing: one tiktoken encoder per pool worker, documents in, uint16 arrays out
 # ---------------------------------------------------------------------------------------------
-
 _encoder = None                                # each worker's own, made once by init_worker
 
 
@@ -183,35 +147,26 @@ def init_worker():
 
 def tokenize(text):
     """<|endoftext|> followed by the document's GPT-2 ids, as uint16. Module-level so pools can pickle it."""
-    ids = [_encoder.eot_token]
-    ids.extend(_encoder.encode_ordinary(text))
-    tokens = np.array(ids, dtype=np.int64)
+    tokens = np.array([_encoder.eot_token] + _encoder.encode_ordinary(text), dtype=np.int64)
     if tokens.max() >= 2**16:                 # never for GPT-2 (50,257 ids), but uint16 would wrap silently
         raise ValueError(f"token id {tokens.max()} does not fit in uint16")
     return tokens.astype(np.uint16)
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Writing shards and the manifest, each atomically (a crash never leaves a half-written file)
+# 3. Shards and the manifest, each written atomically (a crash never leaves a half-written file)
 # ---------------------------------------------------------------------------------------------
-
-
 def shard_name(index):
     return f"{SHARD_PREFIX}_{'val' if index == 0 else 'train'}_{index:06d}.npy"
 
 
 def write_atomically(path, write):
-    """Write via `path + '.tmp'` then rename: readers see the old file or the new one, never half of one."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    """write(f) into path + '.tmp', then rename: readers see the old file or the new one, never half."""
+    with open(path + ".tmp", "wb") as f:
         write(f)                                # np.save to a file object: no ".npy" appended to the name
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_shard(out_dir, index, tokens):
-    write_atomically(os.path.join(out_dir, shard_name(index)), lambda f: np.save(f, tokens))
+    os.replace(path + ".tmp", path)
 
 
 def save_manifest(out_dir, manifest):
@@ -219,22 +174,15 @@ def save_manifest(out_dir, manifest):
     write_atomically(os.path.join(out_dir, MANIFEST), lambda f: f.write(text.encode()))
 
 
-def prepare_out_dir(out_dir):
-    """Create the output directory and prove we can write into it, before any download starts."""
-    try:
+def load_manifest(out_dir, config):
+    """The manifest of an earlier run with the same config, trimmed to the shards still intact on disk;
+    a fresh one when there is none. Errors out rather than overwrite shards made some other way."""
+    try:                                      # first prove we can write there, before any download starts
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write_test.tmp")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
+        write_atomically(os.path.join(out_dir, ".write_test"), lambda f: None)
+        os.remove(os.path.join(out_dir, ".write_test"))
     except OSError as e:
         raise PermissionError(f"cannot write to output directory {out_dir} ({e.strerror or e})") from None
-
-
-def load_manifest(out_dir, config):
-    """The manifest of an earlier run with the same config, trimmed to the shards still intact on disk.
-
-    A fresh manifest when there is none. Errors out rather than overwrite shards made some other way."""
     path = os.path.join(out_dir, MANIFEST)
     if not os.path.exists(path):
         if glob.glob(os.path.join(out_dir, f"{SHARD_PREFIX}_*.npy")):
@@ -250,10 +198,9 @@ def load_manifest(out_dir, config):
         raise ValueError(f"{path} is corrupt: delete {out_dir} and start again") from None
     for key in sorted(set(config) | set(old_config)):
         if old_config.get(key) != config.get(key):
-            raise ValueError(f"{out_dir} was made with {key}={old_config.get(key)!r}, but this run asks for "
-                             f"{key}={config.get(key)!r}: rerun with the same options or pick another --out-dir")
-    # Keep the longest run of listed shards that are really there with the right length.
-    intact = []
+            raise ValueError(f"{out_dir} was made with {key}={old_config.get(key)!r}, but this run asks "
+                             f"for {key}={config.get(key)!r}: rerun with those options or another --out-dir")
+    intact = []                               # the longest run of listed shards on disk with the right length
     for entry in old_shards:
         try:
             shard = np.load(os.path.join(out_dir, entry["file"]), mmap_mode="r")
@@ -262,8 +209,7 @@ def load_manifest(out_dir, config):
         if shard.dtype != np.uint16 or shard.shape != (entry["tokens"],):
             break
         intact.append(entry)
-    if len(intact) < len(old_shards):
-        manifest["complete"] = False
+    manifest["complete"] &= len(intact) == len(old_shards)
     manifest["shards"] = intact
     return manifest
 
@@ -271,22 +217,18 @@ def load_manifest(out_dir, config):
 # ---------------------------------------------------------------------------------------------
 # 4. The main loop: documents -> tokens -> shards, resumable
 # ---------------------------------------------------------------------------------------------
-
-
 def shard_tokens(token_arrays, shard_size, first_doc, first_offset):
     """Pack documents' tokens into full shards, splitting a document across shards when it does not fit.
 
     Yields (shard, next_doc, next_offset): the tokens, and where the next shard starts (document index,
-    tokens of that document already written). The last shard may be short."""
-    buffer = np.empty(shard_size, dtype=np.uint16)
-    filled = 0
+    tokens of that document already written). The last shard may be short; its next_doc is None."""
+    buffer, filled = np.empty(shard_size, dtype=np.uint16), 0
     for doc, tokens in enumerate(token_arrays, start=first_doc):
         pos = first_offset if doc == first_doc else 0   # a resumed document skips what is already written
         while pos < len(tokens):
             take = min(shard_size - filled, len(tokens) - pos)
             buffer[filled:filled + take] = tokens[pos:pos + take]
-            filled += take
-            pos += take
+            filled, pos = filled + take, pos + take
             if filled == shard_size:
                 done = pos == len(tokens)
                 yield buffer.copy(), (doc + 1 if done else doc), (0 if done else pos)
@@ -301,16 +243,11 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
 
     Returns the manifest. Raises ValueError / OSError (FileNotFoundError, ConnectionError, PermissionError)
     with a one-line message on bad input."""
-    if shard_size < 1:
-        raise ValueError(f"--shard-size must be at least 1 token, not {shard_size}")
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, not {workers}")
-    if max_shards is not None and max_shards < 1:
-        raise ValueError(f"--max-shards must be at least 1, not {max_shards}")
-    if name is None and source == DEFAULT_DATASET:
-        name = DEFAULT_CONFIG
+    for flag, value in (("--shard-size", shard_size), ("--workers", workers), ("--max-shards", max_shards)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, not {value}")
+    name = DEFAULT_CONFIG if name is None and source == DEFAULT_DATASET else name
     files = local_files(source)
-    prepare_out_dir(out_dir)
     config = dict(source=source, name=name, split=split, text_field=text_field, shard_size=shard_size,
                   tokenizer="gpt2")
     if files is None:
@@ -324,81 +261,66 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
         return manifest
     manifest["complete"] = False
     save_manifest(out_dir, manifest)          # written before any shard: see load_manifest's check
-    first_doc = shards[-1]["next_doc"] if shards else 0
-    first_offset = shards[-1]["next_offset"] if shards else 0
-
+    first_doc, first_offset = (shards[-1]["next_doc"], shards[-1]["next_offset"]) if shards else (0, 0)
     load_gpt2_encoder()                       # fail here, with a clear message, not inside the workers
     documents, total = open_documents(source, files, name, split, streaming, text_field, first_doc)
     if shards:
         print(f"resuming after {len(shards)} finished shards, at document {first_doc:,}")
-
-    progress = tqdm(total=total, initial=first_doc, unit="docs", unit_scale=True, desc=f"{out_dir}")
-    pool = multiprocessing.Pool(workers, initializer=init_worker) if workers > 1 else None
+    pool = multiprocessing.Pool(workers, initializer=init_worker) if workers > 1 else init_worker()
+    # imap keeps the documents' order: the shards are the same whatever the number of workers
+    token_arrays = pool.imap(tokenize, documents, chunksize=16) if pool else map(tokenize, documents)
+    progress = tqdm(token_arrays, total=total, initial=first_doc, unit="docs", unit_scale=True, desc=out_dir)
     try:
-        if pool is None:
-            init_worker()
-            token_arrays = map(tokenize, documents)
-        else:                                 # imap keeps the documents' order: shards are deterministic
-            token_arrays = pool.imap(tokenize, documents, chunksize=16)
-        token_arrays = counting(token_arrays, progress)
-        for tokens, next_doc, next_offset in shard_tokens(token_arrays, shard_size, first_doc, first_offset):
-            index = len(shards)
-            save_shard(out_dir, index, tokens)
-            shards.append(dict(file=shard_name(index), tokens=len(tokens), next_doc=next_doc,
-                               next_offset=next_offset))
-            manifest["complete"] = next_doc is None
-            save_manifest(out_dir, manifest)
-            progress.set_postfix(shards=len(shards), refresh=False)
-            if max_shards is not None and len(shards) >= max_shards and not manifest["complete"]:
-                break
-        else:
-            manifest["complete"] = True       # also when the data ends exactly at a shard boundary
-            save_manifest(out_dir, manifest)
+        packed = shard_tokens(progress, shard_size, first_doc, first_offset)
+        write_shards(out_dir, manifest, packed, max_shards, progress)
     finally:
         if pool is not None:
             pool.terminate()
         progress.close()
     if not shards:
         raise ValueError(f"{source} holds no documents")
-    total_tokens = sum(s["tokens"] for s in shards)
-    print(f"{out_dir}: {len(shards)} shards, {total_tokens:,} tokens"
+    print(f"{out_dir}: {len(shards)} shards, {sum(s['tokens'] for s in shards):,} tokens"
           + ("" if manifest["complete"] else " (stopped early: rerun without --max-shards to finish)"))
     if manifest["complete"] and len(shards) < 2:
         print("warning: only one shard (the val shard): lower --shard-size to get training shards too")
     return manifest
 
 
-def counting(items, progress):
-    """Pass items through, ticking the progress bar once per document."""
-    for item in items:
-        progress.update()
-        yield item
+def write_shards(out_dir, manifest, packed, max_shards, progress):
+    """Write each packed shard, then record it in the manifest (a shard on disk but not listed is redone)."""
+    shards = manifest["shards"]
+    for tokens, next_doc, next_offset in packed:
+        index = len(shards)
+        write_atomically(os.path.join(out_dir, shard_name(index)), lambda f: np.save(f, tokens))
+        shards.append(dict(file=shard_name(index), tokens=len(tokens), next_doc=next_doc,
+                           next_offset=next_offset))
+        manifest["complete"] = next_doc is None
+        save_manifest(out_dir, manifest)
+        progress.set_postfix(shards=len(shards), refresh=False)
+        if max_shards is not None and len(shards) >= max_shards and not manifest["complete"]:
+            return
+    manifest["complete"] = True               # also when the data ends exactly at a shard boundary
+    save_manifest(out_dir, manifest)
 
 
 # ---------------------------------------------------------------------------------------------
 # 5. Command line
 # ---------------------------------------------------------------------------------------------
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=DEFAULT_DATASET,
-                        help="local .txt/.jsonl/.parquet file, directory or glob, or a HuggingFace dataset "
-                             f"name (default: {DEFAULT_DATASET})")
-    parser.add_argument("--name", default=None,
-                        help=f"dataset config (default: {DEFAULT_CONFIG} for {DEFAULT_DATASET})")
-    parser.add_argument("--split", default="train", help="dataset split to read (default: train)")
-    parser.add_argument("--streaming", action="store_true",
-                        help="stream the HuggingFace dataset instead of downloading it to the cache first")
-    parser.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
-    parser.add_argument("--out-dir", default="edu_fineweb10B", help="where shards go (default: edu_fineweb10B)")
-    parser.add_argument("--shard-size", type=int, default=10**8,
-                        help="tokens per shard (default: 100_000_000)")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                        help="tokenizer processes (default: half the CPU cores; 1 = no pool)")
-    parser.add_argument("--max-shards", type=int, default=None,
-                        help="stop after this many shards in total (a rerun without it continues)")
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default=DEFAULT_DATASET, help="local .txt/.jsonl/.parquet file, directory or "
+                   f"glob, or a HuggingFace dataset name (default: {DEFAULT_DATASET})")
+    p.add_argument("--name", help=f"dataset config (default: {DEFAULT_CONFIG} for {DEFAULT_DATASET})")
+    p.add_argument("--split", default="train", help="dataset split to read (default: train)")
+    p.add_argument("--streaming", action="store_true",
+                   help="stream the HuggingFace dataset instead of downloading it to the cache first")
+    p.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
+    p.add_argument("--out-dir", default="edu_fineweb10B", help="where shards go (default: edu_fineweb10B)")
+    p.add_argument("--shard-size", type=int, default=10**8, help="tokens per shard (default: 100_000_000)")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="tokenizer processes (default: half the CPU cores; 1 = no pool)")
+    p.add_argument("--max-shards", type=int, help="stop after this many shards in all (a rerun continues)")
+    args = p.parse_args(argv)
     try:
         build_shards(source=args.source, name=args.name, split=args.split, streaming=args.streaming,
                      text_field=args.text_field, out_dir=args.out_dir, shard_size=args.shard_size,

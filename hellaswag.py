@@ -31,7 +31,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from model import download, unwrap
+from model import atomic_write, download, unwrap
 
 # The dataset's own public repository (the HuggingFace copy is the same data).
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
@@ -229,29 +229,23 @@ def pack_batch(parts, pad_to=1):
     return idx, pos, seg, longs(rows), longs(sources), longs(targets), longs(owner)
 
 
-def packed_hidden(model, idx, pos, seg):
-    """The transformer over packed rows, through the model's own modules, with an attention mask that lets
-    a token see the context and the earlier tokens of its own ending only (never another ending)."""
-    transformer, n_head = model.transformer, model.config.n_head
-    causal = torch.ones(idx.size(1), idx.size(1), dtype=torch.bool, device=idx.device).tril()
+def packed_mask(seg):
+    """(B, 1, L, L) attention mask for packed rows: a token sees the context and the earlier tokens of its
+    own ending only (never another ending), the same for every head."""
+    causal = torch.ones(seg.size(1), seg.size(1), dtype=torch.bool, device=seg.device).tril()
     visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, query, key)
-    attn_mask = (causal & visible)[:, None]  # (B, 1, L, L): the same for every head
-    x = transformer.wte(idx) + transformer.wpe(pos)
-    for block in transformer.h:
-        h = block.ln_1(x)
-        B, T, C = h.shape
-        q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in block.attn.c_attn(h).split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
-        x = x + block.mlp(block.ln_2(x))
-    return x
+    return (causal & visible)[:, None]
+
+
+def packed_hidden(model, idx, pos, seg):
+    """The model's own forward over packed rows (compiled as one function under --compile)."""
+    return model.hidden_states(idx, pos=pos, attn_mask=packed_mask(seg))
 
 
 def packed_losses(model, idx, pos, seg, rows, sources, targets, chunk=4096, hidden_fn=packed_hidden):
     """Per-token loss (N,) of every ending token of a packed batch. lm_head runs only on the N positions
     that predict an ending token, chunk rows at a time so the (N, vocab) logits never all exist at once."""
-    x = hidden_fn(model, idx, pos, seg)
-    x = model.transformer.ln_f(x[rows, sources])
+    x = hidden_fn(model, idx, pos, seg)[rows, sources]
     losses = [F.cross_entropy(model.lm_head(x[i:i + chunk]).float(), targets[i:i + chunk], reduction="none")
               for i in range(0, len(targets), chunk)]
     return torch.cat(losses)
@@ -398,10 +392,9 @@ def load_model(args, device):
 def write_jsonl(path, records):
     """One JSON line per example, written atomically."""
     keys = ("ind", "label", "losses_sum", "losses_mean", "loglik_per_char", "pred", "pred_norm")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_write(path, "w") as f:
         for r in records:
             f.write(json.dumps({k: r[k] for k in keys}) + "\n")
-    os.replace(path + ".tmp", path)
 
 
 def main(argv=None):

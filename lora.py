@@ -4,24 +4,19 @@ LoRA (Hu et al. 2021) freezes a pretrained weight W (out, in) and learns a low-r
 
     y = x W^T + b + scaling * (dropout(x) A^T) B^T        A: (r, in), B: (out, r), scaling = alpha / r
 
-B starts at zero, so the fine-tuned model starts exactly equal to the base. Only A and B are trained,
-so the optimizer keeps state for a fraction of a percent of the parameters, and after training
-B A can be added into W ("merged") so that inference costs nothing extra.
+B = 0 at the start, so training starts exactly from the base model. Only A and B are trained (the
+optimizer's state shrinks to a fraction of a percent), and B A can then be merged into W for free inference.
 
-Run (the E2E NLG data of the LoRA paper is downloaded into ./e2e on first use):
+    python lora.py --ckpt log/model.pt                          # a train_gpt2.py checkpoint on E2E NLG
+    python lora.py --init gpt2 --merge                          # OpenAI's GPT-2; also a merged checkpoint
+    python lora.py --ckpt log/model.pt --data notes.txt --full  # a local file; also full fine-tuning
+    python lora.py --adapter log/lora.pt                        # evaluate and sample with a saved adapter
 
-    python lora.py --ckpt log/model.pt                      # fine-tune a train_gpt2.py checkpoint on E2E
-    python lora.py --init gpt2 --data e2e --merge           # OpenAI's GPT-2, then write a merged checkpoint
-    python lora.py --ckpt log/model.pt --data ../shared/data/e2e_valid.txt   # offline, a local file
-    python lora.py --ckpt log/model.pt --data notes.txt --full               # also full fine-tuning, compare
-    python lora.py --ckpt log/model.pt --adapter log/lora.pt                 # sample with a saved adapter
-
---data accepts: a .jsonl file with {"prompt": ..., "completion": ...} per line; a text file whose every
-line is `prompt||completion` (the LoRA paper's E2E format); or any other text file, trained as plain
-continuation. Prompt tokens are never trained on (their targets are -1); each example ends with
-<|endoftext|>.
+--data: 'e2e' (the LoRA paper's E2E NLG files, downloaded), a .jsonl of {"prompt", "completion"} objects,
+a text file of `prompt||completion` lines, or plain text. Prompt tokens are never targets.
 """
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -41,38 +36,28 @@ from tqdm import tqdm
 import model as gpt
 
 # ---------------------------------------------------------------------------------------------
-# The adapter
+# The adapter: one layer and three helpers
 # ---------------------------------------------------------------------------------------------
-
-
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update scaling * B A.
 
-    The wrapper takes over the base layer's own `weight` and `bias` Parameters (the same objects), so
-    the state-dict names of the base weights do not change ("...c_attn.weight") and the adapter adds
-    only "...c_attn.lora_A" and "...c_attn.lora_B".
-
-    `blocks` splits the output features into equal blocks and says which of them get an adapter.
-    GPT-2's fused c_attn computes q, k and v in one matmul (out = 3 * n_embd), and the LoRA paper
-    adapts only q and v: blocks=(True, False, True). Each enabled block gets its own rank-r adapter,
-    stacked along dim 0: lora_A is (2r, in) = [A_q; A_v] and lora_B is (2 * n_embd, r) = [B_q; B_v].
-    That is exactly the layout of loralib's MergedLinear(enable_lora=[True, False, True]), which
-    applies the two B's with a grouped conv1d; here we split and add instead.
+    It takes over the base layer's own weight and bias Parameters, so the base's state-dict names stay
+    ("...c_attn.weight") and the adapter adds "...c_attn.lora_A" and "...c_attn.lora_B".
+    `blocks` says which equal blocks of the outputs get an adapter: the LoRA paper adapts q and v of GPT-2's
+    fused c_attn = [q; k; v], blocks=(True, False, True), each with its own rank-r pair stacked along dim 0
+    (lora_A = [A_q; A_v], lora_B = [B_q; B_v]), as loralib's MergedLinear(enable_lora=[True, False, True]).
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
-                 blocks=None):
+    def __init__(self, base, r, alpha, dropout=0.0, rslora=False, blocks=(True,)):
         super().__init__()
         if r < 1:
             raise ValueError(f"LoRA rank r must be at least 1, got {r}.")
+        base.requires_grad_(False)
+        self.weight, self.bias = base.weight, base.bias  # the same Parameters: names and ties unchanged
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight, self.bias = base.weight, base.bias  # the base's own Parameters: names and ties unchanged
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
-        self.blocks = tuple(bool(b) for b in blocks) if blocks else (True,)
+        self.blocks = tuple(map(bool, blocks))
         if self.out_features % len(self.blocks) or not any(self.blocks):
-            raise ValueError(f"blocks={self.blocks} must split {self.out_features} outputs evenly and enable one.")
+            raise ValueError(f"blocks={self.blocks} must split {self.out_features} outputs evenly")
         self.block_size = self.out_features // len(self.blocks)
         self.enabled = [i for i, on in enumerate(self.blocks) if on]
         self.r, self.alpha, self.rslora = r, alpha, rslora
@@ -81,8 +66,7 @@ class LoRALinear(nn.Module):
         factory = dict(dtype=base.weight.dtype, device=base.weight.device)
         self.lora_A = nn.Parameter(torch.empty(len(self.enabled) * r, self.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(len(self.enabled) * self.block_size, r, **factory))
-        # PEFT's (and nn.Linear's) default init for A; B = 0 makes the wrapped layer equal the base at start.
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's (and nn.Linear's) default for A
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
 
@@ -100,65 +84,48 @@ class LoRALinear(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def delta_weight(self):
-        """scaling * B A as an (out, in) matrix; zero rows for blocks without an adapter."""
-        if len(self.blocks) == 1:
-            return self.scaling * (self.lora_B @ self.lora_A)
+        """scaling * B A as an (out, in) matrix; zero rows for the blocks without an adapter."""
         delta = torch.zeros_like(self.weight)
-        for block, A_i, B_i in zip(self.enabled, self.lora_A.split(self.r), self.lora_B.split(self.block_size)):
-            delta[block * self.block_size:(block + 1) * self.block_size] = self.scaling * (B_i @ A_i)
-        return delta
+        size = self.block_size
+        for block, A_i, B_i in zip(self.enabled, self.lora_A.split(self.r), self.lora_B.split(size)):
+            delta[block * size:(block + 1) * size] = B_i @ A_i
+        return self.scaling * delta
 
     @torch.no_grad()
-    def merge(self):
-        if not self.merged:
-            self.weight += self.delta_weight().to(self.weight.dtype)
-            self.merged = True
+    def merge(self, merged=True):
+        """Add B A into the weight (merged=False: take it out again); a repeated call changes nothing."""
+        if self.merged != merged:
+            delta = self.delta_weight().to(self.weight.dtype)
+            self.weight.add_(delta if merged else -delta)
+            self.merged = merged
 
-    @torch.no_grad()
     def unmerge(self):
-        if self.merged:
-            self.weight -= self.delta_weight().to(self.weight.dtype)
-            self.merged = False
-
-    def extra_repr(self):
-        return (f"in={self.in_features}, out={self.out_features}, r={self.r}, scaling={self.scaling:g}, "
-                f"blocks={self.blocks}, merged={self.merged}")
+        self.merge(False)
 
 
-# Target names match module-path suffixes, as in PEFT: "c_attn" wraps every "transformer.h.N.attn.c_attn";
-# "c_proj" would wrap both attn.c_proj and mlp.c_proj. "qv" is the paper's choice: the q and v blocks of c_attn.
-STANDARD_TARGETS = ("qv", "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")
+# Targets match module-path suffixes, as in PEFT: "c_attn" wraps every "transformer.h.N.attn.c_attn",
+# "c_proj" both attn.c_proj and mlp.c_proj. "qv" is the paper's choice: the q and v blocks of c_attn.
+TARGETS = ("qv", "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")
 
 
 def apply_lora(model, r=4, alpha=32.0, dropout=0.0, targets=("qv",), rslora=False):
-    """Freeze every parameter of `model`, then wrap the target nn.Linear layers in LoRALinear (in place).
-
-    Returns the names of the wrapped modules. The tied wte/lm_head weight is never wrapped by the
-    standard targets, so it stays tied and frozen.
-    """
-    targets = list(targets)
+    """Freeze `model`, then wrap its target nn.Linear layers in LoRALinear, in place; -> the wrapped names.
+    The tied wte/lm_head weight is no target, so it stays tied and frozen."""
     if "qv" in targets and "c_attn" in targets:
         raise ValueError("targets 'qv' and 'c_attn' both adapt c_attn; pick one.")
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     wrapped = []
     for target in targets:
-        suffix, blocks = ("c_attn", (True, False, True)) if target == "qv" else (target, None)
+        suffix, blocks = ("c_attn", (True, False, True)) if target == "qv" else (target, (True,))
         hits = [name for name, m in model.named_modules()
                 if isinstance(m, nn.Linear) and (name == suffix or name.endswith("." + suffix))]
         if not hits:
             raise ValueError(f"LoRA target '{target}' matches no nn.Linear in the model "
-                             f"(standard targets: {', '.join(STANDARD_TARGETS)}).")
+                             f"(standard targets: {', '.join(TARGETS)}).")
         for name in hits:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout, rslora, blocks))
-            wrapped.append(name)
+            _replace(model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout, rslora, blocks))
+        wrapped += hits
     return wrapped
-
-
-def lora_layers(model):
-    return [m for m in model.modules() if isinstance(m, LoRALinear)]
 
 
 def lora_state_dict(model):
@@ -167,102 +134,40 @@ def lora_state_dict(model):
 
 
 def merge_and_unwrap(model):
-    """Add B A into every wrapped weight and put plain nn.Linear layers back: a model save_checkpoint can write."""
+    """Add B A into every wrapped weight and put plain nn.Linear layers back: an ordinary GPT again."""
     for name, m in list(model.named_modules()):
         if isinstance(m, LoRALinear):
             m.merge()
             linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
             linear.weight, linear.bias = m.weight, m.bias
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+            _replace(model, name, linear)
     return model
 
 
-def count_params(model):
-    """(trainable, total); shared (tied) parameters are counted once."""
-    params = list(model.parameters())  # .parameters() already yields a shared Parameter once
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+def lora_layers(model):
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
 
 
-def base_fingerprint(model):
-    """SHA-256 of the base weights (names, dtypes, shapes, bytes), adapters excluded; must be unmerged."""
-    if any(m.merged for m in lora_layers(model)):
-        raise ValueError("cannot fingerprint a model whose adapters are merged into its weights.")
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if name.endswith((".lora_A", ".lora_B")):
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())  # raw bytes: works for bf16 too
-    return h.hexdigest()
+def _replace(model, name, module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
 
 
 # ---------------------------------------------------------------------------------------------
-# Adapter files
+# Data: E2E download, reading examples, tokenizing, splitting, batching
 # ---------------------------------------------------------------------------------------------
-
-
-def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer_name, base_is_init=False, **extra):
-    """Adapter-only file: A/B tensors, the LoRA config, and which base (path and weight hash) it belongs to."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    base = {"path": str(base_path), "init": base_is_init, "sha256": base_hash}
-    blob = {"lora": lora_state_dict(model), "lora_config": dict(lora_config), "base": base,
-            "tokenizer": tokenizer_name, **extra}
-    torch.save(blob, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def read_adapter(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"adapter file {path} does not exist.")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say so in one line
-        raise ValueError(f"{path} is not a readable adapter file ({e.__class__.__name__}).") from None
-    if not isinstance(blob, dict) or not {"lora", "lora_config", "base"} <= blob.keys():
-        raise ValueError(f"{path} is not a LoRA adapter written by lora.py (no 'lora'/'lora_config'/'base').")
-    return blob
-
-
-def load_adapter(model, blob, base_hash=None):
-    """Wrap `model` (the unadapted base) as the adapter says and load its A/B; refuse a different base."""
-    base_hash = base_hash or base_fingerprint(model)
-    want = blob["base"]
-    if base_hash != want["sha256"]:
-        raise ValueError(f"adapter was trained on base {want['path']} (weights sha256 {want['sha256'][:12]}...), "
-                         f"but the given base has sha256 {base_hash[:12]}...: pass the matching --ckpt/--init.")
-    cfg = blob["lora_config"]
-    apply_lora(model, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["targets"], cfg["rslora"])
-    params = dict(model.named_parameters())
-    if set(blob["lora"]) != {k for k in params if k.endswith((".lora_A", ".lora_B"))}:
-        raise ValueError("adapter tensors do not match the model's LoRA layers (different architecture?).")
-    with torch.no_grad():
-        for name, t in blob["lora"].items():
-            if params[name].shape != t.shape:
-                raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
-                                 f"the model expects {tuple(params[name].shape)}.")
-            params[name].copy_(t)
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
-# Data: E2E download, reading examples, tokenizing, batching
-# ---------------------------------------------------------------------------------------------
-
 E2E_URL = "https://raw.githubusercontent.com/microsoft/LoRA/main/examples/NLG/data/e2e/{split}.txt"
 
 
 def download_e2e(cache_dir="e2e", splits=("train", "valid", "test")):
     """The E2E NLG files of the LoRA paper's repository (`meaning representation||sentence` per line)."""
     os.makedirs(cache_dir, exist_ok=True)
-    paths = {}
-    for split in splits:
-        paths[split] = os.path.join(cache_dir, f"{split}.txt")
-        if not os.path.exists(paths[split]):
-            print(f"downloading E2E {split} -> {paths[split]}")
-            gpt.download(E2E_URL.format(split=split), paths[split],
-                         hint="pass a local file instead: --data FILE (prompt||completion lines, .jsonl or .txt).")
+    paths = {split: os.path.join(cache_dir, f"{split}.txt") for split in splits}
+    for split, path in paths.items():
+        if not os.path.exists(path):
+            print(f"downloading E2E {split} -> {path}")
+            gpt.download(E2E_URL.format(split=split), path,
+                         hint="pass a local file instead: --data FILE (prompt||completion lines or .jsonl).")
     return paths
 
 
@@ -275,26 +180,23 @@ def read_examples(path):
     if path.endswith(".jsonl"):
         pairs = []
         for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
+            try:
+                if line.strip():
                     row = json.loads(line)
                     pairs.append((row["prompt"], row["completion"]))
-                except (ValueError, KeyError, TypeError):
-                    raise ValueError(f"{path}:{i}: expected a JSON object with 'prompt' and 'completion'.") from None
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{path}:{i}: expected an object with 'prompt' and 'completion'") from None
         return pairs
     lines = [line for line in text.splitlines() if line.strip()]
     if lines and all("||" in line for line in lines):
-        # Keep the "||" at the end of the prompt: it tells the model where the answer starts.
+        # The prompt keeps its "||": it tells the model where the answer starts.
         return [(p + "||", c) for p, c in (line.split("||", 1) for line in lines)]
     return [("", text)]
 
 
 def tokenize(pairs, tokenizer, block_size):
-    """(ids, n_prompt) per example: prompt tokens, completion tokens, <|endoftext|>, at most block_size + 1.
-
-    A single plain-text pair is cut into chunks of block_size + 1 tokens (overlapping by one, so every
-    token is a target once), all of them trained on.
-    """
+    """(ids, n_prompt) per example: prompt, completion, <|endoftext|>, at most block_size + 1 tokens.
+    Plain text is cut into chunks of block_size + 1 tokens overlapping by one: each token a target once."""
     eot = tokenizer.eot_token
     if len(pairs) == 1 and pairs[0][0] == "":
         ids = tokenizer.encode_ordinary(pairs[0][1]) + [eot]
@@ -309,8 +211,8 @@ def tokenize(pairs, tokenizer, block_size):
 
 
 def split_examples(examples, val_frac, seed=1337):
-    """Train/val split. Prompt/completion data is split by distinct prompt (val prompts are unseen in
-    training; E2E has several references per prompt); plain text keeps its order (last chunks = val)."""
+    """Train/val split. Pairs are split by distinct prompt, so that val prompts are unseen in training (E2E
+    has several references per prompt); plain-text chunks keep their order (the last ones are val)."""
     if len(examples) < 2:
         raise ValueError(f"need at least 2 examples for a train/val split, got {len(examples)} "
                          "(a plain-text file needs more than block_size tokens).")
@@ -318,8 +220,8 @@ def split_examples(examples, val_frac, seed=1337):
     if all(n_prompt == 0 for _, n_prompt in examples):
         return examples[:-n_val], examples[-n_val:]
     by_prompt = {}
-    for ex in examples:
-        by_prompt.setdefault(tuple(ex[0][:ex[1]]), []).append(ex)
+    for ids, n_prompt in examples:
+        by_prompt.setdefault(tuple(ids[:n_prompt]), []).append((ids, n_prompt))
     prompts = list(by_prompt)
     random.Random(seed).shuffle(prompts)
     train, val = [], []
@@ -336,9 +238,7 @@ def collate(examples, pad_id):
     x = torch.full((len(examples), T), pad_id, dtype=torch.long)
     y = torch.full((len(examples), T), -1, dtype=torch.long)
     for b, (ids, n_prompt) in enumerate(examples):
-        t = torch.tensor(ids, dtype=torch.long)
-        x[b, :len(t) - 1] = t[:-1]
-        y[b, :len(t) - 1] = t[1:]
+        x[b, :len(ids) - 1], y[b, :len(ids) - 1] = torch.tensor(ids[:-1]), torch.tensor(ids[1:])
         y[b, :max(n_prompt - 1, 0)] = -1  # y[i] predicts ids[i + 1]: a prompt token while i + 1 < n_prompt
     return x, y
 
@@ -346,46 +246,69 @@ def collate(examples, pad_id):
 def load_data(args, tokenizer, block_size):
     """(train examples, val examples) from --data: E2E's own train/valid files, or a split of one file."""
     if args.data == "e2e":
-        paths = download_e2e(args.cache_dir, splits=("train", "valid"))
-        train = tokenize(read_examples(paths["train"]), tokenizer, block_size)
-        val = tokenize(read_examples(paths["valid"]), tokenizer, block_size)
+        paths = download_e2e(args.cache_dir, splits=("train", "valid")).values()
+        train, val = (tokenize(read_examples(path), tokenizer, block_size) for path in paths)
     else:
-        pairs = read_examples(args.data)
-        train, val = split_examples(tokenize(pairs, tokenizer, block_size), args.val_frac, args.seed)
+        examples = tokenize(read_examples(args.data), tokenizer, block_size)
+        train, val = split_examples(examples, args.val_frac, args.seed)
     if not train or not val:
         raise ValueError(f"{args.data} gave no usable examples.")
     return train, val
 
 
-def sample_prompts(val, n):
-    """The first n distinct prompts of the validation set (token ids)."""
-    seen = []
-    for ids, n_prompt in val:
-        if n_prompt and ids[:n_prompt] not in seen:
-            seen.append(ids[:n_prompt])
-        if len(seen) == n:
-            break
-    if not seen:  # plain text: continue the start of a few val chunks
-        seen = [ids[:len(ids) // 4 or 1] for ids, _ in val[:n]]
-    return seen
-
-
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation
 # ---------------------------------------------------------------------------------------------
-
-
-def autocast(device):
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def sum_loss(model, x, y, device):
-    """Summed cross-entropy over the non-masked targets (so micro-batches can be token-weighted)."""
-    with autocast(device):
+    """Summed cross-entropy over the targets that are not -1 (so that micro-batches weigh by tokens)."""
+    cuda = device.startswith("cuda")
+    with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):  # bf16 on CUDA
         _, per_token = model(x.to(device), y.to(device), reduction="none")
     return per_token.float().sum()
+
+
+def lr_at(step, lr, warmup, total):
+    """Linear warmup, then cosine decay to 10% of lr."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min((step - warmup) / max(1, total - warmup), 1.0)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
+    """AdamW on the trainable parameters; -> a dict of measurements (sizes, memory, step time, val loss)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = args.lr if desc == "lora" else (args.full_lr or args.lr)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
+                                  fused=device.startswith("cuda"))
+    rng = random.Random(args.seed)
+    peak_memory(device, reset=True)
+    model.train()
+    step_times = []
+    bar = tqdm(range(args.steps), desc=desc, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, lr, args.warmup, args.steps)
+        batches = [collate(rng.sample(train_ex, min(args.batch_size, len(train_ex))), pad_id)
+                   for _ in range(args.grad_accum)]
+        n_targets = sum(int((y != -1).sum()) for _, y in batches)
+        loss_sum = 0.0
+        for x, y in batches:  # gradient accumulation, each micro-batch weighted by its target tokens
+            loss = sum_loss(model, x, y, device) / n_targets
+            loss.backward()
+            loss_sum += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        step_times.append(time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    timed = step_times[1:] or step_times  # the first step pays for allocator warmup
+    return dict(trainable=sum(p.numel() for p in params), optimizer_bytes=optimizer_state_bytes(optimizer),
+                peak_bytes=peak_memory(device), step_time=sum(timed) / len(timed),
+                val_loss=evaluate(model, val_ex[:args.eval_examples], args.batch_size, device, pad_id))
 
 
 @torch.no_grad()
@@ -404,27 +327,27 @@ def evaluate(model, examples, batch_size, device, pad_id):
 
 @torch.no_grad()
 def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64):
-    """Greedy completion of one prompt, up to <|endoftext|> (kept within the context: no cropping)."""
+    """Greedy completion of one prompt, up to <|endoftext|> (within the context: no cropping)."""
     prompt_ids = prompt_ids[-(model.config.block_size - 1):]
     max_new_tokens = min(max_new_tokens, model.config.block_size - len(prompt_ids))
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    out = model.generate(idx, max_new_tokens, temperature=0, stop_token=tokenizer.eot_token)[0, len(prompt_ids):]
-    out = out.tolist()
+    out = model.generate(idx, max_new_tokens, temperature=0, stop_token=tokenizer.eot_token)
+    out = out[0, len(prompt_ids):].tolist()
     return tokenizer.decode(out[:out.index(tokenizer.eot_token)] if tokenizer.eot_token in out else out)
 
 
-def print_samples(model, prompts, tokenizer, device, title):
-    print(title)
-    for p in prompts:
+def print_samples(model, val, n, tokenizer, device, title):
+    """Greedy completions of the first n distinct prompts of `val` (plain text: of n chunk beginnings)."""
+    prompts = [list(p) for p in dict.fromkeys(tuple(ids[:k]) for ids, k in val if k)][:n]
+    print(f"samples ({title}):")
+    for p in prompts or [ids[:len(ids) // 4 or 1] for ids, _ in val[:n]]:
         print(f"  {tokenizer.decode(p)!r} -> {complete(model, p, tokenizer, device)!r}")
 
 
-def lr_at(step, lr, warmup, total):
-    """Linear warmup, then cosine decay to 10% of lr."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+def count_params(model):
+    """(trainable, total); .parameters() yields a shared (tied) Parameter once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def optimizer_state_bytes(optimizer):
@@ -432,63 +355,78 @@ def optimizer_state_bytes(optimizer):
                if torch.is_tensor(t))
 
 
-def reset_peak_memory(device):
-    """Start a new peak: CUDA's allocator statistics, or on Linux the process's resident-set high-water mark."""
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        return
+def peak_memory(device, reset=False):
+    """Bytes since the last reset=True: peak allocated on CUDA, else (Linux) the peak resident set."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # "5" resets VmHWM (Linux >= 4.0)
-    except OSError:
-        pass
-
-
-def peak_memory(device):
-    """Bytes: peak allocated on CUDA; on CPU the peak resident set since reset_peak_memory (None if unknown)."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated()
-    try:
+        if device.startswith("cuda"):
+            return torch.cuda.reset_peak_memory_stats() if reset else torch.cuda.max_memory_allocated()
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # "5" resets VmHWM (Linux >= 4.0)
+            return None
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
         return None
 
 
-def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
-    """AdamW on the trainable parameters; returns a dict of measurements."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    lr = args.lr if desc == "lora" else (args.full_lr or args.lr)
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
-                                  fused=device.startswith("cuda"))
-    rng = random.Random(args.seed)
-    reset_peak_memory(device)
-    model.train()
-    step_times = []
-    bar = tqdm(range(args.steps), desc=desc, dynamic_ncols=True)
-    for step in bar:
-        t0 = time.perf_counter()
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, lr, args.warmup, args.steps)
-        batches = [collate(rng.sample(train_ex, min(args.batch_size, len(train_ex))), pad_id)
-                   for _ in range(args.grad_accum)]
-        n_targets = sum(int((y != -1).sum()) for _, y in batches)
-        loss_sum = 0.0
-        for x, y in batches:  # gradient accumulation, weighted by target tokens
-            loss = sum_loss(model, x, y, device) / n_targets
-            loss.backward()
-            loss_sum += loss.item()
-        torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        step_times.append(time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    timed = step_times[1:] or step_times  # the first step pays for allocator warmup
-    return dict(trainable=sum(p.numel() for p in params), optimizer_bytes=optimizer_state_bytes(optimizer),
-                peak_bytes=peak_memory(device), step_time=sum(timed) / len(timed),
-                val_loss=evaluate(model, val_ex[:args.eval_examples], args.batch_size, device, pad_id))
+def fmt_bytes(n):
+    return "n/a" if n is None else f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapter files: the A/B tensors, the LoRA config and the identity of the base they belong to
+# ---------------------------------------------------------------------------------------------
+def base_fingerprint(model):
+    """SHA-256 of the base weights (names, dtypes, shapes, bytes), adapters excluded; must be unmerged."""
+    if any(m.merged for m in lora_layers(model)):
+        raise ValueError("cannot fingerprint a model whose adapters are merged into its weights.")
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not name.endswith((".lora_A", ".lora_B")):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())  # raw bytes: works for bf16 too
+    return h.hexdigest()
+
+
+def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer_name, base_is_init=False, **extra):
+    blob = {"lora": lora_state_dict(model), "lora_config": dict(lora_config), "tokenizer": tokenizer_name,
+            "base": {"path": str(base_path), "init": base_is_init, "sha256": base_hash}, **extra}
+    with gpt.atomic_write(path) as f:
+        torch.save(blob, f)
+
+
+def read_adapter(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"adapter file {path} does not exist.")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say so in one line
+        raise ValueError(f"{path} is not a readable adapter file ({e.__class__.__name__}).") from None
+    if not isinstance(blob, dict) or not {"lora", "lora_config", "base"} <= blob.keys():
+        raise ValueError(f"{path} is not a LoRA adapter written by lora.py (no 'lora'/'lora_config'/'base').")
+    return blob
+
+
+def load_adapter(model, blob, base_hash=None):
+    """Wrap `model` (the unadapted base) as the adapter says and load its A/B; refuse a different base."""
+    have, want = base_hash or base_fingerprint(model), blob["base"]
+    if have != want["sha256"]:
+        raise ValueError(f"adapter was trained on base {want['path']} (weights sha256 {want['sha256'][:12]}"
+                         f"...), but this base's sha256 is {have[:12]}...: pass the matching --ckpt/--init.")
+    cfg = blob["lora_config"]
+    apply_lora(model, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["targets"], cfg["rslora"])
+    params = {k: v for k, v in model.named_parameters() if k.endswith((".lora_A", ".lora_B"))}
+    if set(blob["lora"]) != set(params):
+        raise ValueError("adapter tensors do not match the model's LoRA layers (different architecture?).")
+    with torch.no_grad():
+        for name, t in blob["lora"].items():
+            if params[name].shape != t.shape:
+                raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
+                                 f"the model expects {tuple(params[name].shape)}.")
+            params[name].copy_(t)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,64 +605,38 @@ def score_files(args):
 
 
 # ---------------------------------------------------------------------------------------------
-# CLI
+# Command line
 # ---------------------------------------------------------------------------------------------
-
-
-def load_base(args, device):
-    """(model, tokenizer, base path, base hash) from --ckpt or --init (or the adapter's recorded base)."""
-    if args.init:
-        model, tok_name, base_path = gpt.GPT.from_pretrained(args.init), "gpt2", args.init
-    else:
-        model, ckpt = gpt.load_checkpoint(args.ckpt, device="cpu")
-        tok_name, base_path = ckpt.get("tokenizer", "gpt2"), args.ckpt
-    model.to(device)
-    return model, gpt.get_tokenizer(tok_name), base_path, base_fingerprint(model)
-
-
-def fmt_bytes(n):
-    if n is None:
-        return "n/a"
-    return f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
-
-
-def report(model, name):
-    trainable, total = count_params(model)
-    print(f"{name}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     base = p.add_mutually_exclusive_group()
-    base.add_argument("--ckpt", default=None, help="base checkpoint from train_gpt2.py (default log/model.pt)")
-    base.add_argument("--init", default=None, help="start from HuggingFace weights instead, e.g. gpt2, gpt2-medium")
-    p.add_argument("--data", default="e2e", help="'e2e' (download) or a .txt / .jsonl / prompt||completion file")
+    base.add_argument("--ckpt", help="base checkpoint from train_gpt2.py (default: log/model.pt)")
+    base.add_argument("--init", help="start from HuggingFace weights instead: gpt2, gpt2-medium, ...")
+    p.add_argument("--data", default="e2e", help="'e2e' (download), .jsonl, prompt||completion or text file")
     p.add_argument("--cache-dir", default="e2e", help="where --data e2e keeps its downloaded files")
     p.add_argument("--val-frac", type=float, default=0.1, help="validation share of a local --data file")
     p.add_argument("--r", type=int, default=4, help="LoRA rank")
     p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (scaling = alpha / r)")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout on the LoRA input path")
     p.add_argument("--rslora", action="store_true", help="scaling = alpha / sqrt(r) (rank-stabilized LoRA)")
-    p.add_argument("--targets", default="qv",
-                   help="comma-separated module-name suffixes: qv (q and v of c_attn, the paper's), c_attn, "
-                        "attn.c_proj, c_fc, mlp.c_proj")
+    p.add_argument("--targets", default="qv", help=f"comma-separated, of: {', '.join(TARGETS)}")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--block-size", type=int, default=512, help="longest example in tokens")
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--full-lr", type=float, default=None, help="learning rate of --full (default: --lr)")
+    p.add_argument("--full-lr", type=float, help="learning rate of --full (default: --lr)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--eval-examples", type=int, default=512, help="validation examples used for val loss")
+    p.add_argument("--eval-examples", type=int, default=512, help="validation examples for the val loss")
     p.add_argument("--samples", type=int, default=3, help="validation prompts to complete before/after")
     p.add_argument("--out", default="log/lora.pt", help="adapter-only output file")
-    p.add_argument("--merge", nargs="?", const="log/lora_merged.pt", default=None,
-                   help="also write a full checkpoint with the adapter merged in (default path log/lora_merged.pt)")
-    p.add_argument("--adapter", default=None, help="load this adapter onto its base and only evaluate/sample")
+    p.add_argument("--merge", nargs="?", const="log/lora_merged.pt",
+                   help="also write a checkpoint with the adapter merged in (default: log/lora_merged.pt)")
+    p.add_argument("--adapter", help="load this adapter onto its base and only evaluate/sample")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--seed", type=int, default=1337)
     g = p.add_argument_group("generation metrics (the LoRA paper's E2E table; decoding as in the paper)")
     g.add_argument("--eval-data", default=None, help="E2E-format file to decode and score, 'e2e' (the "
@@ -742,19 +654,47 @@ def parse_args(argv=None):
                    help="only score two files in the official E2E scorer's layout")
     g.add_argument("--json", action="store_true", help="with --score: also one JSON object on the last line")
     args = p.parse_args(argv)
-    if (args.eval_limit or 1) < 1 or args.max_new_tokens < 1 or args.no_repeat_ngram < 0 or args.beams < 1:
-        p.error("--eval-limit, --max-new-tokens and --beams must be >= 1 and --no-repeat-ngram >= 0")
-    if args.eval_only and args.full:
-        p.error("--eval-only trains nothing: score a full fine-tune with --eval-only --ckpt FULL_CHECKPOINT")
-    args.greedy = args.greedy or args.beams == 1
-    if args.r < 1 or args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.block_size < 2:
-        p.error("--r, --steps, --batch-size, --grad-accum must be >= 1 and --block-size >= 2")
-    if not 0 <= args.dropout < 1 or not 0 < args.val_frac < 1:
-        p.error("--dropout must be in [0, 1) and --val-frac in (0, 1)")
-    if args.adapter and args.full:
-        p.error("--full trains; --adapter only evaluates a saved adapter: use one of them")
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    return check_args(p, args)
+
+
+def check_args(parser, args):
+    """Refuse, in one line naming the flag, a value that would fail later or give a meaningless result."""
+    rules = [("--r", args.r >= 1, ">= 1"), ("--steps", args.steps >= 1, ">= 1"),
+             ("--batch-size", args.batch_size >= 1, ">= 1"), ("--grad-accum", args.grad_accum >= 1, ">= 1"),
+             ("--block-size", args.block_size >= 2, ">= 2"), ("--dropout", 0 <= args.dropout < 1, "in [0,1)"),
+             ("--val-frac", 0 < args.val_frac < 1, "in (0, 1)"), ("--beams", args.beams >= 1, ">= 1"),
+             ("--eval-limit", (args.eval_limit or 1) >= 1, ">= 1"),
+             ("--max-new-tokens", args.max_new_tokens >= 1, ">= 1"),
+             ("--no-repeat-ngram", args.no_repeat_ngram >= 0, ">= 0")]
+    for flag, ok, want in rules:
+        if not ok:
+            parser.error(f"{flag} must be {want}, got {getattr(args, flag[2:].replace('-', '_'))}")
+    if args.adapter and args.full:
+        parser.error("--full trains; --adapter only evaluates a saved adapter: use one of them")
+    if args.eval_only and args.full:
+        parser.error("--eval-only trains nothing (a full fine-tune: --eval-only --ckpt ITS_CHECKPOINT)")
+    args.greedy = args.greedy or args.beams == 1
     return args
+
+
+def load_base(args, adapter, device):
+    """(model, tokenizer, base hash) from --ckpt or --init; without either, from the adapter's recorded base
+    or log/model.pt (and args.ckpt / args.init then say which)."""
+    if not args.ckpt and not args.init:
+        recorded = adapter["base"] if adapter else {"path": "log/model.pt"}
+        args.init, args.ckpt = (recorded["path"], None) if recorded.get("init") else (None, recorded["path"])
+    if args.init:
+        model, tokenizer = gpt.GPT.from_pretrained(args.init), "gpt2"
+    else:
+        model, ckpt = gpt.load_checkpoint(args.ckpt)
+        tokenizer = ckpt.get("tokenizer", "gpt2")
+    return model.to(device), gpt.get_tokenizer(tokenizer), base_fingerprint(model)
+
+
+def report(model, name):
+    trainable, total = count_params(model)
+    print(f"{name}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 
 
 def main(argv=None):
@@ -764,77 +704,69 @@ def main(argv=None):
     device = args.device or gpt.auto_device()
     torch.manual_seed(args.seed)
     adapter = read_adapter(args.adapter) if args.adapter else None
-    if not args.ckpt and not args.init:  # base: the adapter's own record, else the default checkpoint
-        if adapter and adapter["base"].get("init"):
-            args.init = adapter["base"]["path"]
-        else:
-            args.ckpt = adapter["base"]["path"] if adapter else "log/model.pt"
-    model, tokenizer, base_path, base_hash = load_base(args, device)
+    model, tokenizer, base_hash = load_base(args, adapter, device)
+    base_path = args.init or args.ckpt
     groups = eval_groups(args)
     if groups:   # the scorer's files go there: fail now rather than after training and decoding
         check_log_dir(args.log_dir)
-    block_size = min(args.block_size, model.config.block_size)
-    train_ex, val_ex = load_data(args, tokenizer, block_size)
-    pad = tokenizer.eot_token
-    prompts = sample_prompts(val_ex, args.samples)
+    train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
     print(f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, tokenizer {tokenizer.name}")
-    val_before = evaluate(model, val_ex[:args.eval_examples], args.batch_size, device, pad)
-    print(f"base val loss {val_before:.4f}")
-    print_samples(model, prompts, tokenizer, device, "samples (base):")
-
-    if adapter:
+    val_loss = functools.partial(evaluate, examples=val_ex[:args.eval_examples], batch_size=args.batch_size,
+                                 device=device, pad_id=tokenizer.eot_token)
+    samples = functools.partial(print_samples, val=val_ex, n=args.samples, tokenizer=tokenizer, device=device)
+    base_loss = val_loss(model)
+    print(f"base val loss {base_loss:.4f}")
+    samples(model, title="base")
+    if adapter:  # evaluate a saved adapter
         load_adapter(model, adapter, base_hash)
         report(model, "adapter")
-        print(f"val loss with adapter {evaluate(model, val_ex[:args.eval_examples], args.batch_size, device, pad):.4f}")
-        print_samples(model, prompts, tokenizer, device, "samples (adapter):")
-    elif not args.eval_only:
-        lora_config = dict(r=args.r, alpha=args.alpha, dropout=args.dropout, targets=args.targets, rslora=args.rslora)
-        wrapped = apply_lora(model, **lora_config)
-        report(model, f"LoRA on {len(wrapped)} layers")
-        stats = train(model, train_ex, val_ex, args, device, pad)
-        print(f"val loss: base {val_before:.4f} -> LoRA {stats['val_loss']:.4f}")
-        print_samples(model, prompts, tokenizer, device, "samples (LoRA):")
-        save_adapter(args.out, model, lora_config, base_path, base_hash, tokenizer.name, bool(args.init),
+        print(f"val loss with adapter {val_loss(model):.4f}")
+        samples(model, title="adapter")
+    elif not args.eval_only:  # train one
+        config = dict(r=args.r, alpha=args.alpha, dropout=args.dropout, targets=args.targets,
+                      rslora=args.rslora)
+        report(model, f"LoRA on {len(apply_lora(model, **config))} layers")
+        stats = train(model, train_ex, val_ex, args, device, tokenizer.eot_token)
+        print(f"val loss: base {base_loss:.4f} -> LoRA {stats['val_loss']:.4f}")
+        samples(model, title="LoRA")
+        save_adapter(args.out, model, config, base_path, base_hash, tokenizer.name, bool(args.init),
                      val_loss=stats["val_loss"], steps=args.steps)
         print(f"wrote adapter {args.out}")
     name = "adapter" if adapter else "base" if args.eval_only else "LoRA"
     metrics = [(name, eval_generation(model, groups, tokenizer, device, args))] if groups else []
     if args.merge:
-        merge_and_unwrap(model)
-        gpt.save_checkpoint(args.merge, model, tokenizer.name, lora_base=str(base_path))
+        gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer.name, lora_base=base_path)
         print(f"wrote merged checkpoint {args.merge}")
-    if args.full:  # the same run with every weight trainable, on a fresh copy of the base
-        del model  # (so that its memory is not counted in the full run's peak)
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-        full_model = load_base(args, device)[0]
-        report(full_model, "full fine-tuning")
-        full_stats = train(full_model, train_ex, val_ex, args, device, pad, desc="full")
-        print(f"val loss: base {val_before:.4f} -> full fine-tuning {full_stats['val_loss']:.4f}")
-        print_full_table(stats, full_stats, device)
-        gpt.save_checkpoint(args.full_out, full_model, tokenizer.name)
+    if args.full:
+        del model  # so that its memory does not count in the full run's peak
+        model = full_fine_tune(args, stats, base_loss, train_ex, val_ex, device, tokenizer.eot_token)
+        gpt.save_checkpoint(args.full_out, model, tokenizer.name)
         print(f"wrote full fine-tuned checkpoint {args.full_out}")
         if groups:
-            full_scores = eval_generation(full_model, groups, tokenizer, device, args, suffix="_full")
+            full_scores = eval_generation(model, groups, tokenizer, device, args, suffix="_full")
             metrics.append(("full fine-tuning", full_scores))
     if metrics:
         print_metrics(metrics)
 
 
-def print_full_table(lora, full, device):
+def full_fine_tune(args, lora, base_loss, train_ex, val_ex, device, pad_id):
+    """The same run with every weight trainable, on a fresh copy of the base, and a LoRA vs full table."""
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    model = load_base(args, None, device)[0]
+    report(model, "full fine-tuning")
+    full = train(model, train_ex, val_ex, args, device, pad_id, desc="full")
+    print(f"val loss: base {base_loss:.4f} -> full fine-tuning {full['val_loss']:.4f}")
     mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak resident memory (RSS)"
-    rows = [("trainable params", f"{lora['trainable']:,}", f"{full['trainable']:,}",
-             f"{lora['trainable'] / full['trainable']:.4f}"),
-            ("optimizer state", fmt_bytes(lora["optimizer_bytes"]), fmt_bytes(full["optimizer_bytes"]),
-             f"{lora['optimizer_bytes'] / full['optimizer_bytes']:.4f}"),
-            (mem, fmt_bytes(lora["peak_bytes"]), fmt_bytes(full["peak_bytes"]),
-             f"{lora['peak_bytes'] / full['peak_bytes']:.3f}" if lora["peak_bytes"] and full["peak_bytes"] else ""),
-            ("step time", f"{1000 * lora['step_time']:.1f} ms", f"{1000 * full['step_time']:.1f} ms",
-             f"{lora['step_time'] / full['step_time']:.3f}"),
-            ("final val loss", f"{lora['val_loss']:.4f}", f"{full['val_loss']:.4f}", "")]
+    rows = [("trainable params", "trainable", "{:,}".format, 4),
+            ("optimizer state", "optimizer_bytes", fmt_bytes, 4), (mem, "peak_bytes", fmt_bytes, 3),
+            ("step time", "step_time", lambda t: f"{1000 * t:.1f} ms", 3),
+            ("final val loss", "val_loss", "{:.4f}".format, None)]
     print("| | LoRA | full fine-tuning | LoRA / full |\n|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    for label, key, fmt, digits in rows:
+        a, b = lora[key], full[key]
+        print(f"| {label} | {fmt(a)} | {fmt(b)} | {f'{a / b:.{digits}f}' if digits and a and b else ''} |")
+    return model
 
 
 if __name__ == "__main__":

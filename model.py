@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -73,6 +72,8 @@ class KVCache:
     def update(self, layer, k, v):
         """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys and values so far."""
         end = self.length + k.size(2)
+        if end > self.k.size(3):
+            raise ValueError(f"the KV cache is full ({self.k.size(3)} positions); crop the context and refill it")
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -100,7 +101,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.attn, self.layer_idx = config.attn, layer_idx
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, kv_cache=None, attn_mask=None):
+        """attn_mask (B or 1, 1, T, keys), True where a query may look, replaces the causal mask if given."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
@@ -110,19 +112,18 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)
         # Query i (at absolute position past + i) may look at keys 0 .. past + i.
         # With no past this is the usual square causal mask; a single new query may look at everything.
-        mask = None
-        if past > 0 and T > 1:
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        causal = past == 0 and T > 1
+        if attn_mask is None and past > 0 and T > 1:
+            attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        causal = attn_mask is None and T > 1
         dropout = self.dropout if self.training else 0.0
         if self.attn == "flash":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=causal)
         else:  # the textbook computation, kept for the speed ablation and as a cross-check
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
             if causal:
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            if mask is not None:
-                att = att.masked_fill(~mask, float("-inf"))
+                attn_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if attn_mask is not None:
+                att = att.masked_fill(~attn_mask, float("-inf"))
             att = F.dropout(F.softmax(att, dim=-1), p=dropout, training=self.training)
             y = att @ v
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -152,8 +153,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)  # pre-norm residual blocks, as in GPT-2
+    def forward(self, x, kv_cache=None, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)  # pre-norm residual blocks, as in GPT-2
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -187,16 +188,22 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden_states(self, idx, kv_cache=None):
-        """Final-layer-norm output (B, T, n_embd) for token ids idx (B, T)."""
+    def hidden_states(self, idx, kv_cache=None, pos=None, attn_mask=None):
+        """Final-layer-norm output (B, T, n_embd) for token ids idx (B, T).
+
+        pos (B, T) and attn_mask (B, 1, T, T) let one row hold several sequences that share a prefix
+        (hellaswag.py packs a context and its four endings so); by default positions count on from the
+        cache and attention is causal.
+        """
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+        if pos is None:
+            if past + T > self.config.block_size:
+                raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
+            pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            x = block(x, kv_cache, attn_mask)
         if kv_cache is not None:
             kv_cache.length += T
         return self.transformer.ln_f(x)
@@ -244,53 +251,6 @@ class GPT(nn.Module):
         return self.flops_per_token(seq_len) * tokens_per_second / peak_flops
 
     # --- generation -------------------------------------------------------------------------------
-    def decode_step(self, idx, kv_cache, columns_first=False, head_in_out=None):
-        """Logits (B, V) for the token after idx (B, 1), given the cache of everything before it.
-
-        The same function as forward(idx, kv_cache=kv_cache) for one new position (eval mode), written
-        without the module calls and reshapes around it: a decode step is ~20 small operations per layer,
-        and on a CPU their overhead was a tenth of the step. Layers that are not plain nn.Linear (LoRA)
-        run as modules. columns_first takes each product as (W @ x.T).T instead of x @ W.T, and head_in_out,
-        if given, is lm_head.weight stored as (in, out) (see generate for both).
-        """
-        pos = kv_cache.length
-        if pos >= kv_cache.k.size(3):
-            raise ValueError(f"the KV cache is full ({pos} positions); crop the context and refill it")
-        x = self.transformer.wte(idx[:, 0]) + self.transformer.wpe.weight[pos]     # (B, C)
-        B, C = x.shape
-        nh = self.config.n_head
-        for i, block in enumerate(self.transformer.h):
-            attn, mlp = block.attn, block.mlp
-            qkv = decode_linear(attn.c_attn, block.ln_1(x), columns_first)
-            q, k, v = qkv.view(B, 3, nh, 1, C // nh).unbind(1)                       # (B, nh, 1, hs) each
-            keys, values = kv_cache.update(i, k, v)
-            y = F.scaled_dot_product_attention(q, keys, values)   # one query may look at every key: no mask
-            x = x + decode_linear(attn.c_proj, y.reshape(B, C), columns_first)
-            h = F.gelu(decode_linear(mlp.c_fc, block.ln_2(x), columns_first), approximate="tanh")
-            x = x + decode_linear(mlp.c_proj, h, columns_first)
-        kv_cache.length += 1
-        x = self.transformer.ln_f(x)
-        return x @ head_in_out if head_in_out is not None else decode_linear(self.lm_head, x, columns_first)
-
-    def _decode_ways(self, idx, max_new_tokens, use_cache):
-        """The ways a decode step may multiply, for generate to time on its first steps.
-
-        On a GPU there is one. On a CPU a decode step reads every weight once for a few rows x, and BLAS
-        libraries pick their kernels by shape: x @ W.T, (W @ x.T).T and x @ W_in_out (the weight stored as
-        (in, out)) can differ up to 2x either way, depending on the library and the number of rows (MKL
-        here, bench.py model: 8 rows slower than 16 with x @ W.T, 2 rows slower with the others; one row
-        reads lm_head, the largest matrix, faster as (in, out)). So generate times them, as cudnn.benchmark
-        does. They differ only in float rounding; with torch.use_deterministic_algorithms(True) x @ W.T is
-        used.
-        """
-        ways = [dict(columns_first=False, head_in_out=None)]
-        if (idx.device.type == "cpu" and use_cache and max_new_tokens >= 32 and type(self.lm_head) is nn.Linear
-                and not torch.are_deterministic_algorithms_enabled()):
-            if idx.size(0) > 1:           # for one row both are the same matrix-vector product
-                ways.append(dict(columns_first=True, head_in_out=None))
-            ways.append(dict(columns_first=False, head_in_out=in_out_copy(self.lm_head.weight)))
-        return ways
-
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
                  use_cache=True, stop_token=None, num_beams=1, **beam_options):
@@ -299,10 +259,9 @@ class GPT(nn.Module):
         With stop_token (e.g. <|endoftext|>) it returns early once every row has produced it; rows that
         stopped sooner carry on, so cut each row at its first stop_token.
 
-        With use_cache each step feeds only the newest token (decode_step). Once the sequence outgrows
-        block_size the context is cropped to the last block_size tokens exactly as without the cache; the
-        positions of the kept tokens then shift, so the cache is rebuilt from the cropped context at each
-        such step.
+        With use_cache each step feeds only the newest token. Once the sequence outgrows block_size the
+        context is cropped to the last block_size tokens exactly as without the cache; the positions of the
+        kept tokens then shift, so the cache is rebuilt from the cropped context at each such step.
         """
         if num_beams > 1:  # a deterministic search instead of sampling: see beam_search for its options
             return self.beam_search(idx, max_new_tokens, num_beams, stop_token=stop_token, **beam_options)
@@ -313,25 +272,15 @@ class GPT(nn.Module):
         if use_cache:  # room for what this call can reach, at most block_size positions
             max_len = min(block_size, idx.size(1) + max_new_tokens)
             cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype, max_len)
-        ways = self._decode_ways(idx, max_new_tokens, use_cache)
-        trials = list(range(len(ways))) * 3 if len(ways) > 1 else []    # each way 3 times, in turns
-        seconds, way = [float("inf")] * len(ways), 0
         stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             if cache is not None and 0 < cache.length < block_size:
-                if trials:
-                    way, start = trials.pop(), time.perf_counter()
-                    logits = self.decode_step(idx[:, -1:], cache, **ways[way])
-                    seconds[way] = min(seconds[way], time.perf_counter() - start)
-                    if not trials:        # keep the fastest way (and let go of a copy it does not use)
-                        ways, way = [ways[seconds.index(min(seconds))]], 0
-                else:
-                    logits = self.decode_step(idx[:, -1:], cache, **ways[way])    # only the newest token
+                x = self.hidden_states(idx[:, -1:], cache)                # only the newest token
             else:
                 if cache is not None:
                     cache.length = 0                                     # (re)fill from the cropped context
                 x = self.hidden_states(idx[:, -block_size:], cache)
-                logits = self.lm_head(x[:, -1, :])
+            logits = self.lm_head(x[:, -1, :])
             if self.config.padded_vocab_size > self.config.vocab_size:
                 logits[:, self.config.vocab_size:] = float("-inf")      # padded ids are never real tokens
             idx_next = sample_next_token(logits, temperature, top_k, top_p, generator)
@@ -510,25 +459,6 @@ def _strip_prefixes(state):
             name = name.split(".", 1)[1]
         clean[name] = value
     return clean
-
-
-def in_out_copy(weight, rows=256):
-    """weight.t().contiguous(), copied a band of rows at a time: 4x faster here than one strided copy."""
-    out = weight.new_empty(weight.shape[::-1])
-    for i in range(0, weight.size(0), rows):
-        out[:, i:i + rows] = weight[i:i + rows].t()
-    return out
-
-
-def decode_linear(layer, x, columns_first=False):
-    """layer(x) for the few rows x (B, in) of a decode step; columns_first computes (W @ x.T).T."""
-    if type(layer) is not nn.Linear:
-        return layer(x)                   # LoRA and other wrappers run as themselves
-    if not columns_first:
-        return F.linear(x, layer.weight, layer.bias)
-    if layer.bias is None:
-        return (layer.weight @ x.t()).t()
-    return torch.addmm(layer.bias.unsqueeze(1), layer.weight, x.t()).t()
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

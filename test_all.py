@@ -134,58 +134,8 @@ def test_offline_tiktoken_is_real_gpt2(gpt2_enc):
 
 
 # =================================================================================================
-# Tokenizer: bpe.py (issue 2)
+# Tokenizer: bpe.py
 # =================================================================================================
-_BPE_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _bpe_slow_split(text, pattern):
-    return regex.findall(pattern, text) if pattern else ([text] if text else [])
-
-
-def _bpe_slow_merge(ids, pair, new_id):
-    out, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
-def _bpe_slow_train(text, vocab_size, pattern):
-    """The textbook algorithm, recounting everything for every merge (minbpe's RegexTokenizer.train)."""
-    chunks = [list(c.encode("utf-8")) for c in _bpe_slow_split(text, pattern)]
-    merges = {}
-    for new_id in range(256, vocab_size):
-        counts = {}
-        for ids in chunks:
-            for pair in zip(ids, ids[1:]):
-                counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            break
-        pair = max(counts, key=counts.get)      # first of the most frequent, in text order
-        merges[pair] = new_id
-        chunks = [_bpe_slow_merge(ids, pair, new_id) for ids in chunks]
-    return merges
-
-
-def _bpe_slow_encode(text, merges, pattern):
-    """Textbook encode: in each chunk, merge the lowest-id pair present until none is a merge."""
-    out = []
-    for chunk in _bpe_slow_split(text, pattern):
-        ids = list(chunk.encode("utf-8"))
-        while len(ids) >= 2:
-            pair = min(set(zip(ids, ids[1:])), key=lambda p: merges.get(p, float("inf")))
-            if pair not in merges:
-                break
-            ids = _bpe_slow_merge(ids, pair, merges[pair])
-        out.extend(ids)
-    return out
-
-
 _BPE_ENGLISH = """\
 The tokenizer turns text into a list of integers. It first splits the text into chunks with a regular
 expression, so that words, numbers and punctuation never merge with each other; then it repeatedly
@@ -243,15 +193,16 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
         warnings.simplefilter("ignore")   # tiny texts run out of pairs; that is tested separately
         for text in _BPE_TEXTS:
             for vocab_size in (256, 257, 300, 420):
-                expected = _bpe_slow_train(text, vocab_size, pat)
+                expected = bpe.textbook_train(text, vocab_size, pat)
                 assert bpe.Tokenizer(pattern).train(text, vocab_size).merges == expected, (text[:40], vocab_size)
         for text in _bpe_tie_texts():
-            expected = _bpe_slow_train(text, 300, pat)
+            expected = bpe.textbook_train(text, 300, pat)
             assert bpe.Tokenizer(pattern).train(text, 300).merges == expected, text
 
 
 @pytest.mark.parametrize("knob, value", [("BULK_MIN", 1), ("BULK_MIN", 3), ("BULK_MIN", 50), ("RARE", 0),
-                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9)])
+                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9), ("ENDGAME", False),
+                                         ("LOW", 1), ("LOW", 3), ("RADIX", False)])
 def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
     # The knobs choose a path, never a result. Merges with BULK_MIN or more places run in numpy
     # (_apply_merge_bulk): 1 and 3 force it on small texts. Pairs rarer than RARE get no place list until
@@ -263,11 +214,11 @@ def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
         warnings.simplefilter("ignore")
         for pattern in ("gpt4", None):
             for text in _BPE_TEXTS + _bpe_tie_texts()[::4]:
-                expected = _bpe_slow_train(text, 330, bpe.PATTERNS[pattern])
+                expected = bpe.textbook_train(text, 330, bpe.PATTERNS[pattern])
                 assert bpe.Tokenizer(pattern).train(text, 330).merges == expected, (pattern, text[:40])
         text = _bpe_long_text(4)
         for pattern, vocab_size in (("gpt2", 600), ("gpt4", 900)):
-            expected = _bpe_slow_train(text, vocab_size, bpe.PATTERNS[pattern])
+            expected = bpe.textbook_train(text, vocab_size, bpe.PATTERNS[pattern])
             assert bpe.Tokenizer(pattern).train(text, vocab_size).merges == expected, (pattern, vocab_size)
 
 
@@ -286,7 +237,7 @@ def test_bpe_training_pauses_the_garbage_collector_and_restores_it():
 @pytest.mark.parametrize("pattern, vocab_size", [("gpt4", 900), ("gpt2", 700), (None, 500)])
 def test_bpe_train_matches_textbook_large_vocab(pattern, vocab_size):
     text = _bpe_long_text(6)
-    expected = _bpe_slow_train(text, vocab_size, bpe.PATTERNS[pattern])
+    expected = bpe.textbook_train(text, vocab_size, bpe.PATTERNS[pattern])
     tok = bpe.Tokenizer(pattern).train(text, vocab_size)
     assert tok.merges == expected
     assert list(tok.merges.values()) == list(range(256, vocab_size))
@@ -299,25 +250,34 @@ def test_bpe_warns_once_and_keeps_merges_when_pairs_run_out():
     with pytest.warns(UserWarning, match="no pairs left") as record:
         tok = bpe.Tokenizer("gpt4").train(text, 5000)
     assert len([w for w in record if "no pairs left" in str(w.message)]) == 1
-    assert tok.merges == _bpe_slow_train(text, 5000, bpe.GPT4_PATTERN)
+    assert tok.merges == bpe.textbook_train(text, 5000, bpe.GPT4_PATTERN)
     assert 0 < len(tok.merges) < 5000 - 256
     assert len(tok.encode("hello")) == 1 and len(tok.encode(" world")) == 1
     with pytest.raises(ValueError, match="at least 256"):
         bpe.Tokenizer().train(text, 255)
 
 
+_BPE_ENCODE_KNOBS = [("CACHE_CHUNKS", False), ("TOKEN_TABLE", False), ("CUT_UNJOINABLE", False),
+                     ("STRIDE3", False), ("LONG_CHUNK", 1), ("LONG_CHUNK", 10**9), ("ascii_twin", lambda p: None),
+                     ("ASCII_STRETCH", re.compile(r"(?!)"))]
+
+
+@pytest.mark.parametrize("knob, value", [(None, None)] + _BPE_ENCODE_KNOBS)
 @pytest.mark.parametrize("pattern", ["gpt4", "gpt2", None])
-def test_bpe_encode_matches_textbook_and_round_trips(pattern):
+def test_bpe_encode_matches_textbook_and_round_trips(monkeypatch, pattern, knob, value):
+    # The knobs switch one encoding shortcut off (LONG_CHUNK=1: every chunk takes the heap), never a result.
+    if knob:
+        monkeypatch.setattr(bpe, knob, value)
     train_text = _bpe_long_text(8)
     tok = bpe.Tokenizer(pattern).train(train_text, 600)
     samples = [_bpe_long_text(3), "", " ", "a" * 300, " " * 150 + "x", "\n" * 80, _BPE_EMOJI,
                "未见过的汉字：龘靐齉爩", "\x00\x01\x7f control", "🧬" * 40]
     for text in samples:
         ids = tok.encode(text)
-        assert ids == _bpe_slow_encode(text, tok.merges, bpe.PATTERNS[pattern])
+        assert ids == bpe.textbook_encode(text, tok.merges, bpe.PATTERNS[pattern])
         assert tok.decode(ids) == text
     # The chunk cache returns the same ids the second time.
-    assert tok.encode(samples[0]) == _bpe_slow_encode(samples[0], tok.merges, bpe.PATTERNS[pattern])
+    assert tok.encode(samples[0]) == bpe.textbook_encode(samples[0], tok.merges, bpe.PATTERNS[pattern])
 
 
 def test_bpe_long_chunk_encoder_equals_short_one():
@@ -329,7 +289,7 @@ def test_bpe_long_chunk_encoder_equals_short_one():
     for _ in range(30):
         text = "".join(rng.choice("abrcd ") for _ in range(rng.randint(65, 400)))
         ids = list(text.encode())
-        assert bpe._encode_long_chunk(ids, tok.merges) == _bpe_slow_encode(text, tok.merges, None)
+        assert bpe._encode_long_chunk(ids, tok.merges) == bpe.textbook_encode(text, tok.merges, None)
 
 
 def _bpe_ascii_texts():
@@ -353,10 +313,10 @@ def test_bpe_ascii_twin_splits_exactly_like_regex(pattern):
         assert bool(regex.match(r"\p{L}", c)) == (c in string.ascii_letters)
         assert bool(regex.match(r"\p{N}", c)) == (c in string.digits)
         assert bool(regex.match(r"\s", c)) == (c in "\t\n\x0b\x0c\r ")
-    tok = bpe.Tokenizer(pattern)
-    assert tok._ascii_pattern is not None
+    tok, twin = bpe.Tokenizer(pattern), bpe.ascii_twin(pattern)
+    assert tok._ascii_pattern is not None and twin is not None
     for text in _bpe_ascii_texts():
-        assert tok.split(text) == regex.findall(pattern, text), repr(text)
+        assert tok.split(text) == twin.findall(text) == regex.findall(pattern, text), repr(text)
     assert tok.split("naïve 中文") == regex.findall(pattern, "naïve 中文")   # non-ASCII text takes `regex`
 
 
@@ -417,7 +377,7 @@ def test_bpe_gpt2_merges_are_textbook_encode(_bpe_gpt2, gpt2_enc):
     # Map GPT-2's ids for single bytes back to raw bytes so the slow encoder can run on plain bytes.
     raw = lambda i: unshuffle[i] if i < 256 else i          # noqa: E731
     merges = {(raw(a), raw(b)): i for (a, b), i in _bpe_gpt2.merges.items()}
-    slow = [(_bpe_gpt2.byte_ids[i] if i < 256 else i) for i in _bpe_slow_encode(text, merges, _bpe_gpt2.pattern)]
+    slow = [(_bpe_gpt2.byte_ids[i] if i < 256 else i) for i in bpe.textbook_encode(text, merges, _bpe_gpt2.pattern)]
     assert slow == gpt2_enc.encode_ordinary(text)
 
 
@@ -437,6 +397,26 @@ def test_bpe_special_tokens_and_allowed_special_modes():
     assert tok.decode(tok.encode(text, allowed_special="all")) == text
     tok.register_special_tokens({"<|x|>": 5000})
     assert tok.encode("a<|x|>", allowed_special="all")[-1] == 5000 and tok.decode([5000]) == "<|x|>"
+
+
+def test_bpe_overlapping_special_tokens_longest_wins(gpt2_enc):
+    # Specials sharing a prefix ("<|end" ...) encode as tiktoken encodes them with the same specials.
+    import tiktoken
+    gpt2 = bpe.Tokenizer.from_tiktoken(gpt2_enc)
+    special = {"<|endoftext|>": 50256, "<|end|>": 50257}
+    gpt2.register_special_tokens(special)
+    enc = tiktoken.Encoding("overlap", pat_str=gpt2_enc._pat_str, mergeable_ranks=gpt2_enc._mergeable_ranks,
+                            special_tokens=special)
+    text = "a<|end|>b<|endoftext|> c<|end|><|endoftext|><|end<|end|x <|endo|> end|>"
+    assert gpt2.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
+    assert gpt2.encode(text, allowed_special="all")[:3] == [64, 50257, 65]
+    # One special inside another: the longest wins wherever both match (tiktoken's pick follows no such rule).
+    tok = bpe.Tokenizer("gpt2", special_tokens=["<|im|>", "<|im|>\n", "\n<|im|>"]).train(_BPE_ENGLISH, 300)
+    im, im_nl, nl_im = 300, 301, 302
+    ordinary = tok.encode_ordinary
+    assert tok.encode("x<|im|>\ny\n<|im|>z<|im|>", allowed_special="all") == \
+        ordinary("x") + [im_nl] + ordinary("y") + [nl_im] + ordinary("z") + [im]
+    assert tok.encode("<|im|>\n<|im|>", allowed_special="all") == [im_nl, im]
 
 
 @pytest.mark.parametrize("pattern", ["gpt4", "gpt2", None])
@@ -491,27 +471,24 @@ def test_bpe_load_rejects_corrupt_files(tmp_path, content):
         bpe.Tokenizer().load(str(path))
 
 
-def _bpe_cli(*args, cwd):
-    return subprocess.run([sys.executable, os.path.join(_BPE_HERE, "bpe.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
+@slow
 def test_bpe_cli_trains_saves_and_reports(tmp_path):
     (tmp_path / "corpus.txt").write_text(_bpe_long_text(12), encoding="utf-8")
-    r = _bpe_cli("corpus.txt", "400", "--pattern", "gpt2", "--special", "<|endoftext|>", cwd=tmp_path)
+    r = run_script("bpe.py", "corpus.txt", "400", "--pattern", "gpt2", "--special", "<|endoftext|>", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "round trip ok" in r.stdout and "merges/s" in r.stdout and "bytes per token" in r.stdout
     assert "longest tokens" in r.stdout
     tok = bpe.Tokenizer().load(str(tmp_path / "corpus.model"))
     assert len(tok.merges) == 144 and tok.special_tokens == {"<|endoftext|>": 400}
-    assert tok.merges == _bpe_slow_train(_bpe_long_text(12), 400, bpe.GPT2_PATTERN)
-    r = _bpe_cli("corpus.txt", "300", "-o", "out/small", "--pattern", "none", cwd=tmp_path)
+    assert tok.merges == bpe.textbook_train(_bpe_long_text(12), 400, bpe.GPT2_PATTERN)
+    r = run_script("bpe.py", "corpus.txt", "300", "-o", "out/small", "--pattern", "none", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "small.model").exists() and (tmp_path / "out" / "small.vocab").exists()
-    r = _bpe_cli("--load", "corpus.model", "--encode", "hello world", cwd=tmp_path)
+    r = run_script("bpe.py", "--load", "corpus.model", "--encode", "hello world", cwd=tmp_path)
     assert r.returncode == 0 and [int(x) for x in r.stdout.split()] == tok.encode("hello world")
 
 
+@slow
 def test_bpe_cli_bad_inputs_get_one_line_errors(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     (tmp_path / "ok.txt").write_text("hello", encoding="utf-8")
@@ -520,7 +497,7 @@ def test_bpe_cli_bad_inputs_get_one_line_errors(tmp_path):
              (("ok.txt", "100"), "at least 256"), (("--load", "bad.model", "--encode", "x"), "not a valid"),
              (("--load", "nothere.model", "--encode", "x"), "no such file")]
     for args, message in cases:
-        r = _bpe_cli(*args, cwd=tmp_path)
+        r = run_script("bpe.py", *args, cwd=tmp_path)
         assert r.returncode != 0, args
         assert "Traceback" not in r.stderr, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -555,11 +532,11 @@ def test_bpe_train_with_64_bit_nodes_matches_textbook(monkeypatch):
     for bulk_min in (3, 300):
         monkeypatch.setattr(bpe, "BULK_MIN", bulk_min)
         text = _bpe_long_text(2)
-        assert bpe.Tokenizer("gpt2").train(text, 500).merges == _bpe_slow_train(text, 500, bpe.GPT2_PATTERN)
+        assert bpe.Tokenizer("gpt2").train(text, 500).merges == bpe.textbook_train(text, 500, bpe.GPT2_PATTERN)
 
 
 # =================================================================================================
-# Tokenizer comparison: compare_tokenizers.py (issue 2)
+# Tokenizer comparison: compare_tokenizers.py
 # =================================================================================================
 _COMPARE_DIR = pathlib.Path(__file__).resolve().parent
 _COMPARE_SENTENCES = [
@@ -632,13 +609,13 @@ def test_compare_table_counts_match_tiktoken_and_ours(compare_files, gpt2_enc, c
 
 def test_compare_measure_and_pieces(gpt2_enc):
     text = "héllo 世界"  # 8 characters, 1+2+1+1+1+1+3+3 = 13 UTF-8 bytes
-    r = ct.measure(ct.from_tiktoken(gpt2_enc), "t", text)
+    r = ct.measure("t", gpt2_enc, "t", text)
     ids = gpt2_enc.encode(text)
     assert (r["chars"], r["bytes"], r["tokens"], r["ids"]) == (8, 13, len(ids), ids)
     assert r["bytes_per_token"] == 13 / len(ids) and r["chars_per_token"] == 8 / len(ids)
-    assert ct.show_pieces(ct.from_tiktoken(gpt2_enc), gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
+    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
     # A piece that is only part of a UTF-8 character shows its bytes: GPT-2 splits 世 (e4 b8 96).
-    assert ct.show_pieces(ct.from_tiktoken(gpt2_enc), gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
+    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
 
 
 def test_compare_trains_missing_model_like_bpe_cli(compare_files, capsys):
@@ -775,7 +752,7 @@ def test_compare_cli_unreadable_model_no_traceback(compare_files, tmp_path):
 
 
 # =================================================================================================
-# Model: model.py (issue 3)
+# Model: model.py
 # =================================================================================================
 # Tiny GPT-2 shapes: head counts 2, 3 and 5 (head sizes 16, 16, 8: not all powers of two, not all equal).
 MODEL_SHAPES = [dict(n_layer=2, n_head=2, n_embd=32), dict(n_layer=3, n_head=3, n_embd=48),
@@ -783,29 +760,33 @@ MODEL_SHAPES = [dict(n_layer=2, n_head=2, n_embd=32), dict(n_layer=3, n_head=3, 
 TINY_VOCAB = 211
 
 
-def _model_hf_dir(tmp_path, seed=0, **shape):
-    """A tiny random transformers GPT2LMHeadModel written with save_pretrained; returns (hf_model, dir)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(seed)
-    config = GPT2Config(n_positions=64, vocab_size=TINY_VOCAB, bos_token_id=TINY_VOCAB - 1,
-                        eos_token_id=TINY_VOCAB - 1, **shape)
-    hf = GPT2LMHeadModel(config).eval()
-    path = tmp_path / f"hf_{seed}_{shape['n_layer']}_{shape['n_head']}_{shape['n_embd']}"
-    hf.save_pretrained(path)
-    return hf, str(path)
-
-
 def _model_next_targets(idx):
     """Targets for next-token prediction in our convention: shifted left, -1 where nothing follows."""
     return torch.cat([idx[:, 1:], torch.full_like(idx[:, :1], -1)], dim=1)
 
 
+def _model_idx(shape, seed=1, vocab=TINY_VOCAB):
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def model_large_weights(tmp_path):
+    """A tiny GPT2LMHeadModel whose weights are all N(0, 0.5) (float64), and ours loaded from it. At GPT-2's
+    init scale (0.02) activations stay where exact and tanh GELU agree to 1e-5; here they differ by ~1e-3."""
+    hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[1])
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(std=0.5)
+    hf.save_pretrained(path)
+    return hf.double(), GPT.from_pretrained(path).double().eval()
+
+
 @pytest.mark.parametrize("shape", MODEL_SHAPES, ids=lambda s: f"L{s['n_layer']}H{s['n_head']}C{s['n_embd']}")
 @pytest.mark.parametrize("attn", ["flash", "plain"])
 def test_model_matches_huggingface_logits_and_loss(tmp_path, shape, attn):
-    hf, path = _model_hf_dir(tmp_path, **shape)
-    ours = gpt.GPT.from_pretrained(path, attn=attn).eval()
-    idx = torch.randint(0, TINY_VOCAB, (3, 40), generator=torch.Generator().manual_seed(1))
+    hf, path = tiny_hf(tmp_path / "hf", **shape)
+    ours = GPT.from_pretrained(path, attn=attn).eval()
+    idx = _model_idx((3, 40))
     with torch.no_grad():
         ref = hf(idx, labels=idx)  # HF shifts labels inside
         logits, loss = ours(idx, _model_next_targets(idx))
@@ -814,11 +795,125 @@ def test_model_matches_huggingface_logits_and_loss(tmp_path, shape, attn):
     torch.testing.assert_close(loss, ref.loss, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attn", ["flash", "plain"])
+def test_model_matches_huggingface_with_large_weights(model_large_weights, attn):
+    """Full forward and cached one-token steps both equal transformers where GELU's curvature matters."""
+    hf, ours = model_large_weights
+    ours.config.attn = attn
+    for block in ours.transformer.h:
+        block.attn.attn = attn
+    idx = _model_idx((2, 30))
+    with torch.no_grad():
+        ref = hf(idx).logits
+        assert ref.abs().max() > 3                    # far from the near-linear regime of init scale
+        torch.testing.assert_close(ours(idx)[0], ref, atol=1e-9, rtol=0)
+        cache = gpt.KVCache(ours.config, 2, "cpu", torch.float64)
+        steps = [ours.lm_head(ours.hidden_states(idx[:, :10], cache))]
+        steps += [ours.lm_head(ours.hidden_states(idx[:, t:t + 1], cache)) for t in range(10, 30)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), ref, atol=1e-9, rtol=0)
+        prompt = idx[:, :5]
+        expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40,
+                               do_sample=False, pad_token_id=0)
+    for use_cache in (True, False):
+        assert torch.equal(ours.generate(prompt, 40, temperature=0, use_cache=use_cache), expected)
+
+
+def test_model_defaults_are_gpt2_small():
+    """GPTConfig() and a default GPT against transformers' own GPT2Config() defaults (not copied through)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.activations import ACT2FN
+    hc, c = GPT2Config(), GPTConfig()
+    assert (c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd, c.layer_norm_epsilon) == \
+        (hc.n_positions, hc.vocab_size, hc.n_layer, hc.n_head, hc.n_embd, hc.layer_norm_epsilon)
+    with torch.device("meta"):  # shapes only, no memory
+        ours, hf = GPT(c), GPT2LMHeadModel(hc)
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    hf_shapes = {k: tuple(v.shape[::-1] if k.endswith(conv1d) else v.shape) for k, v in hf.state_dict().items()
+                 if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == hf_shapes
+    norms = [m for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * c.n_layer + 1 and all(m.eps == hc.layer_norm_epsilon for m in norms)
+    # the MLP's activation is GPT-2's (gelu_new), checked where tanh and exact GELU differ
+    mlp = gpt.MLP(GPTConfig(n_embd=8, n_head=1))
+    with torch.no_grad():
+        mlp.c_fc.weight.copy_(torch.eye(32, 8) * 3), mlp.c_fc.bias.zero_()
+        mlp.c_proj.weight.copy_(torch.eye(8, 32)), mlp.c_proj.bias.zero_()
+        x = torch.linspace(-4, 4, 8)[None]
+        torch.testing.assert_close(mlp(x), ACT2FN[hc.activation_function](3 * x), atol=1e-6, rtol=0)
+
+
+def _model_hf_sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution transformers' warpers define (temperature, then top-k, then top-p, as generate)."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    warpers = [TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else []) + \
+        ([TopPLogitsWarper(top_p)] if top_p else [])
+    for warper in warpers:
+        logits = warper(None, logits)
+    return torch.softmax(logits, dim=-1)
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.6), dict(temperature=1.7, top_k=5), dict(top_p=0.7),
+                                      dict(temperature=0.8, top_k=12, top_p=0.9)])
+def test_model_sampling_draws_from_transformers_distribution(monkeypatch, sampling):
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    expected = _model_hf_sampling_probs(logits, **sampling)
+    seen = []
+    real_multinomial = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda p, *a, **k: seen.append(p) or real_multinomial(p, *a, **k))
+    gpt.sample_next_token(logits, **sampling)
+    torch.testing.assert_close(seen[0], expected, atol=1e-12, rtol=0)        # exactly the filtered distribution
+    monkeypatch.undo()
+    # and the draws follow it: 20000 draws of one row, frequencies within 4 standard errors
+    row = logits[:1].expand(20000, -1)
+    draws = gpt.sample_next_token(row, generator=torch.Generator().manual_seed(1), **sampling)[:, 0]
+    freq = torch.bincount(draws, minlength=40).double() / len(draws)
+    p = expected[0]
+    assert ((freq - p).abs() <= 4 * (p * (1 - p) / len(draws)).sqrt() + 1e-9).all()
+    assert gpt.sample_next_token(logits, temperature=0).equal(logits.argmax(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(top_k=20), dict(top_p=0.8, temperature=0.7)])
+def test_model_cached_sampling_equals_uncached(sampling):
+    # float64 so both paths pick the same token from the same random draw; 60 new tokens after a
+    # 10-token prompt run past block_size 64, exercising the crop-and-rebuild path as well.
+    m = tiny_gpt(block_size=64, vocab_size=97, n_layer=2, n_head=3, n_embd=24).double()
+    prompt = _model_idx((2, 10), vocab=97)
+    outs = [m.generate(prompt, 60, generator=torch.Generator().manual_seed(123), use_cache=use_cache, **sampling)
+            for use_cache in (True, False)]
+    assert outs[0].shape == (2, 70)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_model_kv_cache_refuses_to_overflow():
+    m = tiny_gpt(block_size=8, vocab_size=11, n_layer=1, n_head=1, n_embd=8)
+    cache = gpt.KVCache(m.config, 1, "cpu", torch.float32, max_len=4)
+    with torch.no_grad():
+        m.hidden_states(torch.zeros(1, 4, dtype=torch.long), cache)
+        with pytest.raises(ValueError, match="KV cache is full"):
+            m.hidden_states(torch.zeros(1, 1, dtype=torch.long), cache)
+
+
+def test_model_position_ids_and_mask_pack_two_sequences_in_one_row():
+    """hidden_states(pos=, attn_mask=) is what hellaswag.py packs with: two sequences sharing a prefix in one
+    row give each sequence's own hidden states."""
+    m = tiny_gpt(n_layer=2, n_head=2, n_embd=32)
+    prefix, a, b = _model_idx((1, 5), 1, 257), _model_idx((1, 3), 2, 257), _model_idx((1, 4), 3, 257)
+    row = torch.cat([prefix, a, b], dim=1)
+    pos = torch.tensor([list(range(8)) + list(range(5, 9))])
+    seg = torch.tensor([0] * 5 + [1] * 3 + [2] * 4)
+    mask = torch.ones(12, 12, dtype=torch.bool).tril() & ((seg[None] == 0) | (seg[None] == seg[:, None]))
+    with torch.no_grad():
+        packed = m.hidden_states(row, pos=pos, attn_mask=mask[None, None])
+        torch.testing.assert_close(packed[:, :8], m.hidden_states(torch.cat([prefix, a], 1)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(packed[:, 8:], m.hidden_states(torch.cat([prefix, b], 1))[:, 5:], atol=1e-6,
+                                   rtol=0)
+
+
 def test_model_per_token_losses_match_huggingface(tmp_path):
     """reduction='none' (lm_head only where a target exists) equals per-token CE of HF's full logits."""
-    hf, path = _model_hf_dir(tmp_path, **MODEL_SHAPES[1])
-    ours = gpt.GPT.from_pretrained(path).eval()
-    idx = torch.randint(0, TINY_VOCAB, (2, 30), generator=torch.Generator().manual_seed(2))
+    hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[1])
+    ours = GPT.from_pretrained(path).eval()
+    idx = _model_idx((2, 30), seed=2)
     targets = _model_next_targets(idx)
     targets[:, :12] = -1  # a "prompt" that is not scored
     with torch.no_grad():
@@ -831,99 +926,35 @@ def test_model_per_token_losses_match_huggingface(tmp_path):
 
 def test_model_save_hf_round_trip_cuts_padded_vocab(tmp_path):
     from transformers import GPT2LMHeadModel
-    _, path = _model_hf_dir(tmp_path, **MODEL_SHAPES[2])
-    ours = gpt.GPT.from_pretrained(path, vocab_multiple=64).eval()
+    _, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[2])
+    ours = GPT.from_pretrained(path, vocab_multiple=64).eval()
     assert ours.lm_head.weight.shape[0] == 256  # 211 padded up to a multiple of 64
     out = ours.save_hf(str(tmp_path / "export"))
     back = GPT2LMHeadModel.from_pretrained(out).eval()
     assert back.config.vocab_size == TINY_VOCAB
-    idx = torch.randint(0, TINY_VOCAB, (2, 33), generator=torch.Generator().manual_seed(3))
+    idx = _model_idx((2, 33), seed=3)
     with torch.no_grad():
         torch.testing.assert_close(back(idx).logits, ours(idx)[0][..., :TINY_VOCAB], atol=1e-5, rtol=0)
     assert not (tmp_path / "export.tmp").exists()
 
 
 def test_model_greedy_generation_equals_huggingface(tmp_path):
-    hf, path = _model_hf_dir(tmp_path, **MODEL_SHAPES[0])
-    ours = gpt.GPT.from_pretrained(path).eval()
-    prompt = torch.randint(0, TINY_VOCAB, (3, 6), generator=torch.Generator().manual_seed(4))
+    hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[0])
+    ours = GPT.from_pretrained(path).eval()
+    prompt = _model_idx((3, 6), seed=4)
     ref = hf.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=TINY_VOCAB - 1)
     for use_cache in (True, False):
         assert torch.equal(ours.generate(prompt, 30, temperature=0, use_cache=use_cache), ref)
 
 
-@pytest.mark.parametrize("sampling", [dict(), dict(top_k=20), dict(top_p=0.8, temperature=0.7)])
-def test_model_cached_sampling_equals_uncached(sampling):
-    # float64 so both paths pick the same token from the same random draw; 60 new tokens after a
-    # 10-token prompt run past block_size 64, exercising the crop-and-rebuild path as well.
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=97, n_layer=2, n_head=3, n_embd=24)).double().eval()
-    prompt = torch.randint(0, 97, (2, 10))
-    outs = []
-    for use_cache in (True, False):
-        g = torch.Generator().manual_seed(123)
-        outs.append(m.generate(prompt, 60, generator=g, use_cache=use_cache, **sampling))
-    assert outs[0].shape == (2, 70)
-    assert torch.equal(outs[0], outs[1])
-
-
-@pytest.mark.parametrize("rows", [1, 3])
-def test_model_decode_step_every_way_equals_forward(rows):
-    # Each way generate may pick (x @ W.T, (W @ x.T).T, lm_head stored as (in, out)) is the forward pass
-    # of the newest position, and the cache it fills is the one forward would have filled.
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=3, n_embd=24)).eval()
-    idx = torch.randint(0, 97, (rows, 9))
-    with torch.no_grad():
-        full = m(idx)[0][:, -1]
-        ways = [dict(), dict(columns_first=True), dict(head_in_out=gpt.in_out_copy(m.lm_head.weight))]
-        for way in ways:
-            cache = gpt.KVCache(m.config, rows, "cpu", torch.float32)
-            m.hidden_states(idx[:, :-1], cache)
-            torch.testing.assert_close(m.decode_step(idx[:, -1:], cache, **way), full, atol=1e-5, rtol=0)
-            assert cache.length == 9
-            reference = gpt.KVCache(m.config, rows, "cpu", torch.float32)
-            m.hidden_states(idx, reference)
-            torch.testing.assert_close(cache.k[:, :, :, :9], reference.k[:, :, :, :9], atol=1e-6, rtol=0)
-
-
-def test_model_decode_step_refuses_a_full_cache():
-    m = gpt.GPT(gpt.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=1, n_embd=8)).eval()
-    cache = gpt.KVCache(m.config, 1, "cpu", torch.float32, max_len=4)
-    with torch.no_grad():
-        m.hidden_states(torch.zeros(1, 4, dtype=torch.long), cache)
-        with pytest.raises(ValueError, match="KV cache is full"):
-            m.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
-
-
-def test_model_in_out_copy_is_the_transpose():
-    w = torch.randn(600, 7)               # 600 rows: two full bands of 256 and a short one
-    assert torch.equal(gpt.in_out_copy(w), w.t().contiguous())
-    assert gpt.in_out_copy(w).is_contiguous()
-
-
-def test_model_generate_tries_the_ways_only_where_they_can_differ():
-    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=97, n_layer=1, n_head=2, n_embd=16)).eval()
-    one, many = torch.zeros(1, 4, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long)
-    assert len(m._decode_ways(many, 40, True)) == 3
-    assert len(m._decode_ways(one, 40, True)) == 2      # one row: both products are one matrix-vector product
-    assert len(m._decode_ways(many, 40, False)) == 1    # no cache, no decode steps
-    assert len(m._decode_ways(many, 8, True)) == 1      # too short to pay for the trials
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert len(m._decode_ways(many, 40, True)) == 1
-    finally:
-        torch.use_deterministic_algorithms(False)
-
-
-def test_model_decode_step_runs_lora_layers_as_modules():
-    # LoRA wraps c_attn and friends; the decode step must call the wrapper, not read the base weight.
-    m = _lora_tiny_gpt().double()        # float64: merged and unmerged weights round alike
+def test_model_cached_generation_runs_lora_layers():
+    # LoRA wraps c_attn and friends; cached steps must run the wrappers, not read the base weights.
+    m = tiny_gpt().double()        # float64: merged and unmerged weights round alike
     lora.apply_lora(m, r=4, alpha=8, targets=("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"))
     with torch.no_grad():
         for layer in lora.lora_layers(m):
             layer.lora_B.normal_(std=0.5)
-    prompt = _lora_idx(257, shape=(2, 5))
+    prompt = _model_idx((2, 5), vocab=257)
     cached = m.generate(prompt, 40, temperature=0)
     assert torch.equal(cached, m.generate(prompt, 40, temperature=0, use_cache=False))
     lora.merge_and_unwrap(m)
@@ -931,12 +962,23 @@ def test_model_decode_step_runs_lora_layers_as_modules():
 
 
 def test_model_generate_never_samples_padded_ids():
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=5, n_layer=1, n_head=1, n_embd=8, vocab_multiple=64))
+    m = tiny_gpt(block_size=32, vocab_size=5, n_layer=1, n_head=1, n_embd=8, vocab_multiple=64)
     with torch.no_grad():
         m.lm_head.weight[5:] = 10.0  # make the padding rows by far the most likely
     out = m.generate(torch.zeros(4, 1, dtype=torch.long), 20, generator=torch.Generator().manual_seed(0))
     assert out.max() < 5
+
+
+def test_model_generate_stops_when_every_row_hit_the_stop_token():
+    m = tiny_gpt(block_size=64, vocab_size=50, n_layer=1, n_head=2, n_embd=16)
+    prompt = _model_idx((2, 4), vocab=50)
+    full = m.generate(prompt, 30, temperature=0)
+    # Stop at the token row 0 produces 5th: row 0 hits it there, row 1 maybe later or never.
+    stop = full[0, 4 + 4].item()
+    out = m.generate(prompt, 30, temperature=0, stop_token=stop)
+    first_hits = [(row[4:] == stop).nonzero()[0, 0].item() if (row[4:] == stop).any() else 30 for row in full]
+    assert out.size(1) == 4 + min(30, max(first_hits) + 1)
+    assert torch.equal(out, full[:, :out.size(1)])  # same tokens up to the stop
 
 
 def test_model_published_parameter_counts():
@@ -944,14 +986,13 @@ def test_model_published_parameter_counts():
                  "gpt2-xl": 1_557_611_200}
     for name, count in published.items():
         with torch.device("meta"):  # shapes only, no memory
-            model = gpt.GPT(gpt.GPTConfig(**gpt.GPT_SIZES[name]))
+            model = GPT(GPTConfig(**gpt.GPT_SIZES[name]))
         assert model.num_params() == count, name
         assert model.lm_head.weight is model.transformer.wte.weight
 
 
 def test_model_init_follows_gpt2_paper():
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=1000, n_layer=8, n_head=4, n_embd=256))
+    m = tiny_gpt(block_size=64, vocab_size=1000, n_layer=8, n_head=4, n_embd=256)
     residual_std = 0.02 / (2 * 8) ** 0.5
     for name, p in m.named_parameters():
         if name.endswith("c_proj.weight"):
@@ -967,7 +1008,7 @@ def test_model_flops_per_token_matches_an_independent_flop_count():
     attention matmuls are visible to it). The formula 6N + 12LHQT adds 6 FLOPs per token for each
     non-matmul parameter (biases, LayerNorm) too; apart from exactly that, the two must agree."""
     from torch.utils.flop_counter import FlopCounterMode
-    m = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=500, n_layer=2, n_head=4, n_embd=64, attn="plain"))
+    m = GPT(GPTConfig(block_size=128, vocab_size=500, n_layer=2, n_head=4, n_embd=64, attn="plain"))
     idx = torch.randint(0, 500, (2, 128))
     with FlopCounterMode(display=False) as counter:
         m(idx, idx)[1].backward()
@@ -986,8 +1027,7 @@ def test_model_peak_flops_table(monkeypatch):
 
 
 def _model_tiny_checkpoint(path, tokenizer="byte", **extra):
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=16, vocab_multiple=64))
+    m = tiny_gpt(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=16, vocab_multiple=64)
     gpt.save_checkpoint(str(path), m, tokenizer, **extra)
     return m
 
@@ -1027,14 +1067,14 @@ def test_model_bad_checkpoints_give_clear_errors(tmp_path):
 
 def test_model_from_pretrained_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
-        gpt.GPT.from_pretrained("gpt3")
+        GPT.from_pretrained("gpt3")
     from transformers import BertConfig
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
         tmp_path / "bert")
     with pytest.raises(ValueError, match="not GPT-2"):
-        gpt.GPT.from_pretrained(str(tmp_path / "bert"))
-    hf, path = _model_hf_dir(tmp_path, **MODEL_SHAPES[0])
-    model = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=TINY_VOCAB, n_layer=2, n_head=2, n_embd=48))
+        GPT.from_pretrained(str(tmp_path / "bert"))
+    hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[0])
+    model = GPT(GPTConfig(block_size=64, vocab_size=TINY_VOCAB, n_layer=2, n_head=2, n_embd=48))
     with pytest.raises(ValueError, match="shape mismatch"):
         model.load_hf_state_dict(hf.state_dict())
 
@@ -1048,36 +1088,20 @@ def test_model_byte_tokenizer_round_trip():
         gpt.get_tokenizer("sentencepiece")
 
 
+@slow
 def test_model_cli_samples_from_checkpoint_and_fails_cleanly(tmp_path):
     _model_tiny_checkpoint(tmp_path / "model.pt")
-    cmd = [sys.executable, str(HERE / "model.py"), "--ckpt", str(tmp_path / "model.pt"), "--device", "cpu",
-           "--prompt", "The ", "--num-samples", "2", "--max-new-tokens", "8"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    run = run_script("model.py", "--ckpt", tmp_path / "model.pt", "--device", "cpu", "--prompt", "The ",
+                     "--num-samples", "2", "--max-new-tokens", "8")
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("--- sample") == 2 and "The " in run.stdout
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
-    run = subprocess.run(cmd[:3] + [str(tmp_path / "bad.pt")], capture_output=True, text=True, timeout=120)
-    assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert run.stderr.strip().startswith("error:") and len(run.stderr.strip().splitlines()) == 1
-
-
-def test_model_generate_stops_when_every_row_hit_the_stop_token():
-    torch.manual_seed(0)
-    m = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=50, n_layer=1, n_head=2, n_embd=16)).eval()
-    prompt = torch.randint(0, 50, (2, 4))
-    full = m.generate(prompt, 30, temperature=0)
-    # Stop at the token row 0 produces 5th: row 0 hits it there, row 1 maybe later or never.
-    stop = full[0, 4 + 4].item()
-    out = m.generate(prompt, 30, temperature=0, stop_token=stop)
-    first_hits = [(row[4:] == stop).nonzero()[0, 0].item() if (row[4:] == stop).any() else 30 for row in full]
-    assert out.size(1) == 4 + min(30, max(first_hits) + 1)
-    assert torch.equal(out, full[:, :out.size(1)])  # same tokens up to the stop
+    assert_one_line_error(run_script("model.py", "--ckpt", tmp_path / "bad.pt"), "bad.pt")
 
 
 # =================================================================================================
-# Data: fineweb.py (issue 4)
+# Data: fineweb.py
 # =================================================================================================
-_FINEWEB_HERE = pathlib.Path(__file__).resolve().parent
 _FINEWEB_SHARD = 1000          # tokens per shard in these tests: the corpus below fills about 7 shards
 
 
@@ -1193,6 +1217,7 @@ def test_fineweb_txt_jsonl_parquet_directory_in_sorted_order(tmp_path, gpt2_enc)
                                   _fineweb_expected(gpt2_enc, [order[10], docs[11]]))
 
 
+@slow
 def test_fineweb_cli_with_spawned_pool_matches_in_process_run(tmp_path):
     # The real script as __main__ with 2 pool workers started by 'spawn' (macOS/Windows' default): each
     # worker re-imports fineweb.py, so this fails without the __main__ guard or a module-level worker.
@@ -1202,17 +1227,15 @@ def test_fineweb_cli_with_spawned_pool_matches_in_process_run(tmp_path):
             "--shard-size", str(_FINEWEB_SHARD), "--workers", "2"]
     code = ("import multiprocessing, runpy, sys; multiprocessing.set_start_method('spawn'); "
             f"sys.argv = {argv!r}; runpy.run_path('fineweb.py', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=_FINEWEB_HERE, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert _fineweb_files(tmp_path / "cli") == _fineweb_files(tmp_path / "inproc")
 
 
+@slow
 def test_fineweb_cli_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "fineweb.py", "--source", str(tmp_path / "missing.jsonl"),
-                           "--out-dir", str(tmp_path / "out")],
-                          cwd=_FINEWEB_HERE, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
+    proc = run_script("fineweb.py", "--source", tmp_path / "missing.jsonl", "--out-dir", tmp_path / "out")
+    assert_one_line_error(proc, "missing.jsonl not found")
     assert proc.stderr.strip().splitlines() == [f"error: source {tmp_path / 'missing.jsonl'} not found"]
 
 
@@ -1281,32 +1304,31 @@ def test_fineweb_hub_path_matches_local_files_and_resumes(tmp_path, monkeypatch,
 
 
 # =================================================================================================
-# Training: train_gpt2.py (issue 4)
+# Training: train_gpt2.py
 # =================================================================================================
-_TRAIN_HERE = pathlib.Path(__file__).resolve().parent
-_TRAIN_SCRIPT = str(_TRAIN_HERE / "train_gpt2.py")
 # A 2-layer, 32-wide byte-level model on T=32: each run takes a few seconds, most of it importing torch.
 _TRAIN_SMALL = ["--preset", "tiny", "--tokenizer", "byte", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
                 "--seq-len", "32", "--batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4", "--warmup-steps", "3",
                 "--val-steps", "2", "--sample-tokens", "8", "--num-samples", "1"]
 
 
-def _train_env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    return env
-
-
-def _train_run(args, torchrun=False, check=True, timeout=170):
-    """Run train_gpt2.py (under torchrun with 2 gloo processes if asked); returns the CompletedProcess."""
-    cmd = [sys.executable, _TRAIN_SCRIPT]
+def _train(*args, torchrun=False):
+    """Run train_gpt2.py to its end (under torchrun with 2 gloo processes if asked); -> CompletedProcess."""
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", _TRAIN_SCRIPT]
-    result = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=_train_env(),
-                            timeout=timeout, cwd=_TRAIN_HERE)
-    if check and result.returncode != 0:
-        raise AssertionError(f"train_gpt2.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc_per_node=2", str(REPO / "train_gpt2.py"), *map(str, args)],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    else:
+        result = run_script("train_gpt2.py", *args)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def _train_in_process(monkeypatch, *args):
+    """train_gpt2.main() in this process (no torch import to wait for); its signal handlers stay out."""
+    monkeypatch.setattr(train_gpt2.signal, "signal", lambda *a: None)
+    train_gpt2.main([str(a) for a in args])
 
 
 def _train_shards(tmp_path, sizes=(2000, 300, 517, 211), seed=0):
@@ -1334,6 +1356,18 @@ def _train_log(log_dir, kind):
 
 def _train_ckpt(log_dir, name="model.pt"):
     return torch.load(pathlib.Path(log_dir) / name, map_location="cpu", weights_only=True)
+
+
+def _train_assert_same_run(dir_a, dir_b):
+    """Bit-identical weights and optimizer state, identical log.txt (every loss, to the printed digit)."""
+    a, b = _train_ckpt(dir_a), _train_ckpt(dir_b)
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["loader"] == b["loader"]
+    assert (pathlib.Path(dir_a) / "log.txt").read_text() == (pathlib.Path(dir_b) / "log.txt").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1456,15 +1490,33 @@ def test_train_decay_groups():
 # ---------------------------------------------------------------------------------------------
 # Real runs
 # ---------------------------------------------------------------------------------------------
+def test_train_resume_with_dropout_is_exact(tmp_path, monkeypatch):
+    # Dropout draws from the global torch RNG at every step: a resumed run matches the uninterrupted one
+    # only if the checkpoint carries that generator's state and --resume restores it.
+    shards = _train_shards(tmp_path)
+    common = _TRAIN_SMALL + ["--data", shards, "--dropout", 0.2, "--total-batch-size", 128, "--max-steps", 8,
+                             "--eval-every", 0, "--ckpt-every", 4]
+    _train_in_process(monkeypatch, *common, "--log-dir", tmp_path / "straight")
+    _train_in_process(monkeypatch, *common, "--log-dir", tmp_path / "stopped", "--stop-at", 3)
+    assert _train_ckpt(tmp_path / "stopped")["step"] == 3
+    _train_in_process(monkeypatch, *common, "--log-dir", tmp_path / "stopped", "--resume")
+    _train_assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+    # The test can fail: without dropout the weights differ (dropout really is drawing random numbers).
+    _train_in_process(monkeypatch, *common, "--dropout", 0, "--log-dir", tmp_path / "no_dropout")
+    a, b = _train_ckpt(tmp_path / "straight")["model"], _train_ckpt(tmp_path / "no_dropout")["model"]
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+@slow
 def test_train_ddp_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
     # 2 processes x 1 micro-step of B=4 vs 1 process x 2 micro-steps of B=4: the same 256 tokens per step
     # (the global batch is cut into B*T slices in the same order either way), the same mean loss.
     shards = _train_shards(tmp_path)
     common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 2 * 4 * 32, "--max-steps", 6,
                              "--eval-every", 3, "--ckpt-every", 6]
-    one = _train_run(common + ["--log-dir", tmp_path / "one"])
+    one = _train(*common, "--log-dir", tmp_path / "one")
     assert "2 micro-step(s) x 1 process(es)" in one.stdout
-    two = _train_run(common + ["--log-dir", tmp_path / "two"], torchrun=True)
+    two = _train(*common, "--log-dir", tmp_path / "two", torchrun=True)
     assert "1 micro-step(s) x 2 process(es)" in two.stdout
     # The two compute the same sums in a different order: one process backpropagates l0/2 and l1/2 and adds
     # the gradients in .grad (g0/2 + g1/2); DDP backpropagates l0 and l1 on two ranks, all-reduces g0 + g1 and
@@ -1492,22 +1544,11 @@ def test_train_ddp_two_gloo_processes_equal_one_process_with_accumulation(tmp_pa
     assert _train_log(tmp_path / "one", "train")[5] < _train_log(tmp_path / "one", "train")[0]
 
 
-def _train_assert_same_run(dir_a, dir_b):
-    """Bit-identical weights and optimizer state, identical log.txt (every loss, to the printed digit)."""
-    a, b = _train_ckpt(dir_a), _train_ckpt(dir_b)
-    assert a["step"] == b["step"]
-    assert a["model"].keys() == b["model"].keys()
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert a["loader"] == b["loader"]
-    assert (pathlib.Path(dir_a) / "log.txt").read_text() == (pathlib.Path(dir_b) / "log.txt").read_text()
-
-
 def _train_interrupt(args, sig, after_step):
     """Start a run, send `sig` once it has printed step `after_step`, return (returncode, stdout)."""
-    proc = subprocess.Popen([sys.executable, _TRAIN_SCRIPT] + [str(a) for a in args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_train_env(), cwd=_TRAIN_HERE)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_gpt2.py"), *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
     for line in proc.stdout:
         out.append(line)
@@ -1518,26 +1559,26 @@ def _train_interrupt(args, sig, after_step):
     return proc.returncode, "".join(out)
 
 
+@slow
 def test_train_resume_is_exact_after_stop_sigterm_and_kill9(tmp_path):
     shards = _train_shards(tmp_path)
     n = 120
     common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", n, "--eval-every", 40,
-                             "--ckpt-every", 20]
-    _train_run(common + ["--log-dir", tmp_path / "straight"])
+                             "--ckpt-every", 20, "--dropout", 0.1]
+    _train(*common, "--log-dir", tmp_path / "straight")
     assert _train_ckpt(tmp_path / "straight")["step"] == n
 
     # 1. --stop-at: stop after 50 steps (checkpoint written), then --resume to the end.
-    _train_run(common + ["--log-dir", tmp_path / "stopped", "--stop-at", 50])
+    _train(*common, "--log-dir", tmp_path / "stopped", "--stop-at", 50)
     assert _train_ckpt(tmp_path / "stopped")["step"] == 50
-    _train_run(common + ["--log-dir", tmp_path / "stopped", "--resume"])
+    _train(*common, "--log-dir", tmp_path / "stopped", "--resume")
     _train_assert_same_run(tmp_path / "straight", tmp_path / "stopped")
-
     # 2. SIGTERM mid-run: the step finishes, a checkpoint is written, the exit is clean.
     rc, out = _train_interrupt(common + ["--log-dir", tmp_path / "term"], signal.SIGTERM, after_step=5)
     assert rc == 0 and "Traceback" not in out, out[-2000:]
     stopped_at = _train_ckpt(tmp_path / "term")["step"]
     assert 5 < stopped_at < n and f"stopped after step {stopped_at - 1}" in out
-    _train_run(common + ["--log-dir", tmp_path / "term", "--resume"])
+    _train(*common, "--log-dir", tmp_path / "term", "--resume")
     _train_assert_same_run(tmp_path / "straight", tmp_path / "term")
 
     # 3. kill -9: whatever was being written, model.pt is the last complete checkpoint; log lines past it
@@ -1545,22 +1586,23 @@ def test_train_resume_is_exact_after_stop_sigterm_and_kill9(tmp_path):
     rc, out = _train_interrupt(common + ["--log-dir", tmp_path / "kill"], signal.SIGKILL, after_step=45)
     assert rc == -signal.SIGKILL
     assert _train_ckpt(tmp_path / "kill")["step"] in range(40, n, 20)
-    _train_run(common + ["--log-dir", tmp_path / "kill", "--resume"])
+    _train(*common, "--log-dir", tmp_path / "kill", "--resume")
     _train_assert_same_run(tmp_path / "straight", tmp_path / "kill")
 
 
+@slow
 def test_train_tiny_preset_learns_manual_txt(tmp_path):
     # The README's main command, shortened (a smaller model, fewer steps): manual.txt, bytes, CPU.
-    result = _train_run(["--preset", "tiny", "--n-layer", 2, "--n-embd", 64, "--seq-len", 64, "--batch-size", 8,
-                         "--total-batch-size", 512, "--max-steps", 80, "--warmup-steps", 5, "--lr", 1e-2,
-                         "--min-lr", 1e-3, "--eval-every", 40, "--keep-every", 40, "--log-dir", tmp_path / "log"])
+    result = _train("--preset", "tiny", "--n-layer", 2, "--n-embd", 64, "--seq-len", 64, "--batch-size", 8,
+                    "--total-batch-size", 512, "--max-steps", 80, "--warmup-steps", 5, "--lr", 1e-2,
+                    "--min-lr", 1e-3, "--eval-every", 40, "--keep-every", 40, "--log-dir", tmp_path / "log")
     val = _train_log(tmp_path / "log", "val")
     train = _train_log(tmp_path / "log", "train")
     assert sorted(val) == [0, 40, 79] and sorted(train) == list(range(80))
     assert val[0] == pytest.approx(math.log(257), abs=0.3)  # untrained: about uniform over the byte ids
     # The yardstick: the val split's cross-entropy under the train split's byte frequencies (add-1/2
     # smoothed), i.e. the best a model ignoring context can do. Below it, the model reads its context.
-    data = np.frombuffer((_TRAIN_HERE / "manual.txt").read_bytes(), dtype=np.uint8)
+    data = np.frombuffer((REPO / "manual.txt").read_bytes(), dtype=np.uint8)
     split = int(0.9 * len(data))
     counts = np.bincount(data[:split], minlength=257) + 0.5
     unigram = float(-np.log(counts[data[split:]] / counts.sum()).mean())
@@ -1575,6 +1617,7 @@ def test_train_tiny_preset_learns_manual_txt(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
 
 
+@slow
 def test_train_clear_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -1592,14 +1635,8 @@ def test_train_clear_errors(tmp_path):
         "nan": (base + ["--total-batch-size", 128, "--lr", 1e30, "--warmup-steps", 0, "--log-dir", tmp_path / "n"],
                 "the loss is"),
     }
-    procs = {k: subprocess.Popen([sys.executable, _TRAIN_SCRIPT] + [str(a) for a in args], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=_train_env(), cwd=_TRAIN_HERE)
-             for k, (args, _) in cases.items()}
-    for key, proc in procs.items():
-        _, err = proc.communicate(timeout=120)
-        lines = err.strip().splitlines()
-        assert proc.returncode == 1, (key, err)
-        assert len(lines) == 1 and lines[0].startswith("error: ") and cases[key][1] in lines[0], (key, err)
+    for key, (args, message) in cases.items():
+        assert_one_line_error(run_script("train_gpt2.py", *args), "error: ", message)
     # NaN: it stopped before stepping on the bad gradients; the last good checkpoint is intact.
     good = _train_ckpt(tmp_path / "n")
     assert good["step"] >= 1 and all(torch.isfinite(v).all() for v in good["model"].values())
@@ -2019,8 +2056,9 @@ def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
 
 
 # =================================================================================================
-# LoRA: lora.py (issue 6)
-# Tests of lora.py: identity at init, merge/unmerge, equality with HuggingFace PEFT, masking, adapters, CLI.
+# LoRA: lora.py
+# The adapter (identity at init, merge, q/v blocks), equality with HuggingFace PEFT, data and masking,
+# training, adapter files, the CLI.
 # =================================================================================================
 _LORA_ALL_TARGETS = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
 
@@ -2034,14 +2072,13 @@ def lora_one_thread():
     torch.set_num_threads(old)
 
 
-def _lora_tiny_gpt(seed=0, gain=8.0, vocab_size=257):
-    """A tiny random GPT. A random model's frozen ln_f/lm_head can only produce nearly flat logits; raising
-    ln_f's gain gives the (frozen) head enough range for a low-rank update to express a task."""
-    torch.manual_seed(seed)
-    m = gpt.GPT(gpt.GPTConfig(block_size=128, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32))
+def _lora_tiny_gpt(seed=0, gain=8.0):
+    """tiny_gpt with ln_f's gain raised: a random model's frozen ln_f/lm_head can only produce nearly flat
+    logits, and the higher gain gives the head enough range for a low-rank update to express a task."""
+    m = tiny_gpt(seed)
     with torch.no_grad():
         m.transformer.ln_f.weight.fill_(gain)
-    return m.eval()
+    return m
 
 
 def _lora_randomize_B(model, seed=1):
@@ -2053,7 +2090,6 @@ def _lora_randomize_B(model, seed=1):
 
 def _lora_task_file(path, n=400, seed=0):
     """A synthetic prompt||completion task in the E2E format: the completion repeats the prompt's slots."""
-    import random
     rng = random.Random(seed)
     names = ["Alimentum", "Aromi", "Bibimbap", "Cotto", "Giraffe", "Zizzi", "Wildwood", "Strada"]
     foods = ["Chinese", "English", "French", "Indian", "Italian", "Japanese"]
@@ -2064,16 +2100,13 @@ def _lora_task_file(path, n=400, seed=0):
     return str(path)
 
 
-def _lora_tiny_hf(tmp_path):
-    """A tiny random HuggingFace GPT-2 (saved with save_pretrained) and the same weights in our GPT."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=101)).eval()
-    hf.save_pretrained(tmp_path / "hf")
-    return hf, gpt.GPT.from_pretrained(str(tmp_path / "hf")).eval()
+def _lora_hf_pair(tmp_path):
+    """tiny_hf's GPT2LMHeadModel and the same weights in our GPT."""
+    hf, path = tiny_hf(tmp_path / "hf")
+    return hf, GPT.from_pretrained(path).eval()
 
 
-def _lora_idx(vocab=101, shape=(2, 16), seed=3):
+def _lora_idx(vocab=211, shape=(2, 16), seed=3):
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -2193,7 +2226,7 @@ def _lora_peft_layers(peft_model):
 
 @pytest.mark.parametrize("rslora", [False, True])
 def test_lora_equals_peft(tmp_path, rslora):
-    hf, ours = _lora_tiny_hf(tmp_path)
+    hf, ours = _lora_hf_pair(tmp_path)
     peft_model = _lora_peft(hf, r=4, alpha=16, targets=_LORA_ALL_TARGETS, rslora=rslora)
     with torch.no_grad():  # PEFT starts with B = 0 too: give it nonzero B so the adapters matter
         for m in _lora_peft_layers(peft_model).values():
@@ -2230,7 +2263,7 @@ def test_lora_qv_equals_peft_blockdiagonal(tmp_path):
     # PEFT cannot adapt part of a fused layer; our q/v pair of rank-r adapters equals one PEFT adapter of
     # rank 2r on c_attn with A = [A_q; A_v] and B = [[B_q, 0], [0, 0], [0, B_v]] (alpha doubled, since
     # PEFT scales by alpha / (2r)).
-    hf, ours = _lora_tiny_hf(tmp_path)
+    hf, ours = _lora_hf_pair(tmp_path)
     r, alpha, n = 2, 8, 32
     peft_model = _lora_peft(hf, r=2 * r, alpha=2 * alpha, targets=["c_attn"])
     lora.apply_lora(ours, r=r, alpha=alpha, targets=["qv"])
@@ -2289,7 +2322,8 @@ def test_lora_data_formats(tmp_path):
 def test_lora_gpt2_tokenizer_examples(gpt2_enc):
     tok = gpt.get_tokenizer("gpt2")
     (ids, n_prompt), = lora.tokenize([("name : Aromi||", "Aromi is a pub .")], tok, 512)
-    assert ids == gpt2_enc.encode_ordinary("name : Aromi||") + gpt2_enc.encode_ordinary("Aromi is a pub .") + [50256]
+    enc = gpt2_enc.encode_ordinary
+    assert ids == enc("name : Aromi||") + enc("Aromi is a pub .") + [50256]
     assert n_prompt == len(gpt2_enc.encode_ordinary("name : Aromi||"))
 
 
@@ -2408,15 +2442,16 @@ def test_lora_training_changes_only_lora_and_learns(tmp_path, lora_one_thread):
     base = {k: v.clone() for k, v in model.state_dict().items()}
     lora.apply_lora(model, r=8, alpha=16, targets=_LORA_ALL_TARGETS)
     lora_before = {k: v.clone() for k, v in lora.lora_state_dict(model).items()}
-    args = argparse.Namespace(lr=1e-2, full_lr=None, weight_decay=0.0, seed=0, steps=25, warmup=3, batch_size=16,
-                              grad_accum=2, grad_clip=1.0, eval_examples=64)
+    args = argparse.Namespace(lr=1e-2, full_lr=None, weight_decay=0.0, seed=0, steps=25, warmup=3,
+                              batch_size=16, grad_accum=2, grad_clip=1.0, eval_examples=64)
     stats = lora.train(model, train, val, args, "cpu", tok.eot_token)
     state = model.state_dict()
     for name, value in base.items():
         assert torch.equal(state[name], value), f"base weight {name} changed"
     assert all(not torch.equal(state[k], v) for k, v in lora_before.items())
     assert stats["trainable"] == lora.count_params(model)[0]
-    assert stats["optimizer_bytes"] == 2 * 4 * stats["trainable"] + 4 * len(lora_before)  # exp_avg, exp_avg_sq, step
+    # AdamW keeps exp_avg and exp_avg_sq (fp32) per weight and a step count per tensor.
+    assert stats["optimizer_bytes"] == 2 * 4 * stats["trainable"] + 4 * len(lora_before)
     # Clearly better than the base and than a uniform guess over the 257 byte tokens.
     assert stats["val_loss"] < base_loss - 1.0 and stats["val_loss"] < math.log(257) - 1.0, (base_loss, stats)
 
@@ -2455,19 +2490,15 @@ def test_lora_adapter_roundtrip_and_wrong_base(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _lora_cli(*args, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(HERE / "lora.py"), *args, "--device", "cpu"], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
+@slow
 def test_lora_cli(tmp_path):
     gpt.save_checkpoint(str(tmp_path / "tiny.pt"), _lora_tiny_gpt(), "byte")
     gpt.save_checkpoint(str(tmp_path / "other.pt"), _lora_tiny_gpt(seed=1), "byte")
     data = _lora_task_file(tmp_path / "task.txt", n=200)
-    common = ["--data", data, "--batch-size", "16", "--eval-examples", "32", "--samples", "1"]
-    run = _lora_cli("--ckpt", "tiny.pt", *common, "--steps", "8", "--warmup", "2", "--lr", "1e-2", "--r", "4",
-                    "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full", cwd=tmp_path)
+    common = ["--data", data, "--batch-size", "16", "--eval-examples", "32", "--samples", "1",
+              "--device", "cpu"]
+    run = run_script("lora.py", "--ckpt", "tiny.pt", *common, "--steps", "8", "--warmup", "2", "--lr", "1e-2",
+                     "--r", "4", "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     assert "trainable params 2,304 of" in out  # 2 layers x (2*4*(32+32) + 4*(128+32))
@@ -2480,23 +2511,23 @@ def test_lora_cli(tmp_path):
     idx = _lora_idx(257)
     assert (merged.eval()(idx)[0] - adapted.eval()(idx)[0]).abs().max() <= 1e-5
     # --adapter: evaluate and sample with the saved adapter on its recorded base.
-    run = _lora_cli("--adapter", "log/lora.pt", *common, cwd=tmp_path)
+    run = run_script("lora.py", "--adapter", "log/lora.pt", *common, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "val loss with adapter" in run.stdout
     # A different base is refused with one line, no traceback.
-    run = _lora_cli("--adapter", "log/lora.pt", "--ckpt", "other.pt", *common, cwd=tmp_path)
-    assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert run.stderr.strip().splitlines()[-1].startswith("error: adapter was trained on base tiny.pt")
-    run = _lora_cli("--ckpt", "tiny.pt", "--data", "missing.txt", cwd=tmp_path)
+    run = run_script("lora.py", "--adapter", "log/lora.pt", "--ckpt", "other.pt", *common, cwd=tmp_path)
+    assert_one_line_error(run, "error: adapter was trained on base tiny.pt")
+    run = run_script("lora.py", "--ckpt", "tiny.pt", "--data", "missing.txt", cwd=tmp_path)
     assert run.returncode == 1 and run.stderr.strip() == "error: data file missing.txt does not exist."
 
 
 def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lora_one_thread):
     monkeypatch.chdir(tmp_path)
     gpt.save_checkpoint("tiny.pt", _lora_tiny_gpt(), "byte")
-    (tmp_path / "notes.txt").write_text("The adapter learns a low-rank update while the base stays frozen. " * 40)
-    lora.main(["--ckpt", "tiny.pt", "--data", "notes.txt", "--steps", "2", "--batch-size", "4", "--block-size", "64",
-               "--eval-examples", "8", "--samples", "1", "--out", "plain.pt", "--device", "cpu"])
+    (tmp_path / "notes.txt").write_text("The adapter learns a low-rank update; the base stays frozen. " * 40)
+    lora.main(["--ckpt", "tiny.pt", "--data", "notes.txt", "--steps", "2", "--batch-size", "4",
+               "--block-size", "64", "--eval-examples", "8", "--samples", "1", "--out", "plain.pt",
+               "--device", "cpu"])
     out = capsys.readouterr().out
     assert "val loss: base" in out and "samples (LoRA):" in out
     blob = lora.read_adapter("plain.pt")
