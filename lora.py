@@ -432,11 +432,10 @@ def load_adapter(model, blob, base_hash=None):
 # ---------------------------------------------------------------------------------------------
 # Generation metrics: the LoRA paper's E2E NLG table
 # ---------------------------------------------------------------------------------------------
-# The official E2E scorer (e2e-metrics, measure_scores.py) computes BLEU and NIST as MT-Eval v13a does
-# (13a tokenization, lowercased, corpus level, all references of an instance) and METEOR, ROUGE-L and
-# CIDEr with the COCO caption code (the PTB tokenizer and METEOR 1.5, both Java). Here sacrebleu computes
-# BLEU and pycocoevalcap (that COCO code, jars included) the other three; NIST is nist() below, since no
-# maintained library implements MT-Eval's NIST (nltk's weighs n-gram information differently).
+# The official E2E scorer takes BLEU and NIST from MT-Eval v13a (13a tokens, lowercased, corpus level) and
+# METEOR, ROUGE-L, CIDEr from the COCO caption code (Java PTB tokenizer, METEOR 1.5). Here sacrebleu gives
+# BLEU, pycocoevalcap (that COCO code, jars included) the other three, and nist() NIST: no maintained
+# library implements MT-Eval's (nltk's weighs n-gram information differently).
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 COCO_PUNCTUATION = {"''", "'", "``", "`", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".", "?", "!", ",", ":", "-",
                     "--", "...", ";"}
@@ -455,33 +454,34 @@ def eval_groups(args):
     path = args.eval_data or ("e2e" if args.data == "e2e" or args.eval_only else "none")
     if path == "none":
         return []
-    if path == "e2e":
-        path = download_e2e(args.cache_dir, splits=("test",))["test"]
-    pairs = read_examples(path)
+    pairs = read_examples(download_e2e(args.cache_dir, ("test",))["test"] if path == "e2e" else path)
     if not all(prompt for prompt, _ in pairs):
         raise ValueError(f"--eval-data {path}: expected `meaning representation||reference` lines or .jsonl")
     return group_by_mr(pairs)[:args.eval_limit]
 
 
 @torch.no_grad()
-def decode_all(model, groups, tokenizer, device, args):
-    """One output per group: the paper's beam search (or greedy), cut at <|endoftext|>, one line each."""
+def eval_generation(model, groups, tokenizer, device, args, suffix=""):
+    """Decode one output per group (the paper's beam search, or greedy), cut at <|endoftext|>; write the
+    scorer's files into --log-dir; return the metrics."""
     model.eval()
     eot, outputs = tokenizer.eot_token, []
     options = dict(temperature=0) if args.greedy else dict(
         num_beams=args.beams, length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram)
     for prompt, _ in tqdm(groups, desc="decoding", unit="ex", dynamic_ncols=True):
         ids = tokenizer.encode_ordinary(prompt)[-(model.config.block_size - 1):]
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
         new = min(args.max_new_tokens, model.config.block_size - len(ids))
-        out = model.generate(idx, new, stop_token=eot, **options)[0, len(ids):].tolist()
+        out = model.generate(torch.tensor([ids], device=device), new, stop_token=eot, **options)[0, len(ids):]
+        out = out.tolist()
         outputs.append(" ".join(tokenizer.decode(out[:out.index(eot)] if eot in out else out).split()))
-    return outputs
+    references = [refs for _, refs in groups]
+    write_scorer_files(args.log_dir, outputs, references, suffix)
+    print(f"wrote {os.path.join(args.log_dir, f'predictions{suffix}.txt')} and references.txt")
+    return e2e_scores(outputs, references)
 
 
 def write_scorer_files(log_dir, predictions, references, suffix=""):
-    """predictions.txt (one per line) and references.txt (one per line, instances separated by an empty
-    line): the layout the official E2E scorer reads."""
+    """The official scorer's layout: one output per line; references one per line, an empty line between."""
     with gpt.atomic_write(os.path.join(log_dir, f"predictions{suffix}.txt"), "w") as f:
         f.write("".join(p + "\n" for p in predictions))
     with gpt.atomic_write(os.path.join(log_dir, "references.txt"), "w") as f:
@@ -489,27 +489,21 @@ def write_scorer_files(log_dir, predictions, references, suffix=""):
 
 
 def read_scorer_files(pred_path, ref_path):
-    """(predictions, references) from the two files of the official scorer's layout."""
     with open(pred_path, encoding="utf-8") as f:
         predictions = [line.strip() for line in f]
     with open(ref_path, encoding="utf-8") as f:
-        references = [block.split("\n") for block in f.read().strip().split("\n\n") if block.strip()]
-    references = [[line.strip() for line in refs if line.strip()] for refs in references]
+        references = [block.split("\n") for block in re.split(r"\n\s*\n", f.read().strip())]
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"{pred_path}: {len(predictions)} outputs; {ref_path}: {len(references)} instances")
-    return predictions, references
+    return predictions, [[line.strip() for line in refs] for refs in references]
 
 
 def nist(predictions, references, max_n=5):
-    """NIST (Doddington 2002) at corpus level, as MT-Eval v13a defines it.
-
-    An n-gram's information is log2(count of its first n - 1 words / count of the n-gram), counted over all
-    references (for one word: all reference words / its count). Each n-gram of an output that a reference
-    of its instance holds (clipped to the most any one reference has) adds its information; each order's
-    sum is divided by the number of n-grams of that order in all outputs, and the sum over orders 1..5 is
-    scaled by exp(beta log^2(min(1, output words / mean reference words per instance, summed))), beta
-    making a ratio of 2/3 cost half.
-    """
+    """NIST (Doddington 2002) at corpus level, as MT-Eval v13a defines it. An n-gram's information is
+    log2(count of its first n - 1 words / count of it) over all references (a word: all words / its count).
+    Each n-gram an output shares with its references (clipped) adds its information; each order's sum is
+    divided by that order's n-gram count in all outputs; orders 1..5 are summed and scaled by
+    exp(beta log^2 min(1, output words / mean reference words)), beta making a ratio of 2/3 cost half."""
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
     tokenize = Tokenizer13a()
     ngrams = lambda words, n: Counter(zip(*(words[i:] for i in range(n))))  # noqa: E731
@@ -526,10 +520,7 @@ def nist(predictions, references, max_n=5):
     for out, refs in data:
         for n in range(1, max_n + 1):
             out_ngrams[n - 1] += max(len(out) - n + 1, 0)
-            clip = Counter()
-            for ref in refs:
-                clip |= ngrams(ref, n)
-            hits = ngrams(out, n) & clip
+            hits = ngrams(out, n) & functools.reduce(Counter.__or__, (ngrams(ref, n) for ref in refs))
             info[n - 1] += sum(c * math.log2(counts[g[:-1]] / counts[g]) for g, c in hits.items())
     ratio, beta = out_ngrams[0] / ref_words, math.log(0.5) / math.log(1.5) ** 2
     return sum(i / n for i, n in zip(info, out_ngrams) if n) * math.exp(beta * math.log(min(ratio, 1.0)) ** 2)
@@ -544,7 +535,7 @@ def coco_words(text):
 
 def e2e_scores(predictions, references):
     """{metric: value} on the official scorer's scale (BLEU, METEOR, ROUGE-L as fractions). Without Java
-    METEOR is None, and ROUGE-L and CIDEr read a Python stand-in for the (Java) PTB tokenizer."""
+    METEOR is None, and ROUGE-L and CIDEr read coco_words in place of the PTB tokenizer."""
     import sacrebleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -553,46 +544,29 @@ def e2e_scores(predictions, references):
                for i in range(max(map(len, references)))]
     bleu = sacrebleu.corpus_bleu(predictions, streams, lowercase=True, smooth_method="none")
     scores = dict(BLEU=bleu.score / 100, NIST=nist(predictions, references), METEOR=None)
-    gts = {i: refs for i, refs in enumerate(references)}
-    res = {i: [p] for i, p in enumerate(predictions)}
+    gts, res = dict(enumerate(references)), {i: [p] for i, p in enumerate(predictions)}
     if shutil.which("java"):
         from pycocoevalcap.meteor.meteor import Meteor
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-        gts, res = ({i: [{"caption": c} for c in v] for i, v in d.items()} for d in (gts, res))
-        gts, res = PTBTokenizer().tokenize(gts), PTBTokenizer().tokenize(res)
+        gts, res = (PTBTokenizer().tokenize({i: [{"caption": c} for c in v] for i, v in d.items()})
+                    for d in (gts, res))
         scores["METEOR"] = Meteor().compute_score(gts, res)[0]
     else:
         gts, res = ({i: [coco_words(c) for c in v] for i, v in d.items()} for d in (gts, res))
     scores["ROUGE_L"] = Rouge().compute_score(gts, res)[0]
     scores["CIDEr"] = Cider().compute_score(gts, res)[0]
-    return {m: scores[m] for m in METRICS}
+    return {m: None if scores[m] is None else float(scores[m]) for m in METRICS}
 
 
 def print_metrics(rows):
-    """rows: [(name, scores)]; printed on the paper's scale (BLEU, METEOR, ROUGE-L in percent)."""
+    """rows: [(name, scores)], on the paper's scale (BLEU, METEOR, ROUGE-L in percent)."""
     print("| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |\n|---|---|---|---|---|---|")
     for name, s in rows:
-        cells = [f"{100 * s['BLEU']:.1f}", f"{s['NIST']:.2f}", "n/a" if s["METEOR"] is None else
-                 f"{100 * s['METEOR']:.1f}", f"{100 * s['ROUGE_L']:.1f}", f"{s['CIDEr']:.2f}"]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        meteor = "n/a" if s["METEOR"] is None else f"{100 * s['METEOR']:.1f}"
+        print(f"| {name} | {100 * s['BLEU']:.1f} | {s['NIST']:.2f} | {meteor} | {100 * s['ROUGE_L']:.1f} | "
+              f"{s['CIDEr']:.2f} |")
     if any(s["METEOR"] is None for _, s in rows):
-        print("METEOR left out: no java on PATH (METEOR 1.5 is a Java program); ROUGE-L and CIDEr then use a "
-              "Python tokenizer in place of the PTB tokenizer.")
-
-
-def check_log_dir(path):
-    os.makedirs(path, exist_ok=True)
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"--log-dir {path} is not writable")
-
-
-def eval_generation(model, groups, tokenizer, device, args, suffix=""):
-    """Decode the groups, write the scorer's files into --log-dir, return the metrics."""
-    predictions = decode_all(model, groups, tokenizer, device, args)
-    references = [refs for _, refs in groups]
-    write_scorer_files(args.log_dir, predictions, references, suffix)
-    print(f"wrote {os.path.join(args.log_dir, f'predictions{suffix}.txt')} and references.txt")
-    return e2e_scores(predictions, references)
+        print("METEOR left out: no java on PATH (METEOR 1.5 is Java); ROUGE-L, CIDEr on coco_words tokens.")
 
 
 def score_files(args):
@@ -600,8 +574,7 @@ def score_files(args):
     scores = e2e_scores(*read_scorer_files(*args.score))
     print_metrics([(os.path.basename(args.score[0]), scores)])
     if args.json:
-        print(json.dumps({m: None if v is None else float(v) for m, v in scores.items()}))
-
+        print(json.dumps(scores))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,7 +681,7 @@ def main(argv=None):
     base_path = args.init or args.ckpt
     groups = eval_groups(args)
     if groups:   # the scorer's files go there: fail now rather than after training and decoding
-        check_log_dir(args.log_dir)
+        os.makedirs(args.log_dir, exist_ok=True)
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
     print(f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, tokenizer {tokenizer.name}")
     val_loss = functools.partial(evaluate, examples=val_ex[:args.eval_examples], batch_size=args.batch_size,
