@@ -11,6 +11,8 @@ optimizer's state shrinks to a fraction of a percent), and B A can then be merge
     python lora.py --init gpt2 --merge                          # OpenAI's GPT-2; also a merged checkpoint
     python lora.py --ckpt log/model.pt --data notes.txt --full  # a local file; also full fine-tuning
     python lora.py --adapter log/lora.pt                        # evaluate and sample with a saved adapter
+    python lora.py --eval-only --adapter log/lora.pt            # the paper's E2E table (beam 10, test split)
+    python lora.py --score log/predictions.txt log/references.txt --json   # score two files alone
 
 --data: 'e2e' (the LoRA paper's E2E NLG files, downloaded), a .jsonl of {"prompt", "completion"} objects,
 a text file of `prompt||completion` lines, or plain text. Prompt tokens are never targets.
