@@ -174,26 +174,36 @@ def download_e2e(cache_dir="e2e", splits=("train", "valid", "test")):
 
 
 def read_examples(path):
-    """A list of (prompt, completion) pairs; a plain text file gives a single ("", text) pair."""
+    """(prompt, completion) pairs from a .jsonl file or a file of prompt||completion lines (a text file in
+    which most lines hold "||": then every line must); any other text gives a single ("", text) pair."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded)") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     if path.endswith(".jsonl"):
         pairs = []
-        for i, line in enumerate(text.splitlines(), 1):
+        for i, line in lines:
             try:
-                if line.strip():
-                    row = json.loads(line)
-                    pairs.append((row["prompt"], row["completion"]))
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{path}:{i}: expected an object with 'prompt' and 'completion'") from None
+                row = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{path}:{i}: not valid JSON") from None
+            for key in ("prompt", "completion"):
+                if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                    got = type(row.get(key)).__name__ if isinstance(row, dict) and key in row else "missing"
+                    raise ValueError(f"{path}:{i}: expected a JSON object whose '{key}' is a string ({got})")
+            pairs.append((row["prompt"], row["completion"]))
         return pairs
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines and all("||" in line for line in lines):
-        # The prompt keeps its "||": it tells the model where the answer starts.
-        return [(p + "||", c) for p, c in (line.split("||", 1) for line in lines)]
-    return [("", text)]
+    if 2 * sum("||" in line for _, line in lines) <= len(lines):
+        return [("", text)]
+    bad = next((i for i, line in lines if "||" not in line), None)
+    if bad:
+        raise ValueError(f"{path}:{bad}: no '||' in this line, but most lines are prompt||completion pairs")
+    # The prompt keeps its "||": it tells the model where the answer starts.
+    return [(p + "||", c) for p, c in (line.split("||", 1) for _, line in lines)]
 
 
 def tokenize(pairs, tokenizer, block_size):
@@ -300,6 +310,8 @@ def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
             loss = sum_loss(model, x, y, device) / n_targets
             loss.backward()
             loss_sum += loss.item()
+        if not math.isfinite(loss_sum):  # nothing is written after this: the last good files stay
+            raise ValueError(f"{desc} loss is {loss_sum} at step {step}: stopped (lower --lr or --alpha?)")
         torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -392,29 +404,36 @@ def base_fingerprint(model):
     return h.hexdigest()
 
 
-def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer_name, base_is_init=False, **extra):
-    blob = {"lora": lora_state_dict(model), "lora_config": dict(lora_config), "tokenizer": tokenizer_name,
+def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer, base_is_init=False, **extra):
+    blob = {"lora": lora_state_dict(model), "lora_config": dict(lora_config), "tokenizer": tokenizer,
             "base": {"path": str(base_path), "init": base_is_init, "sha256": base_hash}, **extra}
     with gpt.atomic_write(path) as f:
         torch.save(blob, f)
 
 
 def read_adapter(path):
+    """An adapter as {"lora": tensors, "lora_config", "base"}: a file of ours, or a PEFT directory."""
+    if os.path.isdir(path):
+        return read_peft(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"adapter file {path} does not exist.")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say so in one line
         raise ValueError(f"{path} is not a readable adapter file ({e.__class__.__name__}).") from None
-    if not isinstance(blob, dict) or not {"lora", "lora_config", "base"} <= blob.keys():
+    if not isinstance(blob, dict) or not {"lora", "lora_config", "base"} <= blob.keys() \
+            or not isinstance(blob["lora"], dict) or not isinstance(blob["base"], dict):
         raise ValueError(f"{path} is not a LoRA adapter written by lora.py (no 'lora'/'lora_config'/'base').")
+    if not isinstance(blob["base"].get("path"), str) or not isinstance(blob["base"].get("sha256"), str):
+        raise ValueError(f"{path}: the adapter's 'base' must name a path and a sha256, got {blob['base']!r}")
+    check_lora_config(blob["lora_config"], path)
     return blob
 
 
 def load_adapter(model, blob, base_hash=None):
     """Wrap `model` (the unadapted base) as the adapter says and load its A/B; refuse a different base."""
     have, want = base_hash or base_fingerprint(model), blob["base"]
-    if have != want["sha256"]:
+    if want["sha256"] and have != want["sha256"]:  # (a directory PEFT wrote names its base, without a hash)
         raise ValueError(f"adapter was trained on base {want['path']} (weights sha256 {want['sha256'][:12]}"
                          f"...), but this base's sha256 is {have[:12]}...: pass the matching --ckpt/--init.")
     cfg = blob["lora_config"]
@@ -427,8 +446,83 @@ def load_adapter(model, blob, base_hash=None):
             if params[name].shape != t.shape:
                 raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
                                  f"the model expects {tuple(params[name].shape)}.")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"adapter tensor {name} holds non-finite values (NaN or inf).")
             params[name].copy_(t)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# PEFT's adapter format: adapter_config.json + adapter_model.safetensors
+# ---------------------------------------------------------------------------------------------
+PEFT_PREFIX = "base_model.model."
+# PEFT options that LoRALinear does not implement, and the values that mean "off".
+PEFT_OPTIONS = ("use_dora", "bias", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern",
+                "modules_to_save", "lora_bias", "exclude_modules", "target_parameters")
+PEFT_PLAIN = (None, False, "none", {}, [])
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
+PEFT_NOTE = """Exported by lora.py. PEFT adapts whole modules, so the q/v-only adapter (two rank-r adapters
+on the q and v blocks of GPT-2's fused c_attn) is stored as one rank-2r adapter on c_attn: A = [A_q; A_v]
+and B = [[B_q, 0], [0, 0], [0, B_v]] (zero rows for k), with lora_alpha scaled so that PEFT's scaling
+equals ours. Other modules of the same adapter get r zero rows in A and zero columns in B, to share that rank.
+"""
+
+
+def save_peft(out_dir, model, lora_config, base_path, base_hash):
+    """Write the adapter so that PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), out_dir)
+    computes what `model` computes (PEFT_NOTE says how block adapters become whole-module ones)."""
+    from safetensors.torch import save
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    r = lora_config["r"]
+    rank = max(len(m.enabled) for m in layers.values()) * r
+    tensors = {}
+    for name, m in layers.items():
+        A, B = torch.zeros(rank, m.in_features), torch.zeros(m.out_features, rank)
+        A[:len(m.enabled) * r] = m.lora_A.detach()
+        for i, (block, B_i) in enumerate(zip(m.enabled, m.lora_B.detach().split(m.block_size))):
+            B[block * m.block_size:(block + 1) * m.block_size, i * r:(i + 1) * r] = B_i
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = A, B
+    alpha, rslora = lora_config["alpha"], lora_config["rslora"]
+    config = dict(peft_type="LORA", task_type="CAUSAL_LM", base_model_name_or_path=str(base_path), r=rank,
+                  lora_alpha=alpha * (math.sqrt(rank // r) if rslora else rank // r), use_rslora=rslora,
+                  lora_dropout=lora_config["dropout"], fan_in_fan_out=True, inference_mode=True,
+                  target_modules=sorted({"c_attn" if t == "qv" else t for t in lora_config["targets"]}))
+    with gpt.atomic_write(os.path.join(out_dir, "adapter_model.safetensors")) as f:
+        f.write(save(tensors, metadata={"format": "pt", "base_sha256": base_hash}))
+    with gpt.atomic_write(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    with gpt.atomic_write(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(PEFT_NOTE)
+
+
+def read_peft(path):
+    """A PEFT LoRA directory (ours or PEFT's own) as an adapter of ours; unsupported options are refused."""
+    from safetensors import safe_open
+    try:
+        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError("adapter_config.json holds no JSON object")
+        if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
+            with safe_open(os.path.join(path, "adapter_model.safetensors"), "pt") as f:
+                tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        else:
+            tensors, meta = torch.load(os.path.join(path, "adapter_model.bin"), weights_only=True), {}
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable PEFT adapter directory ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120]})") from None
+    shown = ["peft_type", "target_modules"] + [k for k in PEFT_OPTIONS if config.get(k) not in PEFT_PLAIN]
+    if config.get("peft_type") != "LORA" or not isinstance(config.get("target_modules"), list) or shown[2:]:
+        raise ValueError(f"{path}: lora.py loads PEFT LoRA adapters with a list of target_modules and no "
+                         f"other options; this one has {', '.join(f'{k}={config.get(k)!r}' for k in shown)}")
+    get = config.get
+    lora_config = dict(r=get("r"), alpha=get("lora_alpha"), dropout=get("lora_dropout", 0),
+                       targets=get("target_modules"), rslora=get("use_rslora", False))
+    check_lora_config(lora_config, os.path.join(path, "adapter_config.json"))
+    lora = {k.removeprefix(PEFT_PREFIX).removesuffix(".weight"): v for k, v in tensors.items()}
+    base = config.get("base_model_name_or_path") or "gpt2"
+    return dict(lora=lora, lora_config=lora_config,
+                base=dict(path=base, init=not os.path.isfile(base), sha256=meta.get("base_sha256")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,10 +545,16 @@ def group_by_mr(pairs):
     return list(groups.items())
 
 
-def eval_groups(args):
-    """The (prompt, references) groups of --eval-data (E2E's test split by default), at most --eval-limit."""
+def eval_path(args):
+    """--eval-data, whose default is E2E's test split with --data e2e or --eval-only; None for no table."""
     path = args.eval_data or ("e2e" if args.data == "e2e" or args.eval_only else "none")
-    if path == "none":
+    return None if path == "none" else path
+
+
+def eval_groups(args):
+    """The (prompt, references) groups of --eval-data, at most --eval-limit of them."""
+    path = eval_path(args)
+    if path is None:
         return []
     pairs = read_examples(download_e2e(args.cache_dir, ("test",))["test"] if path == "e2e" else path)
     if not all(prompt for prompt, _ in pairs):
@@ -580,6 +680,68 @@ def score_files(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# Inputs at the door: numbers (flags and adapter configs) and paths, each refused in one line naming it
+# ---------------------------------------------------------------------------------------------
+# name -> (test, what it must be). NaN fails every comparison, so the range tests refuse it too.
+AT_LEAST_1, AT_LEAST_0 = (lambda v: v >= 1, ">= 1"), (lambda v: v >= 0, ">= 0")
+POSITIVE = (lambda v: 0 < v < math.inf, "finite, > 0")
+NOT_NEGATIVE = (lambda v: 0 <= v < math.inf, "finite, >= 0")
+RULES = {"r": AT_LEAST_1, "alpha": (math.isfinite, "finite"), "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+         "steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1, "eval_examples": AT_LEAST_1,
+         "block_size": (lambda v: v >= 2, ">= 2"), "warmup": AT_LEAST_0, "samples": AT_LEAST_0,
+         "lr": POSITIVE, "full_lr": POSITIVE, "grad_clip": POSITIVE, "weight_decay": NOT_NEGATIVE,
+         "val_frac": (lambda v: 0 < v < 1, "in (0, 1)"), "beams": AT_LEAST_1, "eval_limit": AT_LEAST_1,
+         "max_new_tokens": AT_LEAST_1, "no_repeat_ngram": AT_LEAST_0,
+         "length_penalty": (math.isfinite, "finite")}
+
+
+def check_number(name, value, where):
+    """Apply RULES[name] to a value from the command line or an adapter's config."""
+    ok, want = RULES[name]
+    if value is not None and not ok(value):
+        raise ValueError(f"{where} must be {want}, got {value}")
+
+
+def check_lora_config(cfg, where):
+    """An adapter's LoRA config (ours or PEFT's): every field of its type and in range."""
+    kinds = dict(r=(int,), alpha=(int, float), dropout=(int, float), rslora=(bool,), targets=(list,))
+    for key, kind in kinds.items():
+        value = cfg.get(key) if isinstance(cfg, dict) else None
+        if type(value) not in kind or (key == "targets" and not all(isinstance(t, str) for t in value)):
+            names = " or ".join(k.__name__ for k in kind)
+            raise ValueError(f"{where}: LoRA config field '{key}' must be {names}, got {value!r}")
+        if key in RULES:
+            check_number(key, value, f"{where}: LoRA config field '{key}'")
+
+
+def check_paths(args):
+    """Outputs never overwrite inputs (the base, the adapter, the data) or each other, and each can be
+    written: checked before any work starts, so that no finished training is lost at the end."""
+    data = args.data if args.data != "e2e" else None
+    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter}
+    outputs = {"--out": None if args.adapter else args.out, "--merge": args.merge,
+               "--full-out": args.full_out if args.full else None}
+    if eval_path(args):   # the E2E table's files
+        inputs["--eval-data"] = None if eval_path(args) == "e2e" else eval_path(args)
+        outputs.update({f"--log-dir ({name})": os.path.join(args.log_dir, name)
+                        for name in ("predictions.txt", "predictions_full.txt", "references.txt")})
+    for flag, folder, names in ("--adapter", args.adapter, inputs), ("--save-peft", args.save_peft, outputs):
+        if folder and (names is outputs or os.path.isdir(folder)):  # a PEFT directory: its files
+            names.update({f"{flag} ({name})": os.path.join(folder, name) for name in PEFT_FILES})
+    seen = {flag: os.path.realpath(path) for flag, path in inputs.items() if path}
+    for flag, path in ((flag, path) for flag, path in outputs.items() if path):
+        clash = next((other for other, p in seen.items() if p == os.path.realpath(path)), None)
+        if clash:
+            raise ValueError(f"{flag} {path} is also {clash}: outputs never overwrite inputs or each other")
+        seen[flag] = os.path.realpath(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):  # the nearest existing folder, where the missing ones will be made
+            parent = os.path.dirname(parent)
+        if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise ValueError(f"{flag} {path} cannot be written (a folder, or {parent} is no writable folder)")
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv=None):
@@ -609,7 +771,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="log/lora.pt", help="adapter-only output file")
     p.add_argument("--merge", nargs="?", const="log/lora_merged.pt",
                    help="also write a checkpoint with the adapter merged in (default: log/lora_merged.pt)")
-    p.add_argument("--adapter", help="load this adapter onto its base and only evaluate/sample")
+    p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
+    p.add_argument("--save-peft", metavar="DIR", help="also write the adapter in PEFT's format into DIR")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--seed", type=int, default=1337)
@@ -635,16 +798,18 @@ def parse_args(argv=None):
 
 def check_args(parser, args):
     """Refuse, in one line naming the flag, a value that would fail later or give a meaningless result."""
-    rules = [("--r", args.r >= 1, ">= 1"), ("--steps", args.steps >= 1, ">= 1"),
-             ("--batch-size", args.batch_size >= 1, ">= 1"), ("--grad-accum", args.grad_accum >= 1, ">= 1"),
-             ("--block-size", args.block_size >= 2, ">= 2"), ("--dropout", 0 <= args.dropout < 1, "in [0,1)"),
-             ("--val-frac", 0 < args.val_frac < 1, "in (0, 1)"), ("--beams", args.beams >= 1, ">= 1"),
-             ("--eval-limit", (args.eval_limit or 1) >= 1, ">= 1"),
-             ("--max-new-tokens", args.max_new_tokens >= 1, ">= 1"),
-             ("--no-repeat-ngram", args.no_repeat_ngram >= 0, ">= 0")]
-    for flag, ok, want in rules:
-        if not ok:
-            parser.error(f"{flag} must be {want}, got {getattr(args, flag[2:].replace('-', '_'))}")
+    try:
+        for name in RULES:
+            check_number(name, getattr(args, name), "--" + name.replace("_", "-"))
+    except ValueError as e:
+        parser.error(str(e))
+    kind = (args.device or "cpu").split(":")[0]
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind):
+        why = "not available here" if kind in available else "use cpu, cuda or mps"
+        parser.error(f"--device {args.device}: {why}")
+    if not args.targets:
+        parser.error("--targets names no module")
     if args.adapter and args.full:
         parser.error("--full trains; --adapter only evaluates a saved adapter: use one of them")
     if args.eval_only and args.full:
@@ -653,18 +818,21 @@ def check_args(parser, args):
     return args
 
 
-def load_base(args, adapter, device):
-    """(model, tokenizer, base hash) from --ckpt or --init; without either, from the adapter's recorded base
-    or log/model.pt (and args.ckpt / args.init then say which)."""
+def choose_base(args, adapter):
+    """Without --ckpt or --init: the adapter's recorded base, else log/model.pt (set in args.ckpt/init)."""
     if not args.ckpt and not args.init:
         recorded = adapter["base"] if adapter else {"path": "log/model.pt"}
         args.init, args.ckpt = (recorded["path"], None) if recorded.get("init") else (None, recorded["path"])
+
+
+def load_base(args, device):
+    """(model, its tokenizer as the checkpoint records it, base hash) from --ckpt or --init."""
     if args.init:
         model, tokenizer = gpt.GPT.from_pretrained(args.init), "gpt2"
     else:
         model, ckpt = gpt.load_checkpoint(args.ckpt)
         tokenizer = ckpt.get("tokenizer", "gpt2")
-    return model.to(device), gpt.get_tokenizer(tokenizer), base_fingerprint(model)
+    return model.to(device), tokenizer, base_fingerprint(model)
 
 
 def report(model, name):
@@ -679,11 +847,12 @@ def main(argv=None):
     device = args.device or gpt.auto_device()
     torch.manual_seed(args.seed)
     adapter = read_adapter(args.adapter) if args.adapter else None
-    model, tokenizer, base_hash = load_base(args, adapter, device)
+    choose_base(args, adapter)
+    check_paths(args)
+    model, tokenizer_spec, base_hash = load_base(args, device)
+    tokenizer = gpt.get_tokenizer(tokenizer_spec)
     base_path = args.init or args.ckpt
     groups = eval_groups(args)
-    if groups:   # the scorer's files go there: fail now rather than after training and decoding
-        os.makedirs(args.log_dir, exist_ok=True)
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
     print(f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, tokenizer {tokenizer.name}")
     val_loss = functools.partial(evaluate, examples=val_ex[:args.eval_examples], batch_size=args.batch_size,
@@ -694,28 +863,33 @@ def main(argv=None):
     samples(model, title="base")
     if adapter:  # evaluate a saved adapter
         load_adapter(model, adapter, base_hash)
+        config = adapter["lora_config"]
         report(model, "adapter")
         print(f"val loss with adapter {val_loss(model):.4f}")
         samples(model, title="adapter")
     elif not args.eval_only:  # train one
         config = dict(r=args.r, alpha=args.alpha, dropout=args.dropout, targets=args.targets,
                       rslora=args.rslora)
-        report(model, f"LoRA on {len(apply_lora(model, **config))} layers")
+        wrapped = apply_lora(model, **config)
+        report(model, f"LoRA on {len(wrapped)} layers")
         stats = train(model, train_ex, val_ex, args, device, tokenizer.eot_token)
         print(f"val loss: base {base_loss:.4f} -> LoRA {stats['val_loss']:.4f}")
         samples(model, title="LoRA")
-        save_adapter(args.out, model, config, base_path, base_hash, tokenizer.name, bool(args.init),
+        save_adapter(args.out, model, config, base_path, base_hash, tokenizer_spec, bool(args.init),
                      val_loss=stats["val_loss"], steps=args.steps)
         print(f"wrote adapter {args.out}")
     name = "adapter" if adapter else "base" if args.eval_only else "LoRA"
     metrics = [(name, eval_generation(model, groups, tokenizer, device, args))] if groups else []
+    if args.save_peft:
+        save_peft(args.save_peft, model, config, base_path, base_hash)
+        print(f"wrote PEFT adapter {args.save_peft}")
     if args.merge:
-        gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer.name, lora_base=base_path)
+        gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer_spec, lora_base=base_path)
         print(f"wrote merged checkpoint {args.merge}")
     if args.full:
         del model  # so that its memory does not count in the full run's peak
         model = full_fine_tune(args, stats, base_loss, train_ex, val_ex, device, tokenizer.eot_token)
-        gpt.save_checkpoint(args.full_out, model, tokenizer.name)
+        gpt.save_checkpoint(args.full_out, model, tokenizer_spec)
         print(f"wrote full fine-tuned checkpoint {args.full_out}")
         if groups:
             full_scores = eval_generation(model, groups, tokenizer, device, args, suffix="_full")
@@ -725,10 +899,10 @@ def main(argv=None):
 
 
 def full_fine_tune(args, lora, base_loss, train_ex, val_ex, device, pad_id):
-    """The same run with every weight trainable, on a fresh copy of the base, and a LoRA vs full table."""
+    """The same run with every weight trainable, on a fresh copy of the base; then a LoRA vs full table."""
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    model = load_base(args, None, device)[0]
+    model = load_base(args, device)[0]
     report(model, "full fine-tuning")
     full = train(model, train_ex, val_ex, args, device, pad_id, desc="full")
     print(f"val loss: base {base_loss:.4f} -> full fine-tuning {full['val_loss']:.4f}")

@@ -1132,7 +1132,7 @@ def _fineweb_expected(enc, docs):
 
 def _fineweb_run(source, out_dir, *extra):
     fineweb.main(["--source", str(source), "--out-dir", str(out_dir), "--shard-size", str(_FINEWEB_SHARD),
-                  "--workers", "1", *extra])
+                  "--workers", "1", *map(str, extra)])
 
 
 def _fineweb_files(out_dir):
@@ -1155,7 +1155,8 @@ def test_fineweb_jsonl_shards_are_eot_plus_tiktoken(tmp_path, gpt2_enc):
     assert n >= 5
     assert names == ["edufineweb_val_000000.npy"] + [f"edufineweb_train_{i:06d}.npy" for i in range(1, n)]
     assert all(s.dtype == np.uint16 and s.ndim == 1 for s in shards)
-    assert [len(s) for s in shards[:-1]] == [_FINEWEB_SHARD] * (n - 1) and 0 < len(shards[-1]) <= _FINEWEB_SHARD
+    assert [len(s) for s in shards[:-1]] == [_FINEWEB_SHARD] * (n - 1)
+    assert 0 < len(shards[-1]) <= _FINEWEB_SHARD
     np.testing.assert_array_equal(np.concatenate(shards), expected)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and [s["file"] for s in manifest["shards"]] == names
@@ -1251,17 +1252,25 @@ def _fineweb_error_cases(tmp_path):
     corrupt.mkdir()
     (corrupt / "manifest.json").write_text('{"config": ')
 
+    no_eot = tmp_path / "no_eot"
+    tok = bpe.Tokenizer("gpt4")
+    tok.train("plain words, no separator " * 20, 260)
+    tok.save(str(no_eot))
     made, nope = str(tmp_path / "made"), str(tmp_path / "nope") + "/"
     return {   # case: (arguments, expected part of the message); --out-dir is a fresh directory unless given
         "missing dir": (["--source", nope], "not found"),
         "empty glob": (["--source", str(tmp_path / "*.parquet")], "no .txt, .jsonl or .parquet files match"),
-        "unwritable out dir": (["--source", good, "--out-dir", good + "/sub"], "cannot write to output directory"),
+        "unwritable out dir": (["--source", good, "--out-dir", good + "/sub"], "cannot write to output"),
         "bad json": (["--source", str(bad_json)], "bad.jsonl:2: not valid JSON"),
         "missing field": (["--source", good, "--text-field", "body"], "no field 'body'"),
-        "changed options": (["--source", good, "--out-dir", made, "--shard-size", "7"], "made with shard_size=1000"),
+        "changed options": (["--source", good, "--out-dir", made, "--shard-size", "7"], "shard_size=1000"),
         "corrupt manifest": (["--source", good, "--out-dir", str(corrupt)], "manifest.json is corrupt"),
         "foreign shards": (["--source", good, "--out-dir", str(foreign)], "no manifest.json"),
         "bad shard size": (["--source", good, "--shard-size", "0"], "--shard-size must be"),
+        "absurd shard size": (["--source", good, "--shard-size", str(10**15)], "--shard-size 1,000,000,000,"),
+        "absurd workers": (["--source", good, "--workers", "100000"], "--workers 100000"),
+        "no <|endoftext|>": (["--source", good, "--tokenizer", f"{no_eot}.model"], "no_eot.model has no <|"),
+        "missing tokenizer": (["--source", good, "--tokenizer", str(tmp_path / "none.model")], "none.model"),
         # test_all sets HF_HUB_OFFLINE=1: the default download must fail fast and point to --source.
         "offline hub": ([], "are you offline?"),
     }
@@ -1278,6 +1287,51 @@ def test_fineweb_errors_are_one_line(tmp_path):
     assert "--source" in text                     # the offline message says what to do instead
 
 
+def _fineweb_bpe(path, special_id=None):
+    """A bpe.py tokenizer trained here, with <|endoftext|> (at `special_id` if given), saved as path.model."""
+    eot = "<|endoftext|>"
+    tok = bpe.Tokenizer("gpt4", special_tokens={eot: special_id} if special_id else [eot])
+    tok.train(" ".join(_fineweb_docs()), 400)
+    tok.save(str(path))
+    return bpe.Tokenizer().load(f"{path}.model")
+
+
+@pytest.mark.parametrize("special_id, dtype", [(None, np.uint16), (70_000, np.uint32)])
+def test_fineweb_bpe_tokenizer_shards_decode_to_the_documents(tmp_path, special_id, dtype):
+    # ids that fit in uint16 give uint16 shards; a vocabulary reaching past 65,535 gives uint32 shards (as
+    # documented), never wrapped ids. Either way the shards split at <|endoftext|> decode to the documents.
+    tok = _fineweb_bpe(tmp_path / "tok", special_id)
+    eot = tok.special_tokens["<|endoftext|>"]
+    docs = _fineweb_docs()
+    _fineweb_run(_fineweb_write_jsonl(tmp_path / "docs.jsonl", docs), tmp_path / "out", "--tokenizer",
+                 tmp_path / "tok.model")
+    shards = _fineweb_shards(tmp_path / "out")[1]
+    assert len(shards) > 2 and all(s.dtype == dtype for s in shards)
+    ids = np.concatenate(shards).tolist()
+    starts = [i for i, t in enumerate(ids) if t == eot]
+    assert len(starts) == len(docs) and starts[0] == 0
+    decoded = [tok.decode(ids[a + 1:b]) for a, b in zip(starts, starts[1:] + [len(ids)])]
+    assert decoded == docs
+    assert ids == [t for doc in docs for t in [eot] + tok.encode_ordinary(doc)]   # bpe.py's own ids
+    # A rerun with the same tokenizer has nothing to do; a changed tokenizer file is refused, not mixed in.
+    _fineweb_run(tmp_path / "docs.jsonl", tmp_path / "out", "--tokenizer", tmp_path / "tok.model")
+    _fineweb_bpe(tmp_path / "tok", 70_001 if special_id else 65_000)
+    with pytest.raises(SystemExit, match="tokenizer_sha256"):
+        _fineweb_run(tmp_path / "docs.jsonl", tmp_path / "out", "--tokenizer", tmp_path / "tok.model")
+
+
+def test_fineweb_rebuilds_a_kept_shard_with_ids_beyond_the_vocabulary(tmp_path):
+    source = _fineweb_write_jsonl(tmp_path / "docs.jsonl", _fineweb_docs())
+    _fineweb_run(source, tmp_path / "out")
+    straight = _fineweb_files(tmp_path / "out")
+    damaged = tmp_path / "out" / "edufineweb_train_000002.npy"
+    shard = np.load(damaged)
+    shard[7] = 60_000                                   # beyond GPT-2's 50,257 ids, inside uint16
+    np.save(damaged, shard)
+    _fineweb_run(source, tmp_path / "out")
+    assert _fineweb_files(tmp_path / "out") == straight
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_fineweb_hub_path_matches_local_files_and_resumes(tmp_path, monkeypatch, streaming):
     # The default source downloads FineWeb-Edu, impossible offline; here datasets.load_dataset hands
@@ -1289,7 +1343,8 @@ def test_fineweb_hub_path_matches_local_files_and_resumes(tmp_path, monkeypatch,
 
     def fake_load_dataset(path, name=None, split=None, streaming=False):
         calls.append((path, name, split, streaming))
-        ds = datasets.Dataset.from_dict({"id": list(range(len(docs))), "text": docs, "score": [1.5] * len(docs)})
+        ds = datasets.Dataset.from_dict({"id": list(range(len(docs))), "text": docs,
+                                         "score": [1.5] * len(docs)})
         return ds.to_iterable_dataset() if streaming else ds
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -1307,9 +1362,9 @@ def test_fineweb_hub_path_matches_local_files_and_resumes(tmp_path, monkeypatch,
 # Training: train_gpt2.py
 # =================================================================================================
 # A 2-layer, 32-wide byte-level model on T=32: each run takes a few seconds, most of it importing torch.
-_TRAIN_SMALL = ["--preset", "tiny", "--tokenizer", "byte", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
-                "--seq-len", "32", "--batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4", "--warmup-steps", "3",
-                "--val-steps", "2", "--sample-tokens", "8", "--num-samples", "1"]
+_TRAIN_SMALL = ["--preset", "tiny", "--tokenizer", "byte", "--n-layer", "2", "--n-head", "2",
+                "--n-embd", "32", "--seq-len", "32", "--batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4",
+                "--warmup-steps", "3", "--val-steps", "2", "--sample-tokens", "8", "--num-samples", "1"]
 
 
 def _train(*args, torchrun=False):
@@ -1331,16 +1386,16 @@ def _train_in_process(monkeypatch, *args):
     train_gpt2.main([str(a) for a in args])
 
 
-def _train_shards(tmp_path, sizes=(2000, 300, 517, 211), seed=0):
+def _train_shards(tmp_path, sizes=(2000, 300, 517, 211), seed=0, dtype=np.uint16, name="shards"):
     """fineweb.py-style shards (shard 0 = val) of byte ids with some structure to learn: a repeated text."""
-    out = tmp_path / "shards"
+    out = tmp_path / name
     out.mkdir()
-    text = np.frombuffer(b"the tokenizer reads the manual; the model learns the words. " * 200, dtype=np.uint8)
+    text = np.frombuffer(b"the tokenizer reads the manual; the model learns the words. " * 200, np.uint8)
     rng = np.random.default_rng(seed)
     for i, n in enumerate(sizes):
         start = int(rng.integers(0, len(text) - n))
         name = f"edufineweb_{'val' if i == 0 else 'train'}_{i:06d}.npy"
-        np.save(out / name, text[start:start + n].astype(np.uint16))
+        np.save(out / name, text[start:start + n].astype(dtype))
     return out
 
 
@@ -1471,9 +1526,10 @@ def test_train_decay_groups():
     names = {id(p): n for n, p in model.named_parameters()}
     decay_names = {names[id(p)] for p in decay["params"]}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
-    # Decay: the embeddings (wte is also lm_head: one tensor, counted once) and the 4 matmul weights per layer.
+    # Decay: the embeddings (wte is also lm_head: one tensor, counted once) and 4 matmul weights per layer.
     assert decay_names == {"transformer.wte.weight", "transformer.wpe.weight"} | {
-        f"transformer.h.{i}.{m}.weight" for i in range(3) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+        f"transformer.h.{i}.{m}.weight" for i in range(3)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
     assert len(decay["params"]) == 2 + 4 * 3
     # No decay: every bias and every LayerNorm parameter, nothing else.
     assert no_decay_names and all(n.endswith(".bias") or ".ln_" in n for n in no_decay_names)
@@ -1537,8 +1593,8 @@ def test_train_ddp_two_gloo_processes_equal_one_process_with_accumulation(tmp_pa
     torch.manual_seed(1337)
     model = GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=32, vocab_multiple=64))
     train = [np.load(f) for f in sorted(shards.glob("*_train_*.npy"))]
-    losses = [model(*train_gpt2.DataLoader(train, 4, 32, rank, 2, shuffle=True, seed=1337).next_batch())[1].item()
-              for rank in range(2)]
+    loaders = [train_gpt2.DataLoader(train, 4, 32, rank, 2, shuffle=True, seed=1337) for rank in range(2)]
+    losses = [model(*loader.next_batch())[1].item() for loader in loaders]
     assert abs(losses[0] - losses[1]) > 1e-3
     assert _train_log(tmp_path / "two", "train")[0] == pytest.approx(sum(losses) / 2, abs=2e-6)
     assert _train_log(tmp_path / "one", "train")[5] < _train_log(tmp_path / "one", "train")[0]
@@ -1563,8 +1619,8 @@ def _train_interrupt(args, sig, after_step):
 def test_train_resume_is_exact_after_stop_sigterm_and_kill9(tmp_path):
     shards = _train_shards(tmp_path)
     n = 120
-    common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", n, "--eval-every", 40,
-                             "--ckpt-every", 20, "--dropout", 0.1]
+    common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", n,
+                             "--eval-every", 40, "--ckpt-every", 20, "--dropout", 0.1]
     _train(*common, "--log-dir", tmp_path / "straight")
     assert _train_ckpt(tmp_path / "straight")["step"] == n
 
@@ -1617,6 +1673,111 @@ def test_train_tiny_preset_learns_manual_txt(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
 
 
+def _train_hashes(folder):
+    """{name: sha256} of every file under `folder`: a refused command must leave them all as they were."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
+
+
+def _train_bad_input_cases(tmp_path, monkeypatch):
+    """{case: (arguments, what the one-line error must name, folder that must stay byte-identical)}."""
+    shards = _train_shards(tmp_path)
+    text = tmp_path / "corpus.txt"
+    text.write_text("the model reads the manual. " * 200, encoding="utf-8")
+    short = tmp_path / "short.txt"
+    short.write_text("the model reads. " * 50, encoding="utf-8")
+    base = _TRAIN_SMALL + ["--data", text, "--total-batch-size", 128, "--max-steps", 4, "--eval-every", 0,
+                           "--ckpt-every", 2]
+    done = tmp_path / "done"                  # a finished run: the thing a careless command would destroy
+    _train_in_process(monkeypatch, *base, "--log-dir", done)
+    binary, wide, floats = tmp_path / "binary.txt", tmp_path / "wide", tmp_path / "floats"
+    binary.write_bytes(b"text, then bytes \xff\xfe\x00 that are not UTF-8")
+    shutil.copytree(shards, wide)
+    np.save(wide / "edufineweb_train_000003.npy", np.array([1, 2, 300], dtype=np.uint16))  # a later shard
+    shutil.copytree(shards, floats)
+    np.save(floats / "edufineweb_train_000002.npy", np.ones(300, dtype=np.float32))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    fresh = lambda name: ["--log-dir", tmp_path / name]  # noqa: E731
+    return {
+        "nan lr": (base + ["--lr", "nan"] + fresh("x"), "--lr", None),
+        "negative lr": (base + ["--lr", -1e-3] + fresh("x"), "--lr", None),
+        "infinite min lr": (base + ["--min-lr", "inf"] + fresh("x"), "--min-lr", None),
+        "nan weight decay": (base + ["--weight-decay", "nan"] + fresh("x"), "--weight-decay", None),
+        "negative grad clip": (base + ["--grad-clip", -1] + fresh("x"), "--grad-clip", None),
+        "nan temperature": (base + ["--temperature", "nan"] + fresh("x"), "--temperature", None),
+        "dropout 1": (base + ["--dropout", 1.0] + fresh("x"), "--dropout", None),
+        "negative dropout": (base + ["--dropout", -0.1] + fresh("x"), "--dropout", None),
+        "val steps 0": (base + ["--val-steps", 0] + fresh("x"), "--val-steps", None),
+        "negative warmup": (base + ["--warmup-steps", -5] + fresh("x"), "--warmup-steps", None),
+        "top-k 0": (base + ["--top-k", 0] + fresh("x"), "--top-k", None),
+        "zero layers": (base + ["--n-layer", 0] + fresh("x"), "--n-layer", None),
+        "unknown device": (base + ["--device", "tpu9"] + fresh("x"), "--device tpu9", None),
+        "absent device": (base + ["--device", "cuda:7"] + fresh("x"), "--device cuda:7", None),
+        "log dir is a file": (base + ["--log-dir", a_file], "--log-dir", None),
+        "fresh run over a finished one": (base + ["--log-dir", done], "--resume", done),
+        "resume and overwrite": (base + ["--log-dir", done, "--resume", "--overwrite"], "--overwrite", done),
+        "data is an output": (base + ["--log-dir", done, "--overwrite", "--data", done / "log.txt"], "--data",
+                              done),
+        "resume on a shorter corpus": (base + ["--log-dir", done, "--resume", "--data", short], "short.txt",
+                                       done),
+        "resume with another lr": (base + ["--log-dir", done, "--resume", "--lr", 1e-3], "--lr", done),
+        "resume with another seed": (base + ["--log-dir", done, "--resume", "--seed", 1], "--seed", done),
+        "resume without checkpoint": (base + ["--resume"] + fresh("x"), "model.pt not found", None),
+        "binary text": (base + ["--data", binary] + fresh("y"), "binary.txt is not UTF-8", None),
+        "id beyond vocab in a later shard": (base + ["--data", wide] + fresh("z"), "train_000003.npy", None),
+        "float shard": (base + ["--data", floats] + fresh("z"), "train_000002.npy", None),
+    }
+
+
+def test_train_bad_input_is_refused_in_one_line_and_destroys_nothing(tmp_path, monkeypatch):
+    import time
+    cases = _train_bad_input_cases(tmp_path, monkeypatch)
+    assert len(cases) >= 20
+    for case, (args, culprit, keep) in cases.items():
+        before = _train_hashes(keep) if keep else None
+        t0 = time.time()
+        with pytest.raises(SystemExit) as exc:
+            _train_in_process(monkeypatch, *args)
+        message = str(exc.value.code)
+        assert message.startswith("error: ") and "\n" not in message and culprit in message, (case, message)
+        assert time.time() - t0 < 10, case          # refused at the door, never a loop
+        if keep:
+            assert _train_hashes(keep) == before, case
+    # Both values of a mismatch are named: the checkpoint's corpus and the new one.
+    with pytest.raises(SystemExit, match=r"corpus\.txt \(5,600 bytes\).*short\.txt.*850 bytes"):
+        _train_in_process(monkeypatch, *cases["resume on a shorter corpus"][0])
+
+
+def test_train_reads_uint32_shards_as_it_reads_uint16_ones(tmp_path, monkeypatch):
+    # fineweb.py writes uint32 shards for a vocabulary beyond 65,536 ids: the same ids train the same way.
+    common = _TRAIN_SMALL + ["--total-batch-size", 128, "--max-steps", 3, "--eval-every", 2, "--ckpt-every", 3]
+    for dtype in (np.uint16, np.uint32):
+        shards = _train_shards(tmp_path, dtype=dtype, name=np.dtype(dtype).name)
+        _train_in_process(monkeypatch, *common, "--data", shards, "--log-dir", tmp_path / f"log_{dtype.__name__}")
+    _train_assert_same_run(tmp_path / "log_uint16", tmp_path / "log_uint32")
+
+
+def test_train_resume_drops_damaged_log_lines_and_any_position_is_finite(tmp_path, monkeypatch, capsys):
+    shards = _train_shards(tmp_path)
+    common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", 4, "--eval-every", 2,
+                             "--ckpt-every", 2, "--log-dir", tmp_path / "run"]
+    _train_in_process(monkeypatch, *common, "--stop-at", 2)
+    log = tmp_path / "run" / "log.txt"
+    good = log.read_bytes()
+    log.write_bytes(good + b"\xff\xfe garbage\n3 train\n")
+    _train_in_process(monkeypatch, *common, "--resume")
+    assert "log.txt: 2 damaged line(s) dropped" in capsys.readouterr().out
+    assert log.read_text().startswith(good.decode()) and "garbage" not in log.read_text()
+    assert sorted(_train_log(tmp_path / "run", "train")) == [0, 1, 2, 3]
+    # The loader's position is a token count taken modulo the stream's length: a position far past the
+    # end of the data (a checkpoint from a longer corpus) reads on instead of spinning.
+    loader = train_gpt2.DataLoader([np.arange(50), np.arange(50, 77)], 2, 4, shuffle=False)
+    loader.load_state({"tokens_read": 10**12 + 3})
+    x, _ = loader.next_batch()
+    assert x.reshape(-1).tolist() == [(10**12 + 3 + i) % 77 for i in range(8)]
+
+
 @slow
 def test_train_clear_errors(tmp_path):
     empty = tmp_path / "empty"
@@ -1628,12 +1789,12 @@ def test_train_clear_errors(tmp_path):
     base = _TRAIN_SMALL + ["--data", shards, "--max-steps", 3, "--eval-every", 0, "--ckpt-every", 1]
     cases = {
         "no shards": (_TRAIN_SMALL + ["--data", empty], "fineweb.py"),
-        "indivisible": (base + ["--total-batch-size", 1000, "--log-dir", tmp_path / "a"], "not a multiple of"),
+        "indivisible": (base + ["--total-batch-size", 1000, "--log-dir", tmp_path / "a"], "not a multiple"),
         "corrupt": (base + ["--total-batch-size", 128, "--log-dir", corrupt, "--resume"], "cannot resume"),
-        "too short": (base + ["--total-batch-size", 128 * 80, "--batch-size", 320, "--log-dir", tmp_path / "b"],
-                      "fewer than one batch"),
-        "nan": (base + ["--total-batch-size", 128, "--lr", 1e30, "--warmup-steps", 0, "--log-dir", tmp_path / "n"],
-                "the loss is"),
+        "too short": (base + ["--total-batch-size", 128 * 80, "--batch-size", 320, "--log-dir",
+                              tmp_path / "b"], "fewer than one batch"),
+        "nan": (base + ["--total-batch-size", 128, "--lr", 1e30, "--warmup-steps", 0, "--log-dir",
+                        tmp_path / "n"], "the loss is"),
     }
     for key, (args, message) in cases.items():
         assert_one_line_error(run_script("train_gpt2.py", *args), "error: ", message)
@@ -1643,12 +1804,10 @@ def test_train_clear_errors(tmp_path):
 
 
 # =================================================================================================
-# Evaluation: hellaswag.py (issue 5)
-# Tests for hellaswag.py: rendering vs tiktoken, packed/batched scoring vs one-at-a-time and vs
-# transformers' GPT2LMHeadModel, accuracy on known answers, DDP, malformed files, download, CLI.
+# Evaluation: hellaswag.py
+# Rendering vs tiktoken, packed/batched scoring vs one-at-a-time and vs transformers' GPT2LMHeadModel,
+# accuracy on known answers, DDP, malformed files, download, CLI.
 # =================================================================================================
-HERE_DIR = os.path.dirname(os.path.abspath(__file__))
-
 # A hand-made HellaSwag file: the real schema, our own sentences. WikiHow-style items carry the scraping
 # artefacts ([header], [title], [step], [substeps]) the harness cleans up; several endings are long.
 _HS_ITEMS = [
@@ -1760,16 +1919,10 @@ def _hellaswag_write(path, examples):
 @pytest.fixture(scope="module")
 def hellaswag_models(tmp_path_factory):
     """A tiny random GPT2LMHeadModel saved with save_pretrained, and our GPT loaded from that directory."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from model import GPT
-    torch.manual_seed(0)
     # n_embd 16 keeps the 50257-row vocabulary projection (most of the tests' time) cheap
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=160, vocab_size=50257)).eval()
-    hf_dir = str(tmp_path_factory.mktemp("hellaswag_tiny_hf"))
-    hf.save_pretrained(hf_dir)
-    gpt = GPT.from_pretrained(hf_dir).eval()
-    return types.SimpleNamespace(hf=hf, gpt=gpt, hf_dir=hf_dir)
+    hf, hf_dir = tiny_hf(tmp_path_factory.mktemp("hellaswag_tiny_hf"), vocab_size=50257, n_positions=160,
+                         n_embd=16)
+    return types.SimpleNamespace(hf=hf, gpt=GPT.from_pretrained(hf_dir).eval(), hf_dir=hf_dir)
 
 
 def test_hellaswag_file_schema_and_load(tmp_path):
@@ -1991,6 +2144,7 @@ def _hellaswag_ddp_worker(rank, world, init_file, ckpt, data, out_dir):
         dist.destroy_process_group()
 
 
+@slow
 def test_hellaswag_ddp_equals_single_process(hellaswag_models, gpt2_enc, tmp_path):
     import torch.multiprocessing as mp
 
@@ -2006,20 +2160,15 @@ def test_hellaswag_ddp_equals_single_process(hellaswag_models, gpt2_enc, tmp_pat
     assert single["n"] == len(examples)
 
 
-def _hellaswag_cli(*args):
-    return subprocess.run([sys.executable, os.path.join(HERE_DIR, "hellaswag.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=HERE_DIR)
-
-
-def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
-    from model import ByteTokenizer, save_checkpoint
+@slow
+def test_hellaswag_cli_scores_and_writes_predictions(hellaswag_models, gpt2_enc, tmp_path):
     examples = _hellaswag_examples()
     data = _hellaswag_write(tmp_path / "hs.jsonl", examples)
     ckpt = str(tmp_path / "tiny.pt")
-    save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2", step=7)
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2", step=7)
     out = tmp_path / "preds.jsonl"
-    run = _hellaswag_cli("--ckpt", ckpt, "--file", data, "--device", "cpu", "--batch-size", "5",
-                         "--style", "harness", "--out", str(out))
+    run = run_script("hellaswag.py", "--ckpt", ckpt, "--file", data, "--device", "cpu", "--batch-size", "5",
+                     "--style", "harness", "--out", out)
     assert run.returncode == 0, run.stderr
     expected = hellaswag.score_examples(hellaswag_models.gpt, examples, gpt2_enc, "cpu", style="harness")
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -2033,16 +2182,21 @@ def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
     last = run.stdout.strip().splitlines()[-1]
     assert f"acc {summary['acc']:.4f} ({summary['correct']}/{len(examples)})" in last
     assert f"acc_norm {summary['acc_norm']:.4f} ({summary['correct_norm']}/{len(examples)})" in last
-    # --hf: transformers' own forward pass on the save_pretrained directory agrees (in-process: faster)
-    hellaswag.main(["-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu", "--style", "harness",
-                    "--limit", "10"])
-    summary = hellaswag.summarize(*hellaswag.count_correct(expected[:10]), style="harness")
+
+
+def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt2_enc, tmp_path, capsys):
+    examples = _hellaswag_examples()
+    data = _hellaswag_write(tmp_path / "hs.jsonl", examples)
+    # --hf: transformers' own forward pass on the save_pretrained directory agrees
+    hellaswag.main(["-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu", "--style",
+                    "harness", "--limit", "10"])
+    expected = hellaswag.score_examples(hellaswag_models.gpt, examples[:10], gpt2_enc, "cpu", style="harness")
+    summary = hellaswag.summarize(*hellaswag.count_correct(expected), style="harness")
     assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in capsys.readouterr().out.strip().splitlines()[-1]
     # clear one-line errors: a byte-tokenizer checkpoint, a malformed file, a bad flag value
-    from model import GPT, GPTConfig
-    byte_ckpt = str(tmp_path / "byte.pt")
-    save_checkpoint(byte_ckpt, GPT(GPTConfig(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=32)),
-                    ByteTokenizer.name)
+    ckpt, byte_ckpt = str(tmp_path / "tiny.pt"), str(tmp_path / "byte.pt")
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
+    gpt.save_checkpoint(byte_ckpt, tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=32), "byte")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(examples[0]) + "\n{oops\n")
     for args, message in [(["--ckpt", byte_ckpt, "--file", data], "'byte' tokenizer"),
@@ -2286,6 +2440,84 @@ def test_lora_qv_equals_peft_blockdiagonal(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# PEFT's adapter format: --save-peft and PEFT directories as --adapter
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("targets, rslora", [(["qv"], False), (["qv"], True), (_LORA_ALL_TARGETS, False),
+                                             (_LORA_ALL_TARGETS, True), (["qv", "c_fc"], True)])
+def test_lora_save_peft_loads_in_peftmodel(tmp_path, targets, rslora):
+    from peft import PeftModel
+    from transformers import GPT2LMHeadModel
+    _, hf_dir = tiny_hf(tmp_path / "hf")
+    ours = GPT.from_pretrained(hf_dir).eval()
+    base_hash = lora.base_fingerprint(ours)
+    config = dict(r=3, alpha=7.0, dropout=0.0, targets=targets, rslora=rslora)
+    lora.apply_lora(ours, **config)
+    _lora_randomize_B(ours)
+    lora.save_peft(str(tmp_path / "peft"), ours, config, hf_dir, base_hash)
+    peft_model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(hf_dir), str(tmp_path / "peft"))
+    peft_model.eval()
+    idx = _lora_idx()
+    expected = ours(idx)[0]
+    assert (peft_model(idx).logits - expected).abs().max() <= 1e-5
+    with peft_model.disable_adapter():  # the adapters matter: the comparison above exercises them
+        assert (peft_model(idx).logits - expected).abs().max() > 1e-2
+    saved = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    doubled = "qv" in targets  # q/v-only: one rank-2r adapter on c_attn (zero k rows), alpha scaled to match
+    assert saved["r"] == (6 if doubled else 3) and saved["fan_in_fan_out"] and saved["use_rslora"] == rslora
+    assert saved["lora_alpha"] == (7.0 * (math.sqrt(2) if rslora else 2) if doubled else 7.0)
+    assert "rank-2r adapter on c_attn" in (tmp_path / "peft" / "README.md").read_text()
+    # And the directory loads back into our model, as --adapter DIR: the same logits, its base hash checked.
+    back = lora.load_adapter(GPT.from_pretrained(hf_dir).eval(), lora.read_adapter(str(tmp_path / "peft")))
+    assert (back(idx)[0] - expected).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="adapter was trained on base"):
+        lora.load_adapter(tiny_gpt(vocab_size=211, block_size=64), lora.read_adapter(str(tmp_path / "peft")))
+
+
+@pytest.mark.parametrize("targets, rslora", [(["c_attn"], False), (_LORA_ALL_TARGETS, True),
+                                             (["c_proj"], False)])
+def test_lora_reads_adapter_saved_by_peft(tmp_path, targets, rslora):
+    hf, hf_dir = tiny_hf(tmp_path / "hf")
+    peft_model = _lora_peft(hf, r=4, alpha=16, targets=targets, rslora=rslora)
+    with torch.no_grad():
+        for m in _lora_peft_layers(peft_model).values():
+            m.lora_B["default"].weight.normal_(0, 0.2)
+    peft_model.save_pretrained(str(tmp_path / "peft"))
+    idx = _lora_idx()
+    expected = peft_model(idx).logits
+    blob = lora.read_adapter(str(tmp_path / "peft"))
+    assert blob["base"]["sha256"] is None and blob["lora_config"]["rslora"] == rslora
+    ours = lora.load_adapter(GPT.from_pretrained(hf_dir).eval(), blob)
+    assert (ours(idx)[0] - expected).abs().max() <= 1e-5
+    with peft_model.disable_adapter():
+        assert (peft_model(idx).logits - expected).abs().max() > 1e-2
+    # A base of another shape is refused in one line, not loaded half-way.
+    with pytest.raises(ValueError, match="shape") as err:
+        lora.load_adapter(tiny_gpt(vocab_size=211, block_size=64, n_embd=48, n_head=2), blob)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(target_modules=".*c_attn"), "target_modules='.*c_attn'"),
+    (dict(use_dora=True), "use_dora=True"),
+    (dict(bias="all"), "bias='all'"),
+    (dict(rank_pattern={"c_fc": 8}), "rank_pattern"),
+    (dict(peft_type="IA3"), "peft_type='IA3'"),
+    (dict(target_modules=["wte"]), "'wte' matches no nn.Linear"),
+])
+def test_lora_unsupported_peft_adapters_get_one_line_errors(tmp_path, change, needle):
+    hf, hf_dir = tiny_hf(tmp_path / "hf")
+    _lora_peft(hf, r=4, alpha=16, targets=["c_attn"]).save_pretrained(str(tmp_path / "peft"))
+    config_path = tmp_path / "peft" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **change}))
+    with pytest.raises(ValueError) as err:
+        lora.load_adapter(GPT.from_pretrained(hf_dir), lora.read_adapter(str(tmp_path / "peft")))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    config_path.unlink()
+    with pytest.raises(ValueError, match="not a readable PEFT adapter directory"):
+        lora.read_adapter(str(tmp_path / "peft"))
+
+
+# ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
 
@@ -2498,7 +2730,8 @@ def test_lora_cli(tmp_path):
     common = ["--data", data, "--batch-size", "16", "--eval-examples", "32", "--samples", "1",
               "--device", "cpu"]
     run = run_script("lora.py", "--ckpt", "tiny.pt", *common, "--steps", "8", "--warmup", "2", "--lr", "1e-2",
-                     "--r", "4", "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full", cwd=tmp_path)
+                     "--r", "4", "--targets", "qv,mlp.c_proj", "--merge", "merged.pt", "--full",
+                     "--save-peft", "peft", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     assert "trainable params 2,304 of" in out  # 2 layers x (2*4*(32+32) + 4*(128+32))
@@ -2514,6 +2747,11 @@ def test_lora_cli(tmp_path):
     run = run_script("lora.py", "--adapter", "log/lora.pt", *common, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "val loss with adapter" in run.stdout
+    # The same adapter through PEFT's format (written by --save-peft), on the base it names.
+    peft_run = run_script("lora.py", "--adapter", "peft", *common, cwd=tmp_path)
+    assert peft_run.returncode == 0, peft_run.stderr[-2000:]
+    loss = [float(re.search(r"val loss with adapter ([\d.]+)", r.stdout).group(1)) for r in (run, peft_run)]
+    assert abs(loss[0] - loss[1]) <= 2e-4, loss
     # A different base is refused with one line, no traceback.
     run = run_script("lora.py", "--adapter", "log/lora.pt", "--ckpt", "other.pt", *common, cwd=tmp_path)
     assert_one_line_error(run, "error: adapter was trained on base tiny.pt")
@@ -2536,6 +2774,128 @@ def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lo
     with pytest.raises(ValueError, match="could not load 'gpt2'") as err:
         lora.main(["--init", "gpt2", "--data", "notes.txt", "--device", "cpu"])
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: refused at the door in one line naming the culprit, the user's files untouched
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def lora_door(tmp_path, monkeypatch, capsys):
+    """A folder with a base, data, an adapter of ours and a PEFT one; -> run(argv): (exit code, message)."""
+    monkeypatch.chdir(tmp_path)
+    gpt.save_checkpoint("tiny.pt", _lora_tiny_gpt(), "byte")
+    _lora_task_file(tmp_path / "task.txt", n=60)
+    model = _lora_tiny_gpt()
+    config = dict(r=2, alpha=4.0, dropout=0.0, targets=["qv"], rslora=False)
+    base_hash = lora.base_fingerprint(model)
+    lora.apply_lora(model, **config)
+    lora.save_adapter("lora.pt", model, config, "tiny.pt", base_hash, "byte")
+    lora.save_peft("peft", model, config, "tiny.pt", base_hash)
+    (tmp_path / "bad_pairs.txt").write_text("a : 1||one .\nb : 2||two .\nc : 3 three .\nd : 4||four .\n")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 3, "completion": ""}')
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n')
+    (tmp_path / "binary.txt").write_bytes(b"text then \xff\xfe bytes")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+
+    def run(argv):
+        try:
+            lora.main(["--device", "cpu", "--steps", "2", "--eval-examples", "4", "--samples", "0", *argv])
+        except SystemExit as e:  # argparse: usage, then one error line
+            return e.code, capsys.readouterr().err.strip().splitlines()[-1]
+        except (ValueError, FileNotFoundError) as e:  # the CLI prints these as one "error: ..." line
+            return 1, str(e)
+        return 0, ""
+    return run
+
+
+def _lora_break_adapter(tmp_path, how):
+    """Make the fixture's adapters hostile: a config field changed, a NaN weight, a PEFT config replaced."""
+    if how[0] == "peft":
+        path = tmp_path / "peft" / "adapter_config.json"
+        change = how[1]
+        if isinstance(change, dict):
+            change = {**json.loads(path.read_text()), **change}
+        path.write_text(json.dumps(change))
+        return
+    blob = torch.load("lora.pt", weights_only=True)
+    if how[0] == "nan":
+        next(iter(blob["lora"].values()))[0, 0] = math.nan
+    else:
+        (blob["lora_config"] if how[0] == "config" else blob).update(how[1])
+    torch.save(blob, "lora.pt")
+
+
+_LORA_T = ["--ckpt", "tiny.pt", "--data", "task.txt"]      # train on the fixture's base and data
+_LORA_A = ["--adapter", "lora.pt", "--data", "task.txt"]   # evaluate the fixture's adapter
+_LORA_DOOR_CASES = [  # (argv, the culprit the message names, how to break an adapter first)
+    (["--alpha", "nan"], "--alpha", None), (["--alpha", "inf"], "--alpha", None),
+    (["--lr", "-1e-3"], "--lr", None), (["--full-lr", "nan"], "--full-lr", None),
+    (["--dropout", "1"], "--dropout", None), (["--dropout", "-0.1"], "--dropout", None),
+    (["--r", "0"], "--r", None), (["--steps", "0"], "--steps", None),
+    (["--eval-examples", "0"], "--eval-examples", None), (["--eval-examples", "-3"], "--eval-examples", None),
+    (["--weight-decay", "inf"], "--weight-decay", None), (["--grad-clip", "0"], "--grad-clip", None),
+    (["--val-frac", "1"], "--val-frac", None), (["--block-size", "1"], "--block-size", None),
+    (["--targets", ","], "--targets", None), (["--device", "tpu"], "--device", None),
+    (["--adapter", "lora.pt", "--full"], "--full", None),
+    # outputs onto inputs (and onto each other)
+    (_LORA_T + ["--merge", "tiny.pt"], "--merge tiny.pt is also --ckpt", None),
+    (_LORA_T + ["--merge", "./tiny.pt"], "is also --ckpt", None),
+    (_LORA_T + ["--merge", "task.txt"], "--merge task.txt is also --data", None),
+    (_LORA_T + ["--out", "tiny.pt"], "--out tiny.pt is also --ckpt", None),
+    (_LORA_T + ["--out", "m.pt", "--merge", "m.pt"], "--merge m.pt is also --out", None),
+    (_LORA_A + ["--merge", "lora.pt"], "--merge lora.pt is also --adapter", None),
+    (_LORA_A + ["--merge", "tiny.pt"], "--merge tiny.pt is also --ckpt", None),  # the adapter's base
+    (["--adapter", "peft", "--data", "task.txt", "--save-peft", "peft"], "is also --adapter", None),
+    # outputs that cannot be written: found before training, not after it
+    (_LORA_T + ["--out", "a_file/lora.pt"], "--out a_file/lora.pt cannot be written", None),
+    (_LORA_T + ["--merge", "a_folder"], "--merge a_folder cannot be written", None),
+    (_LORA_T + ["--save-peft", "a_file"], "cannot be written", None),
+    # data files
+    (["--ckpt", "tiny.pt", "--data", "bad_pairs.txt"], "bad_pairs.txt:3: no '||'", None),
+    (["--ckpt", "tiny.pt", "--data", "bad.jsonl"],
+     "bad.jsonl:2: expected a JSON object whose 'prompt'", None),
+    (["--ckpt", "tiny.pt", "--data", "broken.jsonl"], "broken.jsonl:2: not valid JSON", None),
+    (["--ckpt", "tiny.pt", "--data", "binary.txt"], "binary.txt is not UTF-8", None),
+    (["--ckpt", "tiny.pt", "--data", "missing.txt"], "missing.txt", None),
+    # adapters with fields of the wrong type or value
+    (_LORA_A, "'r' must be int, got '2'", ("config", dict(r="2"))),
+    (_LORA_A, "'alpha' must be finite", ("config", dict(alpha=math.nan))),
+    (_LORA_A, "'targets' must be list", ("config", dict(targets="qv"))),
+    (_LORA_A, "'dropout' must be in [0, 1)", ("config", dict(dropout=2.0))),
+    (_LORA_A, "holds non-finite values", ("nan",)),
+    (_LORA_A, "'base' must name a path and a sha256", ("blob", dict(base={"path": "tiny.pt"}))),
+    (_LORA_A, "not a LoRA adapter", ("blob", dict(lora=[1, 2]))),
+    (["--adapter", "peft", "--data", "task.txt"], "'r' must be int", ("peft", dict(r="2"))),
+    (["--adapter", "peft", "--data", "task.txt"], "holds no JSON object", ("peft", [1, 2])),
+    # a loss that turns NaN stops the run before anything is written
+    (_LORA_T + ["--lr", "1e30", "--warmup", "0", "--merge", "m.pt", "--save-peft", "p"], "loss is nan", None),
+]
+
+
+@pytest.mark.parametrize("argv, culprit, broken", _LORA_DOOR_CASES)
+def test_lora_hostile_input_refused_in_one_line(lora_door, tmp_path, argv, culprit, broken):
+    if broken:
+        _lora_break_adapter(tmp_path, broken)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, message = lora_door(argv)
+    assert code != 0 and culprit in message and "\n" not in message, (code, message)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing overwritten: every file byte-identical
+
+
+@slow
+def test_lora_cli_hostile_input_no_traceback(tmp_path):
+    gpt.save_checkpoint(str(tmp_path / "tiny.pt"), _lora_tiny_gpt(), "byte")
+    _lora_task_file(tmp_path / "task.txt", n=60)
+    original = (tmp_path / "tiny.pt").read_bytes()
+    cases = [(["--alpha", "nan"], "--alpha"), (["--merge", "tiny.pt"], "--merge tiny.pt is also"),
+             (["--lr", "1e30", "--warmup", "0"], "loss is nan")]
+    for argv, culprit in cases:
+        run = run_script("lora.py", *_LORA_T, "--steps", "2", "--samples", "0", "--device", "cpu", *argv,
+                         cwd=tmp_path)
+        assert_one_line_error(run, culprit)
+    assert (tmp_path / "tiny.pt").read_bytes() == original and not (tmp_path / "log").exists()
 
 
 # =================================================================================================
