@@ -726,14 +726,25 @@ class Tokenizer:
                                  special_tokens=dict(self.special_tokens))
 
     # ----- save / load -----
+    def to_dict(self):
+        """The whole tokenizer as plain str, int, list and dict values, for a checkpoint to carry."""
+        return {"pattern": self.pattern or "", "byte_ids": list(self.byte_ids),
+                "merges": [[a, b] for a, b in self.merges], "special_tokens": dict(self.special_tokens)}
+
+    @classmethod
+    def from_dict(cls, d):
+        """The tokenizer that to_dict() gave, checked as a .model file is."""
+        try:
+            merges = [tuple(merge) for merge in d["merges"]]
+            lines = _model_lines(d["pattern"], d["special_tokens"], d["byte_ids"], merges)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"the tokenizer dict is not a valid tokenizer ({e!r}).") from None
+        return cls()._load_lines(lines, "the tokenizer dict")
+
     def save(self, file_prefix):
         """Write file_prefix.model (to load) and file_prefix.vocab (to read), atomically."""
-        identity = self.byte_ids == list(range(256))
-        lines = ["minbpe v1" if identity else "bpe v2", self.pattern or "", str(len(self.special_tokens))]
-        lines += [f"{s} {i}" for s, i in self.special_tokens.items()]
-        lines += [] if identity else [" ".join(map(str, self.byte_ids))]
         assert list(self.merges.values()) == list(range(256, 256 + len(self.merges))), "merge ids in order"
-        lines += [f"{a} {b}" for a, b in self.merges]
+        lines = _model_lines(self.pattern or "", self.special_tokens, self.byte_ids, self.merges)
         _write_atomic(file_prefix + ".model", "\n".join(lines) + "\n")
         parents = {i: pair for pair, i in self.merges.items()}
         show = {i: f"[{render_token(token)}]" for i, token in self.vocab.items()}
@@ -747,18 +758,31 @@ class Tokenizer:
         path = str(model_file)
         if not path.endswith(".model"):
             raise ValueError(f"{path}: expected a .model file.")
+        return self._load_lines(read_text(path).split("\n"), path)
+
+    def _load_lines(self, lines, source):
         try:
-            pattern, special, byte_ids, merges = _parse_model(read_text(path).split("\n"))
+            pattern, special, byte_ids, merges = _parse_model(lines)
             self.pattern = pattern or None
             self.compiled_pattern, self._ascii_pattern = compile_split(self.pattern)
             self.byte_ids, self.merges, self._pending_special = byte_ids, merges, []
             self.register_special_tokens(special)
         except regex.error as e:
-            raise ValueError(f"{path} is not a valid tokenizer .model file (line 2: the split pattern does "
-                             f"not compile: {e}).") from None
+            raise ValueError(f"{source} is not a valid tokenizer (line 2: the split pattern does not "
+                             f"compile: {e}).") from None
         except ValueError as e:
-            raise ValueError(f"{path} is not a valid tokenizer .model file ({e}).") from None
+            raise ValueError(f"{source} is not a valid tokenizer ({e}).") from None
         return self
+
+
+def _model_lines(pattern, special_tokens, byte_ids, merges):
+    """The lines of a .model file: minbpe's "minbpe v1", or "bpe v2" (a line of byte ids added) where the
+    single bytes do not have ids 0..255."""
+    identity = list(byte_ids) == list(range(256))
+    lines = ["minbpe v1" if identity else "bpe v2", pattern, str(len(special_tokens))]
+    lines += [f"{s} {i}" for s, i in special_tokens.items()]
+    lines += [] if identity else [" ".join(map(str, byte_ids))]
+    return lines + [f"{a} {b}" for a, b in merges]
 
 
 def _parse_model(lines):
