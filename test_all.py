@@ -409,12 +409,12 @@ def test_bpe_overlapping_special_tokens_longest_wins(gpt2_enc):
     assert gpt2.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
     assert gpt2.encode(text, allowed_special="all")[:3] == [64, 50257, 65]
     # One special inside another: the longest wins wherever both match (tiktoken's pick follows no such rule).
-    tok = bpe.Tokenizer("gpt2", special_tokens=["<|im|>", "<|im|>\n", "\n<|im|>"]).train(_BPE_ENGLISH, 300)
-    im, im_nl, nl_im = 300, 301, 302
+    tok = bpe.Tokenizer("gpt2", special_tokens=["<|im|>", "<|im|>user", "sys<|im|>"]).train(_BPE_ENGLISH, 300)
+    im, im_user, sys_im = 300, 301, 302
     ordinary = tok.encode_ordinary
-    assert tok.encode("x<|im|>\ny\n<|im|>z<|im|>", allowed_special="all") == \
-        ordinary("x") + [im_nl] + ordinary("y") + [nl_im] + ordinary("z") + [im]
-    assert tok.encode("<|im|>\n<|im|>", allowed_special="all") == [im_nl, im]
+    assert tok.encode("x<|im|>user ysys<|im|>z<|im|>", allowed_special="all") == \
+        ordinary("x") + [im_user] + ordinary(" y") + [sys_im] + ordinary("z") + [im]
+    assert tok.encode("<|im|>user<|im|>", allowed_special="all") == [im_user, im]
 
 
 @pytest.mark.parametrize("pattern", ["gpt4", "gpt2", None])
@@ -449,6 +449,32 @@ def test_bpe_save_load_round_trip(tmp_path, _bpe_gpt2, gpt2_enc):
     assert bpe.Tokenizer().load(str(tmp_path / "n.model")).pattern is None
 
 
+def test_bpe_to_dict_round_trips_through_a_weights_only_checkpoint(tmp_path, _bpe_gpt2, gpt2_enc):
+    tok = bpe.Tokenizer("gpt2", special_tokens=["<|endoftext|>"]).train(_bpe_long_text(6), 600)
+    text = _bpe_long_text(2) + "<|endoftext|>"
+    for original in (tok, _bpe_gpt2, bpe.Tokenizer(None).train("aaabdaaabac", 259)):
+        torch.save({"tokenizer": original.to_dict()}, tmp_path / "ckpt.pt")
+        d = torch.load(tmp_path / "ckpt.pt", weights_only=True)["tokenizer"]
+        back = bpe.Tokenizer.from_dict(d)
+        for name in ("pattern", "byte_ids", "merges", "special_tokens", "vocab"):
+            assert getattr(back, name) == getattr(original, name), name
+        assert back.encode(text, allowed_special="all") == original.encode(text, allowed_special="all")
+    assert bpe.Tokenizer.from_dict(_bpe_gpt2.to_dict()).encode(text, allowed_special="all") == \
+        gpt2_enc.encode(text, allowed_special="all")
+    # A trained tokenizer with <|endoftext|> is served by tiktoken, special token included.
+    enc = bpe.Tokenizer.from_dict(tok.to_dict()).to_tiktoken()
+    assert enc.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+    assert enc.encode("<|endoftext|>", allowed_special="all") == [600]
+    d = tok.to_dict()
+    for bad, needle in [({}, "KeyError"), ({**d, "merges": d["merges"] + [d["merges"][0]]}, "is repeated"),
+                        ({**d, "merges": [[0, 9999]]}, "made before it"), ({**d, "special_tokens": {"": 700}}, "non-empty"),
+                        ({**d, "special_tokens": {"<a>": 700, "<b>": 700}}, "both have id"),
+                        ({**d, "special_tokens": ["<a>"]}, "AttributeError"), ({**d, "pattern": "("}, "pattern")]:
+        with pytest.raises(ValueError, match="the tokenizer dict is not a valid tokenizer") as error:
+            bpe.Tokenizer.from_dict(bad)
+        assert needle in str(error.value)
+
+
 def test_bpe_reads_minbpe_v1_file(tmp_path):
     # Exactly what minbpe's RegexTokenizer.save writes: version, pattern, #specials, specials, merges.
     path = tmp_path / "mini.model"
@@ -460,13 +486,36 @@ def test_bpe_reads_minbpe_v1_file(tmp_path):
     assert tok.encode("aaabc<|endoftext|>", allowed_special="all") == [257, 258, 259]
 
 
-@pytest.mark.parametrize("content", [b"", b"minbpe v9\n\n0\n", b"minbpe v1\n\n0\n97 x\n", b"minbpe v1\n\n0\n300 97\n",
-                                     b"minbpe v1\n\n2\n<a> 300\n", b"\xff\xfe garbage", b"bpe v2\n\n0\n1 2 3\n"])
-def test_bpe_load_rejects_corrupt_files(tmp_path, content):
+_BPE_BAD_MODELS = [  # (a .model file's bytes, what its error must name)
+    (b"", "line 1: unknown header"), (b"minbpe v9\n\n0\n", "line 1: unknown header"), (b"minbpe v1\n", "line 2"),
+    (b"minbpe v1\n\nx\n", "line 3"), (b"minbpe v1\n(unclosed\n0\n97 98\n", "line 2: the split pattern"),
+    (b"minbpe v1\n\n0\n97 x\n", "line 4"), (b"minbpe v1\n\n0\n300 97\n", "line 4"), (b"minbpe v1\n\n0\n97\n", "line 4"),
+    (b"minbpe v1\n\n0\n97 98 99\n", "line 4"), (b"minbpe v1\n\n0\n-1 98\n", "line 4"),
+    (b"minbpe v1\n\n0\n97 98\n99 97\n97 98\n", "line 6: merge (97, 98) is repeated"),
+    (b"minbpe v1\n\n2\n<a> 300\n", "line 5"), (b"minbpe v1\n\n2\n<a> 300\n<a> 301\n", "line 5: special token '<a>'"),
+    (b"minbpe v1\n\n2\n<a> 300\n<b> 300\n", "'<a>' and '<b>' both have id 300"),
+    (b"minbpe v1\n\n1\n 300\n", "non-empty"), (b"minbpe v1\n\n1\n<a> 256\n97 98\n", "'<a>' has id 256"),
+    (b"\xff\xfe garbage", "not UTF-8 text (bad byte at offset 0)"), (b"bpe v2\n\n0\n1 2 3\n", "line 4: the byte ids"),
+]
+
+
+@pytest.mark.parametrize("content, needle", _BPE_BAD_MODELS)
+def test_bpe_load_rejects_corrupt_files(tmp_path, content, needle):
     path = tmp_path / "bad.model"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="not a valid tokenizer"):
+    with pytest.raises(ValueError) as error:
         bpe.Tokenizer().load(str(path))
+    assert str(path) in str(error.value) and needle in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("special, needle", [({"": 300}, "non-empty"), ({"a\nb": 300}, "line breaks"),
+                                             ({"<a>": 300, "<b>": 300}, "both have id 300"),
+                                             ({"<a>": 255}, "already uses"), ({"<a>": "300"}, "not an id")])
+def test_bpe_special_tokens_are_validated(special, needle):
+    with pytest.raises(ValueError, match=needle):
+        bpe.Tokenizer().register_special_tokens(special)
+    with pytest.raises(ValueError, match="given twice"):
+        bpe.Tokenizer(special_tokens=["<|a|>", "<|a|>"])
 
 
 @slow
@@ -487,19 +536,32 @@ def test_bpe_cli_trains_saves_and_reports(tmp_path):
 
 
 @slow
-def test_bpe_cli_bad_inputs_get_one_line_errors(tmp_path):
+def test_bpe_cli_refuses_bad_input_in_one_line_and_changes_no_file(tmp_path):
+    text = "some training text, " * 50
+    for name in ("corpus.model", "corpus.vocab", "x.model", "ok.txt"):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / "bin.txt").write_bytes(b"text\x00\x01 binary")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    (tmp_path / "ok.txt").write_text("hello", encoding="utf-8")
-    (tmp_path / "bad.model").write_text("minbpe v1\n\n0\n1 banana\n", encoding="utf-8")
-    cases = [(("missing.txt", "300"), "no such file"), (("latin1.txt", "300"), "not UTF-8"),
-             (("ok.txt", "100"), "at least 256"), (("--load", "bad.model", "--encode", "x"), "not a valid"),
-             (("--load", "nothere.model", "--encode", "x"), "no such file")]
-    for args, message in cases:
-        r = run_script("bpe.py", *args, cwd=tmp_path)
-        assert r.returncode != 0, args
-        assert "Traceback" not in r.stderr, r.stderr
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (args, r.stderr)
+    (tmp_path / "bad.model").write_bytes(b"minbpe v1\n\n0\n97 98\n97 98\n")
+    (tmp_path / "out.model").mkdir()
+    files = lambda: {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}   # noqa: E731
+    before = files()
+    cases = [(["corpus.model", "300"], "would overwrite the input corpus.model"),
+             (["corpus.vocab", "300"], "would overwrite the input corpus.vocab"),
+             (["x.model", "300", "-o", "x"], "would overwrite the input x.model"),
+             (["ok.txt", "300", "-o", "ok.txt/sub/t"], "ok.txt is not a writable folder"),
+             (["ok.txt", "300", "-o", "out"], "out.model: it is a folder"),
+             (["bin.txt", "300"], "bin.txt looks binary, not text (NUL byte at offset 4)"),
+             (["latin1.txt", "300"], "latin1.txt is not UTF-8 text (bad byte at offset 3)"),
+             (["ok.txt", "100"], "at least 256"), (["ok.txt", str(2**40)], "at most"),
+             (["ok.txt", "abc"], "vocab_size"), (["ok.txt", "300", "--special", ""], "non-empty"),
+             (["ok.txt", "300", "--special", "<|a|>", "--special", "<|a|>"], "'<|a|>' is given twice"),
+             (["missing.txt", "300"], "missing.txt: no such file"),
+             (["--load", "bad.model", "--encode", "x"], "bad.model is not a valid tokenizer (line 5"),
+             (["--load", "nothere.model", "--encode", "x"], "nothere.model: no such file")]
+    for args, needle in cases:
+        assert_one_line_error(run_script("bpe.py", *args, cwd=tmp_path), needle)
+    assert files() == before
 
 
 def test_bpe_rejects_unknown_pattern_name_and_bad_ids():
@@ -602,9 +664,9 @@ def test_compare_measure_and_pieces(gpt2_enc):
     ids = gpt2_enc.encode(text)
     assert (r["chars"], r["bytes"], r["tokens"], r["ids"]) == (8, 13, len(ids), ids)
     assert r["bytes_per_token"] == 13 / len(ids) and r["chars_per_token"] == 8 / len(ids)
-    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
+    assert ct.pieces(gpt2_enc, gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
     # A piece that is only part of a UTF-8 character shows its bytes: GPT-2 splits 世 (e4 b8 96).
-    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
+    assert ct.pieces(gpt2_enc, gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
 
 
 def test_compare_trains_missing_model_like_bpe_cli(compare_files, capsys):
@@ -709,7 +771,8 @@ def test_compare_explain_uses_other_encodings_when_loaded(compare_files, gpt2_en
 
 
 @pytest.mark.parametrize("case", ["missing_file", "corrupt_model", "no_model_no_corpus", "bad_question",
-                                  "empty_text", "bad_sizes", "plot_folder_missing"])
+                                  "empty_text", "bad_sizes", "huge_size", "plot_folder_missing", "plot_onto_corpus",
+                                  "plot_onto_model", "binary_file", "trained_model_onto_corpus"])
 def test_compare_bad_input_is_one_line_error(compare_files, case, capsys):
     d = compare_files["dir"]
     (d / "corrupt.model").write_text("minbpe v1\n\n0\n1 2 3\n", encoding="utf-8")
@@ -720,15 +783,27 @@ def test_compare_bad_input_is_one_line_error(compare_files, case, capsys):
         "bad_question": _compare_argv(compare_files, "--explain", "11"),
         "empty_text": _compare_argv(compare_files, "--text", ""),
         "bad_sizes": _compare_argv(compare_files, "--explain", "2", "--sizes", "512,100"),
+        "huge_size": _compare_argv(compare_files, "--explain", "2", "--sizes", f"300,{2**40}"),
         "plot_folder_missing": _compare_argv(compare_files, "--plot", str(d / "no" / "such" / "dir.png")),
+        "plot_onto_corpus": _compare_argv(compare_files, "--plot", str(compare_files["corpus"])),
+        "plot_onto_model": _compare_argv(compare_files, "--plot", str(compare_files["model"])),
+        "binary_file": _compare_argv(compare_files, "--file", str(d / "bin.txt")),
+        "trained_model_onto_corpus": ["--model", str(d / "text.model"), "--corpus", str(d / "text.vocab"),
+                                      "--others", "", "--plot", ""],
     }[case]
+    (d / "bin.txt").write_bytes(b"ab\x00c")
+    (d / "text.vocab").write_text("a corpus named like a vocab file", encoding="utf-8")
+    before = {p: p.read_bytes() for p in d.iterdir() if p.is_file() and p.suffix != ".png"}
     with pytest.raises(SystemExit) as e:
         ct.main(argv)
     msg = str(e.value.code)
     assert msg.startswith("error: ") and "\n" not in msg
     assert {"missing_file": "nope.txt", "corrupt_model": "corrupt.model", "no_model_no_corpus": "absent.txt",
-            "bad_question": "1..10", "empty_text": "empty", "bad_sizes": "at least 256",
-            "plot_folder_missing": "dir.png"}[case] in msg
+            "bad_question": "1..10", "empty_text": "empty", "bad_sizes": "at least 256", "huge_size": "at most",
+            "plot_folder_missing": "dir.png", "plot_onto_corpus": "would overwrite the input",
+            "plot_onto_model": "would overwrite the input", "binary_file": "NUL byte at offset 2",
+            "trained_model_onto_corpus": "text.vocab would overwrite the input"}[case] in msg
+    assert {p: p.read_bytes() for p in d.iterdir() if p.is_file() and p.suffix != ".png"} == before
 
 
 def test_compare_cli_unreadable_model_no_traceback(compare_files, tmp_path):
