@@ -28,7 +28,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from model import atomic_write, download, unwrap
+from model import atomic_write, check_device, check_output, download, unwrap
 
 # The dataset's own public repository (the HuggingFace copy is the same data).
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
@@ -385,20 +385,14 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward (lengths padded)")
     parser.add_argument("--out", help="write one JSON line per example here (preds.jsonl)")
     args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        sys.exit("error: --limit must be at least 1")
-    if args.batch_size < 1:
-        sys.exit("error: --batch-size must be at least 1")
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            sys.exit(f"error: {flag} must be at least 1, not {value}")
     import time
-    import model as gpt_model
-    device = gpt_model.auto_device() if args.device == "auto" else args.device
     try:
-        torch.device(device)
-    except RuntimeError:
-        sys.exit(f"error: unknown device {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("error: --device cuda but torch sees no CUDA GPU")
-    try:
+        device = check_device(args.device)
+        if args.out:  # checked now: a finished scoring is never lost to an unwritable --out
+            check_output(args.out, [args.file, args.ckpt])
         examples = load_examples(args.split, args.data_dir, args.file, args.limit)
         model, enc, name = load_model(args, device)
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -45,7 +46,15 @@ class GPTConfig:
     def padded_vocab_size(self):
         return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
-    def __post_init__(self):
+    def __post_init__(self):  # every config passes here: the CLIs' flags and the checkpoints' dicts
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        for name, low, high in (("dropout", 0, 1), ("layer_norm_epsilon", 1e-12, 1)):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not low <= value < high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.attn not in ("flash", "plain"):
@@ -254,6 +263,7 @@ class GPT(nn.Module):
         context is cropped to the last block_size tokens exactly as without the cache; the positions of the
         kept tokens then shift, so the cache is rebuilt from the cropped context at each such step.
         """
+        check_sampling(temperature, top_k, top_p)
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
@@ -466,6 +476,62 @@ def auto_device():
     return "cpu"
 
 
+# Validation at the door: one helper per kind of input the model-side scripts share. Each raises a
+# one-line ValueError naming the culprit, which the CLIs print as "error: ..." before any work starts.
+def check_device(name):
+    """'auto' resolved, or a device torch knows and this machine has."""
+    device = auto_device() if name == "auto" else name
+    try:
+        kind, index = torch.device(device).type, torch.device(device).index
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    present = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+               "mps": int(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())}
+    if present.get(kind, 0) <= (index or 0):
+        raise ValueError(f"device {name!r} is not available on this machine")
+    return device
+
+
+def check_sampling(temperature, top_k=None, top_p=None):
+    """Settings that define a distribution: temperature >= 0 and finite, top_k >= 1, top_p in (0, 1]."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:  # NaN fails this test too
+        raise ValueError(f"top_p must be in (0, 1], not {top_p}")
+
+
+def check_text(text, what):
+    """Text from the command line that must be valid UTF-8 (the shell hands undecodable bytes over as
+    lone surrogates, which no tokenizer can encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8") from None
+    return text
+
+
+def check_output(path, inputs=(), directory=False):
+    """Before long work: `path` can be written and is not (and, for a directory, holds) any of the inputs,
+    so that no finished work is lost at the end and no output replaces what the run reads."""
+    real = os.path.realpath(path)
+    for other in filter(None, inputs):
+        if os.path.realpath(other) == real or directory and os.path.realpath(other).startswith(real + os.sep):
+            raise ValueError(f"output {path} would overwrite the input {other}")
+    if directory and os.path.isdir(real) and os.listdir(real) and not os.path.exists(os.path.join(real, "config.json")):
+        raise ValueError(f"output directory {path} holds other files; choose a new or empty directory")
+    if not directory and os.path.isdir(real):
+        raise ValueError(f"output {path} is a directory")
+    parent = os.path.dirname(real)
+    while not os.path.exists(parent):  # missing directories are made later, inside the first that exists
+        parent = os.path.dirname(parent)
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise ValueError(f"output {path} cannot be written ({e.strerror})") from None
+
+
 EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
 
 
@@ -520,6 +586,7 @@ def get_tokenizer(spec):
     """'gpt2' (tiktoken's Encoding), 'byte', a bpe.py .model file, or what a checkpoint stores (see
     tokenizer_spec). Each has .name, .n_vocab, .eot_token, .encode_ordinary, .encode and .decode."""
     import bpe
+    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     if isinstance(spec, dict):  # a bpe.py tokenizer, whole
         try:
             tok = bpe.Tokenizer(spec["pattern"])
@@ -631,15 +698,33 @@ def load_checkpoint(path, device="cpu", **config_overrides):
                          f"{(str(e).splitlines() or [''])[0][:120]})") from None
     if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
         raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' entries)")
+    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["model"], dict):
+        raise ValueError(f"{path}: its 'config' and 'model' entries must be dicts")
     known = {f.name for f in fields(GPTConfig)}
     try:
-        saved = {k: v for k, v in checkpoint["config"].items() if k in known}
-        config = GPTConfig(**{**saved, **config_overrides})
-        model = GPT(config)
-        model.load_state_dict(_strip_prefixes(checkpoint["model"]))
-    except (TypeError, RuntimeError) as e:
+        config = GPTConfig(**{**{k: v for k, v in checkpoint["config"].items() if k in known}, **config_overrides})
+    except ValueError as e:
+        raise ValueError(f"{path}: config {e}") from None
+    state = _strip_prefixes(checkpoint["model"])
+    check_weights(state, config, path)
+    model = GPT(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
         raise ValueError(f"{path} does not match its own config: {str(e).splitlines()[0][:200]}") from None
     return model.to(device), checkpoint
+
+
+def check_weights(state, config, path):
+    """Before building the model: the weights have the shapes the config promises, and are finite."""
+    layers = {name.split(".")[2] for name in state if name.startswith("transformer.h.")}
+    wte, wpe = state.get("transformer.wte.weight"), state.get("transformer.wpe.weight")
+    if len(layers) != config.n_layer or not torch.is_tensor(wte) or not torch.is_tensor(wpe) or \
+            wte.shape != (config.padded_vocab_size, config.n_embd) or wpe.shape != (config.block_size, config.n_embd):
+        raise ValueError(f"{path}: its weights do not match its config (layers, vocabulary or context size)")
+    for name, value in state.items():
+        if not torch.is_tensor(value) or value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: weight {name} is not a finite tensor")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,8 +748,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
         sys.exit("error: --num-samples must be >= 1 and --max-new-tokens >= 0")
-    device = auto_device() if args.device == "auto" else args.device
     try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+        check_text(args.prompt, "--prompt")
+        device = check_device(args.device)
+        if args.export_hf:
+            check_output(args.export_hf, [args.ckpt, args.init], directory=True)
         if args.ckpt:
             model, checkpoint = load_checkpoint(args.ckpt, device)
             enc = get_tokenizer(checkpoint.get("tokenizer", "gpt2"))

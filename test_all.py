@@ -1197,6 +1197,76 @@ def test_model_cli_exports_a_checkpoint_for_transformers(model_bpe_file, tmp_pat
         torch.testing.assert_close(hf(torch.tensor([ids])).logits, model(torch.tensor([ids]))[0], atol=1e-5, rtol=0)
 
 
+def _model_bad_checkpoints(tmp_path):
+    """name -> a checkpoint file spoiled in one way."""
+    _model_tiny_checkpoint(tmp_path / "good.pt")
+    good = torch.load(tmp_path / "good.pt", weights_only=True)
+    spoil = {
+        "config_list.pt": lambda c: dict(c, config=list(c["config"].items())),
+        "negative_layers.pt": lambda c: dict(c, config=dict(c["config"], n_layer=-1)),
+        "string_dropout.pt": lambda c: dict(c, config=dict(c["config"], dropout="0.1")),
+        "huge_layers.pt": lambda c: dict(c, config=dict(c["config"], n_layer=10 ** 9)),
+        "nan_weight.pt": lambda c: dict(c, model={**c["model"], "transformer.h.0.mlp.c_fc.bias":
+                                                  torch.full_like(c["model"]["transformer.h.0.mlp.c_fc.bias"], math.nan)}),
+        "bad_tokenizer.pt": lambda c: dict(c, tokenizer={"pattern": None, "merges": "oops"}),
+    }
+    for name, fn in spoil.items():
+        torch.save(fn(dict(good)), tmp_path / name)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    return tmp_path
+
+
+def _model_cli_error_cases(d):
+    ckpt = str(d / "good.pt")
+    return [
+        (["--temperature", "-1"], "temperature"), (["--temperature", "nan"], "temperature"),
+        (["--temperature", "inf"], "temperature"), (["--top-k", "0"], "top_k"), (["--top-p", "0"], "top_p"),
+        (["--top-p", "1.5"], "top_p"), (["--top-p", "nan"], "top_p"), (["--device", "tpu9"], "tpu9"),
+        (["--device", "cuda:7"], "cuda:7"), (["--prompt", "caf\udce9"], "--prompt"),
+        (["--num-samples", "0"], "--num-samples"), (["--ckpt", str(d / "missing.pt")], "missing.pt"),
+        (["--ckpt", str(d / "config_list.pt")], "config_list.pt"), (["--ckpt", str(d / "negative_layers.pt")], "n_layer"),
+        (["--ckpt", str(d / "string_dropout.pt")], "dropout"), (["--ckpt", str(d / "huge_layers.pt")], "huge_layers.pt"),
+        (["--ckpt", str(d / "nan_weight.pt")], "c_fc.bias"), (["--ckpt", str(d / "bad_tokenizer.pt")], "tokenizer"),
+        (["--ckpt", ckpt, "--export-hf", str(d)], "overwrite"),                 # the export would hold its input
+        (["--ckpt", ckpt, "--export-hf", str(d / "foreign")], "holds other files"),
+        (["--ckpt", ckpt, "--export-hf", str(d / "good.pt" / "hf")], "cannot be written"),
+    ]
+
+
+def test_model_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
+    d = _model_bad_checkpoints(tmp_path)
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    for args, needle in _model_cli_error_cases(d):
+        with pytest.raises(SystemExit) as info:
+            gpt.main(args + ["--device", "cpu"] * ("--device" not in args) + ["--max-new-tokens", "2"])
+        message = str(info.value.code)
+        assert message.startswith("error:") and needle in message and "\n" not in message, (args, message)
+    assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before   # nothing touched
+
+
+def test_model_generate_refuses_undefined_sampling():
+    m, prompt = tiny_gpt(), torch.zeros(1, 2, dtype=torch.long)
+    for bad in [dict(temperature=-0.5), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.01)]:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            m.generate(prompt, 2, **bad)
+
+
+def test_model_check_output_refuses_what_would_lose_work(tmp_path):
+    (tmp_path / "data.txt").write_text("x")
+    gpt.check_output(str(tmp_path / "new" / "deeper" / "out.jsonl"))          # made later: fine
+    for path, inputs, needle in [(tmp_path / "data.txt", [tmp_path / "data.txt"], "overwrite"),
+                                 (tmp_path, [], "is a directory"),
+                                 (tmp_path / "data.txt" / "out.jsonl", [], "cannot be written")]:
+        with pytest.raises(ValueError, match=needle):
+            gpt.check_output(str(path), [str(p) for p in inputs])
+
+
+@slow
+def test_model_cli_bad_flag_exits_without_traceback(tmp_path):
+    assert_one_line_error(run_script("model.py", "--temperature", "-1", "--device", "cpu"), "temperature")
+
+
 @slow
 def test_model_cli_samples_from_checkpoint_and_fails_cleanly(tmp_path):
     _model_tiny_checkpoint(tmp_path / "model.pt")
@@ -2145,6 +2215,37 @@ def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt
             hellaswag.main(args + ["--device", "cpu"])
         error = str(info.value.code)
         assert error.startswith("error:") and message in error and "\n" not in error, error
+
+
+def test_hellaswag_cli_refuses_bad_input_before_scoring(hellaswag_models, tmp_path):
+    data = _hellaswag_write(tmp_path / "hs.jsonl", _hellaswag_examples())
+    ckpt = str(tmp_path / "tiny.pt")
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_hellaswag_examples()[0]) + "\n{oops\n")
+    torch.save({"model": {}, "config": {"n_layer": "two"}}, tmp_path / "badconfig.pt")
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    for args, needle in [
+            (["--limit", "0"], "--limit"), (["--limit", "-3"], "--limit"), (["--batch-size", "0"], "--batch-size"),
+            (["--device", "tpu9"], "tpu9"), (["--out", data], "overwrite"), (["--out", ckpt], "overwrite"),
+            (["--out", str(tmp_path / "hs.jsonl" / "preds.jsonl")], "cannot be written"),
+            (["--out", str(tmp_path)], "is a directory"), (["--file", str(tmp_path / "none.jsonl")], "none.jsonl"),
+            (["--file", str(bad)], "line 2: not valid JSON"), (["--ckpt", str(tmp_path / "badconfig.pt")], "n_layer"),
+            (["--ckpt", str(tmp_path / "none.pt")], "not found")]:
+        argv = ["--ckpt", ckpt, "--file", data, "--device", "cpu"]
+        for flag, value in zip(args[::2], args[1::2]):
+            argv = argv[:argv.index(flag) + 1] + [value] + argv[argv.index(flag) + 2:] if flag in argv else \
+                argv + [flag, value]
+        with pytest.raises(SystemExit) as info:
+            hellaswag.main(argv)
+        message = str(info.value.code)
+        assert message.startswith("error:") and needle in message and "\n" not in message, (args, message)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before    # every input byte-identical
+
+
+@slow
+def test_hellaswag_cli_bad_flag_exits_without_traceback():
+    assert_one_line_error(run_script("hellaswag.py", "--limit", "0"), "--limit")
 
 
 # =================================================================================================
