@@ -363,6 +363,25 @@ class GPT(nn.Module):
         return out_dir
 
 
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None:
+        # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
 def _hf_tokenizer(tokenizer):
     """A transformers fast tokenizer that encodes and decodes exactly as `tokenizer` (any kind
     get_tokenizer makes): byte-level BPE whose tokens are spelled, byte by byte, in GPT-2's printable
@@ -377,8 +396,10 @@ def _hf_tokenizer(tokenizer):
     else:  # tiktoken's GPT-2: its merges, rebuilt from the ranks
         tok = bpe.Tokenizer.from_tiktoken(tokenizer)
     keep = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's bytes_to_unicode table
-    char = {**{b: chr(b) for b in keep}, **{b: chr(256 + k) for k, b in enumerate(sorted(set(range(256)) - set(keep)))}}
-    spell = {i: "".join(char[b] for b in token) for i, token in tok.vocab.items() if i not in tok.inverse_special_tokens}
+    char = {b: chr(b) for b in keep}
+    char.update({b: chr(256 + k) for k, b in enumerate(b for b in range(256) if b not in char)})
+    spell = {i: "".join(char[b] for b in token) for i, token in tok.vocab.items()
+             if i not in tok.inverse_special_tokens}
     vocab = {s: i for i, s in spell.items()}
     if len(vocab) < len(spell):
         raise ValueError("two tokens spell the same bytes: a HuggingFace BPE vocabulary cannot hold both")
@@ -433,25 +454,6 @@ def _strip_prefixes(state):
     return clean
 
 
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if top_p is not None:
-        # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
 # ---------------------------------------------------------------------------------------------
 # What the scripts share: devices, tokenizers, checkpoints
 # ---------------------------------------------------------------------------------------------
@@ -485,8 +487,9 @@ def check_device(name):
         kind, index = torch.device(device).type, torch.device(device).index
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    mps = getattr(torch.backends, "mps", None)
     present = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-               "mps": int(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())}
+               "mps": int(mps is not None and mps.is_available())}
     if present.get(kind, 0) <= (index or 0):
         raise ValueError(f"device {name!r} is not available on this machine")
     return device
@@ -519,7 +522,7 @@ def check_output(path, inputs=(), directory=False):
     for other in filter(None, inputs):
         if os.path.realpath(other) == real or directory and os.path.realpath(other).startswith(real + os.sep):
             raise ValueError(f"output {path} would overwrite the input {other}")
-    if directory and os.path.isdir(real) and os.listdir(real) and not os.path.exists(os.path.join(real, "config.json")):
+    if directory and os.path.isdir(real) and os.listdir(real) and not os.path.isfile(f"{real}/config.json"):
         raise ValueError(f"output directory {path} holds other files; choose a new or empty directory")
     if not directory and os.path.isdir(real):
         raise ValueError(f"output {path} is a directory")
@@ -550,7 +553,8 @@ class ByteTokenizer:
         return [i for k, part in enumerate(parts) for i in ([256] if k else []) + part]
 
     def decode(self, ids):
-        return b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids).decode("utf-8", errors="replace")
+        data = b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids)
+        return data.decode("utf-8", errors="replace")
 
 
 class BPETokenizer:
@@ -619,8 +623,8 @@ def tokenizer_spec(tok):
         return tok
     if isinstance(tok, BPETokenizer):
         t = tok.tok
-        return {"pattern": t.pattern, "byte_ids": list(t.byte_ids), "merges": [list(pair) for pair in t.merges],
-                "special_tokens": dict(t.special_tokens)}
+        return {"pattern": t.pattern, "byte_ids": list(t.byte_ids), "special_tokens": dict(t.special_tokens),
+                "merges": [list(pair) for pair in t.merges]}
     return tok.name  # tiktoken's "gpt2" or "byte"
 
 
@@ -702,7 +706,8 @@ def load_checkpoint(path, device="cpu", **config_overrides):
         raise ValueError(f"{path}: its 'config' and 'model' entries must be dicts")
     known = {f.name for f in fields(GPTConfig)}
     try:
-        config = GPTConfig(**{**{k: v for k, v in checkpoint["config"].items() if k in known}, **config_overrides})
+        saved = {k: v for k, v in checkpoint["config"].items() if k in known}
+        config = GPTConfig(**{**saved, **config_overrides})
     except ValueError as e:
         raise ValueError(f"{path}: config {e}") from None
     state = _strip_prefixes(checkpoint["model"])
@@ -719,8 +724,9 @@ def check_weights(state, config, path):
     """Before building the model: the weights have the shapes the config promises, and are finite."""
     layers = {name.split(".")[2] for name in state if name.startswith("transformer.h.")}
     wte, wpe = state.get("transformer.wte.weight"), state.get("transformer.wpe.weight")
-    if len(layers) != config.n_layer or not torch.is_tensor(wte) or not torch.is_tensor(wpe) or \
-            wte.shape != (config.padded_vocab_size, config.n_embd) or wpe.shape != (config.block_size, config.n_embd):
+    shapes = [tuple(w.shape) if torch.is_tensor(w) else None for w in (wte, wpe)]
+    if len(layers) != config.n_layer or shapes != [(config.padded_vocab_size, config.n_embd),
+                                                   (config.block_size, config.n_embd)]:
         raise ValueError(f"{path}: its weights do not match its config (layers, vocabulary or context size)")
     for name, value in state.items():
         if not torch.is_tensor(value) or value.is_floating_point() and not torch.isfinite(value).all():
@@ -744,7 +750,7 @@ def main(argv=None):
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    parser.add_argument("--export-hf", metavar="DIR", help="write model + tokenizer for transformers, no sampling")
+    parser.add_argument("--export-hf", metavar="DIR", help="write model + tokenizer for transformers instead")
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
         sys.exit("error: --num-samples must be >= 1 and --max-new-tokens >= 0")
@@ -761,7 +767,7 @@ def main(argv=None):
             model = GPT.from_pretrained(args.init or "gpt2").to(device)
             enc = get_tokenizer("gpt2")
         if args.export_hf:
-            print(f"wrote {model.save_hf(args.export_hf, enc)} (load it with AutoModelForCausalLM/AutoTokenizer)")
+            print(f"wrote {model.save_hf(args.export_hf, enc)} (AutoModelForCausalLM/AutoTokenizer load it)")
             return
         prompt = enc.encode_ordinary(args.prompt) or [enc.eot_token]
     except (ValueError, FileNotFoundError) as e:
