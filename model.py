@@ -65,10 +65,8 @@ class GPTConfig:
 # The network
 # ---------------------------------------------------------------------------------------------
 class KVCache:
-    """Keys and values of the positions seen so far, for every layer, preallocated up to block_size.
-
-    During generation each new token then costs one position of compute instead of the whole prefix.
-    """
+    """Keys and values of the positions seen so far, for every layer, preallocated up to block_size:
+    during generation each new token then costs one position of compute instead of the whole prefix."""
 
     def __init__(self, config, batch_size, device, dtype, max_len=None):
         head_dim = config.n_embd // config.n_head
@@ -210,11 +208,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
         """Returns (logits, loss). Targets equal to -1 are ignored (e.g. prompt tokens, padding).
-
         reduction="none" returns (None, per-token loss (B, T), 0 where the target is -1) and applies lm_head
-        only where a target exists: scoring a few completion tokens then skips the vocabulary projection for
-        the whole context.
-        """
+        only where a target exists: scoring a few tokens skips the vocabulary projection for the rest."""
         x = self.hidden_states(idx, kv_cache)
         if targets is None:
             return self.lm_head(x), None
@@ -231,11 +226,8 @@ class GPT(nn.Module):
         raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
 
     def num_params(self, non_embedding=False):
-        """Parameter count, the tied wte/lm_head matrix counted once: 124,439,808 for GPT-2 small.
-
-        non_embedding=True leaves out the position embeddings (a lookup, no FLOPs); the token embedding
-        stays because, tied to lm_head, it is also the last matmul.
-        """
+        """Parameter count, the tied wte/lm_head matrix counted once. non_embedding=True leaves out the
+        position embeddings (a lookup, no FLOPs); wte stays: tied to lm_head, it is also the last matmul."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
