@@ -892,7 +892,8 @@ def test_model_defaults_are_gpt2_small():
     with torch.device("meta"):  # shapes only, no memory
         ours, hf = GPT(c), GPT2LMHeadModel(hc)
     conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    hf_shapes = {k: tuple(v.shape[::-1] if k.endswith(conv1d) else v.shape) for k, v in hf.state_dict().items()
+    hf_shapes = {k: tuple(v.shape[::-1] if k.endswith(conv1d) else v.shape)
+                 for k, v in hf.state_dict().items()
                  if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == hf_shapes
     norms = [m for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)]
@@ -923,9 +924,10 @@ def test_model_sampling_draws_from_transformers_distribution(monkeypatch, sampli
     expected = _model_hf_sampling_probs(logits, **sampling)
     seen = []
     real_multinomial = torch.multinomial
-    monkeypatch.setattr(torch, "multinomial", lambda p, *a, **k: seen.append(p) or real_multinomial(p, *a, **k))
+    monkeypatch.setattr(torch, "multinomial", lambda p, *a, **k: seen.append(p) or real_multinomial(p, *a, **k),
+                        raising=True)
     gpt.sample_next_token(logits, **sampling)
-    torch.testing.assert_close(seen[0], expected, atol=1e-12, rtol=0)        # exactly the filtered distribution
+    torch.testing.assert_close(seen[0], expected, atol=1e-12, rtol=0)   # exactly the filtered distribution
     monkeypatch.undo()
     # and the draws follow it: 20000 draws of one row, frequencies within 4 standard errors
     row = logits[:1].expand(20000, -1)
@@ -942,8 +944,8 @@ def test_model_cached_sampling_equals_uncached(sampling):
     # 10-token prompt run past block_size 64, exercising the crop-and-rebuild path as well.
     m = tiny_gpt(block_size=64, vocab_size=97, n_layer=2, n_head=3, n_embd=24).double()
     prompt = _model_idx((2, 10), vocab=97)
-    outs = [m.generate(prompt, 60, generator=torch.Generator().manual_seed(123), use_cache=use_cache, **sampling)
-            for use_cache in (True, False)]
+    outs = [m.generate(prompt, 60, generator=torch.Generator().manual_seed(123), use_cache=cached, **sampling)
+            for cached in (True, False)]
     assert outs[0].shape == (2, 70)
     assert torch.equal(outs[0], outs[1])
 
@@ -968,9 +970,10 @@ def test_model_position_ids_and_mask_pack_two_sequences_in_one_row():
     mask = torch.ones(12, 12, dtype=torch.bool).tril() & ((seg[None] == 0) | (seg[None] == seg[:, None]))
     with torch.no_grad():
         packed = m.hidden_states(row, pos=pos, attn_mask=mask[None, None])
-        torch.testing.assert_close(packed[:, :8], m.hidden_states(torch.cat([prefix, a], 1)), atol=1e-6, rtol=0)
-        torch.testing.assert_close(packed[:, 8:], m.hidden_states(torch.cat([prefix, b], 1))[:, 5:], atol=1e-6,
-                                   rtol=0)
+        alone_a = m.hidden_states(torch.cat([prefix, a], 1))
+        alone_b = m.hidden_states(torch.cat([prefix, b], 1))
+        torch.testing.assert_close(packed[:, :8], alone_a, atol=1e-6, rtol=0)
+        torch.testing.assert_close(packed[:, 8:], alone_b[:, 5:], atol=1e-6, rtol=0)
 
 
 def test_model_per_token_losses_match_huggingface(tmp_path):
@@ -1233,11 +1236,86 @@ def test_model_cli_exports_a_checkpoint_for_transformers(model_bpe_file, tmp_pat
     gpt.save_checkpoint(str(tmp_path / "model.pt"), model, enc)
     run = run_script("model.py", "--ckpt", tmp_path / "model.pt", "--export-hf", tmp_path / "hf")
     assert run.returncode == 0, run.stderr
-    hf, auto = AutoModelForCausalLM.from_pretrained(tmp_path / "hf"), AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    auto = AutoTokenizer.from_pretrained(tmp_path / "hf")
     ids = auto("Hello world")["input_ids"]
     assert ids == enc.encode_ordinary("Hello world")
     with torch.no_grad():
-        torch.testing.assert_close(hf(torch.tensor([ids])).logits, model(torch.tensor([ids]))[0], atol=1e-5, rtol=0)
+        idx = torch.tensor([ids])
+        torch.testing.assert_close(hf(idx).logits, model(idx)[0], atol=1e-5, rtol=0)
+
+
+def _model_bad_checkpoints(tmp_path):
+    """name -> a checkpoint file spoiled in one way."""
+    _model_tiny_checkpoint(tmp_path / "good.pt")
+    good = torch.load(tmp_path / "good.pt", weights_only=True)
+    spoil = {
+        "config_list.pt": lambda c: dict(c, config=list(c["config"].items())),
+        "negative_layers.pt": lambda c: dict(c, config=dict(c["config"], n_layer=-1)),
+        "string_dropout.pt": lambda c: dict(c, config=dict(c["config"], dropout="0.1")),
+        "huge_layers.pt": lambda c: dict(c, config=dict(c["config"], n_layer=10 ** 9)),
+        "nan_weight.pt": lambda c: dict(c, model={**c["model"], "transformer.h.0.mlp.c_fc.bias":
+                                                  torch.full((64,), math.nan)}),
+        "bad_tokenizer.pt": lambda c: dict(c, tokenizer={"pattern": None, "merges": "oops"}),
+    }
+    for name, fn in spoil.items():
+        torch.save(fn(dict(good)), tmp_path / name)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    return tmp_path
+
+
+def _model_cli_error_cases(d):
+    ckpt = str(d / "good.pt")
+    return [
+        (["--temperature", "-1"], "temperature"), (["--temperature", "nan"], "temperature"),
+        (["--temperature", "inf"], "temperature"), (["--top-k", "0"], "top_k"), (["--top-p", "0"], "top_p"),
+        (["--top-p", "1.5"], "top_p"), (["--top-p", "nan"], "top_p"), (["--device", "tpu9"], "tpu9"),
+        (["--device", "cuda:7"], "cuda:7"), (["--prompt", "caf\udce9"], "--prompt"),
+        (["--num-samples", "0"], "--num-samples"), (["--ckpt", str(d / "missing.pt")], "missing.pt"),
+        (["--ckpt", str(d / "config_list.pt")], "config_list.pt"),
+        (["--ckpt", str(d / "negative_layers.pt")], "n_layer"),
+        (["--ckpt", str(d / "string_dropout.pt")], "dropout"),
+        (["--ckpt", str(d / "huge_layers.pt")], "huge_layers.pt"),
+        (["--ckpt", str(d / "nan_weight.pt")], "c_fc.bias"),
+        (["--ckpt", str(d / "bad_tokenizer.pt")], "tokenizer"),
+        (["--ckpt", ckpt, "--export-hf", str(d)], "overwrite"),            # the export would hold its input
+        (["--ckpt", ckpt, "--export-hf", str(d / "foreign")], "holds other files"),
+        (["--ckpt", ckpt, "--export-hf", str(d / "good.pt" / "hf")], "cannot be written"),
+    ]
+
+
+def test_model_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
+    d = _model_bad_checkpoints(tmp_path)
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    for args, needle in _model_cli_error_cases(d):
+        with pytest.raises(SystemExit) as info:
+            gpt.main(args + ["--device", "cpu"] * ("--device" not in args) + ["--max-new-tokens", "2"])
+        message = str(info.value.code)
+        assert message.startswith("error:") and needle in message and "\n" not in message, (args, message)
+    assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before   # nothing touched
+
+
+def test_model_generate_refuses_undefined_sampling():
+    m, prompt = tiny_gpt(), torch.zeros(1, 2, dtype=torch.long)
+    for bad in [dict(temperature=-0.5), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.01)]:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            m.generate(prompt, 2, **bad)
+
+
+def test_model_check_output_refuses_what_would_lose_work(tmp_path):
+    (tmp_path / "data.txt").write_text("x")
+    gpt.check_output(str(tmp_path / "new" / "deeper" / "out.jsonl"))          # made later: fine
+    for path, inputs, needle in [(tmp_path / "data.txt", [tmp_path / "data.txt"], "overwrite"),
+                                 (tmp_path, [], "is a directory"),
+                                 (tmp_path / "data.txt" / "out.jsonl", [], "cannot be written")]:
+        with pytest.raises(ValueError, match=needle):
+            gpt.check_output(str(path), [str(p) for p in inputs])
+
+
+@slow
+def test_model_cli_bad_flag_exits_without_traceback(tmp_path):
+    assert_one_line_error(run_script("model.py", "--temperature", "-1", "--device", "cpu"), "temperature")
 
 
 @slow
@@ -2379,11 +2457,13 @@ def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt
                     "harness", "--limit", "10"])
     expected = hellaswag.score_examples(hellaswag_models.gpt, examples[:10], gpt2_enc, "cpu", style="harness")
     summary = hellaswag.summarize(*hellaswag.count_correct(expected), style="harness")
-    assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in capsys.readouterr().out.strip().splitlines()[-1]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in last
     # clear one-line errors: a byte-tokenizer checkpoint, a malformed file, a bad flag value
     ckpt, byte_ckpt = str(tmp_path / "tiny.pt"), str(tmp_path / "byte.pt")
     gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
-    gpt.save_checkpoint(byte_ckpt, tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=512), "byte")
+    byte_gpt = tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=512)
+    gpt.save_checkpoint(byte_ckpt, byte_gpt, "byte")
     # another tokenizer than GPT-2's scores, and the summary says the scores are not the published kind
     hellaswag.main(["--ckpt", byte_ckpt, "--file", data, "--device", "cpu", "--limit", "3"])
     assert "byte tokenizer: not comparable to the published scores" in capsys.readouterr().out
@@ -2396,6 +2476,38 @@ def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt
             hellaswag.main(args + ["--device", "cpu"])
         error = str(info.value.code)
         assert error.startswith("error:") and message in error and "\n" not in error, error
+
+
+def test_hellaswag_cli_refuses_bad_input_before_scoring(hellaswag_models, tmp_path):
+    data = _hellaswag_write(tmp_path / "hs.jsonl", _hellaswag_examples())
+    ckpt = str(tmp_path / "tiny.pt")
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_hellaswag_examples()[0]) + "\n{oops\n")
+    torch.save({"model": {}, "config": {"n_layer": "two"}}, tmp_path / "badconfig.pt")
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    for args, needle in [
+            (["--limit", "0"], "--limit"), (["--limit", "-3"], "--limit"),
+            (["--batch-size", "0"], "--batch-size"), (["--device", "tpu9"], "tpu9"),
+            (["--out", data], "overwrite"), (["--out", ckpt], "overwrite"),
+            (["--out", str(tmp_path / "hs.jsonl" / "preds.jsonl")], "cannot be written"),
+            (["--out", str(tmp_path)], "is a directory"),
+            (["--file", str(tmp_path / "none.jsonl")], "none.jsonl"), (["--file", str(bad)], "line 2: not valid JSON"),
+            (["--ckpt", str(tmp_path / "badconfig.pt")], "n_layer"), (["--ckpt", str(tmp_path / "none.pt")], "not found")]:
+        argv = ["--ckpt", ckpt, "--file", data, "--device", "cpu"]
+        for flag, value in zip(args[::2], args[1::2]):
+            argv = argv[:argv.index(flag) + 1] + [value] + argv[argv.index(flag) + 2:] if flag in argv else \
+                argv + [flag, value]
+        with pytest.raises(SystemExit) as info:
+            hellaswag.main(argv)
+        message = str(info.value.code)
+        assert message.startswith("error:") and needle in message and "\n" not in message, (args, message)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before    # every input byte-identical
+
+
+@slow
+def test_hellaswag_cli_bad_flag_exits_without_traceback():
+    assert_one_line_error(run_script("hellaswag.py", "--limit", "0"), "--limit")
 
 
 # =================================================================================================
