@@ -1696,6 +1696,9 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
     np.save(floats / "edufineweb_train_000002.npy", np.ones(300, dtype=np.float32))
     a_file = tmp_path / "a_file"
     a_file.write_text("")
+    logged = tmp_path / "logged"              # a run that kept no checkpoint (--ckpt-every 0): its log counts
+    logged.mkdir()
+    (logged / "log.txt").write_text("0 train 5.500000\n")
     fineweb.main(["--source", _fineweb_write_jsonl(tmp_path / "docs.jsonl", _fineweb_docs()), "--out-dir",
                   str(tmp_path / "gpt2_shards"), "--shard-size", "500", "--workers", "1"])
     fresh = lambda name: ["--log-dir", tmp_path / name]  # noqa: E731
@@ -1716,6 +1719,7 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
         "absent device": (base + ["--device", "cuda:7"] + fresh("x"), "--device cuda:7", None),
         "log dir is a file": (base + ["--log-dir", a_file], "--log-dir", None),
         "fresh run over a finished one": (base + ["--log-dir", done], "--resume", done),
+        "fresh run over a log": (base + ["--log-dir", logged], "log.txt belongs to another run", logged),
         "resume and overwrite": (base + ["--log-dir", done, "--resume", "--overwrite"], "--overwrite", done),
         "data is an output": (base + ["--log-dir", done, "--overwrite", "--data", done / "log.txt"], "--data",
                               done),

@@ -65,8 +65,8 @@ def parse_args(argv=None):
                    help="seeded shard order and start offsets each epoch (--no-shuffle: the recipe's order)")
     g.add_argument("--seed", type=int, default=1337)
     g = p.add_argument_group("model and optimization")
-    for flag in ("--n-layer", "--n-head", "--n-embd", "--max-steps", "--warmup-steps"):
-        g.add_argument(flag, type=int)
+    for name in ("--n-layer", "--n-head", "--n-embd", "--max-steps", "--warmup-steps"):
+        g.add_argument(name, type=int)
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--batch-size", "-B", type=int, help="sequences per micro-step per process")
     g.add_argument("--seq-len", "-T", type=int, help="tokens per sequence (also the model's block_size)")
@@ -90,8 +90,8 @@ def parse_args(argv=None):
     g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples (default: all)")
     g.add_argument("--hellaswag-file", help="a local hellaswag_val.jsonl (default: hellaswag.py downloads)")
     g.add_argument("--prompt")
-    g.add_argument("--sample-tokens", type=int)
-    g.add_argument("--num-samples", type=int)
+    for name in ("--sample-tokens", "--num-samples"):
+        g.add_argument(name, type=int)
     g.add_argument("--temperature", type=float, help="sampling temperature (lower: likelier, blander text)")
     g.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens")
     g.add_argument("--log-dir", default="log")
@@ -145,9 +145,10 @@ def check_log_dir(args):
     outputs = [os.path.join(args.log_dir, name) for name in ("model.pt", "log.txt", "loss.png")]
     if args.resume and args.overwrite:
         fail("--resume continues the run in --log-dir, --overwrite replaces it: pass one of them")
-    if os.path.exists(outputs[0]) and not (args.resume or args.overwrite):
-        fail(f"{outputs[0]} holds another run's checkpoint: add --resume to continue it or --overwrite to "
-             f"start a new run over it (or pick another --log-dir)")
+    for path in outputs[:2]:  # a run's checkpoint, or the log of a run that wrote none
+        if os.path.exists(path) and not (args.resume or args.overwrite):
+            fail(f"{path} belongs to another run: add --resume to continue it or --overwrite to start a new "
+                 f"run over it (or pick another --log-dir)")
     if os.path.abspath(args.data) in map(os.path.abspath, outputs):
         fail(f"--data {args.data} is one of this run's outputs: pick another --log-dir")
     try:
@@ -611,12 +612,10 @@ def main(argv=None):
     setup_data(args, run)
     setup_model(args, run)
     run.start_step = start_or_resume(args, run)
-    run.fast_model = torch.compile(run.model) if run.compile else run.model  # for training and val loss
+    run.model = run.fast_model = torch.compile(run.model) if run.compile else run.model  # training, val loss
     if run.ddp:  # the wrapper that averages gradients over processes during backward
-        run.model = torch.nn.parallel.DistributedDataParallel(
-            run.fast_model, device_ids=[run.local_rank] if run.device_type == "cuda" else None)
-    else:
-        run.model = run.fast_model
+        device_ids = [run.local_rank] if run.device_type == "cuda" else None
+        run.model = torch.nn.parallel.DistributedDataParallel(run.fast_model, device_ids=device_ids)
     run.hellaswag, run.peak = load_hellaswag(args, run), peak_flops(run.device)
     run.log(f"{unwrap(run.model).num_params():,} parameters | {run.world} process(es) on {run.device} | "
             f"B={args.batch_size} T={args.seq_len} | {args.total_batch_size:,} tokens/step = "
