@@ -79,6 +79,17 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def reorder(self, rows):
+        """Row i continues from old row rows[i] (beam search: each new beam extends some old beam's prefix).
+
+        rows may repeat or drop rows and change the batch size; only the filled positions are copied.
+        """
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_empty((old.size(0), len(rows), *old.shape[2:]))
+            new[:, :, :, :self.length] = old[:, rows, :, :self.length]
+            setattr(self, name, new)
+
 
 class CausalSelfAttention(nn.Module):
 
@@ -244,7 +255,7 @@ class GPT(nn.Module):
     # --- generation -------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                 use_cache=True, stop_token=None):
+                 use_cache=True, stop_token=None, num_beams=1, **beam_options):
         """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 is greedy decoding.
 
         With stop_token (e.g. <|endoftext|>) it returns early once every row has produced it; rows that
@@ -254,6 +265,8 @@ class GPT(nn.Module):
         context is cropped to the last block_size tokens exactly as without the cache; the positions of the
         kept tokens then shift, so the cache is rebuilt from the cropped context at each such step.
         """
+        if num_beams > 1:  # a deterministic search instead of sampling: see beam_search for its options
+            return self.beam_search(idx, max_new_tokens, num_beams, stop_token=stop_token, **beam_options)
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
@@ -280,6 +293,71 @@ class GPT(nn.Module):
                     break
         self.train(was_training)
         return idx
+
+    @torch.no_grad()
+    def beam_search(self, idx, max_new_tokens, num_beams=4, length_penalty=1.0, no_repeat_ngram_size=0,
+                    stop_token=None, early_stopping=False):
+        """The best of num_beams beams, as transformers' generate(num_beams=...): idx (1, T) -> (1, T + n).
+
+        Each step extends every running beam by every token and keeps the num_beams best sums of
+        log-probs. A beam that emits a stop token (an id or a list of ids), and every beam at the last
+        step, is finished and scored sum / n ** length_penalty, n its new tokens counting the stop token.
+        The search ends when num_beams beams have finished and no running beam can beat the worst of them:
+        judged at its current length (early_stopping=False), at max_new_tokens when length_penalty > 0
+        ("never"), or not at all (True: stop as soon as num_beams have finished). no_repeat_ngram_size=K
+        forbids a token that would repeat a K-gram of the sequence, prompt included.
+        idx may be a list of 1-D prompts of different lengths: each is searched on its own and a list of
+        1-D sequences comes back (transformers returns the same tokens for them left-padded as a batch).
+        """
+        n = no_repeat_ngram_size
+        if isinstance(idx, (list, tuple)):
+            return [self.beam_search(torch.as_tensor(p).view(1, -1), max_new_tokens, num_beams,
+                                     length_penalty, n, stop_token, early_stopping)[0] for p in idx]
+        T, V = idx.size(1), self.config.vocab_size
+        if T + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceed block_size "
+                             f"{self.config.block_size}")
+        stops = {stop_token} if isinstance(stop_token, int) else set(stop_token or ())
+        # Candidates kept per step: even if every beam's best continuations are stop tokens, num_beams
+        # candidates remain to carry on.
+        n_cand = max(2, 1 + len(stops)) * num_beams
+        was_training = self.training
+        self.eval()
+        cache = KVCache(self.config, 1, idx.device, self.lm_head.weight.dtype, T + max_new_tokens)
+        beams, sums = idx, torch.zeros(1, device=idx.device)   # running beams (b, T + t), their log-prob sums
+        finished = []                                          # (score, token list), best first
+        step_input = idx                                       # the prompt once, then each beam's new token
+        for t in range(max_new_tokens):
+            logits = self(step_input, kv_cache=cache)[0][:, -1, :V]     # (b, V): padded ids are never tokens
+            logp = F.log_softmax(logits.float(), dim=-1)
+            if n and beams.size(1) >= n:   # a token is banned if it ends a K-gram seen before in this beam
+                windows = beams.unfold(1, n, 1)                                    # (b, T + t - n + 1, n)
+                seen = (windows[:, :, :-1] == beams[:, None, beams.size(1) - n + 1:]).all(-1)
+                banned = torch.zeros_like(logp).scatter_add_(1, windows[:, :, -1], seen.float())
+                logp = logp.masked_fill(banned > 0, float("-inf"))
+            top, flat = (sums[:, None] + logp).view(-1).topk(n_cand)   # best continuations over all beams
+            score = top / (t + 1) ** length_penalty                    # their score, were they to finish now
+            rows, tokens, kept = [], [], []
+            for rank, (c, s) in enumerate(zip(flat.tolist(), score.tolist())):
+                beam, token = divmod(c, V)
+                if token in stops or t == max_new_tokens - 1:
+                    if rank < num_beams:   # as transformers: a finish below the num_beams best is dropped
+                        finished.append((s, beams[beam].tolist() + [token]))
+                elif len(rows) < num_beams:
+                    rows.append(beam), tokens.append(token), kept.append(rank)
+            finished = sorted(finished, key=lambda f: -f[0])[:num_beams]   # stable: earlier wins a tie
+            if t == max_new_tokens - 1 or len(finished) == num_beams and early_stopping is True:
+                break
+            if len(finished) == num_beams:
+                best_n = max_new_tokens if early_stopping == "never" and length_penalty > 0 else t + 1
+                if (top[kept[0]] / best_n ** length_penalty).item() <= finished[-1][0]:
+                    break   # the best running beam, at its best length, cannot enter the finished list
+            rows = torch.tensor(rows, device=idx.device)
+            step_input = torch.tensor(tokens, device=idx.device).view(-1, 1)   # (b, 1): each beam's new token
+            beams, sums = torch.cat((beams[rows], step_input), dim=1), top[kept]
+            cache.reorder(rows)   # each beam keeps the keys and values of the prefix it extends
+        self.train(was_training)
+        return torch.tensor([finished[0][1]], device=idx.device) if finished else idx
 
     # --- HuggingFace interop ----------------------------------------------------------------------
     @classmethod
@@ -318,15 +396,19 @@ class GPT(nn.Module):
                                      f"model {tuple(target.shape)}")
                 target.copy_(value)
 
-    def save_hf(self, out_dir):
-        """Write a directory that GPT2LMHeadModel.from_pretrained loads (padded vocab cut back)."""
+    def save_hf(self, out_dir, tokenizer=None):
+        """Write a directory that transformers loads as its own (GPT2LMHeadModel, padded vocab cut back),
+        with the tokenizer (get_tokenizer's kinds) as a fast tokenizer and <|endoftext|> as eos."""
         from transformers import GPT2Config, GPT2LMHeadModel
         c = self.config
+        hf_tok = _hf_tokenizer(tokenizer) if tokenizer is not None else None
+        if hf_tok is not None and len(hf_tok) > c.vocab_size:
+            raise ValueError(f"the tokenizer has {len(hf_tok)} ids but the model only {c.vocab_size}")
+        eos = hf_tok.eos_token_id if hf_tok is not None else c.vocab_size - 1
         hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
                                n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon,
                                activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout,
-                               attn_pdrop=c.dropout, bos_token_id=c.vocab_size - 1,
-                               eos_token_id=c.vocab_size - 1)
+                               attn_pdrop=c.dropout, bos_token_id=eos, eos_token_id=eos)
         state = {}
         for name, value in _strip_prefixes(self.state_dict()).items():
             if name.endswith(_CONV1D_WEIGHTS):
@@ -340,11 +422,44 @@ class GPT(nn.Module):
         tmp, old = f"{out_dir}.tmp", f"{out_dir}.old"
         shutil.rmtree(tmp, ignore_errors=True)
         hf.save_pretrained(tmp)
+        if hf_tok is not None:
+            hf_tok.save_pretrained(tmp)
         if os.path.exists(out_dir):
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
         return out_dir
+
+
+def _hf_tokenizer(tokenizer):
+    """A transformers fast tokenizer that encodes and decodes exactly as `tokenizer` (any kind
+    get_tokenizer makes): byte-level BPE whose tokens are spelled, byte by byte, in GPT-2's printable
+    stand-in characters, with the same split regex, merges in the same order and the same special ids."""
+    import bpe
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    if isinstance(tokenizer, BPETokenizer):
+        tok = tokenizer.tok
+    elif isinstance(tokenizer, ByteTokenizer):
+        tok = bpe.Tokenizer(None, {EOT: 256})
+    else:  # tiktoken's GPT-2: its merges, rebuilt from the ranks
+        tok = bpe.Tokenizer.from_tiktoken(tokenizer)
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's bytes_to_unicode table
+    char = {**{b: chr(b) for b in keep}, **{b: chr(256 + k) for k, b in enumerate(sorted(set(range(256)) - set(keep)))}}
+    spell = {i: "".join(char[b] for b in token) for i, token in tok.vocab.items() if i not in tok.inverse_special_tokens}
+    vocab = {s: i for i, s in spell.items()}
+    if len(vocab) < len(spell):
+        raise ValueError("two tokens spell the same bytes: a HuggingFace BPE vocabulary cannot hold both")
+    merges = [(spell[a], spell[b]) for a, b in tok.merges]
+    backend = Tokenizer(models.BPE(vocab={**vocab, **tok.special_tokens}, merges=merges))
+    split = [pre_tokenizers.Split(Regex(tok.pattern), behavior="isolated")] if tok.pattern else []
+    backend.pre_tokenizer = pre_tokenizers.Sequence(split + [pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                      use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in tok.special_tokens])
+    eos = EOT if EOT in tok.special_tokens else None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, bos_token=eos,
+                                   clean_up_tokenization_spaces=False)
 
 
 _CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -429,34 +544,95 @@ def auto_device():
     return "cpu"
 
 
+EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
+
+
 class ByteTokenizer:
     """Raw UTF-8 bytes as tokens (ids 0..255) plus <|endoftext|> = 256: needs no vocabulary file."""
-    name = "byte"
-    n_vocab = 257
-    eot_token = 256
+    name, n_vocab, eot_token = "byte", 257, 256
 
     def encode_ordinary(self, text):
         return list(text.encode("utf-8"))
 
-    def encode(self, text, **kwargs):
-        return self.encode_ordinary(text)
+    def encode(self, text, allowed_special=()):
+        """With allowed_special "all" (or holding EOT), the text <|endoftext|> becomes id 256."""
+        if allowed_special != "all" and EOT not in allowed_special:
+            return self.encode_ordinary(text)
+        parts = [self.encode_ordinary(part) for part in text.split(EOT)]
+        return [i for k, part in enumerate(parts) for i in ([256] if k else []) + part]
 
     def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+        return b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids).decode("utf-8", errors="replace")
 
 
-def get_tokenizer(name):
-    """'gpt2' (tiktoken's Encoding: .name, .n_vocab, .eot_token, .encode_ordinary, .decode) or 'byte'."""
-    if name == "byte":
+class BPETokenizer:
+    """A tokenizer trained by bpe.py, encoding through tiktoken where tiktoken reproduces its merges
+    exactly (Tokenizer.to_tiktoken checks that), else through bpe.py itself."""
+    name = "bpe"
+
+    def __init__(self, tok):
+        self.tok, self.n_vocab = tok, max(tok.vocab) + 1
+        try:
+            self.fast = tok.to_tiktoken()
+        except ValueError:
+            self.fast = tok
+
+    @property
+    def eot_token(self):
+        if EOT not in self.tok.special_tokens:
+            raise ValueError(f"this bpe.py tokenizer has no {EOT} token to separate documents; train it with "
+                             f"--special '{EOT}'")
+        return self.tok.special_tokens[EOT]
+
+    def encode_ordinary(self, text):
+        return self.fast.encode_ordinary(text)
+
+    def encode(self, text, allowed_special=()):
+        return self.tok.encode(text, allowed_special=allowed_special or "none")
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+def get_tokenizer(spec):
+    """'gpt2' (tiktoken's Encoding), 'byte', a bpe.py .model file, or what a checkpoint stores (see
+    tokenizer_spec). Each has .name, .n_vocab, .eot_token, .encode_ordinary, .encode and .decode."""
+    import bpe
+    if isinstance(spec, dict):  # a bpe.py tokenizer, whole
+        try:
+            tok = bpe.Tokenizer(spec["pattern"])
+            tok.byte_ids = [int(i) for i in spec["byte_ids"]]
+            tok.merges = {(int(a), int(b)): 256 + k for k, (a, b) in enumerate(spec["merges"])}
+            tok.register_special_tokens({str(s): int(i) for s, i in spec["special_tokens"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"the stored bpe tokenizer is malformed ({type(e).__name__}: {e})") from None
+        return BPETokenizer(tok)
+    if spec == "byte":
         return ByteTokenizer()
-    if name != "gpt2":
-        raise ValueError(f"unknown tokenizer {name!r}: use 'gpt2' or 'byte'")
+    if isinstance(spec, str) and spec.endswith(".model"):
+        return BPETokenizer(bpe.Tokenizer().load(spec))
+    if spec != "gpt2":
+        raise ValueError(f"unknown tokenizer {spec!r}: use 'gpt2', 'byte' or a .model file written by bpe.py")
     import tiktoken
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # tiktoken fetches its BPE files once; requests/OS errors surface from deep inside
         raise ValueError("could not load GPT-2's BPE files (tiktoken downloads them once, then caches them "
                          f"in TIKTOKEN_CACHE_DIR; offline?): {type(e).__name__}") from None
+
+
+def tokenizer_spec(tok):
+    """What save_checkpoint stores: 'gpt2', 'byte', or a bpe.py tokenizer whole as a plain dict (pattern,
+    byte ids, merges in order, special tokens), so the checkpoint needs no tokenizer file to sample."""
+    if isinstance(tok, str) and tok.endswith(".model"):
+        tok = get_tokenizer(tok)
+    if isinstance(tok, (str, dict)):
+        return tok
+    if isinstance(tok, BPETokenizer):
+        t = tok.tok
+        return {"pattern": t.pattern, "byte_ids": list(t.byte_ids), "merges": [list(pair) for pair in t.merges],
+                "special_tokens": dict(t.special_tokens)}
+    return tok.name  # tiktoken's "gpt2" or "byte"
 
 
 def unwrap(model):
@@ -511,13 +687,13 @@ def download(url, path, hint="", timeout=30):
 
 
 def save_checkpoint(path, model, tokenizer, **extra):
-    """Write {'model', 'config', 'tokenizer', **extra} to path atomically.
+    """Write {'model', 'config', 'tokenizer', **extra} to path atomically (tokenizer: see tokenizer_spec).
 
     `extra` may hold what torch.load(weights_only=True) accepts: tensors, containers, str/int/float/bool/None.
     """
     raw = unwrap(model)
     checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
-                  "tokenizer": tokenizer, **extra}
+                  "tokenizer": tokenizer_spec(tokenizer), **extra}
     with atomic_write(path) as f:
         torch.save(checkpoint, f)
 
@@ -547,11 +723,12 @@ def load_checkpoint(path, device="cpu", **config_overrides):
 # ---------------------------------------------------------------------------------------------
 # python model.py: sample from OpenAI's weights or from a checkpoint
 # ---------------------------------------------------------------------------------------------
-def main():
-    parser = argparse.ArgumentParser(description="Sample text from GPT-2 or a checkpoint of train_gpt2.py.")
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Sample text from GPT-2 or a checkpoint of train_gpt2.py, "
+                                                 "or export either as a HuggingFace directory.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--init", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF directory")
-    source.add_argument("--ckpt", default=None, help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
+    source.add_argument("--ckpt", help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
     parser.add_argument("--prompt", default="Hello, I'm a language model,")
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -560,7 +737,8 @@ def main():
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    args = parser.parse_args()
+    parser.add_argument("--export-hf", metavar="DIR", help="write model + tokenizer for transformers, no sampling")
+    args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
         sys.exit("error: --num-samples must be >= 1 and --max-new-tokens >= 0")
     device = auto_device() if args.device == "auto" else args.device
@@ -571,9 +749,12 @@ def main():
         else:
             model = GPT.from_pretrained(args.init or "gpt2").to(device)
             enc = get_tokenizer("gpt2")
+        if args.export_hf:
+            print(f"wrote {model.save_hf(args.export_hf, enc)} (load it with AutoModelForCausalLM/AutoTokenizer)")
+            return
+        prompt = enc.encode_ordinary(args.prompt) or [enc.eot_token]
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    prompt = enc.encode_ordinary(args.prompt) or [enc.eot_token]
     if len(prompt) >= model.config.block_size:
         sys.exit(f"error: the prompt is {len(prompt)} tokens; the model reads {model.config.block_size}")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)
