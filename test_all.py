@@ -1806,6 +1806,8 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
                                        done),
         "resume with another lr": (base + ["--log-dir", done, "--resume", "--lr", 1e-3], "--lr", done),
         "resume with another seed": (base + ["--log-dir", done, "--resume", "--seed", 1], "--seed", done),
+        "resume with another tokenizer": (base + ["--log-dir", done, "--resume", "--tokenizer", "gpt2"],
+                                          "'byte', --tokenizer gpt2 is 'gpt2'", done),
         "resume without checkpoint": (base + ["--resume"] + fresh("x"), "model.pt not found", None),
         "binary text": (base + ["--data", binary] + fresh("y"), "binary.txt is not UTF-8", None),
         "id beyond vocab in a later shard": (base + ["--data", wide] + fresh("z"), "train_000003.npy", None),

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from model import (GPT, GPTConfig, atomic_write, auto_device, get_tokenizer, load_checkpoint, peak_flops,
-                   save_checkpoint, unwrap)
+                   save_checkpoint, tokenizer_spec, unwrap)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -311,10 +311,11 @@ class DataLoader:
 
 def setup_data(args, run):
     """The tokenizer, the training stream, and the val split cut into rows for the val loss."""
-    try:
+    try:  # the prompt of the samples falls back to <|endoftext|>, which a bpe.py tokenizer may lack
         run.tok = get_tokenizer(args.tokenizer)
-    except ValueError as e:
-        fail(str(e))
+        run.prompt = run.tok.encode_ordinary(args.prompt) or [run.tok.eot_token]
+    except (ValueError, OSError) as e:
+        fail(f"--tokenizer {args.tokenizer}: {e}")
     train_shards, run.val_shards, run.data_source = load_token_splits(args.data, run.tok, run.log,
                                                                       args.tokenizer)
     B, T, world = args.batch_size, args.seq_len, run.world
@@ -376,14 +377,14 @@ def save(args, run, step):
     if run.ddp:
         dist.all_gather_object(rngs, rng)
     if run.master:
-        save_checkpoint(run.ckpt_file, run.model, run.tok.name, step=step, rng=rngs, args=vars(args),
+        save_checkpoint(run.ckpt_file, run.model, run.tok, step=step, rng=rngs, args=vars(args),
                         data=run.data_source, optimizer=run.optimizer.state_dict(), loader=run.loader.state())
         if args.keep_every and step % args.keep_every == 0:
             with open(run.ckpt_file, "rb") as src, atomic_write(f"{run.ckpt_file[:-3]}_{step:05d}.pt") as dst:
                 shutil.copyfileobj(src, dst)
 
 
-SHAPING = ("tokenizer", "seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "dropout",
+SHAPING = ("seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "dropout",
            "seq_len", "total_batch_size", "lr", "min_lr", "warmup_steps", "max_steps", "weight_decay",
            "grad_clip")
 
@@ -406,6 +407,9 @@ def start_or_resume(args, run):
         if ckpt["args"].get(key) != getattr(args, key):
             fail(f"cannot resume: {run.ckpt_file} was trained with {flag(key)} {ckpt['args'].get(key)}, this "
                  f"command asks for {getattr(args, key)}: pass the options of the run that wrote it")
+    if ckpt.get("tokenizer") != tokenizer_spec(run.tok):  # the tokenizer itself, wherever its file is
+        fail(f"cannot resume: {run.ckpt_file} was trained with {describe(ckpt.get('tokenizer'))}, "
+             f"--tokenizer {args.tokenizer} is {describe(tokenizer_spec(run.tok))}")
     if ckpt.get("data") != run.data_source:
         fail(f"cannot resume: {run.ckpt_file} was trained on {describe(ckpt.get('data'))}, --data "
              f"{args.data} is {describe(run.data_source)}")
@@ -425,11 +429,14 @@ def start_or_resume(args, run):
     return ckpt["step"]
 
 
-def describe(source):
-    if not isinstance(source, dict):
-        return "an unrecorded data source"
-    return (f"{source['file']} ({source['bytes']:,} bytes)" if "file" in source else
-            f"{len(source['shards'])} shards of {sum(n for _, n in source['shards']):,} tokens")
+def describe(record):
+    """A data source or tokenizer as the checkpoint records it, in words."""
+    if isinstance(record, str) or not isinstance(record, dict):
+        return repr(record)
+    if "merges" in record:
+        return f"a bpe.py tokenizer of {len(record['merges'])} merges"
+    return (f"{record['file']} ({record['bytes']:,} bytes)" if "file" in record else
+            f"{len(record['shards'])} shards of {sum(n for _, n in record['shards']):,} tokens")
 
 
 def read_log(log_file, log):
@@ -462,8 +469,7 @@ def evaluate(args, run, step):
         lines.append(f"{step} hella {result['acc_norm']:.4f}\n")
     if run.master:
         if args.num_samples > 0 and args.sample_tokens > 0:
-            ids = run.tok.encode_ordinary(args.prompt) or [run.tok.eot_token]
-            idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=run.device)
+            idx = torch.tensor([run.prompt] * args.num_samples, dtype=torch.long, device=run.device)
             rng = torch.Generator(device=run.device).manual_seed(42)  # its own: the training RNG is untouched
             out = unwrap(run.model).generate(idx, args.sample_tokens, temperature=args.temperature,
                                              top_k=args.top_k, generator=rng)
