@@ -1775,6 +1775,9 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
     np.save(floats / "edufineweb_train_000002.npy", np.ones(300, dtype=np.float32))
     a_file = tmp_path / "a_file"
     a_file.write_text("")
+    no_eot = bpe.Tokenizer("gpt4")
+    no_eot.train("the model reads the manual. " * 20, 270)
+    no_eot.save(str(tmp_path / "no_eot"))
     logged = tmp_path / "logged"              # a run that kept no checkpoint (--ckpt-every 0): its log counts
     logged.mkdir()
     (logged / "log.txt").write_text("0 train 5.500000\n")
@@ -1812,6 +1815,8 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
         "binary text": (base + ["--data", binary] + fresh("y"), "binary.txt is not UTF-8", None),
         "id beyond vocab in a later shard": (base + ["--data", wide] + fresh("z"), "train_000003.npy", None),
         "float shard": (base + ["--data", floats] + fresh("z"), "train_000002.npy", None),
+        "empty prompt, no <|endoftext|>": (base + ["--tokenizer", tmp_path / "no_eot.model", "--prompt", ""]
+                                           + fresh("z"), "no <|endoftext|>", None),
         "shards of another tokenizer": (base + ["--data", tmp_path / "gpt2_shards"] + fresh("z"),
                                         "tokenized with gpt2", None),
     }
