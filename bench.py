@@ -438,7 +438,7 @@ def train_add_parser(sub):
 
 def train_ablation(args):
     B, T, size = args.batch_size, args.seq_len, _TRAIN_SIZES[args.size]
-    common = ["--preset", "gpt2", "--data", args.data, "--tokenizer", "gpt2", "-B", B, "-T", T,
+    common = ["--preset", "gpt2", "--data", args.data, "--tokenizer", "gpt2", "-B", B, "-T", T, "--overwrite",
               "--total-batch-size", B * T, "--max-steps", args.steps, "--warmup-steps", 2, "--eval-every", 0,
               "--ckpt-every", 0, "--no-hellaswag", *size] + (["--device", args.device] if args.device else [])
     rows, flags = {}, []
@@ -457,7 +457,8 @@ def train_ablation(args):
                 steps = [m.groups() for m in map(_STEP_LINE.match, out.stdout.splitlines()) if m][3:]
                 best[label] += steps
                 if out.returncode or not steps:  # the table says why; the other rows go on
-                    failed[label] = (out.stderr.strip().splitlines() or ["no output"])[-1][:70]
+                    lines = out.stderr.strip().splitlines() or ["no output"]
+                    failed[label] = next((l for l in reversed(lines) if "Error" in l), lines[-1])[:70]
     print(f"\nSpeed ablation: GPT-2 vocabulary, {' '.join(map(str, size))}, B={B} T={T}, {args.data}; each "
           f"row: the fastest step of {args.repeat} runs x {args.steps - 3} timed steps\n")
     table, base = [], None

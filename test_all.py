@@ -1928,6 +1928,12 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
     np.save(floats / "edufineweb_train_000002.npy", np.ones(300, dtype=np.float32))
     a_file = tmp_path / "a_file"
     a_file.write_text("")
+    no_eot = bpe.Tokenizer("gpt4")
+    no_eot.train("the model reads the manual. " * 20, 270)
+    no_eot.save(str(tmp_path / "no_eot"))
+    logged = tmp_path / "logged"              # a run that kept no checkpoint (--ckpt-every 0): its log counts
+    logged.mkdir()
+    (logged / "log.txt").write_text("0 train 5.500000\n")
     fineweb.main(["--source", _fineweb_write_jsonl(tmp_path / "docs.jsonl", _fineweb_docs()), "--out-dir",
                   str(tmp_path / "gpt2_shards"), "--shard-size", "500", "--workers", "1"])
     fresh = lambda name: ["--log-dir", tmp_path / name]  # noqa: E731
@@ -1948,6 +1954,7 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
         "absent device": (base + ["--device", "cuda:7"] + fresh("x"), "--device cuda:7", None),
         "log dir is a file": (base + ["--log-dir", a_file], "--log-dir", None),
         "fresh run over a finished one": (base + ["--log-dir", done], "--resume", done),
+        "fresh run over a log": (base + ["--log-dir", logged], "log.txt belongs to another run", logged),
         "resume and overwrite": (base + ["--log-dir", done, "--resume", "--overwrite"], "--overwrite", done),
         "data is an output": (base + ["--log-dir", done, "--overwrite", "--data", done / "log.txt"], "--data",
                               done),
@@ -1955,10 +1962,14 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
                                        done),
         "resume with another lr": (base + ["--log-dir", done, "--resume", "--lr", 1e-3], "--lr", done),
         "resume with another seed": (base + ["--log-dir", done, "--resume", "--seed", 1], "--seed", done),
+        "resume with another tokenizer": (base + ["--log-dir", done, "--resume", "--tokenizer", "gpt2"],
+                                          "'byte', --tokenizer gpt2 is 'gpt2'", done),
         "resume without checkpoint": (base + ["--resume"] + fresh("x"), "model.pt not found", None),
         "binary text": (base + ["--data", binary] + fresh("y"), "binary.txt is not UTF-8", None),
         "id beyond vocab in a later shard": (base + ["--data", wide] + fresh("z"), "train_000003.npy", None),
         "float shard": (base + ["--data", floats] + fresh("z"), "train_000002.npy", None),
+        "empty prompt, no <|endoftext|>": (base + ["--tokenizer", tmp_path / "no_eot.model", "--prompt", ""]
+                                           + fresh("z"), "no <|endoftext|>", None),
         "shards of another tokenizer": (base + ["--data", tmp_path / "gpt2_shards"] + fresh("z"),
                                         "tokenized with gpt2", None),
     }
