@@ -10,7 +10,8 @@ optimizer's state shrinks to a fraction of a percent), and B A can then be merge
     python lora.py --ckpt log/model.pt                          # a train_gpt2.py checkpoint on E2E NLG
     python lora.py --init gpt2 --merge                          # OpenAI's GPT-2; also a merged checkpoint
     python lora.py --ckpt log/model.pt --data notes.txt --full  # a local file; also full fine-tuning
-    python lora.py --adapter log/lora.pt                        # evaluate and sample with a saved adapter
+    python lora.py --adapter log/lora.pt --save-peft peft/      # evaluate a saved adapter; export it for PEFT
+    python lora.py --adapter peft/                              # a PEFT LoRA directory (ours or PEFT's)
 
 --data: 'e2e' (the LoRA paper's E2E NLG files, downloaded), a .jsonl of {"prompt", "completion"} objects,
 a text file of `prompt||completion` lines, or plain text. Prompt tokens are never targets.
