@@ -298,7 +298,7 @@ def tokenizer_add_parser(sub):
 # ---------------------------------------------------------------------------------------------
 def _twin_models(config):
     """Our GPT and HuggingFace's GPT2LMHeadModel holding identical weights (random, GPT-2 init), both with
-    dropout 0 (hf_twin; GPT2Config's default 0.1 would make HF's training step do extra work)."""
+    dropout 0 (hf_twin)."""
     from model import GPT
     torch.manual_seed(0)
     ours = GPT(config)
@@ -308,130 +308,95 @@ def _twin_models(config):
     return ours, hf
 
 
-def decode_ways_table(model, config, args, steps=8):
-    """What generate's trials choose between on a CPU (GPT._decode_ways): one decode step per way and
-    batch size, with the prompt in the cache; the ways take turns."""
-    from model import KVCache, in_out_copy
-    ways = {"x @ W.T": dict(), "(W @ x.T).T": dict(columns_first=True),
-            "lm_head (in, out)": dict(head_in_out=in_out_copy(model.lm_head.weight))}
-    rows = []
-    for batch in (1, 2, 4, 8, 16):
-        prompt = torch.randint(0, config.vocab_size, (batch, args.prompt_len))
-        cache = KVCache(config, batch, "cpu", torch.float32, args.prompt_len + steps)
-        with torch.inference_mode():
-            model.hidden_states(prompt, cache)
-
-            def run(way):
-                cache.length = args.prompt_len
-                for _ in range(steps):
-                    model.decode_step(prompt[:, -1:], cache, **way)
-            seconds = turns(*(lambda way=way: run(way) for way in ways.values()), repeat=args.repeat)
-        ms = [t / steps * 1e3 for t in seconds]
-        rows.append([batch] + [f"{t:.1f}" for t in ms] + [list(ways)[ms.index(min(ms))]])
-    print(f"\nOne decode step (ms) on {torch.get_num_threads()} threads, by the way its products are taken "
-          f"(what generate times on its first steps and then keeps)\n")
-    print(markdown_table(["batch"] + list(ways) + ["fastest"], rows))
-
-
 def bench_model(args):
-    from model import GPT_SIZES, GPTConfig, in_out_copy
+    from model import GPT_SIZES, GPTConfig
     torch.set_num_threads(args.threads)
     config = GPTConfig(**GPT_SIZES["gpt2"]) if args.size == "124M" else \
         GPTConfig(block_size=512, vocab_size=50257, n_layer=4, n_head=4, n_embd=256)
     device = args.device
     ours, hf = (m.to(device).eval() for m in _twin_models(config))
-    print(f"\nGeneration, GPT-2 {args.size} config, random weights, {device}, greedy, prompt {args.prompt_len} "
-          f"tokens + {args.new_tokens} new (tokens/s = new tokens x batch / wall time)\n")
-    # A batch-1 decoding step multiplies one vector by every weight matrix: reading each weight once is the
-    # floor under both implementations' step time. It is timed in both memory orders: nn.Linear's (out, in)
-    # (torch.mv) and (in, out) copies, the order in which generate may read lm_head (GPT._decode_ways).
+    print(f"\nGeneration, GPT-2 {args.size} config, random weights, {device}, greedy, prompt "
+          f"{args.prompt_len} tokens + {args.new_tokens} new (tokens/s = new tokens x batch / wall time)\n")
+    # A batch-1 decoding step multiplies one vector by every weight matrix: reading each weight once
+    # (torch.mv over all of them) is the floor under both implementations' step time.
     matrices = [ours.transformer.wte.weight] + [m.weight for m in ours.transformer.h.modules()
                                                 if isinstance(m, torch.nn.Linear)]
     vectors = [torch.randn(w.size(1), device=device) for w in matrices]
-    with torch.inference_mode():
-        in_out = [in_out_copy(w) for w in matrices]
-        rows_in = [v.unsqueeze(0) for v in vectors]
-        t_floor, t_floor_in_out = turns(lambda: [torch.mv(w, v) for w, v in zip(matrices, vectors)],
-                                        lambda: [v @ w for w, v in zip(in_out, rows_in)], repeat=5)
-        in_out.clear()                    # 500 MB of copies, not needed below
-    rows = []
+    rows, floor = [], {}
     for batch in args.batch:
         prompt = torch.randint(0, config.vocab_size, (batch, args.prompt_len), device=device)
         ours_generate = lambda: ours.generate(prompt, args.new_tokens, temperature=0)  # noqa: E731
         hf_generate = lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt),  # noqa: E731
-                                          max_new_tokens=args.new_tokens, do_sample=False)  # no padding: id 0 is a token
+                                          max_new_tokens=args.new_tokens, do_sample=False)  # id 0 is no pad
+        weights_once = lambda: [torch.mv(w, v) for w, v in zip(matrices, vectors)]  # noqa: E731
         with torch.inference_mode():
             same = torch.equal(ours_generate(), hf_generate())     # also the warm-up of the timings below
-            t_hf, t_ours = turns(hf_generate, ours_generate, repeat=args.repeat, warmup=0)
-            t_nocache = None
-            if batch == 1:  # the no-cache path re-reads the whole prefix every step: measured once, batch 1
+            t_hf, t_ours, t_floor = turns(hf_generate, ours_generate, weights_once, repeat=args.repeat,
+                                          warmup=0)
+            if batch == 1:  # the no-cache path re-reads the whole prefix every step: measured once
                 t_nocache = best_time(lambda: ours.generate(prompt, args.new_tokens, temperature=0,
                                                             use_cache=False), repeat=1, warmup=0)
+        step = t_ours / args.new_tokens
+        floor[batch] = (step, t_hf / args.new_tokens, t_floor)
         tps = lambda t: batch * args.new_tokens / t  # noqa: E731
         rows.append([batch, f"{tps(t_ours):.1f}", f"{tps(t_hf):.1f}", f"**{t_hf / t_ours:.2f}x**",
-                     f"{tps(t_nocache):.1f}" if t_nocache else "-",
-                     f"**{t_nocache / t_ours:.1f}x**" if t_nocache else "-", "yes" if same else "NO"])
-        if batch == 1:
-            step_ours, step_hf = t_ours / args.new_tokens * 1e3, t_hf / args.new_tokens * 1e3
+                     f"{step * 1e3:.1f}", f"{t_floor * 1e3:.1f}", f"**{step / t_floor:.2f}x**",
+                     f"{t_nocache / t_ours:.1f}x" if batch == 1 else "-", "yes" if same else "NO"])
     print(markdown_table(["batch", "ours, KV cache (tok/s)", "HF generate (tok/s)", "ours / HF",
-                          "ours, no cache (tok/s)", "cache / no cache", "same greedy tokens"], rows))
-    if 1 in args.batch:
-        print(f"\nBatch 1, per token: ours {step_ours:.1f} ms, HF {step_hf:.1f} ms. Floor: the {len(matrices)} "
-              f"matrix-vector products alone (every weight read once) take {t_floor * 1e3:.1f} ms with "
-              f"nn.Linear's (out, in) weights (torch.mv), {t_floor_in_out * 1e3:.1f} ms with (in, out) copies.")
+                          "ours ms/step", "floor ms (weights read once)", "step / floor", "cache / no cache",
+                          "same greedy tokens"], rows))
+    if 1 in floor:
+        print(f"\nBatch 1: {floor[1][0] * 1e3:.1f} ms per token, {floor[1][0] / floor[1][2]:.2f}x the floor "
+              f"of reading every weight once ({floor[1][2] * 1e3:.1f} ms, {len(matrices)} torch.mv); "
+              f"HF generate {floor[1][1] * 1e3:.1f} ms.")
+    train_step_table(ours, hf, config, args)
 
-    if device == "cpu":
-        decode_ways_table(ours, config, args)
 
-    B, T = args.train_batch, args.train_seq
+def train_step_table(ours, hf, config, args):
+    """One forward + backward of each model on the same batch (and, on a GPU, bf16 throughput and MFU)."""
+    from model import peak_flops
+    B, T, device = args.train_batch, args.train_seq, args.device
     x = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
-    idx, targets = x[:, :-1], x[:, 1:]
     ours.train(), hf.train()
 
     def step_ours():
         ours.zero_grad(set_to_none=True)
-        ours(idx, targets)[1].backward()
+        ours(x[:, :-1], x[:, 1:])[1].backward()
 
     def step_hf():
         hf.zero_grad(set_to_none=True)
         hf(input_ids=x, labels=x).loss.backward()  # HF shifts labels inside: same T predictions
 
-    # For reference only: the same HF model with GPT2Config's default dropout (0.1), which costs it time.
-    from transformers import GPT2LMHeadModel
-    hf_dropout = GPT2LMHeadModel(type(hf.config)(**{**hf.config.to_dict(), "resid_pdrop": 0.1, "embd_pdrop": 0.1,
-                                                    "attn_pdrop": 0.1})).to(device).train()
-    hf_dropout.load_state_dict(hf.state_dict())
-
-    def step_hf_dropout():
-        hf_dropout.zero_grad(set_to_none=True)
-        hf_dropout(input_ids=x, labels=x).loss.backward()
-
-    t_ours, t_hf, t_drop = turns(step_ours, step_hf, step_hf_dropout, repeat=args.repeat)
-    print(f"\nForward + backward, GPT-2 {args.size} config, B={B}, T={T}, fp32, {device}\n")
+    t_ours, t_hf = turns(step_ours, step_hf, repeat=args.repeat)
+    print(f"\nForward + backward, GPT-2 {args.size} config, B={B}, T={T}, fp32, dropout 0, {device}\n")
     print(markdown_table(["model", "step (ms)", "tokens/s", "ratio"], [
-        ["ours (model.GPT), dropout 0", f"{t_ours * 1e3:.0f}", f"{B * T / t_ours:.0f}", f"**{t_hf / t_ours:.2f}x**"],
-        ["HF GPT2LMHeadModel, dropout 0", f"{t_hf * 1e3:.0f}", f"{B * T / t_hf:.0f}", "1.00x"],
-        ["HF GPT2LMHeadModel, dropout 0.1 (GPT2Config default; not a like-for-like peer)", f"{t_drop * 1e3:.0f}",
-         f"{B * T / t_drop:.0f}", f"{t_hf / t_drop:.2f}x"]]))
-    if device.startswith("cuda"):
-        _bench_model_gpu_mfu(ours, config, args)
+        ["ours (model.GPT)", f"{t_ours * 1e3:.0f}", f"{B * T / t_ours:.0f}", f"**{t_hf / t_ours:.2f}x**"],
+        ["HF GPT2LMHeadModel", f"{t_hf * 1e3:.0f}", f"{B * T / t_hf:.0f}", "1.00x"]]))
+    if device.startswith("cuda"):  # the training settings: bf16 autocast, flash attention, full context
+        x = torch.randint(0, config.vocab_size, (16, config.block_size + 1), device=device)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                ours(x[:, :-1], x[:, 1:])[1].backward()
+
+        t, peak = best_time(step, repeat=5, warmup=2), peak_flops(device)
+        tps = x[:, 1:].numel() / t
+        print(f"\nGPU forward+backward, bf16 autocast, B=16, T={config.block_size}: {tps:.0f} tokens/s, MFU "
+              + (f"{ours.estimate_mfu(tps, peak) * 100:.1f}%" if peak else "unknown card"))
 
 
-def _bench_model_gpu_mfu(ours, config, args):
-    """On a GPU: forward+backward throughput and MFU at the training settings (bf16 autocast, flash)."""
-    from model import peak_flops
-    B, T = 16, config.block_size
-    x = torch.randint(0, config.vocab_size, (B, T + 1), device=args.device)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = ours(x[:, :-1], x[:, 1:])[1]
-        loss.backward()
-
-    t = best_time(step, repeat=5, warmup=2)
-    peak = peak_flops(args.device)
-    mfu = f"{ours.estimate_mfu(B * T / t, peak) * 100:.1f}%" if peak else "unknown card"
-    print(f"\nGPU forward+backward, bf16 autocast, B={B}, T={T}: {B * T / t:.0f} tokens/s, MFU {mfu}")
+def model_add_parser(sub):
+    p = sub.add_parser("model", help="generation and forward+backward speed vs transformers")
+    p.add_argument("--size", choices=["124M", "small"], default="124M")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--train-seq", type=int, default=256)
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per side, taken in turns (best kept)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.set_defaults(run=bench_model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,14 +519,13 @@ def train_versus_huggingface(args, steps=5):
 
 
 # ---------------------------------------------------------------------------------------------
-# python bench.py hellaswag: HellaSwag (issue 5)
 # python bench.py hellaswag: HellaSwag examples per second, batched and packed vs the recipe's loop.
 #
-# CPU mode (default): GPT-2 124M config with random weights, 200 synthetic examples in HellaSwag's schema
-# with realistic lengths; the same model scores them with the well-known recipe's loop (one example, 4 rows,
-# per forward, full logits) and with hellaswag.py's batched scorers; the predictions must agree.
-# GPU mode (--device cuda): the wall time of a whole split (default: val, 10042 examples) for a checkpoint,
-# a pretrained size (-m gpt2) or random 124M weights (-m random).
+# CPU mode (default): GPT-2 124M config with random weights, synthetic examples in HellaSwag's schema with
+# realistic lengths, scored by the well-known recipe's loop (one example, 4 rows, per forward, full logits)
+# and by hellaswag.py's batched scorers; the losses must agree. FLOPs are counted by torch's counter.
+# GPU mode (--device cuda): the wall time of a whole split for a checkpoint, a pretrained size or random
+# 124M weights (-m random); --synthetic N scores N synthetic examples instead (offline).
 # ---------------------------------------------------------------------------------------------
 # Words to build synthetic contexts and endings from (one GPT-2 token each, with their leading space).
 _WORDS = ("the a man woman person he she they is are then now camera shows people water ball hands "
@@ -570,119 +534,97 @@ _WORDS = ("the a man woman person he she they is are then now camera shows peopl
 
 
 def synthetic_examples(n, seed=0):
-    """n examples in the real jsonl schema with lengths (in tokens) like the val split's, whose context
-    plus 4 endings average about 550 characters (~130 tokens): 40% short ActivityNet-style items
-    (context 15-35, endings 8-20), 60% WikiHow-style ones (context 35-90, endings 12-40)."""
+    """n examples in the real jsonl schema with lengths (in tokens) like the val split's: 40% short
+    ActivityNet-style items (context 15-35, endings 8-20), 60% WikiHow-style (context 35-90, endings
+    12-40)."""
     rng = random.Random(seed)
     text = lambda k: " ".join(rng.choice(_WORDS) for _ in range(k))  # noqa: E731
     examples = []
     for i in range(n):
         wikihow = rng.random() < 0.6
-        ctx_len = rng.randint(35, 90) if wikihow else rng.randint(15, 35)
-        end_range = (12, 40) if wikihow else (8, 20)
-        ctx_a, ctx_b = text(ctx_len - 3).capitalize() + ".", text(2)
-        examples.append(dict(ind=i, activity_label="Synthetic", ctx_a=ctx_a, ctx_b=ctx_b, ctx=ctx_a + " " + ctx_b,
-                             split="val", split_type="indomain", label=rng.randrange(4),
-                             endings=[text(rng.randint(*end_range)) + "." for _ in range(4)],
-                             source_id=("wikihow~%d" if wikihow else "activitynet~v_%d") % i))
+        ctx_a = text((rng.randint(35, 90) if wikihow else rng.randint(15, 35)) - 3).capitalize() + "."
+        ctx_b = text(2)
+        endings = [text(rng.randint(*((12, 40) if wikihow else (8, 20)))) + "." for _ in range(4)]
+        examples.append(dict(ind=i, activity_label="Synthetic", ctx_a=ctx_a, ctx_b=ctx_b,
+                             ctx=ctx_a + " " + ctx_b, label=rng.randrange(4), endings=endings))
     return examples
 
 
-def hellaswag_bench_cpu(args):
+def _hellaswag_scorer(model, enc, how):
+    """One scorer as a function of examples -> (n, 4) summed losses; how None is the recipe's loop."""
     import hellaswag
+    if how is None:
+        return lambda examples: torch.stack([hellaswag.ending_losses_loop(model, ex, enc, "cpu")
+                                             for ex in examples]).double()
+    return lambda examples: torch.tensor([r["losses_sum"] for r in hellaswag.score_examples(
+        model, examples, enc, "cpu", how[1], method=how[0])], dtype=torch.float64)
+
+
+def hellaswag_bench_cpu(args):
+    from torch.utils.flop_counter import FlopCounterMode
+
     from model import GPT, GPTConfig, get_tokenizer
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     enc = get_tokenizer("gpt2")
     model = GPT(GPTConfig()).eval()  # GPT-2 124M shape, random weights: the speed does not depend on them
     examples = synthetic_examples(args.examples)
-    tokens = [hellaswag.render_parts(ex, enc) for ex in examples]
-    ctx = sum(len(c) for c, _, _ in tokens) / len(tokens)
-    end = sum(len(e) for _, ends, _ in tokens for e in ends) / (4 * len(tokens))
-    print(f"{len(examples)} synthetic examples, mean context {ctx:.0f} tokens, mean ending {end:.0f} tokens; "
-          f"GPT-2 124M config, random weights, float32, {torch.get_num_threads()} threads")
-
-    # The scorers take turns chunk by chunk, so a load change on a shared machine hits them all alike.
-    scorers = [("recipe loop: 1 example (4 rows) per forward, full logits", None)]
-    describe = dict(rows="each context + ending its own row, lm_head on endings only",
-                    packed="one row per example, context once")
-    scorers += [(f"hellaswag.py {method}: {bs} examples per forward, {describe[method]}", (method, bs))
-                for method in args.methods for bs in args.batch_sizes]
-    seconds = [0.0] * len(scorers)
-    losses = [[] for _ in scorers]
-    for start in range(0, len(examples), args.chunk):
-        chunk = examples[start:start + args.chunk]
-        for i, (_, how) in enumerate(scorers):
-            t0 = time.perf_counter()
-            if how is None:
-                with torch.no_grad():
-                    out = torch.stack([hellaswag.ending_losses_loop(model, ex, enc, "cpu") for ex in chunk])
-            else:
-                records = hellaswag.score_examples(model, chunk, enc, "cpu", how[1], method=how[0])
-                out = torch.tensor([r["losses_sum"] for r in records])
-            seconds[i] += time.perf_counter() - t0
-            losses[i].append(out.double())
-    reference = torch.cat(losses[0])
-    flops = [hellaswag_flops(model, examples[:args.flop_examples], enc, how) for _, how in scorers]
-    rows = []
-    for (label, _), sec, got, flop in zip(scorers, seconds, losses, flops):
+    print(f"{len(examples)} synthetic examples; GPT-2 124M config, random weights, float32, "
+          f"{torch.get_num_threads()} threads")
+    hows = [None] + [(method, bs) for method in args.methods for bs in args.batch_sizes]
+    # Packed, one example per forward, has no padding: what any exact scorer must compute (FLOPs only).
+    scorers = [_hellaswag_scorer(model, enc, how) for how in hows + [("packed", 1)]]
+    seconds, losses = [0.0] * len(hows), [[] for _ in hows]
+    with torch.inference_mode():
+        for start in range(0, len(examples), args.chunk):  # the scorers take turns, chunk by chunk
+            chunk = examples[start:start + args.chunk]
+            for i, scorer in enumerate(scorers[:-1]):
+                t0 = time.perf_counter()
+                losses[i].append(scorer(chunk))
+                seconds[i] += time.perf_counter() - t0
+    flops = []
+    for scorer in scorers:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            scorer(examples[:args.flop_examples])
+        flops.append(counter.get_total_flops() / args.flop_examples)
+    reference, rows = torch.cat(losses[0]), []
+    for how, sec, got, flop in zip(hows, seconds, losses, flops):
         got = torch.cat(got)
-        same_pred = sum(int(a.argmin() == b.argmin()) for a, b in zip(got, reference))
-        rows.append([label, f"{len(examples) / sec:.2f}", f"{sec:.1f}", f"{(got - reference).abs().max().item():.1e}",
-                     f"{same_pred}/{len(examples)}", f"{flop / 1e9 / args.flop_examples:.1f}",
-                     f"{flop / 1e9 / args.flop_examples * len(examples) / sec:.0f}",
+        label = "recipe loop: 1 example (4 rows) per forward, full logits" if how is None else \
+            f"hellaswag.py {how[0]}, {how[1]} examples per forward"
+        rows.append([label, f"{len(examples) / sec:.2f}", f"{(got - reference).abs().max().item():.1e}",
+                     f"{flop / 1e9:.1f}", f"{flop * len(examples) / sec / 1e9:.0f}",
                      f"{flops[0] / flop:.2f}x", f"{seconds[0] / sec:.2f}x"])
-    print(markdown_table(["scorer", "examples/s", "seconds", "max abs loss diff", "same pred",
-                          f"GFLOP per example (first {args.flop_examples})", "GFLOP/s", "FLOP ratio",
+    print(markdown_table(["scorer", "examples/s", "max abs loss diff",
+                          f"GFLOP/example (first {args.flop_examples})", "GFLOP/s", "FLOP ratio",
                           "speed-up"], rows))
-    # Packed one example at a time has no padding: what any exact scorer must compute (every context token's
-    # keys and values, every ending token's hidden state and its full-vocabulary logits).
-    least = hellaswag_flops(model, examples[:args.flop_examples], enc, ("packed", 1))
-    print(f"\nLeast work of an exact scorer (packed, no padding): {least / 1e9 / args.flop_examples:.1f} GFLOP per "
-          f"example, {flops[0] / least:.2f}x fewer FLOPs than the recipe loop: the speed-up a scorer running at "
-          f"the loop's FLOP/s would get.")
-
-
-def hellaswag_flops(model, examples, enc, how):
-    """Matmul and attention FLOPs of one scorer on these examples, counted by torch's FlopCounterMode."""
-    import hellaswag
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        if how is None:
-            for ex in examples:
-                hellaswag.ending_losses_loop(model, ex, enc, "cpu")
-        else:
-            hellaswag.score_examples(model, examples, enc, "cpu", how[1], method=how[0])
-    return counter.get_total_flops()
+    print(f"\nLeast work of an exact scorer (packed, one example per forward, no padding): "
+          f"{flops[-1] / 1e9:.1f} GFLOP per example, {flops[0] / flops[-1]:.2f}x fewer than the loop: the "
+          "speed-up of a scorer running at the loop's FLOP/s (the FLOP bound).")
 
 
 def hellaswag_bench_gpu(args):
     import hellaswag
     from model import GPT, GPTConfig, get_tokenizer, load_checkpoint
     enc = get_tokenizer("gpt2")
-    if args.synthetic:  # offline: split-sized synthetic examples (scores mean nothing, wall time does)
-        examples = synthetic_examples(args.synthetic)
-    else:
-        examples = hellaswag.load_examples(args.split, file=args.file, limit=args.limit)
-    print(f"{len(examples)} examples ({'synthetic' if args.synthetic else args.split}), batch {args.batch_size}, "
-          f"{args.device}\n")
+    examples = synthetic_examples(args.synthetic) if args.synthetic else \
+        hellaswag.load_examples(args.split, file=args.file, limit=args.limit)
+    print(f"{len(examples)} examples ({'synthetic' if args.synthetic else args.split}), "
+          f"batch {args.batch_size}, {args.device}\n")
     rows = []
     for name in args.models:
-        if name == "random":
-            torch.manual_seed(0)
-            model = GPT(GPTConfig())
-        elif name.endswith(".pt"):
-            model = load_checkpoint(name)[0]
-        else:
-            model = GPT.from_pretrained(name)
+        torch.manual_seed(0)
+        model = GPT(GPTConfig()) if name == "random" else load_checkpoint(name)[0] if name.endswith(".pt") \
+            else GPT.from_pretrained(name)
         model = model.to(args.device).eval()
         for dtype in args.dtypes:
-            autocast = torch.bfloat16 if dtype == "bfloat16" else None
-            hellaswag.evaluate(model, examples[:64], enc, args.device, args.batch_size, autocast_dtype=autocast)
+            run = lambda few=None: hellaswag.evaluate(  # noqa: E731
+                model, examples[:few], enc, args.device, args.batch_size,
+                autocast_dtype=torch.bfloat16 if dtype == "bfloat16" else None)
+            run(64)  # warm-up
             sync()
             t0 = time.perf_counter()
-            result = hellaswag.evaluate(model, examples, enc, args.device, args.batch_size, autocast_dtype=autocast)
+            result = run()
             sync()
             seconds = time.perf_counter() - t0
             rows.append([name, dtype, result["n"], f"{seconds:.1f}", f"{result['n'] / seconds:.0f}",
@@ -691,13 +633,8 @@ def hellaswag_bench_gpu(args):
     print(markdown_table(["model", "dtype", "examples", "wall s", "examples/s", "acc", "acc_norm"], rows))
 
 
-def hellaswag_run(args):
-    (hellaswag_bench_cpu if args.device == "cpu" else hellaswag_bench_gpu)(args)
-
-
 def hellaswag_add_parser(sub):
-    p = sub.add_parser("hellaswag", help="HellaSwag scoring: batched+packed vs the one-example loop",
-                       description=__doc__)
+    p = sub.add_parser("hellaswag", help="HellaSwag scoring: batched+packed vs the one-example loop")
     p.add_argument("--device", default="cpu", help="cpu: speed-up table; cuda: full-split wall time")
     p.add_argument("--examples", type=int, default=200, help="(cpu) synthetic examples to score")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16], help="(cpu) examples per forward")
@@ -708,13 +645,13 @@ def hellaswag_add_parser(sub):
     p.add_argument("--flop-examples", type=int, default=50, help="(cpu) examples whose FLOPs are counted")
     p.add_argument("-m", "--models", nargs="+", default=["gpt2"],
                    help="(cuda) gpt2 sizes, 'random' (124M config) or checkpoint .pt files")
-    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="(cuda) float32 and/or bfloat16")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="(cuda) float32, bfloat16")
     p.add_argument("--split", default="val", help="(cuda) split to time")
     p.add_argument("--file", help="(cuda) local hellaswag jsonl instead of the download")
     p.add_argument("--limit", type=int, help="(cuda) first N examples only")
-    p.add_argument("--synthetic", type=int, help="(cuda) score N synthetic examples instead (offline; 10042 = val's size)")
+    p.add_argument("--synthetic", type=int, help="(cuda) N synthetic examples instead (val has 10042)")
     p.add_argument("--batch-size", type=int, default=64, help="(cuda) examples per forward")
-    p.set_defaults(run=hellaswag_run)
+    p.set_defaults(run=lambda a: (hellaswag_bench_cpu if a.device == "cpu" else hellaswag_bench_gpu)(a))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -845,17 +782,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     tokenizer_add_parser(sub)
-    p = sub.add_parser("model", help="generation and forward+backward speed vs transformers")
-    p.add_argument("--size", choices=["124M", "small"], default="124M")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--train-batch", type=int, default=4)
-    p.add_argument("--train-seq", type=int, default=256)
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per side, taken in turns (best kept)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.set_defaults(run=bench_model)
+    model_add_parser(sub)
     train_add_parser(sub)
     hellaswag_add_parser(sub)
     lora_add_parser(sub)

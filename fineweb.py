@@ -1,26 +1,26 @@
-"""Tokenize a text corpus with GPT-2's tokenizer into uint16 .npy shards for train_gpt2.py.
+"""Tokenize a text corpus into .npy token shards for train_gpt2.py, resumably.
 
     python fineweb.py                                  # FineWeb-Edu sample-10BT, ~100 shards, ~20 GB
     python fineweb.py --streaming                      # same shards, no ~28 GB parquet cache on disk
     python fineweb.py --source my_corpus/ --out-dir my_shards --shard-size 10_000_000
-    python fineweb.py --source 'data/*.jsonl' --text-field content
+    python fineweb.py --source 'data/*.jsonl' --text-field content --tokenizer my_bpe.model
     python fineweb.py --source Salesforce/wikitext --name wikitext-103-raw-v1 --split train
 
-It reads every document of --source (a local .txt / .jsonl / .parquet file, directory or glob: a .txt
-file is one document, a .jsonl line or .parquet row one read from --text-field; else a HuggingFace Hub
-dataset, by default FineWeb-Edu's sample-10BT), tokenizes it with tiktoken's GPT-2 encoding in a process
-pool, puts <|endoftext|> before each document and fills 100M-token shards to the brim (a document that
-does not fit continues in the next): OUT/edufineweb_val_000000.npy (the val split), then
-OUT/edufineweb_train_000001.npy, ... (np.save of 1-D uint16), and OUT/manifest.json, what is done so far.
-Interrupted? Run the same command again: finished shards are kept, and the result is byte for byte what
-an uninterrupted run writes.
+It reads every document of --source (a .txt file is one document, a .jsonl line or .parquet row one read
+from --text-field; a directory or glob of them; else a HuggingFace Hub dataset), encodes it with GPT-2's
+tokenizer (tiktoken) or a bpe.py .model in a process pool, puts <|endoftext|> before each document and
+fills shards to the brim: OUT/edufineweb_val_000000.npy (the val split), OUT/edufineweb_train_000001.npy,
+... (np.save of 1-D uint16, or uint32 for a vocabulary beyond 65,536 ids), and OUT/manifest.json. Run an
+interrupted command again: finished shards are kept, and the result is byte for byte an uninterrupted run's.
 """
 import argparse
 import glob
+import hashlib
 import itertools
 import json
 import multiprocessing
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -126,31 +126,43 @@ def open_documents(source, files, name, split, streaming, text_field, start):
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Tokenizing: one tiktoken encoder per pool worker, documents in, uint16 arrays out
+# 2. Tokenizing: one encoder per pool worker, documents in, arrays of token ids out
 # ---------------------------------------------------------------------------------------------
-_encoder = None                                # each worker's own, made once by init_worker
+EOT = "<|endoftext|>"
+_encoder = None                                # each worker's own (tiktoken Encoding, EOT id, dtype)
 
 
-def load_gpt2_encoder():
+def load_encoder(tokenizer):
+    """(tiktoken Encoding, id of <|endoftext|>, shard dtype) for "gpt2" or a bpe.py .model file.
+    Ids that do not fit in uint16 go into uint32 shards (train_gpt2.py reads both)."""
     import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except OSError as e:                       # tiktoken downloads GPT-2's files once, then caches them
-        raise ConnectionError(f"cannot load tiktoken's GPT-2 encoding (it downloads its files on first "
-                              f"use; offline? point TIKTOKEN_CACHE_DIR at a filled cache): {e}") from None
+    if tokenizer == "gpt2":
+        try:
+            enc = tiktoken.get_encoding("gpt2")
+        except OSError as e:                   # tiktoken downloads GPT-2's files once, then caches them
+            raise ConnectionError(f"cannot load tiktoken's GPT-2 encoding (it downloads its files on first "
+                                  f"use; offline? point TIKTOKEN_CACHE_DIR at a filled cache): {e}") from None
+        return enc, enc.eot_token, np.uint16
+    import bpe
+    tok = bpe.Tokenizer().load(tokenizer)      # raises ValueError / OSError naming the file
+    if EOT not in tok.special_tokens:
+        raise ValueError(f"{tokenizer} has no {EOT} special token, which goes before every document: train "
+                         f"it with `python bpe.py TEXT VOCAB --special '{EOT}'`")
+    n_ids = max([*tok.vocab, *tok.special_tokens.values()]) + 1
+    if n_ids > 2**32:
+        raise ValueError(f"{tokenizer} has token ids up to {n_ids - 1}, beyond uint32 shards")
+    return tok.to_tiktoken(), tok.special_tokens[EOT], np.uint16 if n_ids <= 2**16 else np.uint32
 
 
-def init_worker():
+def init_worker(tokenizer):
     global _encoder
-    _encoder = load_gpt2_encoder()
+    _encoder = load_encoder(tokenizer)
 
 
 def tokenize(text):
-    """<|endoftext|> followed by the document's GPT-2 ids, as uint16. Module-level so pools can pickle it."""
-    tokens = np.array([_encoder.eot_token] + _encoder.encode_ordinary(text), dtype=np.int64)
-    if tokens.max() >= 2**16:                 # never for GPT-2 (50,257 ids), but uint16 would wrap silently
-        raise ValueError(f"token id {tokens.max()} does not fit in uint16")
-    return tokens.astype(np.uint16)
+    """<|endoftext|> and the document's ids, in the shard dtype. Module-level so pools can pickle it."""
+    enc, eot, dtype = _encoder
+    return np.array([eot] + enc.encode_ordinary(text), dtype=dtype)   # load_encoder chose a dtype that fits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +186,7 @@ def save_manifest(out_dir, manifest):
     write_atomically(os.path.join(out_dir, MANIFEST), lambda f: f.write(text.encode()))
 
 
-def load_manifest(out_dir, config):
+def load_manifest(out_dir, config, dtype, n_ids):
     """The manifest of an earlier run with the same config, trimmed to the shards still intact on disk;
     a fresh one when there is none. Errors out rather than overwrite shards made some other way."""
     try:                                      # first prove we can write there, before any download starts
@@ -200,13 +212,13 @@ def load_manifest(out_dir, config):
         if old_config.get(key) != config.get(key):
             raise ValueError(f"{out_dir} was made with {key}={old_config.get(key)!r}, but this run asks "
                              f"for {key}={config.get(key)!r}: rerun with those options or another --out-dir")
-    intact = []                               # the longest run of listed shards on disk with the right length
+    intact = []                               # the longest run of listed shards that are whole on disk
     for entry in old_shards:
         try:
             shard = np.load(os.path.join(out_dir, entry["file"]), mmap_mode="r")
         except (OSError, ValueError):
             break
-        if shard.dtype != np.uint16 or shard.shape != (entry["tokens"],):
+        if shard.dtype != dtype or shard.shape != (entry["tokens"],) or int(shard.max(initial=0)) >= n_ids:
             break
         intact.append(entry)
     manifest["complete"] &= len(intact) == len(old_shards)
@@ -217,12 +229,12 @@ def load_manifest(out_dir, config):
 # ---------------------------------------------------------------------------------------------
 # 4. The main loop: documents -> tokens -> shards, resumable
 # ---------------------------------------------------------------------------------------------
-def shard_tokens(token_arrays, shard_size, first_doc, first_offset):
+def shard_tokens(token_arrays, shard_size, first_doc, first_offset, dtype):
     """Pack documents' tokens into full shards, splitting a document across shards when it does not fit.
 
     Yields (shard, next_doc, next_offset): the tokens, and where the next shard starts (document index,
     tokens of that document already written). The last shard may be short; its next_doc is None."""
-    buffer, filled = np.empty(shard_size, dtype=np.uint16), 0
+    buffer, filled = np.empty(shard_size, dtype=dtype), 0
     for doc, tokens in enumerate(token_arrays, start=first_doc):
         pos = first_offset if doc == first_doc else 0   # a resumed document skips what is already written
         while pos < len(tokens):
@@ -238,23 +250,28 @@ def shard_tokens(token_arrays, shard_size, first_doc, first_offset):
 
 
 def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=False, text_field="text",
-                 out_dir="edu_fineweb10B", shard_size=10**8, workers=1, max_shards=None):
+                 out_dir="edu_fineweb10B", shard_size=10**8, workers=1, max_shards=None, tokenizer="gpt2"):
     """Tokenize `source` into shards in `out_dir`, resuming after the shards an earlier run finished.
-
-    Returns the manifest. Raises ValueError / OSError (FileNotFoundError, ConnectionError, PermissionError)
-    with a one-line message on bad input."""
+    Returns the manifest; raises ValueError / OSError with a one-line message on bad input."""
     for flag, value in (("--shard-size", shard_size), ("--workers", workers), ("--max-shards", max_shards)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, not {value}")
+    if workers > 4 * (os.cpu_count() or 1):
+        raise ValueError(f"--workers {workers} is more than 4 per CPU core ({os.cpu_count()} cores)")
     name = DEFAULT_CONFIG if name is None and source == DEFAULT_DATASET else name
     files = local_files(source)
+    enc, _, dtype = load_encoder(tokenizer)   # fail here, with a clear message, not inside the workers
+    if shard_size > 2**31:                    # a shard is built in memory, and read whole by np.load
+        raise ValueError(f"--shard-size {shard_size:,} is absurd: shards hold at most 2**31 tokens")
     config = dict(source=source, name=name, split=split, text_field=text_field, shard_size=shard_size,
-                  tokenizer="gpt2")
+                  tokenizer=tokenizer)
+    if tokenizer != "gpt2":                   # a changed tokenizer file is another config
+        config["tokenizer_sha256"] = hashlib.sha256(pathlib.Path(tokenizer).read_bytes()).hexdigest()
     if files is None:
         config["streaming"] = streaming       # we don't rely on both modes giving documents in one order
     else:
         config["files"] = [[path, os.path.getsize(path)] for path in files]
-    manifest = load_manifest(out_dir, config)
+    manifest = load_manifest(out_dir, config, dtype, enc.n_vocab)
     shards = manifest["shards"]
     if manifest["complete"] or (max_shards is not None and len(shards) >= max_shards):
         print(f"{out_dir}: {len(shards)} shards already done, nothing to do")
@@ -262,16 +279,15 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     manifest["complete"] = False
     save_manifest(out_dir, manifest)          # written before any shard: see load_manifest's check
     first_doc, first_offset = (shards[-1]["next_doc"], shards[-1]["next_offset"]) if shards else (0, 0)
-    load_gpt2_encoder()                       # fail here, with a clear message, not inside the workers
     documents, total = open_documents(source, files, name, split, streaming, text_field, first_doc)
     if shards:
         print(f"resuming after {len(shards)} finished shards, at document {first_doc:,}")
-    pool = multiprocessing.Pool(workers, initializer=init_worker) if workers > 1 else init_worker()
+    pool = multiprocessing.Pool(workers, init_worker, (tokenizer,)) if workers > 1 else init_worker(tokenizer)
     # imap keeps the documents' order: the shards are the same whatever the number of workers
     token_arrays = pool.imap(tokenize, documents, chunksize=16) if pool else map(tokenize, documents)
     progress = tqdm(token_arrays, total=total, initial=first_doc, unit="docs", unit_scale=True, desc=out_dir)
     try:
-        packed = shard_tokens(progress, shard_size, first_doc, first_offset)
+        packed = shard_tokens(progress, shard_size, first_doc, first_offset, dtype)
         write_shards(out_dir, manifest, packed, max_shards, progress)
     finally:
         if pool is not None:
@@ -320,13 +336,14 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="tokenizer processes (default: half the CPU cores; 1 = no pool)")
     p.add_argument("--max-shards", type=int, help="stop after this many shards in all (a rerun continues)")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2 (tiktoken) or a .model file written by bpe.py")
     args = p.parse_args(argv)
     try:
-        build_shards(source=args.source, name=args.name, split=args.split, streaming=args.streaming,
-                     text_field=args.text_field, out_dir=args.out_dir, shard_size=args.shard_size,
-                     workers=args.workers, max_shards=args.max_shards)
+        build_shards(**vars(args))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    except MemoryError:
+        sys.exit(f"error: out of memory with --shard-size {args.shard_size:,}: lower it")
     except KeyboardInterrupt:
         sys.exit("interrupted: finished shards are kept; run the same command again to resume")
 

@@ -3,13 +3,10 @@
 Each HellaSwag example is a context and 4 candidate endings; the model "answers" by picking the ending
 it finds most likely. Two conventions are in use and give different numbers for the same model:
 
-  --style nanogpt   the well-known GPT-2 reproduction: context = the `ctx` field, each ending rendered as
-                    " " + ending; acc picks the smallest summed completion loss, acc_norm the smallest
-                    mean per-token loss.
-  --style harness   lm-evaluation-harness: the query is a cleaned-up
-                    "activity_label: ctx_a Ctx_b" (brackets and [title] markers removed), acc picks the
-                    largest summed log-likelihood, acc_norm the largest log-likelihood per character of
-                    the ending.
+  --style nanogpt   the well-known GPT-2 reproduction: context = `ctx`, each ending " " + ending; acc picks
+                    the smallest summed ending loss, acc_norm the smallest mean per-token loss.
+  --style harness   lm-evaluation-harness: the query is a cleaned-up "activity_label: ctx_a Ctx_b"; acc
+                    picks the largest summed log-likelihood, acc_norm the largest per character of ending.
 
 Run it:
     python hellaswag.py -m gpt2                       # OpenAI's weights (any of the four sizes)
@@ -40,11 +37,8 @@ STYLES = ("nanogpt", "harness")
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hellaswag")  # or $HELLASWAG_DIR
 REQUIRED_KEYS = ("ctx", "ctx_a", "ctx_b", "activity_label", "endings")
 
-# -----------------------------------------------------------------------------------------------------
-# 1. Data: download once into a cache directory, then read and validate the jsonl file.
-# -----------------------------------------------------------------------------------------------------
 
-
+# --- 1. Data: download once into a cache directory, then read and validate the jsonl file.
 def parse_example(line, where):
     """One jsonl line -> an example dict, checked for the fields scoring needs."""
     try:
@@ -96,11 +90,8 @@ def load_examples(split="val", data_dir=None, file=None, limit=None):
         raise ValueError(f"{file} holds no examples")
     return examples
 
-# -----------------------------------------------------------------------------------------------------
-# 2. Rendering: an example -> context tokens, 4 ending-token lists (and the ending's character count).
-# -----------------------------------------------------------------------------------------------------
 
-
+# --- 2. Rendering: an example -> context tokens, 4 ending-token lists (and the ending's character count).
 def harness_preprocess(text):
     """lm-evaluation-harness's clean-up of HellaSwag text (the brackets are WikiHow scraping artefacts)."""
     text = text.strip()
@@ -145,18 +136,10 @@ def render_example(example, enc, style="nanogpt"):
         mask[i, len(context):len(row)] = 1
     return tokens, mask, example["label"]
 
-# -----------------------------------------------------------------------------------------------------
-# 3. Scoring: per-ending summed completion loss (= minus the log-likelihood) and token counts.
-# -----------------------------------------------------------------------------------------------------
 
-
+# --- 3. Scoring: per-ending summed completion loss (= minus the log-likelihood) and token counts.
 def is_hf_model(model):
     return type(unwrap(model)).__module__.startswith("transformers")
-
-
-def context_window(model):
-    config = unwrap(model).config
-    return getattr(config, "block_size", None) or config.n_positions  # ours / HuggingFace's name
 
 
 def ending_losses_loop(model, example, enc, device, style="nanogpt"):
@@ -190,7 +173,8 @@ def rows_losses(model, idx, targets):
         hidden = model.transformer(input_ids=idx).last_hidden_state
         scored = targets != -1
         losses = torch.zeros(targets.shape, dtype=torch.float32, device=idx.device)
-        losses[scored] = F.cross_entropy(model.lm_head(hidden[scored]).float(), targets[scored], reduction="none")
+        logits = model.lm_head(hidden[scored]).float()
+        losses[scored] = F.cross_entropy(logits, targets[scored], reduction="none")
         return losses.sum(dim=1)
     _, losses = model(idx, targets, reduction="none")  # lm_head runs on the ending positions only
     return losses.sum(dim=1)
@@ -229,17 +213,12 @@ def pack_batch(parts, pad_to=1):
     return idx, pos, seg, longs(rows), longs(sources), longs(targets), longs(owner)
 
 
-def packed_mask(seg):
-    """(B, 1, L, L) attention mask for packed rows: a token sees the context and the earlier tokens of its
-    own ending only (never another ending), the same for every head."""
-    causal = torch.ones(seg.size(1), seg.size(1), dtype=torch.bool, device=seg.device).tril()
-    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, query, key)
-    return (causal & visible)[:, None]
-
-
 def packed_hidden(model, idx, pos, seg):
-    """The model's own forward over packed rows (compiled as one function under --compile)."""
-    return model.hidden_states(idx, pos=pos, attn_mask=packed_mask(seg))
+    """The model's own forward over packed rows, with an attention mask that lets a token see the context
+    and the earlier tokens of its own ending only (never another ending)."""
+    causal = torch.ones(idx.size(1), idx.size(1), dtype=torch.bool, device=idx.device).tril()
+    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, query, key)
+    return model.hidden_states(idx, pos=pos, attn_mask=(causal & visible)[:, None])  # same for every head
 
 
 def packed_losses(model, idx, pos, seg, rows, sources, targets, chunk=4096, hidden_fn=packed_hidden):
@@ -270,12 +249,12 @@ def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt",
     if method not in ("packed", "rows"):
         raise ValueError(f"unknown method {method!r}; choose packed or rows")
     parts = [render_parts(ex, enc, style) for ex in examples]
-    window = context_window(raw)
+    window = getattr(raw.config, "block_size", None) or raw.config.n_positions  # ours / HuggingFace's name
     for ex, (context, endings, _) in zip(examples, parts):
         if not context or not all(endings):
             raise ValueError(f"example ind={ex.get('ind')} has an empty context or ending after tokenizing")
         if len(context) + max(map(len, endings)) > window:
-            raise ValueError(f"example ind={ex.get('ind')} is longer than the model's context ({window} tokens)")
+            raise ValueError(f"example ind={ex.get('ind')} is longer than the model's context ({window})")
     hidden_fn = packed_hidden
     if compile:  # fixed shapes so compiled graphs are reused: the batch padded full, lengths to COMPILE_PAD
         _compiled_hidden = _compiled_hidden or torch.compile(packed_hidden, dynamic=False)
@@ -283,7 +262,8 @@ def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt",
     length = lambda j: len(parts[j][0]) + sum(map(len, parts[j][1]))  # noqa: E731 (either method's order)
     order = sorted(range(len(parts)), key=length, reverse=True)  # a too-big batch fails at the start
     sums = torch.zeros(len(parts), 4, dtype=torch.float64)
-    autocast = torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    autocast = torch.autocast(torch.device(device).type, dtype=autocast_dtype,
+                              enabled=autocast_dtype is not None)
     was_training = raw.training
     raw.eval()  # no dropout while scoring, even when called from the middle of a training loop
     try:
@@ -314,26 +294,20 @@ def batch_losses(model, parts, device, method, hidden_fn=packed_hidden, fixed_ba
     return per_ending.view(-1, 4)[:n]
 
 
-def best(values, largest=False):
-    """Index of the smallest (or largest) value; ties go to the first, like numpy's argmin/argmax."""
-    pick = max if largest else min
-    return pick(range(len(values)), key=lambda i: values[i])
-
-
 def score_record(example, losses_sum, part, style):
-    """Both conventions' numbers for one example, and the predictions of the chosen style."""
+    """Both conventions' numbers for one example, and the predictions of the chosen style (ties go to the
+    first ending, like numpy's argmin/argmax)."""
     _, endings, chars = part
     losses_mean = [s / len(e) for s, e in zip(losses_sum, endings)]
     loglik_per_char = [-s / max(c, 1) for s, c in zip(losses_sum, chars)]
-    pred_norm = best(losses_mean) if style == "nanogpt" else best(loglik_per_char, largest=True)
-    return dict(ind=example.get("ind"), label=example["label"], losses_sum=losses_sum, losses_mean=losses_mean,
-                loglik_per_char=loglik_per_char, pred=best(losses_sum), pred_norm=pred_norm)
-
-# -----------------------------------------------------------------------------------------------------
-# 4. Accuracy, summed over DDP ranks: every rank scores its shard, the counts are all-reduced.
-# -----------------------------------------------------------------------------------------------------
+    pred_norm = min(range(4), key=losses_mean.__getitem__) if style == "nanogpt" else \
+        max(range(4), key=loglik_per_char.__getitem__)
+    return dict(ind=example.get("ind"), label=example["label"], losses_sum=losses_sum,
+                losses_mean=losses_mean, loglik_per_char=loglik_per_char,
+                pred=min(range(4), key=losses_sum.__getitem__), pred_norm=pred_norm)
 
 
+# --- 4. Accuracy, summed over DDP ranks: every rank scores its shard, the counts are all-reduced.
 def evaluate(model, examples, enc, device, batch_size=16, style="nanogpt", autocast_dtype=None,
              method="auto", compile=False, progress=False):
     """-> dict(acc, acc_norm, n, correct, correct_norm, style). Under torch.distributed every rank must
@@ -361,11 +335,8 @@ def summarize(n, correct, correct_norm, style):
     return dict(acc=correct / max(n, 1), acc_norm=correct_norm / max(n, 1), n=n, correct=correct,
                 correct_norm=correct_norm, style=style)
 
-# -----------------------------------------------------------------------------------------------------
-# 5. Command line
-# -----------------------------------------------------------------------------------------------------
 
-
+# --- 5. Command line
 def load_model(args, device):
     """-> (model, its name for the summary line) from -m / --ckpt, as our GPT or (--hf) transformers'."""
     import model as gpt_model
@@ -373,8 +344,8 @@ def load_model(args, device):
         model, checkpoint = gpt_model.load_checkpoint(args.ckpt, device)
         tokenizer = checkpoint.get("tokenizer", "gpt2")
         if tokenizer != "gpt2":
-            raise ValueError(f"{args.ckpt} was trained with the {tokenizer!r} tokenizer; HellaSwag's published "
-                             "numbers (and this script) use GPT-2's BPE tokenizer")
+            raise ValueError(f"{args.ckpt} was trained with the {tokenizer!r} tokenizer; HellaSwag's "
+                             "published numbers (and this script) use GPT-2's BPE tokenizer")
         if args.hf:  # export through save_hf, then score with GPT2LMHeadModel: an independent forward pass
             import tempfile
             from transformers import GPT2LMHeadModel
@@ -403,7 +374,7 @@ def main(argv=None):
     source.add_argument("-m", "--model", default="gpt2",
                         help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a save_pretrained directory")
     source.add_argument("--ckpt", help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
-    parser.add_argument("--hf", action="store_true", help="score with transformers' GPT2LMHeadModel (cross-check)")
+    parser.add_argument("--hf", action="store_true", help="score with transformers' GPT2LMHeadModel (a check)")
     parser.add_argument("--style", choices=STYLES, default="nanogpt", help="scoring convention (see above)")
     parser.add_argument("--split", choices=SPLITS, default="val")
     parser.add_argument("--file", help="a local hellaswag_*.jsonl instead of the download")
@@ -413,7 +384,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16 runs the forward under autocast (faster on GPUs, not bit-exact)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the forward (lengths padded to 128s)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward (lengths padded)")
     parser.add_argument("--out", help="write one JSON line per example here (preds.jsonl)")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -442,13 +413,13 @@ def main(argv=None):
     seconds = time.perf_counter() - t0
     if args.out:
         write_jsonl(args.out, records)
-    where = args.file or args.split
+    head = f"hellaswag {args.file or args.split} | {name}"
     if any(r["label"] is None for r in records):
-        print(f"hellaswag {where} | {name} | {len(records)} examples scored in {seconds:.1f} s; "
-              "no labels in this file, so no accuracy" + (f"; predictions in {args.out}" if args.out else ""))
+        print(f"{head} | {len(records)} examples scored in {seconds:.1f} s; no labels in this file, so no "
+              "accuracy" + (f"; predictions in {args.out}" if args.out else ""))
         return
     s = summarize(*count_correct(records), style=args.style)
-    print(f"hellaswag {where} | {name} | style {args.style} | acc {s['acc']:.4f} ({s['correct']}/{s['n']}) | "
+    print(f"{head} | style {args.style} | acc {s['acc']:.4f} ({s['correct']}/{s['n']}) | "
           f"acc_norm {s['acc_norm']:.4f} ({s['correct_norm']}/{s['n']}) | {seconds:.1f} s")
 
 

@@ -1,7 +1,8 @@
-"""GPT-2, written to be read: the same function as HuggingFace's GPT2LMHeadModel, with the same parameter names.
+"""GPT-2, written to be read: the same function as HuggingFace's GPT2LMHeadModel, with the same parameter
+names.
 
-    python model.py --init gpt2 --prompt "Hello, I'm a language model,"     # OpenAI's weights (downloads once)
-    python model.py --ckpt log/model.pt --prompt "The tokenizer"            # a checkpoint from train_gpt2.py
+    python model.py --init gpt2 --prompt "Hello, I'm a language model,"   # OpenAI's weights (downloads once)
+    python model.py --ckpt log/model.pt --prompt "The tokenizer"          # a checkpoint from train_gpt2.py
 
 Besides the model this file holds what every model-side script shares: the tokenizer choice, the device
 choice, and the checkpoint format (save_checkpoint / load_checkpoint).
@@ -73,7 +74,7 @@ class KVCache:
         """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys and values so far."""
         end = self.length + k.size(2)
         if end > self.k.size(3):
-            raise ValueError(f"the KV cache is full ({self.k.size(3)} positions); crop the context and refill it")
+            raise ValueError(f"the KV cache is full ({self.k.size(3)} positions); crop and refill it")
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -94,7 +95,8 @@ class CausalSelfAttention(nn.Module):
         """attn_mask (B or 1, 1, T, keys), True where a query may look, replaces the causal mask if given."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        hs = C // self.n_head
+        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         past = 0
         if kv_cache is not None:
             past = kv_cache.length
@@ -106,7 +108,7 @@ class CausalSelfAttention(nn.Module):
         causal = attn_mask is None and T > 1
         dropout = self.dropout if self.training else 0.0
         if self.attn == "flash":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=causal)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=dropout, is_causal=causal)
         else:  # the textbook computation, kept for the speed ablation and as a cross-check
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
             if causal:
@@ -188,7 +190,7 @@ class GPT(nn.Module):
         past = kv_cache.length if kv_cache is not None else 0
         if pos is None:
             if past + T > self.config.block_size:
-                raise ValueError(f"sequence of length {past + T} is longer than block_size {self.config.block_size}")
+                raise ValueError(f"{past + T} positions are more than block_size {self.config.block_size}")
             pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
@@ -233,7 +235,7 @@ class GPT(nn.Module):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 * L * H * Q * T."""
         c = self.config
         T = seq_len or c.block_size
-        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T  # H * Q = n_embd
 
     def estimate_mfu(self, tokens_per_second, peak_flops, seq_len=None):
         """Model FLOPs utilisation: achieved training FLOP/s as a fraction of the device's peak."""
@@ -309,21 +311,22 @@ class GPT(nn.Module):
                 if name.endswith(_CONV1D_WEIGHTS):
                     value = value.t()
                 target = ours[name]
-                if name in _VOCAB_ROWS and value.size(0) < target.size(0) and value.shape[1:] == target.shape[1:]:
-                    target = target[:value.size(0)]  # padded vocab: fill the real rows, keep the padding's init
+                if name in _VOCAB_ROWS and value.size(0) < target.size(0):
+                    target = target[:value.size(0)]  # padded vocab: fill the real rows; padding keeps init
                 if value.shape != target.shape:
                     raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(value.shape)}, "
                                      f"model {tuple(target.shape)}")
                 target.copy_(value)
 
     def save_hf(self, out_dir):
-        """Write a directory that transformers' GPT2LMHeadModel.from_pretrained loads (padded vocab cut back)."""
+        """Write a directory that GPT2LMHeadModel.from_pretrained loads (padded vocab cut back)."""
         from transformers import GPT2Config, GPT2LMHeadModel
         c = self.config
         hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
                                n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon,
                                activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout,
-                               attn_pdrop=c.dropout, bos_token_id=c.vocab_size - 1, eos_token_id=c.vocab_size - 1)
+                               attn_pdrop=c.dropout, bos_token_id=c.vocab_size - 1,
+                               eos_token_id=c.vocab_size - 1)
         state = {}
         for name, value in _strip_prefixes(self.state_dict()).items():
             if name.endswith(_CONV1D_WEIGHTS):
@@ -349,7 +352,7 @@ _VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
 
 
 def load_hf_gpt2(name_or_path):
-    """transformers' GPT2LMHeadModel for a GPT-2 name or directory, after checking it is a GPT-2 we implement."""
+    """transformers' GPT2LMHeadModel for a GPT-2 name or directory, checked to be a GPT-2 we implement."""
     from transformers import AutoConfig, GPT2LMHeadModel  # imported here: transformers is slow to import
     if not os.path.isdir(name_or_path) and name_or_path not in GPT_SIZES:
         raise ValueError(f"unknown model {name_or_path!r}: use one of {', '.join(GPT_SIZES)} "
@@ -503,7 +506,7 @@ def download(url, path, hint="", timeout=30):
     except requests.RequestException as e:
         status = getattr(e.response, "status_code", None)
         reason = f"HTTP {status}" if status else type(e).__name__
-        raise ValueError(f"could not download {url} ({reason}); offline?{' ' + hint if hint else ''}") from None
+        raise ValueError(f"could not download {url} ({reason}); offline? {hint}".rstrip()) from None
     return path
 
 
@@ -532,7 +535,8 @@ def load_checkpoint(path, device="cpu", **config_overrides):
         raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' entries)")
     known = {f.name for f in fields(GPTConfig)}
     try:
-        config = GPTConfig(**{**{k: v for k, v in checkpoint["config"].items() if k in known}, **config_overrides})
+        saved = {k: v for k, v in checkpoint["config"].items() if k in known}
+        config = GPTConfig(**{**saved, **config_overrides})
         model = GPT(config)
         model.load_state_dict(_strip_prefixes(checkpoint["model"]))
     except (TypeError, RuntimeError) as e:
@@ -546,7 +550,7 @@ def load_checkpoint(path, device="cpu", **config_overrides):
 def main():
     parser = argparse.ArgumentParser(description="Sample text from GPT-2 or a checkpoint of train_gpt2.py.")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--init", default=None, help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF directory")
+    source.add_argument("--init", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF directory")
     source.add_argument("--ckpt", default=None, help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
     parser.add_argument("--prompt", default="Hello, I'm a language model,")
     parser.add_argument("--num-samples", type=int, default=4)
@@ -571,7 +575,7 @@ def main():
         sys.exit(f"error: {e}")
     prompt = enc.encode_ordinary(args.prompt) or [enc.eot_token]
     if len(prompt) >= model.config.block_size:
-        sys.exit(f"error: the prompt is {len(prompt)} tokens; this model reads at most {model.config.block_size}")
+        sys.exit(f"error: the prompt is {len(prompt)} tokens; the model reads {model.config.block_size}")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,

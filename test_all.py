@@ -1130,7 +1130,7 @@ def _fineweb_expected(enc, docs):
 
 def _fineweb_run(source, out_dir, *extra):
     fineweb.main(["--source", str(source), "--out-dir", str(out_dir), "--shard-size", str(_FINEWEB_SHARD),
-                  "--workers", "1", *extra])
+                  "--workers", "1", *map(str, extra)])
 
 
 def _fineweb_files(out_dir):
@@ -1153,7 +1153,8 @@ def test_fineweb_jsonl_shards_are_eot_plus_tiktoken(tmp_path, gpt2_enc):
     assert n >= 5
     assert names == ["edufineweb_val_000000.npy"] + [f"edufineweb_train_{i:06d}.npy" for i in range(1, n)]
     assert all(s.dtype == np.uint16 and s.ndim == 1 for s in shards)
-    assert [len(s) for s in shards[:-1]] == [_FINEWEB_SHARD] * (n - 1) and 0 < len(shards[-1]) <= _FINEWEB_SHARD
+    assert [len(s) for s in shards[:-1]] == [_FINEWEB_SHARD] * (n - 1)
+    assert 0 < len(shards[-1]) <= _FINEWEB_SHARD
     np.testing.assert_array_equal(np.concatenate(shards), expected)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and [s["file"] for s in manifest["shards"]] == names
@@ -1249,17 +1250,25 @@ def _fineweb_error_cases(tmp_path):
     corrupt.mkdir()
     (corrupt / "manifest.json").write_text('{"config": ')
 
+    no_eot = tmp_path / "no_eot"
+    tok = bpe.Tokenizer("gpt4")
+    tok.train("plain words, no separator " * 20, 260)
+    tok.save(str(no_eot))
     made, nope = str(tmp_path / "made"), str(tmp_path / "nope") + "/"
     return {   # case: (arguments, expected part of the message); --out-dir is a fresh directory unless given
         "missing dir": (["--source", nope], "not found"),
         "empty glob": (["--source", str(tmp_path / "*.parquet")], "no .txt, .jsonl or .parquet files match"),
-        "unwritable out dir": (["--source", good, "--out-dir", good + "/sub"], "cannot write to output directory"),
+        "unwritable out dir": (["--source", good, "--out-dir", good + "/sub"], "cannot write to output"),
         "bad json": (["--source", str(bad_json)], "bad.jsonl:2: not valid JSON"),
         "missing field": (["--source", good, "--text-field", "body"], "no field 'body'"),
-        "changed options": (["--source", good, "--out-dir", made, "--shard-size", "7"], "made with shard_size=1000"),
+        "changed options": (["--source", good, "--out-dir", made, "--shard-size", "7"], "shard_size=1000"),
         "corrupt manifest": (["--source", good, "--out-dir", str(corrupt)], "manifest.json is corrupt"),
         "foreign shards": (["--source", good, "--out-dir", str(foreign)], "no manifest.json"),
         "bad shard size": (["--source", good, "--shard-size", "0"], "--shard-size must be"),
+        "absurd shard size": (["--source", good, "--shard-size", str(10**15)], "--shard-size 1,000,000,000,"),
+        "absurd workers": (["--source", good, "--workers", "100000"], "--workers 100000"),
+        "no <|endoftext|>": (["--source", good, "--tokenizer", f"{no_eot}.model"], "no_eot.model has no <|"),
+        "missing tokenizer": (["--source", good, "--tokenizer", str(tmp_path / "none.model")], "none.model"),
         # test_all sets HF_HUB_OFFLINE=1: the default download must fail fast and point to --source.
         "offline hub": ([], "are you offline?"),
     }
@@ -1276,6 +1285,51 @@ def test_fineweb_errors_are_one_line(tmp_path):
     assert "--source" in text                     # the offline message says what to do instead
 
 
+def _fineweb_bpe(path, special_id=None):
+    """A bpe.py tokenizer trained here, with <|endoftext|> (at `special_id` if given), saved as path.model."""
+    eot = "<|endoftext|>"
+    tok = bpe.Tokenizer("gpt4", special_tokens={eot: special_id} if special_id else [eot])
+    tok.train(" ".join(_fineweb_docs()), 400)
+    tok.save(str(path))
+    return bpe.Tokenizer().load(f"{path}.model")
+
+
+@pytest.mark.parametrize("special_id, dtype", [(None, np.uint16), (70_000, np.uint32)])
+def test_fineweb_bpe_tokenizer_shards_decode_to_the_documents(tmp_path, special_id, dtype):
+    # ids that fit in uint16 give uint16 shards; a vocabulary reaching past 65,535 gives uint32 shards (as
+    # documented), never wrapped ids. Either way the shards split at <|endoftext|> decode to the documents.
+    tok = _fineweb_bpe(tmp_path / "tok", special_id)
+    eot = tok.special_tokens["<|endoftext|>"]
+    docs = _fineweb_docs()
+    _fineweb_run(_fineweb_write_jsonl(tmp_path / "docs.jsonl", docs), tmp_path / "out", "--tokenizer",
+                 tmp_path / "tok.model")
+    shards = _fineweb_shards(tmp_path / "out")[1]
+    assert len(shards) > 2 and all(s.dtype == dtype for s in shards)
+    ids = np.concatenate(shards).tolist()
+    starts = [i for i, t in enumerate(ids) if t == eot]
+    assert len(starts) == len(docs) and starts[0] == 0
+    decoded = [tok.decode(ids[a + 1:b]) for a, b in zip(starts, starts[1:] + [len(ids)])]
+    assert decoded == docs
+    assert ids == [t for doc in docs for t in [eot] + tok.encode_ordinary(doc)]   # bpe.py's own ids
+    # A rerun with the same tokenizer has nothing to do; a changed tokenizer file is refused, not mixed in.
+    _fineweb_run(tmp_path / "docs.jsonl", tmp_path / "out", "--tokenizer", tmp_path / "tok.model")
+    _fineweb_bpe(tmp_path / "tok", 70_001 if special_id else 65_000)
+    with pytest.raises(SystemExit, match="tokenizer_sha256"):
+        _fineweb_run(tmp_path / "docs.jsonl", tmp_path / "out", "--tokenizer", tmp_path / "tok.model")
+
+
+def test_fineweb_rebuilds_a_kept_shard_with_ids_beyond_the_vocabulary(tmp_path):
+    source = _fineweb_write_jsonl(tmp_path / "docs.jsonl", _fineweb_docs())
+    _fineweb_run(source, tmp_path / "out")
+    straight = _fineweb_files(tmp_path / "out")
+    damaged = tmp_path / "out" / "edufineweb_train_000002.npy"
+    shard = np.load(damaged)
+    shard[7] = 60_000                                   # beyond GPT-2's 50,257 ids, inside uint16
+    np.save(damaged, shard)
+    _fineweb_run(source, tmp_path / "out")
+    assert _fineweb_files(tmp_path / "out") == straight
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_fineweb_hub_path_matches_local_files_and_resumes(tmp_path, monkeypatch, streaming):
     # The default source downloads FineWeb-Edu, impossible offline; here datasets.load_dataset hands
@@ -1287,7 +1341,8 @@ def test_fineweb_hub_path_matches_local_files_and_resumes(tmp_path, monkeypatch,
 
     def fake_load_dataset(path, name=None, split=None, streaming=False):
         calls.append((path, name, split, streaming))
-        ds = datasets.Dataset.from_dict({"id": list(range(len(docs))), "text": docs, "score": [1.5] * len(docs)})
+        ds = datasets.Dataset.from_dict({"id": list(range(len(docs))), "text": docs,
+                                         "score": [1.5] * len(docs)})
         return ds.to_iterable_dataset() if streaming else ds
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -1305,9 +1360,9 @@ def test_fineweb_hub_path_matches_local_files_and_resumes(tmp_path, monkeypatch,
 # Training: train_gpt2.py
 # =================================================================================================
 # A 2-layer, 32-wide byte-level model on T=32: each run takes a few seconds, most of it importing torch.
-_TRAIN_SMALL = ["--preset", "tiny", "--tokenizer", "byte", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
-                "--seq-len", "32", "--batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4", "--warmup-steps", "3",
-                "--val-steps", "2", "--sample-tokens", "8", "--num-samples", "1"]
+_TRAIN_SMALL = ["--preset", "tiny", "--tokenizer", "byte", "--n-layer", "2", "--n-head", "2",
+                "--n-embd", "32", "--seq-len", "32", "--batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4",
+                "--warmup-steps", "3", "--val-steps", "2", "--sample-tokens", "8", "--num-samples", "1"]
 
 
 def _train(*args, torchrun=False):
@@ -1329,16 +1384,16 @@ def _train_in_process(monkeypatch, *args):
     train_gpt2.main([str(a) for a in args])
 
 
-def _train_shards(tmp_path, sizes=(2000, 300, 517, 211), seed=0):
+def _train_shards(tmp_path, sizes=(2000, 300, 517, 211), seed=0, dtype=np.uint16, name="shards"):
     """fineweb.py-style shards (shard 0 = val) of byte ids with some structure to learn: a repeated text."""
-    out = tmp_path / "shards"
+    out = tmp_path / name
     out.mkdir()
-    text = np.frombuffer(b"the tokenizer reads the manual; the model learns the words. " * 200, dtype=np.uint8)
+    text = np.frombuffer(b"the tokenizer reads the manual; the model learns the words. " * 200, np.uint8)
     rng = np.random.default_rng(seed)
     for i, n in enumerate(sizes):
         start = int(rng.integers(0, len(text) - n))
         name = f"edufineweb_{'val' if i == 0 else 'train'}_{i:06d}.npy"
-        np.save(out / name, text[start:start + n].astype(np.uint16))
+        np.save(out / name, text[start:start + n].astype(dtype))
     return out
 
 
@@ -1469,9 +1524,10 @@ def test_train_decay_groups():
     names = {id(p): n for n, p in model.named_parameters()}
     decay_names = {names[id(p)] for p in decay["params"]}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
-    # Decay: the embeddings (wte is also lm_head: one tensor, counted once) and the 4 matmul weights per layer.
+    # Decay: the embeddings (wte is also lm_head: one tensor, counted once) and 4 matmul weights per layer.
     assert decay_names == {"transformer.wte.weight", "transformer.wpe.weight"} | {
-        f"transformer.h.{i}.{m}.weight" for i in range(3) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+        f"transformer.h.{i}.{m}.weight" for i in range(3)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
     assert len(decay["params"]) == 2 + 4 * 3
     # No decay: every bias and every LayerNorm parameter, nothing else.
     assert no_decay_names and all(n.endswith(".bias") or ".ln_" in n for n in no_decay_names)
@@ -1535,8 +1591,8 @@ def test_train_ddp_two_gloo_processes_equal_one_process_with_accumulation(tmp_pa
     torch.manual_seed(1337)
     model = GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=32, vocab_multiple=64))
     train = [np.load(f) for f in sorted(shards.glob("*_train_*.npy"))]
-    losses = [model(*train_gpt2.DataLoader(train, 4, 32, rank, 2, shuffle=True, seed=1337).next_batch())[1].item()
-              for rank in range(2)]
+    loaders = [train_gpt2.DataLoader(train, 4, 32, rank, 2, shuffle=True, seed=1337) for rank in range(2)]
+    losses = [model(*loader.next_batch())[1].item() for loader in loaders]
     assert abs(losses[0] - losses[1]) > 1e-3
     assert _train_log(tmp_path / "two", "train")[0] == pytest.approx(sum(losses) / 2, abs=2e-6)
     assert _train_log(tmp_path / "one", "train")[5] < _train_log(tmp_path / "one", "train")[0]
@@ -1561,8 +1617,8 @@ def _train_interrupt(args, sig, after_step):
 def test_train_resume_is_exact_after_stop_sigterm_and_kill9(tmp_path):
     shards = _train_shards(tmp_path)
     n = 120
-    common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", n, "--eval-every", 40,
-                             "--ckpt-every", 20, "--dropout", 0.1]
+    common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", n,
+                             "--eval-every", 40, "--ckpt-every", 20, "--dropout", 0.1]
     _train(*common, "--log-dir", tmp_path / "straight")
     assert _train_ckpt(tmp_path / "straight")["step"] == n
 
@@ -1615,6 +1671,111 @@ def test_train_tiny_preset_learns_manual_txt(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
 
 
+def _train_hashes(folder):
+    """{name: sha256} of every file under `folder`: a refused command must leave them all as they were."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
+
+
+def _train_bad_input_cases(tmp_path, monkeypatch):
+    """{case: (arguments, what the one-line error must name, folder that must stay byte-identical)}."""
+    shards = _train_shards(tmp_path)
+    text = tmp_path / "corpus.txt"
+    text.write_text("the model reads the manual. " * 200, encoding="utf-8")
+    short = tmp_path / "short.txt"
+    short.write_text("the model reads. " * 50, encoding="utf-8")
+    base = _TRAIN_SMALL + ["--data", text, "--total-batch-size", 128, "--max-steps", 4, "--eval-every", 0,
+                           "--ckpt-every", 2]
+    done = tmp_path / "done"                  # a finished run: the thing a careless command would destroy
+    _train_in_process(monkeypatch, *base, "--log-dir", done)
+    binary, wide, floats = tmp_path / "binary.txt", tmp_path / "wide", tmp_path / "floats"
+    binary.write_bytes(b"text, then bytes \xff\xfe\x00 that are not UTF-8")
+    shutil.copytree(shards, wide)
+    np.save(wide / "edufineweb_train_000003.npy", np.array([1, 2, 300], dtype=np.uint16))  # a later shard
+    shutil.copytree(shards, floats)
+    np.save(floats / "edufineweb_train_000002.npy", np.ones(300, dtype=np.float32))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    fresh = lambda name: ["--log-dir", tmp_path / name]  # noqa: E731
+    return {
+        "nan lr": (base + ["--lr", "nan"] + fresh("x"), "--lr", None),
+        "negative lr": (base + ["--lr", -1e-3] + fresh("x"), "--lr", None),
+        "infinite min lr": (base + ["--min-lr", "inf"] + fresh("x"), "--min-lr", None),
+        "nan weight decay": (base + ["--weight-decay", "nan"] + fresh("x"), "--weight-decay", None),
+        "negative grad clip": (base + ["--grad-clip", -1] + fresh("x"), "--grad-clip", None),
+        "nan temperature": (base + ["--temperature", "nan"] + fresh("x"), "--temperature", None),
+        "dropout 1": (base + ["--dropout", 1.0] + fresh("x"), "--dropout", None),
+        "negative dropout": (base + ["--dropout", -0.1] + fresh("x"), "--dropout", None),
+        "val steps 0": (base + ["--val-steps", 0] + fresh("x"), "--val-steps", None),
+        "negative warmup": (base + ["--warmup-steps", -5] + fresh("x"), "--warmup-steps", None),
+        "top-k 0": (base + ["--top-k", 0] + fresh("x"), "--top-k", None),
+        "zero layers": (base + ["--n-layer", 0] + fresh("x"), "--n-layer", None),
+        "unknown device": (base + ["--device", "tpu9"] + fresh("x"), "--device tpu9", None),
+        "absent device": (base + ["--device", "cuda:7"] + fresh("x"), "--device cuda:7", None),
+        "log dir is a file": (base + ["--log-dir", a_file], "--log-dir", None),
+        "fresh run over a finished one": (base + ["--log-dir", done], "--resume", done),
+        "resume and overwrite": (base + ["--log-dir", done, "--resume", "--overwrite"], "--overwrite", done),
+        "data is an output": (base + ["--log-dir", done, "--overwrite", "--data", done / "log.txt"], "--data",
+                              done),
+        "resume on a shorter corpus": (base + ["--log-dir", done, "--resume", "--data", short], "short.txt",
+                                       done),
+        "resume with another lr": (base + ["--log-dir", done, "--resume", "--lr", 1e-3], "--lr", done),
+        "resume with another seed": (base + ["--log-dir", done, "--resume", "--seed", 1], "--seed", done),
+        "resume without checkpoint": (base + ["--resume"] + fresh("x"), "model.pt not found", None),
+        "binary text": (base + ["--data", binary] + fresh("y"), "binary.txt is not UTF-8", None),
+        "id beyond vocab in a later shard": (base + ["--data", wide] + fresh("z"), "train_000003.npy", None),
+        "float shard": (base + ["--data", floats] + fresh("z"), "train_000002.npy", None),
+    }
+
+
+def test_train_bad_input_is_refused_in_one_line_and_destroys_nothing(tmp_path, monkeypatch):
+    import time
+    cases = _train_bad_input_cases(tmp_path, monkeypatch)
+    assert len(cases) >= 20
+    for case, (args, culprit, keep) in cases.items():
+        before = _train_hashes(keep) if keep else None
+        t0 = time.time()
+        with pytest.raises(SystemExit) as exc:
+            _train_in_process(monkeypatch, *args)
+        message = str(exc.value.code)
+        assert message.startswith("error: ") and "\n" not in message and culprit in message, (case, message)
+        assert time.time() - t0 < 10, case          # refused at the door, never a loop
+        if keep:
+            assert _train_hashes(keep) == before, case
+    # Both values of a mismatch are named: the checkpoint's corpus and the new one.
+    with pytest.raises(SystemExit, match=r"corpus\.txt \(5,600 bytes\).*short\.txt.*850 bytes"):
+        _train_in_process(monkeypatch, *cases["resume on a shorter corpus"][0])
+
+
+def test_train_reads_uint32_shards_as_it_reads_uint16_ones(tmp_path, monkeypatch):
+    # fineweb.py writes uint32 shards for a vocabulary beyond 65,536 ids: the same ids train the same way.
+    common = _TRAIN_SMALL + ["--total-batch-size", 128, "--max-steps", 3, "--eval-every", 2, "--ckpt-every", 3]
+    for dtype in (np.uint16, np.uint32):
+        shards = _train_shards(tmp_path, dtype=dtype, name=np.dtype(dtype).name)
+        _train_in_process(monkeypatch, *common, "--data", shards, "--log-dir", tmp_path / f"log_{dtype.__name__}")
+    _train_assert_same_run(tmp_path / "log_uint16", tmp_path / "log_uint32")
+
+
+def test_train_resume_drops_damaged_log_lines_and_any_position_is_finite(tmp_path, monkeypatch, capsys):
+    shards = _train_shards(tmp_path)
+    common = _TRAIN_SMALL + ["--data", shards, "--total-batch-size", 128, "--max-steps", 4, "--eval-every", 2,
+                             "--ckpt-every", 2, "--log-dir", tmp_path / "run"]
+    _train_in_process(monkeypatch, *common, "--stop-at", 2)
+    log = tmp_path / "run" / "log.txt"
+    good = log.read_bytes()
+    log.write_bytes(good + b"\xff\xfe garbage\n3 train\n")
+    _train_in_process(monkeypatch, *common, "--resume")
+    assert "log.txt: 2 damaged line(s) dropped" in capsys.readouterr().out
+    assert log.read_text().startswith(good.decode()) and "garbage" not in log.read_text()
+    assert sorted(_train_log(tmp_path / "run", "train")) == [0, 1, 2, 3]
+    # The loader's position is a token count taken modulo the stream's length: a position far past the
+    # end of the data (a checkpoint from a longer corpus) reads on instead of spinning.
+    loader = train_gpt2.DataLoader([np.arange(50), np.arange(50, 77)], 2, 4, shuffle=False)
+    loader.load_state({"tokens_read": 10**12 + 3})
+    x, _ = loader.next_batch()
+    assert x.reshape(-1).tolist() == [(10**12 + 3 + i) % 77 for i in range(8)]
+
+
 @slow
 def test_train_clear_errors(tmp_path):
     empty = tmp_path / "empty"
@@ -1626,12 +1787,12 @@ def test_train_clear_errors(tmp_path):
     base = _TRAIN_SMALL + ["--data", shards, "--max-steps", 3, "--eval-every", 0, "--ckpt-every", 1]
     cases = {
         "no shards": (_TRAIN_SMALL + ["--data", empty], "fineweb.py"),
-        "indivisible": (base + ["--total-batch-size", 1000, "--log-dir", tmp_path / "a"], "not a multiple of"),
+        "indivisible": (base + ["--total-batch-size", 1000, "--log-dir", tmp_path / "a"], "not a multiple"),
         "corrupt": (base + ["--total-batch-size", 128, "--log-dir", corrupt, "--resume"], "cannot resume"),
-        "too short": (base + ["--total-batch-size", 128 * 80, "--batch-size", 320, "--log-dir", tmp_path / "b"],
-                      "fewer than one batch"),
-        "nan": (base + ["--total-batch-size", 128, "--lr", 1e30, "--warmup-steps", 0, "--log-dir", tmp_path / "n"],
-                "the loss is"),
+        "too short": (base + ["--total-batch-size", 128 * 80, "--batch-size", 320, "--log-dir",
+                              tmp_path / "b"], "fewer than one batch"),
+        "nan": (base + ["--total-batch-size", 128, "--lr", 1e30, "--warmup-steps", 0, "--log-dir",
+                        tmp_path / "n"], "the loss is"),
     }
     for key, (args, message) in cases.items():
         assert_one_line_error(run_script("train_gpt2.py", *args), "error: ", message)
@@ -1641,12 +1802,10 @@ def test_train_clear_errors(tmp_path):
 
 
 # =================================================================================================
-# Evaluation: hellaswag.py (issue 5)
-# Tests for hellaswag.py: rendering vs tiktoken, packed/batched scoring vs one-at-a-time and vs
-# transformers' GPT2LMHeadModel, accuracy on known answers, DDP, malformed files, download, CLI.
+# Evaluation: hellaswag.py
+# Rendering vs tiktoken, packed/batched scoring vs one-at-a-time and vs transformers' GPT2LMHeadModel,
+# accuracy on known answers, DDP, malformed files, download, CLI.
 # =================================================================================================
-HERE_DIR = os.path.dirname(os.path.abspath(__file__))
-
 # A hand-made HellaSwag file: the real schema, our own sentences. WikiHow-style items carry the scraping
 # artefacts ([header], [title], [step], [substeps]) the harness cleans up; several endings are long.
 _HS_ITEMS = [
@@ -1758,16 +1917,10 @@ def _hellaswag_write(path, examples):
 @pytest.fixture(scope="module")
 def hellaswag_models(tmp_path_factory):
     """A tiny random GPT2LMHeadModel saved with save_pretrained, and our GPT loaded from that directory."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from model import GPT
-    torch.manual_seed(0)
     # n_embd 16 keeps the 50257-row vocabulary projection (most of the tests' time) cheap
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=160, vocab_size=50257)).eval()
-    hf_dir = str(tmp_path_factory.mktemp("hellaswag_tiny_hf"))
-    hf.save_pretrained(hf_dir)
-    gpt = GPT.from_pretrained(hf_dir).eval()
-    return types.SimpleNamespace(hf=hf, gpt=gpt, hf_dir=hf_dir)
+    hf, hf_dir = tiny_hf(tmp_path_factory.mktemp("hellaswag_tiny_hf"), vocab_size=50257, n_positions=160,
+                         n_embd=16)
+    return types.SimpleNamespace(hf=hf, gpt=GPT.from_pretrained(hf_dir).eval(), hf_dir=hf_dir)
 
 
 def test_hellaswag_file_schema_and_load(tmp_path):
@@ -1989,6 +2142,7 @@ def _hellaswag_ddp_worker(rank, world, init_file, ckpt, data, out_dir):
         dist.destroy_process_group()
 
 
+@slow
 def test_hellaswag_ddp_equals_single_process(hellaswag_models, gpt2_enc, tmp_path):
     import torch.multiprocessing as mp
 
@@ -2004,20 +2158,15 @@ def test_hellaswag_ddp_equals_single_process(hellaswag_models, gpt2_enc, tmp_pat
     assert single["n"] == len(examples)
 
 
-def _hellaswag_cli(*args):
-    return subprocess.run([sys.executable, os.path.join(HERE_DIR, "hellaswag.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=HERE_DIR)
-
-
-def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
-    from model import ByteTokenizer, save_checkpoint
+@slow
+def test_hellaswag_cli_scores_and_writes_predictions(hellaswag_models, gpt2_enc, tmp_path):
     examples = _hellaswag_examples()
     data = _hellaswag_write(tmp_path / "hs.jsonl", examples)
     ckpt = str(tmp_path / "tiny.pt")
-    save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2", step=7)
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2", step=7)
     out = tmp_path / "preds.jsonl"
-    run = _hellaswag_cli("--ckpt", ckpt, "--file", data, "--device", "cpu", "--batch-size", "5",
-                         "--style", "harness", "--out", str(out))
+    run = run_script("hellaswag.py", "--ckpt", ckpt, "--file", data, "--device", "cpu", "--batch-size", "5",
+                     "--style", "harness", "--out", out)
     assert run.returncode == 0, run.stderr
     expected = hellaswag.score_examples(hellaswag_models.gpt, examples, gpt2_enc, "cpu", style="harness")
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -2031,16 +2180,21 @@ def test_hellaswag_cli(hellaswag_models, gpt2_enc, tmp_path, capsys):
     last = run.stdout.strip().splitlines()[-1]
     assert f"acc {summary['acc']:.4f} ({summary['correct']}/{len(examples)})" in last
     assert f"acc_norm {summary['acc_norm']:.4f} ({summary['correct_norm']}/{len(examples)})" in last
-    # --hf: transformers' own forward pass on the save_pretrained directory agrees (in-process: faster)
-    hellaswag.main(["-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu", "--style", "harness",
-                    "--limit", "10"])
-    summary = hellaswag.summarize(*hellaswag.count_correct(expected[:10]), style="harness")
+
+
+def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt2_enc, tmp_path, capsys):
+    examples = _hellaswag_examples()
+    data = _hellaswag_write(tmp_path / "hs.jsonl", examples)
+    # --hf: transformers' own forward pass on the save_pretrained directory agrees
+    hellaswag.main(["-m", hellaswag_models.hf_dir, "--hf", "--file", data, "--device", "cpu", "--style",
+                    "harness", "--limit", "10"])
+    expected = hellaswag.score_examples(hellaswag_models.gpt, examples[:10], gpt2_enc, "cpu", style="harness")
+    summary = hellaswag.summarize(*hellaswag.count_correct(expected), style="harness")
     assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in capsys.readouterr().out.strip().splitlines()[-1]
     # clear one-line errors: a byte-tokenizer checkpoint, a malformed file, a bad flag value
-    from model import GPT, GPTConfig
-    byte_ckpt = str(tmp_path / "byte.pt")
-    save_checkpoint(byte_ckpt, GPT(GPTConfig(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=32)),
-                    ByteTokenizer.name)
+    ckpt, byte_ckpt = str(tmp_path / "tiny.pt"), str(tmp_path / "byte.pt")
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
+    gpt.save_checkpoint(byte_ckpt, tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=32), "byte")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(examples[0]) + "\n{oops\n")
     for args, message in [(["--ckpt", byte_ckpt, "--file", data], "'byte' tokenizer"),

@@ -9,7 +9,7 @@ With no arguments it follows the GPT-2 (124M) recipe: 524,288 tokens per step (B
 accumulation), AdamW (0.9, 0.95), weight decay 0.1 on 2-D weights, lr warmup to 6e-4 over 715 steps, then
 cosine to 6e-5 at step 19,073 (10B tokens), gradient clipping at 1.0, vocabulary padded to 50,304.
 Outputs go to --log-dir: log.txt ("STEP train|val|hella VALUE"), loss.png, model.pt (model, tokenizer,
-optimizer, data position, RNG states). Ctrl-C or SIGTERM checkpoints after the current step, a kill -9
+optimizer, data position, RNG state). Ctrl-C or SIGTERM checkpoints after the current step, a kill -9
 leaves the last checkpoint intact, and --resume continues bit-identically to an uninterrupted run.
 """
 import argparse
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=PRESETS, default="gpt2", help="starting values for everything below")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="a directory of .npy token shards (from fineweb.py) or a .txt file")
-    g.add_argument("--tokenizer", choices=["gpt2", "byte"], help="for a .txt file: GPT-2 BPE or UTF-8 bytes")
+    g.add_argument("--tokenizer", help="gpt2 (BPE), byte (UTF-8 bytes), or a .model file written by bpe.py")
     g.add_argument("--shuffle", action=on_off, default=True,
                    help="seeded shard order and start offsets each epoch (--no-shuffle: the recipe's order)")
     g.add_argument("--seed", type=int, default=1337)
@@ -68,8 +68,7 @@ def parse_args(argv=None):
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--batch-size", "-B", type=int, help="sequences per micro-step per process")
     g.add_argument("--seq-len", "-T", type=int, help="tokens per sequence (also the model's block_size)")
-    g.add_argument("--total-batch-size", type=int, help="tokens per optimizer step, over all processes "
-                   "and micro-steps; a multiple of B*T*processes")
+    g.add_argument("--total-batch-size", type=int, help="tokens per optimizer step (a multiple of B*T*world)")
     g.add_argument("--lr", type=float, help="peak learning rate, reached after warmup")
     g.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine decay")
     g.add_argument("--weight-decay", type=float, default=0.1)
@@ -85,8 +84,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("evaluation, checkpoints, logs")
     g.add_argument("--eval-every", type=int, help="val loss, HellaSwag and samples every N steps (0 = never)")
     g.add_argument("--val-steps", type=int, help="val loss over this many steps' worth of tokens")
-    g.add_argument("--hellaswag", action=on_off, default=True, help="HellaSwag accuracy at each eval (gpt2 "
-                   "tokenizer only)")
+    g.add_argument("--hellaswag", action=on_off, default=True, help="HellaSwag accuracy (gpt2 tokenizer)")
     g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples (default: all)")
     g.add_argument("--hellaswag-file", help="a local hellaswag_val.jsonl (default: hellaswag.py downloads)")
     g.add_argument("--prompt")
@@ -97,28 +95,73 @@ def parse_args(argv=None):
     g.add_argument("--log-dir", default="log")
     g.add_argument("--ckpt-every", type=int, help="write model.pt every N steps and at the end (0 = never)")
     g.add_argument("--keep-every", type=int, help="also keep log/model_STEP.pt every N steps (0 = never)")
-    g.add_argument("--resume", action="store_true", help="continue from log/model.pt")
+    g.add_argument("--resume", action="store_true", help="continue the run in --log-dir from its model.pt")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in --log-dir with a new one")
     g.add_argument("--stop-at", type=int, help="checkpoint and exit after this step, as if interrupted")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     return args
 
 
-def check_args(args, world):
-    """Catch bad settings before any work is done; returns the number of gradient accumulation steps."""
-    for name in ("n_layer", "n_head", "n_embd", "batch_size", "seq_len", "total_batch_size", "max_steps",
-                 "vocab_multiple"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1")
+def check_args(args):
+    """Refuse bad settings before anything is read or written; returns the gradient accumulation steps."""
+    for low, names in ((1, "n_layer n_head n_embd batch_size seq_len total_batch_size max_steps "
+                           "vocab_multiple val_steps top_k stop_at hellaswag_limit"),
+                       (0, "warmup_steps eval_every ckpt_every keep_every sample_tokens num_samples")):
+        for name in names.split():
+            if getattr(args, name) is not None and getattr(args, name) < low:
+                fail(f"{flag(name)} must be at least {low}, not {getattr(args, name)}")
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "temperature", "dropout"):
+        value, top = getattr(args, name), 1 if name == "dropout" else math.inf
+        if not (math.isfinite(value) and 0 <= value < top):
+            fail(f"{flag(name)} must be a finite number >= 0{' and < 1' if top == 1 else ''}, not {value}")
     if args.n_embd % args.n_head:
         fail(f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}")
+    world = int(os.environ.get("WORLD_SIZE", 1))
     per_micro_step = args.batch_size * args.seq_len * world
     if args.total_batch_size % per_micro_step:
         fail(f"--total-batch-size {args.total_batch_size} is not a multiple of batch size x sequence length "
              f"x processes = {args.batch_size} x {args.seq_len} x {world} = {per_micro_step}")
+    check_device(args.device)
+    check_log_dir(args)
     return args.total_batch_size // per_micro_step
+
+
+def check_device(device):
+    try:
+        kind = device and torch.device(device)
+    except RuntimeError:
+        fail(f"--device {device}: unknown device (use cpu, cuda, cuda:N or mps)")
+    if kind and not {"cpu": True, "cuda": (kind.index or 0) < torch.cuda.device_count(),
+                     "mps": torch.backends.mps.is_available()}.get(kind.type):
+        fail(f"--device {device}: no such device on this machine")
+
+
+def check_log_dir(args):
+    """The run's outputs: writable, not the data, and never another run's checkpoint unless asked."""
+    outputs = [os.path.join(args.log_dir, name) for name in ("model.pt", "log.txt", "loss.png")]
+    if args.resume and args.overwrite:
+        fail("--resume continues the run in --log-dir, --overwrite replaces it: pass one of them")
+    if os.path.exists(outputs[0]) and not (args.resume or args.overwrite):
+        fail(f"{outputs[0]} holds another run's checkpoint: add --resume to continue it or --overwrite to "
+             f"start a new run over it (or pick another --log-dir)")
+    if os.path.abspath(args.data) in map(os.path.abspath, outputs):
+        fail(f"--data {args.data} is one of this run's outputs: pick another --log-dir")
+    try:
+        os.makedirs(args.log_dir, exist_ok=True)
+        probe = os.path.join(args.log_dir, f".write_test_{os.environ.get('RANK', 0)}")
+        with atomic_write(probe):
+            pass
+        os.remove(probe)
+        for path in filter(os.path.isdir, outputs):
+            raise IsADirectoryError(f"{path} is a directory")
+    except OSError as e:
+        fail(f"--log-dir {args.log_dir} cannot hold this run's outputs ({e.strerror or e})")
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
 
 
 def fail(message):
@@ -133,8 +176,8 @@ def setup_processes(args):
     """The run's shared state, starting with who this process is: rank, world size, device, logger."""
     run = SimpleNamespace(rank=0, local_rank=0, world=1, device=args.device or auto_device())
     if "RANK" in os.environ:  # set by torchrun, with LOCAL_RANK and WORLD_SIZE
-        run.rank, run.local_rank, run.world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK",
-                                                                             "WORLD_SIZE"))
+        env = os.environ
+        run.rank, run.local_rank, run.world = int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"])
         run.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if run.device.startswith("cuda"):
             run.device = f"cuda:{run.local_rank}"
@@ -143,8 +186,6 @@ def setup_processes(args):
         dist.init_process_group(backend="nccl" if run.device.startswith("cuda") else "gloo")
     run.device_type = run.device.split(":")[0]
     cuda = run.device_type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        fail("--device cuda but no CUDA GPU is available")
     run.ddp, run.master = run.world > 1, run.rank == 0  # only rank 0 logs and writes files
     run.log = print if run.master else (lambda *a, **k: None)
     # Each speed switch is on by default where it helps (CUDA) and can be turned off for the ablation.
@@ -159,34 +200,47 @@ def setup_processes(args):
 # ---------------------------------------------------------------------------------------------
 # 3. Data: token shards -> an endless stream of (x, y) batches, each process taking its own slice
 # ---------------------------------------------------------------------------------------------
-def load_token_splits(args, tok, log):
-    """Returns (train shards, val shards): lists of 1-D integer arrays (memory-mapped for .npy shards)."""
-    path = args.data
+def load_token_splits(path, tok, log):
+    """Returns (train shards, val shards, where they came from): lists of 1-D integer arrays (memory-mapped
+    for .npy shards); the source is what --resume compares, a shard list or a file's path and size."""
     if os.path.isdir(path):
         names = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
         if not any("_train_" in f for f in names):
             fail(f"no training shards (*_train_*.npy) in {path}: make them with `python fineweb.py` "
                  f"(or train on a text file with --data FILE.txt)")
-        try:  # memory-mapped: the OS pages shards in as they are read
-            train, val = ([np.load(os.path.join(path, f), mmap_mode="r") for f in names if f"_{kind}_" in f]
-                          for kind in ("train", "val"))
-        except (OSError, ValueError) as e:
-            fail(f"cannot read the shards in {path}: {e}")
-        for shard in train[:1] + val[:1]:  # a cheap check (not all ~20 GB): ids the tokenizer knows?
-            if len(shard) and int(shard.max()) >= tok.n_vocab:
-                fail(f"{shard.filename} holds token id {int(shard.max())}, beyond the {tok.name} tokenizer's "
-                     f"{tok.n_vocab} ids (shards from fineweb.py need --tokenizer gpt2)")
-        return train, val
+        train, val = ([name for name in names if f"_{kind}_" in name] for kind in ("train", "val"))
+        shards = {name: check_shard(os.path.join(path, name), tok) for name in train + val}
+        source = {"shards": [[name, len(shard)] for name, shard in shards.items()]}
+        return [shards[name] for name in train], [shards[name] for name in val], source
     if not os.path.isfile(path):
         fail(f"--data {path} is neither a directory of shards nor a file"
              + (" (make the shards with `python fineweb.py`)" if path.endswith("edu_fineweb10B") else ""))
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
-    tokens = np.array(tok.encode_ordinary(text), dtype=np.uint16)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        tokens = np.array(tok.encode_ordinary(text), dtype=np.uint16 if tok.n_vocab <= 2**16 else np.uint32)
+    except UnicodeDecodeError as e:
+        fail(f"--data {path} is not UTF-8 text ({e.reason} at byte {e.start})")
+    except MemoryError:
+        fail(f"--data {path} is too big to tokenize in memory: make shards of it with `python fineweb.py`")
     split = int(0.9 * len(tokens))  # first 90% to learn from, last 10% to measure on
     log(f"{path}: {len(text):,} characters -> {len(tokens):,} {tok.name} tokens "
         f"({split:,} train, {len(tokens) - split:,} val)")
-    return [tokens[:split]], [tokens[split:]]
+    return [tokens[:split]], [tokens[split:]], {"file": os.path.abspath(path), "bytes": os.path.getsize(path)}
+
+
+def check_shard(path, tok):
+    """A shard, memory-mapped (the OS pages it in as it is read), once every id in it is one `tok` knows."""
+    try:
+        shard = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        fail(f"cannot read the shard {path}: {e}")
+    if shard.ndim != 1 or shard.dtype.kind not in "ui":
+        fail(f"{path} holds a {shard.dtype} array of shape {shard.shape}, not a 1-D list of token ids")
+    if len(shard) and not 0 <= int(shard.min()) <= int(shard.max()) < tok.n_vocab:
+        fail(f"{path} holds token ids from {int(shard.min())} to {int(shard.max())}, outside the {tok.name} "
+             f"tokenizer's {tok.n_vocab} ids (pass the --tokenizer that made the shards)")
+    return shard
 
 
 class DataLoader:
@@ -195,9 +249,7 @@ class DataLoader:
     A global batch is the next B*T*world tokens of the stream (plus one: targets are the inputs shifted by
     one); process `rank` takes the rank-th slice of B*T. Batches run across shard ends: no token is skipped.
     With shuffle, each epoch visits the shards in a new seeded order, each from a seeded offset and wrapping
-    around, so every epoch cuts the text into different windows. The position is one integer: the number
-    of tokens of the stream consumed so far.
-    """
+    around, so every epoch cuts the text into different windows. The position: tokens consumed so far."""
 
     def __init__(self, shards, B, T, rank=0, world=1, shuffle=True, seed=0):
         self.shards = [s for s in shards if len(s) > 0]
@@ -243,12 +295,12 @@ class DataLoader:
 
 
 def setup_data(args, run):
-    """The tokenizer, the training stream and the val split's size in batches."""
+    """The tokenizer, the training stream, and the val split cut into rows for the val loss."""
     try:
         run.tok = get_tokenizer(args.tokenizer)
     except ValueError as e:
         fail(str(e))
-    train_shards, run.val_shards = load_token_splits(args, run.tok, run.log)
+    train_shards, run.val_shards, run.data_source = load_token_splits(args.data, run.tok, run.log)
     B, T, world = args.batch_size, args.seq_len, run.world
     run.loader = DataLoader(train_shards, B, T, run.rank, world, args.shuffle, args.seed)
     if run.loader.n_tokens < B * T * world + 1:
@@ -268,6 +320,16 @@ def setup_data(args, run):
 # ---------------------------------------------------------------------------------------------
 # 4. Model, optimizer and learning rate schedule
 # ---------------------------------------------------------------------------------------------
+def setup_model(args, run):
+    """A fresh GPT (seeded) and its AdamW; main() wraps it for speed once the weights are final."""
+    config = GPTConfig(block_size=args.seq_len, vocab_size=run.tok.n_vocab, n_layer=args.n_layer,
+                       n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn=args.attn,
+                       vocab_multiple=args.vocab_multiple)
+    torch.manual_seed(args.seed)
+    run.model = GPT(config).to(run.device)
+    run.optimizer = make_optimizer(run.model, args.lr, args.weight_decay, fused=run.fused)
+
+
 def make_optimizer(model, lr, weight_decay, fused=False, betas=(0.9, 0.95), eps=1e-8):
     """AdamW where only the 2-D weights (matmuls, embeddings) decay; biases and LayerNorm gains do not.
     named_parameters() lists a shared tensor once, so the tied wte / lm_head matrix is one parameter."""
@@ -287,53 +349,34 @@ def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-def setup_model(args, run):
-    """A fresh GPT (seeded) and its AdamW; main() wraps it for speed once the weights are final."""
-    config = GPTConfig(block_size=args.seq_len, vocab_size=run.tok.n_vocab, n_layer=args.n_layer,
-                       n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn=args.attn,
-                       vocab_multiple=args.vocab_multiple)
-    torch.manual_seed(args.seed)
-    run.model = GPT(config).to(run.device)
-    run.optimizer = make_optimizer(run.model, args.lr, args.weight_decay, fused=run.fused)
-
-
 # ---------------------------------------------------------------------------------------------
 # 5. Checkpoints: everything needed to continue bit-exactly, written atomically
 # ---------------------------------------------------------------------------------------------
-def rng_state(device):
-    """The generators dropout draws from (Python's `random` is not used: the loader has its own)."""
-    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.startswith("cuda") else [])
-
-
-def set_rng_state(state, device):
-    torch.set_rng_state(state[0])
-    if device.startswith("cuda"):
-        torch.cuda.set_rng_state(state[1], device)
-
-
 def save(args, run, step):
-    """Checkpoint after `step` optimizer steps (every process must call it: the RNG states are gathered)."""
-    rngs = [rng_state(run.device)] * run.world
+    """Checkpoint after `step` optimizer steps (every process must call it: the RNG states are gathered).
+    The RNG state is what dropout draws from (Python's `random` is not used: the loader has its own)."""
+    rng = torch.cuda.get_rng_state(run.device) if run.device_type == "cuda" else torch.get_rng_state()
+    rngs = [rng] * run.world
     if run.ddp:
-        dist.all_gather_object(rngs, rng_state(run.device))
+        dist.all_gather_object(rngs, rng)
     if run.master:
         save_checkpoint(run.ckpt_file, run.model, run.tok.name, step=step, rng=rngs, args=vars(args),
-                        optimizer=run.optimizer.state_dict(), loader=run.loader.state())
+                        data=run.data_source, optimizer=run.optimizer.state_dict(), loader=run.loader.state())
         if args.keep_every and step % args.keep_every == 0:
-            keep = os.path.join(args.log_dir, f"model_{step:05d}.pt")
-            with open(run.ckpt_file, "rb") as src, atomic_write(keep) as dst:
+            with open(run.ckpt_file, "rb") as src, atomic_write(f"{run.ckpt_file[:-3]}_{step:05d}.pt") as dst:
                 shutil.copyfileobj(src, dst)
 
 
+SHAPING = ("tokenizer", "seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "dropout",
+           "seq_len", "total_batch_size", "lr", "min_lr", "warmup_steps", "max_steps", "weight_decay",
+           "grad_clip")
+
+
 def start_or_resume(args, run):
-    """--resume: the weights, optimizer, data position and RNG states of log/model.pt; else a fresh log.
-    Returns the step to start from."""
-    os.makedirs(args.log_dir, exist_ok=True)
+    """--resume: the weights, optimizer, data position and RNG state of log/model.pt, once the data and the
+    options that shape the run are the checkpoint's; else a fresh log. Returns the step to start from."""
     run.log_file, run.ckpt_file = (os.path.join(args.log_dir, f) for f in ("log.txt", "model.pt"))
     if not args.resume:
-        if run.master and os.path.exists(run.ckpt_file):
-            run.log(f"notice: a fresh run: {run.ckpt_file} will be overwritten at the first checkpoint "
-                    f"(Ctrl-C now and add --resume to continue it instead)")
         if run.master and os.path.exists(run.log_file):
             os.remove(run.log_file)
         return 0
@@ -341,29 +384,88 @@ def start_or_resume(args, run):
         _, ckpt = load_checkpoint(run.ckpt_file)
     except (FileNotFoundError, ValueError) as e:
         fail(f"cannot resume: {e}")
-    if not {"step", "optimizer", "loader", "rng"} <= ckpt.keys():
+    if not {"step", "optimizer", "loader", "rng", "args"} <= ckpt.keys():
         fail(f"cannot resume: {run.ckpt_file} holds model weights but no training state")
-    for key in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "vocab_multiple"):
-        if ckpt["config"].get(key) != getattr(run.model.config, key):
-            fail(f"cannot resume: {run.ckpt_file} has {key}={ckpt['config'].get(key)}, this command asks for "
-                 f"{getattr(run.model.config, key)}: pass the same model settings as the run that wrote it")
-    run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.loader.load_state(ckpt["loader"])
-    set_rng_state(ckpt["rng"][run.rank % len(ckpt["rng"])], run.device)
+    for key in SHAPING:
+        if ckpt["args"].get(key) != getattr(args, key):
+            fail(f"cannot resume: {run.ckpt_file} was trained with {flag(key)} {ckpt['args'].get(key)}, this "
+                 f"command asks for {getattr(args, key)}: pass the options of the run that wrote it")
+    if ckpt.get("data") != run.data_source:
+        fail(f"cannot resume: {run.ckpt_file} was trained on {describe(ckpt.get('data'))}, --data "
+             f"{args.data} is {describe(run.data_source)}")
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.loader.load_state(ckpt["loader"])
+        rng = ckpt["rng"][run.rank % len(ckpt["rng"])]
+        torch.cuda.set_rng_state(rng, run.device) if run.device_type == "cuda" else torch.set_rng_state(rng)
+    except (KeyError, TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
+        fail(f"cannot resume: {run.ckpt_file} holds a damaged training state ({type(e).__name__})")
     if run.master:  # drop log lines at or after the checkpoint's step (a killed run may have written them)
-        with open(run.log_file) if os.path.exists(run.log_file) else nullcontext([]) as f:
-            kept = [line for line in f if line.endswith("\n") and line.split(" ", 1)[0].isdigit()
-                    and int(line.split(" ", 1)[0]) < ckpt["step"]]
+        kept = [line for step, _, _, line in read_log(run.log_file, run.log) if step < ckpt["step"]]
         with atomic_write(run.log_file, "w") as f:
             f.writelines(kept)
     run.log(f"resumed from {run.ckpt_file} at step {ckpt['step']}")
     return ckpt["step"]
 
 
+def describe(source):
+    if not isinstance(source, dict):
+        return "an unrecorded data source"
+    return (f"{source['file']} ({source['bytes']:,} bytes)" if "file" in source else
+            f"{len(source['shards'])} shards of {sum(n for _, n in source['shards']):,} tokens")
+
+
+def read_log(log_file, log):
+    """log.txt as (step, kind, value, line); a line that is not one (a damaged file) is dropped, noticed."""
+    if not os.path.exists(log_file):
+        return []
+    with open(log_file, "rb") as f:
+        lines = f.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+    entries = []
+    for line in lines:
+        parts = line.split()
+        try:
+            if line.endswith("\n") and len(parts) == 3 and parts[1] in ("train", "val", "hella"):
+                entries.append((int(parts[0]), parts[1], float(parts[2]), line))
+        except ValueError:
+            pass
+    if len(entries) < len(lines):
+        log(f"notice: {log_file}: {len(lines) - len(entries)} damaged line(s) dropped")
+    return entries
+
+
 # ---------------------------------------------------------------------------------------------
 # 6. Evaluation: val loss, HellaSwag, samples, the plot
 # ---------------------------------------------------------------------------------------------
+def evaluate(args, run, step):
+    """Val loss, HellaSwag accuracy and samples, logged and plotted; the training state is untouched."""
+    run.model.eval()
+    lines = []
+    if run.val_steps:
+        loss = val_loss(args, run)
+        run.log(f"step {step} | val loss {loss:.4f}")
+        lines.append(f"{step} val {loss:.4f}\n")
+    if run.hellaswag:
+        import hellaswag
+        result = hellaswag.evaluate(unwrap(run.model), run.hellaswag, run.tok, run.device,
+                                    autocast_dtype=torch.bfloat16 if run.bf16 else None)
+        run.log(f"step {step} | HellaSwag acc_norm {result['acc_norm']:.4f} ({result['n']} examples)")
+        lines.append(f"{step} hella {result['acc_norm']:.4f}\n")
+    if run.master:
+        if args.num_samples > 0 and args.sample_tokens > 0:
+            ids = run.tok.encode_ordinary(args.prompt) or [run.tok.eot_token]
+            idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=run.device)
+            rng = torch.Generator(device=run.device).manual_seed(42)  # its own: the training RNG is untouched
+            out = unwrap(run.model).generate(idx, args.sample_tokens, temperature=args.temperature,
+                                             top_k=args.top_k, generator=rng)
+            for i, row in enumerate(out.tolist()):
+                run.log(f"sample {i}: {run.tok.decode(row)!r}")
+        with open(run.log_file, "a") as f:
+            f.writelines(lines)
+        plot_log(run.log_file, os.path.join(args.log_dir, "loss.png"))
+
+
 @torch.no_grad()
 def val_loss(args, run):
     """Mean loss over the first val_steps batches of the val split (the same tokens every time)."""
@@ -400,8 +502,7 @@ def load_hellaswag(args, run):
         dist.broadcast_object_list(found, 0)
     if isinstance(found[0], str):
         run.log(f"notice: HellaSwag skipped: {found[0]}")
-        return None
-    return found[0]
+    return None if isinstance(found[0], str) else found[0]
 
 
 def plot_log(log_file, png_file):
@@ -410,10 +511,9 @@ def plot_log(log_file, png_file):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     series = {"train": ([], []), "val": ([], []), "hella": ([], [])}
-    with open(log_file) as f:
-        for step, kind, value in (p for p in map(str.split, f) if len(p) == 3 and p[1] in series):
-            series[kind][0].append(int(step))
-            series[kind][1].append(float(value))
+    for step, kind, value, _ in read_log(log_file, log=lambda *a: None):
+        series[kind][0].append(step)
+        series[kind][1].append(value)
     panels = [("loss", ["train", "val"])] + [("HellaSwag acc_norm", ["hella"])] * bool(series["hella"][0])
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (title, kinds) in zip(axes[0], panels):
@@ -427,34 +527,6 @@ def plot_log(log_file, png_file):
     with atomic_write(png_file) as f:
         fig.savefig(f, format="png")
     plt.close(fig)
-
-
-def evaluate(args, run, step):
-    """Val loss, HellaSwag accuracy and samples, logged and plotted; the training state is untouched."""
-    run.model.eval()
-    lines = []
-    if run.val_steps:
-        loss = val_loss(args, run)
-        run.log(f"step {step} | val loss {loss:.4f}")
-        lines.append(f"{step} val {loss:.4f}\n")
-    if run.hellaswag:
-        import hellaswag
-        result = hellaswag.evaluate(unwrap(run.model), run.hellaswag, run.tok, run.device,
-                                    autocast_dtype=torch.bfloat16 if run.bf16 else None)
-        run.log(f"step {step} | HellaSwag acc_norm {result['acc_norm']:.4f} ({result['n']} examples)")
-        lines.append(f"{step} hella {result['acc_norm']:.4f}\n")
-    if run.master:
-        if args.num_samples > 0 and args.sample_tokens > 0:
-            ids = run.tok.encode_ordinary(args.prompt) or [run.tok.eot_token]
-            idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=run.device)
-            rng = torch.Generator(device=run.device).manual_seed(42)  # its own: the training RNG is untouched
-            out = unwrap(run.model).generate(idx, args.sample_tokens, temperature=args.temperature,
-                                             top_k=args.top_k, generator=rng)
-            for i, row in enumerate(out.tolist()):
-                run.log(f"sample {i}: {run.tok.decode(row)!r}")
-        with open(run.log_file, "a") as f:
-            f.writelines(lines)
-        plot_log(run.log_file, os.path.join(args.log_dir, "loss.png"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,8 +556,7 @@ def train_step(args, run, step):
     if not math.isfinite(loss):  # before optimizer.step: the weights and the last checkpoint stay good
         fail(f"the loss is {loss} at step {step}: stopping without saving; the last good checkpoint is "
              f"{run.ckpt_file} (lower --lr, or --resume from it)")
-    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip if args.grad_clip > 0 else
-                                          float("inf"))
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip or math.inf)
     lr = get_lr(step, args.lr, args.min_lr, args.warmup_steps, args.max_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -525,8 +596,9 @@ def checkpoint_or_stop(args, run, done):
 
 def main(argv=None):
     args = parse_args(argv)
+    grad_accum = check_args(args)
     run = setup_processes(args)
-    run.grad_accum = check_args(args, run.world)
+    run.grad_accum = grad_accum
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: STOP_REQUESTED.append(True))
     setup_data(args, run)
@@ -534,8 +606,8 @@ def main(argv=None):
     run.start_step = start_or_resume(args, run)
     run.fast_model = torch.compile(run.model) if run.compile else run.model  # for training and val loss
     if run.ddp:  # the wrapper that averages gradients over processes during backward
-        run.model = torch.nn.parallel.DistributedDataParallel(run.fast_model, device_ids=[run.local_rank]
-                                                              if run.device_type == "cuda" else None)
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            run.fast_model, device_ids=[run.local_rank] if run.device_type == "cuda" else None)
     else:
         run.model = run.fast_model
     run.hellaswag, run.peak = load_hellaswag(args, run), peak_flops(run.device)
