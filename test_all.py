@@ -2894,3 +2894,21 @@ def test_lora_cli_hostile_input_no_traceback(tmp_path):
                          cwd=tmp_path)
         assert_one_line_error(run, culprit)
     assert (tmp_path / "tiny.pt").read_bytes() == original and not (tmp_path / "log").exists()
+
+
+@slow
+def test_lora_ctrl_c_is_one_line_and_writes_nothing(tmp_path):
+    gpt.save_checkpoint(str(tmp_path / "tiny.pt"), _lora_tiny_gpt(), "byte")
+    _lora_task_file(tmp_path / "task.txt", n=60)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, str(REPO / "lora.py"), *_LORA_T, "--steps", "100000", "--samples", "0",
+            "--device", "cpu"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stdout:  # training starts right after this line
+        if line.startswith("LoRA on"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: interrupted") and not (tmp_path / "log").exists()
