@@ -1,7 +1,7 @@
 """Side-by-side speed measurements. Each subcommand prints a markdown table of ratios against its peer.
 
     python bench.py tokenizer --english ../shared/data/shakespeare.txt --chinese ../shared/data/d2l_zh.txt
-    python bench.py model | train | hellaswag | lora
+    python bench.py model | train | hellaswag | lora | beam
 
 Every number in README.md comes from one of these commands; the header line says where it ran.
 """
@@ -773,6 +773,64 @@ def lora_add_parser(sub):
     p.set_defaults(run=lora_run)
 
 
+# ---------------------------------------------------------------------------------------------
+# python bench.py beam: model.py's beam search against transformers' generate with the LoRA paper's E2E
+# settings (beam 10, length penalty 0.8, no repeated 4-gram, stop at <|endoftext|>, 64 new tokens).
+# Random weights give nearly flat logits, whose near-ties rounding would decide; scaled up by --gain,
+# the logits are peaked as a trained model's, so that both sides must find the same beams.
+# ---------------------------------------------------------------------------------------------
+def beam_run(args):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from model import GPT
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    torch.manual_seed(0)
+    shape = {"tiny": dict(n_layer=2, n_head=2, n_embd=64), "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+             "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}[args.size]
+    hf = GPT2LMHeadModel(GPT2Config(**shape)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.mul_(args.gain)
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = GPT.from_pretrained(d).eval()
+    settings = dict(num_beams=args.beams, length_penalty=0.8, no_repeat_ngram_size=4)
+    prompts = [torch.randint(0, 50257, (1, args.prompt_len), generator=torch.Generator().manual_seed(i))
+               for i in range(args.prompts)]
+    outputs = {}
+
+    def decode(side):
+        for i, idx in enumerate(prompts):
+            if side == "ours":
+                out = ours.generate(idx, args.new_tokens, stop_token=50256, **settings)
+            else:
+                out = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=args.new_tokens,
+                                  do_sample=False, eos_token_id=50256, pad_token_id=50256, **settings)
+            outputs[side, i] = out[0].tolist()
+
+    with torch.no_grad():
+        t_ours, t_hf = turns(lambda: decode("ours"), lambda: decode("hf"), repeat=args.repeat)
+    same = all(outputs["ours", i] == outputs["hf", i] for i in range(len(prompts)))
+    new = sum(len(outputs["ours", i]) - args.prompt_len for i in range(len(prompts)))
+    print(f"{args.size}, {len(prompts)} prompts of {args.prompt_len} tokens, beam {args.beams}, "
+          f"{new} new tokens in all, torch threads {torch.get_num_threads()}")
+    rows = [["model.generate(num_beams=...)", f"{t_ours / len(prompts):.2f}", f"{t_hf / t_ours:.2f}x",
+             "yes" if same else "NO"], ["transformers generate", f"{t_hf / len(prompts):.2f}", "1.00x", ""]]
+    print(markdown_table(["", "s per prompt", "HF time / ours", "same tokens"], rows))
+
+
+def beam_add_parser(sub):
+    p = sub.add_parser("beam", help="beam search (the LoRA paper's E2E settings) vs transformers generate")
+    p.add_argument("--size", default="gpt2", choices=["tiny", "gpt2", "gpt2-medium"])
+    p.add_argument("--gain", type=float, default=4.0, help="scale of the random weights (peaked logits)")
+    p.add_argument("--beams", type=int, default=10)
+    p.add_argument("--prompts", type=int, default=2)
+    p.add_argument("--prompt-len", type=int, default=32, help="an E2E meaning representation is ~30 tokens")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per side, in turns (best kept)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.set_defaults(run=beam_run)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -781,6 +839,7 @@ def main():
     train_add_parser(sub)
     hellaswag_add_parser(sub)
     lora_add_parser(sub)
+    beam_add_parser(sub)
     args = parser.parse_args()
     print(machine_header())
     try:

@@ -23,8 +23,11 @@ import json
 import math
 import os
 import random
+import re
+import shutil
 import sys
 import time
+from collections import Counter
 
 import torch
 import torch.nn as nn
@@ -522,17 +525,187 @@ def read_peft(path):
 
 
 # ---------------------------------------------------------------------------------------------
+# Generation metrics: the LoRA paper's E2E NLG table
+# ---------------------------------------------------------------------------------------------
+# The official E2E scorer (e2e-metrics, measure_scores.py) computes BLEU and NIST as MT-Eval v13a does
+# (13a tokenization, lowercased, corpus level, all references of an instance) and METEOR, ROUGE-L and
+# CIDEr with the COCO caption code (the PTB tokenizer and METEOR 1.5, both Java). Here sacrebleu computes
+# BLEU and pycocoevalcap (that COCO code, jars included) the other three; NIST is nist() below, since no
+# maintained library implements MT-Eval's NIST (nltk's weighs n-gram information differently).
+METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
+COCO_PUNCTUATION = {"''", "'", "``", "`", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".", "?", "!", ",", ":", "-",
+                    "--", "...", ";"}
+
+
+def group_by_mr(pairs):
+    """[(prompt, [references])] in first-appearance order: one output per distinct meaning representation."""
+    groups = {}
+    for prompt, reference in pairs:
+        groups.setdefault(prompt, []).append(" ".join(reference.split()))
+    return list(groups.items())
+
+
+def eval_groups(args):
+    """The (prompt, references) groups of --eval-data (E2E's test split by default), at most --eval-limit."""
+    path = args.eval_data or ("e2e" if args.data == "e2e" or args.eval_only else "none")
+    if path == "none":
+        return []
+    if path == "e2e":
+        path = download_e2e(args.cache_dir, splits=("test",))["test"]
+    pairs = read_examples(path)
+    if not all(prompt for prompt, _ in pairs):
+        raise ValueError(f"--eval-data {path}: expected `meaning representation||reference` lines or .jsonl")
+    return group_by_mr(pairs)[:args.eval_limit]
+
+
+@torch.no_grad()
+def decode_all(model, groups, tokenizer, device, args):
+    """One output per group: the paper's beam search (or greedy), cut at <|endoftext|>, one line each."""
+    model.eval()
+    eot, outputs = tokenizer.eot_token, []
+    options = dict(temperature=0) if args.greedy else dict(
+        num_beams=args.beams, length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram)
+    for prompt, _ in tqdm(groups, desc="decoding", unit="ex", dynamic_ncols=True):
+        ids = tokenizer.encode_ordinary(prompt)[-(model.config.block_size - 1):]
+        idx = torch.tensor([ids], dtype=torch.long, device=device)
+        new = min(args.max_new_tokens, model.config.block_size - len(ids))
+        out = model.generate(idx, new, stop_token=eot, **options)[0, len(ids):].tolist()
+        outputs.append(" ".join(tokenizer.decode(out[:out.index(eot)] if eot in out else out).split()))
+    return outputs
+
+
+def write_scorer_files(log_dir, predictions, references, suffix=""):
+    """predictions.txt (one per line) and references.txt (one per line, instances separated by an empty
+    line): the layout the official E2E scorer reads."""
+    with gpt.atomic_write(os.path.join(log_dir, f"predictions{suffix}.txt"), "w") as f:
+        f.write("".join(p + "\n" for p in predictions))
+    with gpt.atomic_write(os.path.join(log_dir, "references.txt"), "w") as f:
+        f.write("\n".join("".join(r + "\n" for r in refs) for refs in references))
+
+
+def read_scorer_files(pred_path, ref_path):
+    """(predictions, references) from the two files of the official scorer's layout."""
+    with open(pred_path, encoding="utf-8") as f:
+        predictions = [line.strip() for line in f]
+    with open(ref_path, encoding="utf-8") as f:
+        references = [block.split("\n") for block in f.read().strip().split("\n\n") if block.strip()]
+    references = [[line.strip() for line in refs if line.strip()] for refs in references]
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"{pred_path}: {len(predictions)} outputs; {ref_path}: {len(references)} instances")
+    return predictions, references
+
+
+def nist(predictions, references, max_n=5):
+    """NIST (Doddington 2002) at corpus level, as MT-Eval v13a defines it.
+
+    An n-gram's information is log2(count of its first n - 1 words / count of the n-gram), counted over all
+    references (for one word: all reference words / its count). Each n-gram of an output that a reference
+    of its instance holds (clipped to the most any one reference has) adds its information; each order's
+    sum is divided by the number of n-grams of that order in all outputs, and the sum over orders 1..5 is
+    scaled by exp(beta log^2(min(1, output words / mean reference words per instance, summed))), beta
+    making a ratio of 2/3 cost half.
+    """
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+    tokenize = Tokenizer13a()
+    ngrams = lambda words, n: Counter(zip(*(words[i:] for i in range(n))))  # noqa: E731
+    data = [(tokenize(p).lower().split(), [tokenize(r).lower().split() for r in refs])
+            for p, refs in zip(predictions, references)]
+    counts, ref_words = Counter(), 0.0   # counts: every reference n-gram; () counts all reference words
+    for _, refs in data:
+        ref_words += sum(map(len, refs)) / len(refs)
+        for ref in refs:
+            counts[()] += len(ref)
+            for n in range(1, max_n + 1):
+                counts.update(ngrams(ref, n))
+    info, out_ngrams = [0.0] * max_n, [0] * max_n
+    for out, refs in data:
+        for n in range(1, max_n + 1):
+            out_ngrams[n - 1] += max(len(out) - n + 1, 0)
+            clip = Counter()
+            for ref in refs:
+                clip |= ngrams(ref, n)
+            hits = ngrams(out, n) & clip
+            info[n - 1] += sum(c * math.log2(counts[g[:-1]] / counts[g]) for g, c in hits.items())
+    ratio, beta = out_ngrams[0] / ref_words, math.log(0.5) / math.log(1.5) ** 2
+    return sum(i / n for i, n in zip(info, out_ngrams) if n) * math.exp(beta * math.log(min(ratio, 1.0)) ** 2)
+
+
+def coco_words(text):
+    """A Python stand-in for the COCO code's (Java) PTB tokenizer: lowercase, split off punctuation and
+    clitics ("do n't", "'s"), drop the punctuation."""
+    text = re.sub(r"(\w)n't\b", r"\1 n't", text.lower())
+    return " ".join(w for w in re.findall(r"n't|'\w+|\w+(?:[-./]\w+)*|\S", text) if w not in COCO_PUNCTUATION)
+
+
+def e2e_scores(predictions, references):
+    """{metric: value} on the official scorer's scale (BLEU, METEOR, ROUGE-L as fractions). Without Java
+    METEOR is None, and ROUGE-L and CIDEr read a Python stand-in for the (Java) PTB tokenizer."""
+    import sacrebleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    # sacrebleu takes references as streams (the i-th reference of every instance), None where one has fewer.
+    streams = [[refs[i] if i < len(refs) else None for refs in references]
+               for i in range(max(map(len, references)))]
+    bleu = sacrebleu.corpus_bleu(predictions, streams, lowercase=True, smooth_method="none")
+    scores = dict(BLEU=bleu.score / 100, NIST=nist(predictions, references), METEOR=None)
+    gts = {i: refs for i, refs in enumerate(references)}
+    res = {i: [p] for i, p in enumerate(predictions)}
+    if shutil.which("java"):
+        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+        gts, res = ({i: [{"caption": c} for c in v] for i, v in d.items()} for d in (gts, res))
+        gts, res = PTBTokenizer().tokenize(gts), PTBTokenizer().tokenize(res)
+        scores["METEOR"] = Meteor().compute_score(gts, res)[0]
+    else:
+        gts, res = ({i: [coco_words(c) for c in v] for i, v in d.items()} for d in (gts, res))
+    scores["ROUGE_L"] = Rouge().compute_score(gts, res)[0]
+    scores["CIDEr"] = Cider().compute_score(gts, res)[0]
+    return {m: scores[m] for m in METRICS}
+
+
+def print_metrics(rows):
+    """rows: [(name, scores)]; printed on the paper's scale (BLEU, METEOR, ROUGE-L in percent)."""
+    print("| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |\n|---|---|---|---|---|---|")
+    for name, s in rows:
+        cells = [f"{100 * s['BLEU']:.1f}", f"{s['NIST']:.2f}", "n/a" if s["METEOR"] is None else
+                 f"{100 * s['METEOR']:.1f}", f"{100 * s['ROUGE_L']:.1f}", f"{s['CIDEr']:.2f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if any(s["METEOR"] is None for _, s in rows):
+        print("METEOR left out: no java on PATH (METEOR 1.5 is a Java program); ROUGE-L and CIDEr then use a "
+              "Python tokenizer in place of the PTB tokenizer.")
+
+
+def eval_generation(model, groups, tokenizer, device, args, suffix=""):
+    """Decode the groups, write the scorer's files into --log-dir, return the metrics."""
+    predictions = decode_all(model, groups, tokenizer, device, args)
+    references = [refs for _, refs in groups]
+    write_scorer_files(args.log_dir, predictions, references, suffix)
+    print(f"wrote {os.path.join(args.log_dir, f'predictions{suffix}.txt')} and references.txt")
+    return e2e_scores(predictions, references)
+
+
+def score_files(args):
+    """--score PREDICTIONS REFERENCES: the metrics of two files; --json: one JSON object on the last line."""
+    scores = e2e_scores(*read_scorer_files(*args.score))
+    print_metrics([(os.path.basename(args.score[0]), scores)])
+    if args.json:
+        print(json.dumps({m: None if v is None else float(v) for m, v in scores.items()}))
+
+
+# ---------------------------------------------------------------------------------------------
 # Inputs at the door: numbers (flags and adapter configs) and paths, each refused in one line naming it
 # ---------------------------------------------------------------------------------------------
 # name -> (test, what it must be). NaN fails every comparison, so the range tests refuse it too.
 AT_LEAST_1, AT_LEAST_0 = (lambda v: v >= 1, ">= 1"), (lambda v: v >= 0, ">= 0")
 POSITIVE = (lambda v: 0 < v < math.inf, "finite, > 0")
 NOT_NEGATIVE = (lambda v: 0 <= v < math.inf, "finite, >= 0")
-RULES = {"r": AT_LEAST_1, "alpha": (math.isfinite, "finite"), "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+FINITE = (math.isfinite, "finite")
+RULES = {"r": AT_LEAST_1, "alpha": FINITE, "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
          "steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1, "eval_examples": AT_LEAST_1,
          "block_size": (lambda v: v >= 2, ">= 2"), "warmup": AT_LEAST_0, "samples": AT_LEAST_0,
          "lr": POSITIVE, "full_lr": POSITIVE, "grad_clip": POSITIVE, "weight_decay": NOT_NEGATIVE,
-         "val_frac": (lambda v: 0 < v < 1, "in (0, 1)")}
+         "val_frac": (lambda v: 0 < v < 1, "in (0, 1)"), "beams": AT_LEAST_1, "eval_limit": AT_LEAST_1,
+         "max_new_tokens": AT_LEAST_1, "no_repeat_ngram": AT_LEAST_0, "length_penalty": FINITE}
 
 
 def check_number(name, value, where):
@@ -554,12 +727,16 @@ def check_lora_config(cfg, where):
             check_number(key, value, f"{where}: LoRA config field '{key}'")
 
 
-def check_paths(args):
+def check_paths(args, scoring):
     """Outputs never overwrite inputs (the base, the adapter, the data) or each other, and each can be
     written: checked before any work starts, so that no finished training is lost at the end."""
     data = args.data if args.data != "e2e" else None
-    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter}
-    outputs = {"--out": None if args.adapter else args.out, "--merge": args.merge}
+    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter, "--eval-data": args.eval_data}
+    outputs = {"--out": None if args.adapter or args.eval_only else args.out, "--merge": args.merge,
+               "--full-out": args.full_out if args.full else None}
+    scorer_files = ["predictions.txt", "references.txt"] + (["predictions_full.txt"] if args.full else [])
+    if scoring:
+        outputs.update({f"--log-dir ({name})": os.path.join(args.log_dir, name) for name in scorer_files})
     for flag, folder, names in ("--adapter", args.adapter, inputs), ("--save-peft", args.save_peft, outputs):
         if folder and (names is outputs or os.path.isdir(folder)):  # a PEFT directory: its files
             names.update({f"{flag} ({name})": os.path.join(folder, name) for name in PEFT_FILES})
@@ -611,6 +788,21 @@ def parse_args(argv=None):
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--seed", type=int, default=1337)
+    g = p.add_argument_group("generation metrics (the LoRA paper's E2E table; decoding as in the paper)")
+    g.add_argument("--eval-data", default=None, help="E2E-format file to decode and score, 'e2e' (the "
+                   "downloaded test split: the default with --data e2e or --eval-only) or 'none'")
+    g.add_argument("--eval-only", action="store_true", help="no training: score --ckpt/--init (+ --adapter)")
+    g.add_argument("--eval-limit", type=int, default=None, help="decode the first N meaning representations")
+    g.add_argument("--beams", type=int, default=10)
+    g.add_argument("--length-penalty", type=float, default=0.8)
+    g.add_argument("--no-repeat-ngram", type=int, default=4, help="n-gram size never repeated (0: off)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
+    g.add_argument("--log-dir", default="log", help="where predictions.txt and references.txt go")
+    g.add_argument("--full-out", default="log/full.pt", help="where --full writes its fine-tuned checkpoint")
+    g.add_argument("--score", nargs=2, metavar=("PREDICTIONS", "REFERENCES"),
+                   help="only score two files in the official E2E scorer's layout")
+    g.add_argument("--json", action="store_true", help="with --score: also one JSON object on the last line")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     return check_args(p, args)
@@ -632,6 +824,11 @@ def check_args(parser, args):
         parser.error("--targets names no module")
     if args.adapter and args.full:
         parser.error("--full trains; --adapter only evaluates a saved adapter: use one of them")
+    if args.eval_only and args.full:
+        parser.error("--eval-only trains nothing (a full fine-tune: --eval-only --ckpt ITS_CHECKPOINT)")
+    if args.eval_only and args.save_peft and not args.adapter:
+        parser.error("--save-peft writes an adapter: --eval-only has one only with --adapter")
+    args.greedy = args.greedy or args.beams == 1
     return args
 
 
@@ -659,11 +856,14 @@ def report(model, name):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.score:
+        return score_files(args)
     device = args.device or gpt.auto_device()
     torch.manual_seed(args.seed)
     adapter = read_adapter(args.adapter) if args.adapter else None
     choose_base(args, adapter)
-    check_paths(args)
+    groups = eval_groups(args)
+    check_paths(args, scoring=bool(groups))
     model, tokenizer_spec, base_hash = load_base(args, device)
     tokenizer = gpt.get_tokenizer(tokenizer_spec)
     base_path = args.init or args.ckpt
@@ -681,7 +881,7 @@ def main(argv=None):
         report(model, "adapter")
         print(f"val loss with adapter {val_loss(model):.4f}")
         samples(model, title="adapter")
-    else:  # train one
+    elif not args.eval_only:  # train one
         config = dict(r=args.r, alpha=args.alpha, dropout=args.dropout, targets=args.targets,
                       rslora=args.rslora)
         wrapped = apply_lora(model, **config)
@@ -695,16 +895,25 @@ def main(argv=None):
     if args.save_peft:
         save_peft(args.save_peft, model, config, base_path, base_hash)
         print(f"wrote PEFT adapter {args.save_peft}")
+    name = "adapter" if adapter else "base" if args.eval_only else "LoRA"
+    metrics = [(name, eval_generation(model, groups, tokenizer, device, args))] if groups else []
     if args.merge:
         gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer_spec, lora_base=base_path)
         print(f"wrote merged checkpoint {args.merge}")
     if args.full:
         del model  # so that its memory does not count in the full run's peak
-        full_fine_tune(args, stats, base_loss, train_ex, val_ex, device, tokenizer.eot_token)
+        model = full_fine_tune(args, stats, base_loss, train_ex, val_ex, device, tokenizer.eot_token)
+        gpt.save_checkpoint(args.full_out, model, tokenizer_spec)
+        print(f"wrote full fine-tuned checkpoint {args.full_out}")
+        if groups:
+            full_scores = eval_generation(model, groups, tokenizer, device, args, suffix="_full")
+            metrics.append(("full fine-tuning", full_scores))
+    if metrics:
+        print_metrics(metrics)
 
 
 def full_fine_tune(args, lora, base_loss, train_ex, val_ex, device, pad_id):
-    """The same run with every weight trainable, on a fresh copy of the base; then a LoRA vs full table."""
+    """The same run with every weight trainable, on a fresh copy of the base, and a LoRA vs full table."""
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     model = load_base(args, device)[0]
@@ -720,6 +929,7 @@ def full_fine_tune(args, lora, base_loss, train_ex, val_ex, device, pad_id):
     for label, key, fmt, digits in rows:
         a, b = lora[key], full[key]
         print(f"| {label} | {fmt(a)} | {fmt(b)} | {f'{a / b:.{digits}f}' if digits and a and b else ''} |")
+    return model
 
 
 if __name__ == "__main__":

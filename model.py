@@ -79,6 +79,17 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def reorder(self, rows):
+        """Row i continues from old row rows[i] (beam search: each new beam extends some old beam's prefix).
+
+        rows may repeat or drop rows and change the batch size; only the filled positions are copied.
+        """
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_empty((old.size(0), len(rows), *old.shape[2:]))
+            new[:, :, :, :self.length] = old[:, rows, :, :self.length]
+            setattr(self, name, new)
+
 
 class CausalSelfAttention(nn.Module):
 
@@ -244,7 +255,7 @@ class GPT(nn.Module):
     # --- generation -------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                 use_cache=True, stop_token=None):
+                 use_cache=True, stop_token=None, num_beams=1, **beam_options):
         """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 is greedy decoding.
 
         With stop_token (e.g. <|endoftext|>) it returns early once every row has produced it; rows that
@@ -254,6 +265,8 @@ class GPT(nn.Module):
         context is cropped to the last block_size tokens exactly as without the cache; the positions of the
         kept tokens then shift, so the cache is rebuilt from the cropped context at each such step.
         """
+        if num_beams > 1:  # a deterministic search instead of sampling: see beam_search for its options
+            return self.beam_search(idx, max_new_tokens, num_beams, stop_token=stop_token, **beam_options)
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
@@ -280,6 +293,71 @@ class GPT(nn.Module):
                     break
         self.train(was_training)
         return idx
+
+    @torch.no_grad()
+    def beam_search(self, idx, max_new_tokens, num_beams=4, length_penalty=1.0, no_repeat_ngram_size=0,
+                    stop_token=None, early_stopping=False):
+        """The best of num_beams beams, as transformers' generate(num_beams=...): idx (1, T) -> (1, T + n).
+
+        Each step extends every running beam by every token and keeps the num_beams best sums of
+        log-probs. A beam that emits a stop token (an id or a list of ids), and every beam at the last
+        step, is finished and scored sum / n ** length_penalty, n its new tokens counting the stop token.
+        The search ends when num_beams beams have finished and no running beam can beat the worst of them:
+        judged at its current length (early_stopping=False), at max_new_tokens when length_penalty > 0
+        ("never"), or not at all (True: stop as soon as num_beams have finished). no_repeat_ngram_size=K
+        forbids a token that would repeat a K-gram of the sequence, prompt included.
+        idx may be a list of 1-D prompts of different lengths: each is searched on its own and a list of
+        1-D sequences comes back (transformers returns the same tokens for them left-padded as a batch).
+        """
+        n = no_repeat_ngram_size
+        if isinstance(idx, (list, tuple)):
+            return [self.beam_search(torch.as_tensor(p).view(1, -1), max_new_tokens, num_beams,
+                                     length_penalty, n, stop_token, early_stopping)[0] for p in idx]
+        T, V = idx.size(1), self.config.vocab_size
+        if T + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceed block_size "
+                             f"{self.config.block_size}")
+        stops = {stop_token} if isinstance(stop_token, int) else set(stop_token or ())
+        # Candidates kept per step: even if every beam's best continuations are stop tokens, num_beams
+        # candidates remain to carry on.
+        n_cand = max(2, 1 + len(stops)) * num_beams
+        was_training = self.training
+        self.eval()
+        cache = KVCache(self.config, 1, idx.device, self.lm_head.weight.dtype, T + max_new_tokens)
+        beams, sums = idx, torch.zeros(1, device=idx.device)   # running beams (b, T + t), their log-prob sums
+        finished = []                                          # (score, token list), best first
+        step_input = idx                                       # the prompt once, then each beam's new token
+        for t in range(max_new_tokens):
+            logits = self(step_input, kv_cache=cache)[0][:, -1, :V]     # (b, V): padded ids are never tokens
+            logp = F.log_softmax(logits.float(), dim=-1)
+            if n and beams.size(1) >= n:   # a token is banned if it ends a K-gram seen before in this beam
+                windows = beams.unfold(1, n, 1)                                    # (b, T + t - n + 1, n)
+                seen = (windows[:, :, :-1] == beams[:, None, beams.size(1) - n + 1:]).all(-1)
+                banned = torch.zeros_like(logp).scatter_add_(1, windows[:, :, -1], seen.float())
+                logp = logp.masked_fill(banned > 0, float("-inf"))
+            top, flat = (sums[:, None] + logp).view(-1).topk(n_cand)   # best continuations over all beams
+            score = top / (t + 1) ** length_penalty                    # their score, were they to finish now
+            rows, tokens, kept = [], [], []
+            for rank, (c, s) in enumerate(zip(flat.tolist(), score.tolist())):
+                beam, token = divmod(c, V)
+                if token in stops or t == max_new_tokens - 1:
+                    if rank < num_beams:   # as transformers: a finish below the num_beams best is dropped
+                        finished.append((s, beams[beam].tolist() + [token]))
+                elif len(rows) < num_beams:
+                    rows.append(beam), tokens.append(token), kept.append(rank)
+            finished = sorted(finished, key=lambda f: -f[0])[:num_beams]   # stable: earlier wins a tie
+            if t == max_new_tokens - 1 or len(finished) == num_beams and early_stopping is True:
+                break
+            if len(finished) == num_beams:
+                best_n = max_new_tokens if early_stopping == "never" and length_penalty > 0 else t + 1
+                if (top[kept[0]] / best_n ** length_penalty).item() <= finished[-1][0]:
+                    break   # the best running beam, at its best length, cannot enter the finished list
+            rows = torch.tensor(rows, device=idx.device)
+            step_input = torch.tensor(tokens, device=idx.device).view(-1, 1)   # (b, 1): each beam's new token
+            beams, sums = torch.cat((beams[rows], step_input), dim=1), top[kept]
+            cache.reorder(rows)   # each beam keeps the keys and values of the prefix it extends
+        self.train(was_training)
+        return torch.tensor([finished[0][1]], device=idx.device) if finished else idx
 
     # --- HuggingFace interop ----------------------------------------------------------------------
     @classmethod

@@ -3,6 +3,7 @@
 Run: python -m pytest test_all.py -q
 """
 import argparse
+import base64
 import functools
 import gc
 import hashlib
@@ -22,6 +23,7 @@ import sys
 import threading
 import types
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -2809,6 +2811,10 @@ def lora_door(tmp_path, monkeypatch, capsys):
 
 def _lora_break_adapter(tmp_path, how):
     """Make the fixture's adapters hostile: a config field changed, a NaN weight, a PEFT config replaced."""
+    if how[0] == "eval_data":  # evaluation data under the name of a file the scorer's layout writes
+        (tmp_path / "ev").mkdir()
+        shutil.copy("task.txt", "ev/references.txt")
+        return
     if how[0] == "peft":
         path = tmp_path / "peft" / "adapter_config.json"
         change = how[1]
@@ -2849,6 +2855,11 @@ _LORA_DOOR_CASES = [  # (argv, the culprit the message names, how to break an ad
     (_LORA_T + ["--out", "a_file/lora.pt"], "--out a_file/lora.pt cannot be written", None),
     (_LORA_T + ["--merge", "a_folder"], "--merge a_folder cannot be written", None),
     (_LORA_T + ["--save-peft", "a_file"], "cannot be written", None),
+    (_LORA_T + ["--eval-data", "task.txt", "--log-dir", "a_file"], "--log-dir (predictions.txt)", None),
+    (_LORA_T + ["--full", "--full-out", "tiny.pt"], "--full-out tiny.pt is also --ckpt", None),
+    (_LORA_T + ["--eval-data", "ev/references.txt", "--log-dir", "ev"], "also --eval-data", ("eval_data",)),
+    (["--beams", "0"], "--beams", None), (["--length-penalty", "nan"], "--length-penalty", None),
+    (["--eval-only", "--save-peft", "p"], "--save-peft", None),
     # data files
     (["--ckpt", "tiny.pt", "--data", "bad_pairs.txt"], "bad_pairs.txt:3: no '||'", None),
     (["--ckpt", "tiny.pt", "--data", "bad.jsonl"],
@@ -2912,3 +2923,259 @@ def test_lora_ctrl_c_is_one_line_and_writes_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("error: interrupted") and not (tmp_path / "log").exists()
+
+
+# =================================================================================================
+# Beam search (model.py) and the E2E NLG metrics (lora.py)
+# Beam search token for token against transformers; the metrics against the libraries and the official
+# E2E scorer's own example; the MR grouping and the files the official scorer reads.
+# =================================================================================================
+@pytest.fixture
+def beam_one_thread():
+    """Tiny models decode faster on one thread (no OpenMP hand-offs), above all on a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def beam_models(tmp_path_factory):
+    """A tiny random GPT-2 in transformers and the same weights in ours. A random model's logits are nearly
+    flat, so near-ties would let rounding decide between beams; weights scaled up 6x make every log-prob gap
+    far wider than the two implementations' rounding differences."""
+    hf, path = tiny_hf(tmp_path_factory.mktemp("beam") / "hf", vocab_size=211, n_positions=96)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.mul_(6.0)
+    hf.save_pretrained(path)
+    hf.generation_config.eos_token_id = None   # a stop token only where a test passes one
+    return hf, GPT.from_pretrained(path).eval()
+
+
+def _beam_prompt(seed, length=5):
+    return torch.randint(0, 210, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _beam_hf(hf, idx, max_new_tokens, stop_token=None, pad=209, **options):
+    return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=max_new_tokens,
+                       do_sample=False, eos_token_id=stop_token, pad_token_id=pad, **options)
+
+
+@pytest.mark.parametrize("num_beams,length_penalty,no_repeat", [
+    (2, 1.0, 0), (4, 0.8, 0), (10, 2.0, 0), (10, 0.8, 4), (4, 1.0, 2), (4, 2.0, 3), (2, -0.5, 0)])
+def test_beam_equals_transformers(beam_models, beam_one_thread, num_beams, length_penalty, no_repeat):
+    hf, ours = beam_models
+    options = dict(num_beams=num_beams, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat)
+    for seed in range(3):
+        idx = _beam_prompt(seed, length=3 + 4 * seed)
+        greedy = ours.generate(idx, 12, temperature=0)[0, idx.size(1):].tolist()
+        for stop in (None, greedy[2]):   # a stop token the model emits early
+            expected = _beam_hf(hf, idx, 24, stop, **options)
+            got = ours.generate(idx, 24, stop_token=stop, **options)
+            assert torch.equal(got, expected), (seed, stop, got.tolist(), expected.tolist())
+            if stop is None:
+                assert got.size(1) == idx.size(1) + 24
+            elif got.size(1) < idx.size(1) + 24:
+                assert got[0, -1] == stop and (got[0, idx.size(1):-1] != stop).all()
+
+
+def test_beam_early_stopping_modes_and_a_stop_at_the_first_step(beam_models, beam_one_thread):
+    hf, ours = beam_models
+    idx = _beam_prompt(1)
+    greedy = ours.generate(idx, 12, temperature=0)[0, 5:].tolist()
+    results = {}
+    for stop in greedy[:2]:   # greedy[0]: the most likely first token is the stop token
+        for length_penalty in (0.8, 2.0):
+            for mode in (False, True, "never"):
+                options = dict(num_beams=4, length_penalty=length_penalty, early_stopping=mode)
+                expected = _beam_hf(hf, idx, 30, stop, **options)
+                got = ours.generate(idx, 30, stop_token=stop, **options)
+                assert torch.equal(got, expected), (stop, length_penalty, mode, got, expected)
+                results[stop, length_penalty, mode] = got.tolist()
+    assert len(results[greedy[0], 0.8, False][0]) == 6           # the one-token answer wins at 0.8
+    assert results[greedy[0], 2.0, True] != results[greedy[0], 2.0, False]   # the modes are not all alike
+
+
+def test_beam_batch_of_different_lengths_equals_transformers_left_padded(beam_models, beam_one_thread):
+    hf, ours = beam_models
+    prompts = [[5, 17, 33, 2, 9, 100, 42], [8], [61, 62, 63, 64]]
+    width, pad = max(map(len, prompts)), 209
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    stop = ours.generate(torch.tensor([prompts[0]]), 6, temperature=0)[0, -4].item()
+    options = dict(num_beams=4, length_penalty=0.8, no_repeat_ngram_size=3)
+    expected = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=stop,
+                           pad_token_id=pad, **options)
+    got = ours.generate([torch.tensor(p) for p in prompts], 20, stop_token=stop, **options)
+    assert len(got) == 3 and any(len(g) < len(p) + 20 for g, p in zip(got, prompts))   # one stopped early
+    for row, p, g in zip(expected.tolist(), prompts, got):
+        row = row[width - len(p):]       # transformers fills a row that stopped early with the pad token
+        assert row == g.tolist() + [pad] * (len(row) - len(g))
+
+
+def test_beam_cache_reorder_keeps_the_chosen_rows():
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=8)
+    cache = gpt.KVCache(config, 3, "cpu", torch.float32)
+    k, v = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    for layer in range(2):
+        cache.update(layer, k, v)
+    cache.length = 5
+    cache.reorder(torch.tensor([2, 2, 0, 1]))
+    assert cache.k.shape[1] == 4 and torch.equal(cache.k[1, :, :, :5], k[[2, 2, 0, 1]])
+    assert torch.equal(cache.v[0, :, :, :5], v[[2, 2, 0, 1]])
+
+
+# The official E2E scorer's own example (e2e-metrics example-inputs: the challenge baseline's outputs for the
+# first 10 development MRs and their human references), as zlib + base64 of predictions.txt, a NUL byte and
+# references.txt; and what the official measure_scores.py prints for that pair.
+_BEAM_SCORER_EXAMPLE = (
+    "eNrdWs1uGzkM3rOfQrdcJgaKxT5AW6BAsUUKGMECexzbcixkPApG47h5+yU1P6IoSjPZFnvYWxuPSIr6SH6k9LExF93214syTjX2UPf6"
+    "qEyr+rNWB9O/qQP82umt+trjF63t1am+mObt/tQZ3R6bt+3mI5VRwzct/0Z12vX1tavbXrW67tSna/ekO/WnaZ8kbVxkQdyvXp3Yx8T9"
+    "Ch/lXNCZV905c9Sq7nRdlPdVWoF/gh2QTat50y9NfQBz66YB42drMr5SBV8xlYK7Onsxg7RncwyiDvZ00lq5s31RTnevuPHD2bTaaXWy"
+    "9phRcDP9GUQdrq63F1DS1T2utCf1Qdlrj//44z9U+jtR+ttj8Pfg3xQVVXB2Bb/Vi0dKsUjO81W3VwBnfdGxQPhxFJgC3a/h2BO/9NZX"
+    "FNz5gJIlgNvaWtXtcSFIVluztDgycUHWdpOqZR9Wk+0e0Kh4KUc9CFHMTMI19fHa9ArDaN8Yd0YjsvEn4UJFX3BDQLe3u5fyysq0Q4Qx"
+    "bSJOHyQHeSNSAIMMgtbb2RzOK8tIyx0H4XqVlWTy0FIZyKOsHImynDSzPjIR53qhGGFwZ3Iz8ykTsrTTaHOP+Z3kbRHdFKsdK4dFYRj7"
+    "iIgpD6yq+eiv9ZU7n2IEKHxb/3Hlv1htBzmk6j3brYRjDHYurRUcnwukJE+TY1nlOyKusfYZkrt5hpgbhBjgejcPqBdtXxoNxz9oNNr5"
+    "knAHOblp7E0fI7Pw79yyPdTVIY+BXXM9hmg8qTd7RWlQwesOq/cTJINuLrq9VU/W19Y7MbX4Pc9pfZbM3Ii/DfJQNmhc5JGNeR0PiFj7"
+    "U2sChCyhJVv1gDsEsnIi7t1udjNnwdTyL/Os6LDBD6nLIPlLllDdh8Y6fyTB/M0mwjMpscEUwWQlYra1HVAz4F+4/jOpXHxfcq4gRC+N"
+    "/BXUhEb+FK1AMcNui2KPVo+CMSbIUaYt1D3XHDOIJMUAsWRHxWQ+QZXsRxpJHFLyxyovBDXcBCEPrtocoiwFAdFz6KyDzAaUn0pfk4mr"
+    "dVFRSuTBw+v7PYnWDYvXadosbh50YOPjIF3HDVDoG45K3KNts8CplDP91X+1fwtfeSdCGm6CGrbh+EfeFVBZiw1oxNJYg7zcBZMkMPVe"
+    "kXeYXzZffFnx5kPxUpngE60B4tC9cf4XPgmWsDwDH7xJDhvi1dc5JMKwG6duumkSj/m1rOkrnG6B/w1L5Y5YmBzwcKcceRI5HqfMkSkv"
+    "484Mm6QjCEeL/r5D4KMNt7MF7jHoinYo+T8xIxSfPKgP0JDsdehBiLkDuBlut5tPGq3b68k1U+yswTtozgRCWpO93cnh/GUgdIkuGnMD"
+    "+TFTNDhi9IB/8hUDpm5fTWdbHwWvXkVUxktpNIbhmP4KWUREYWlJlYC9WqbHNd/h4OZC2LDvlwdk+a5OCt+CfnESIM8Ms7hKxETpUB7f"
+    "8Kz7PXEzifwIUGNGWZg6wpL7nAkpreHaqXLxLFPtn1gw+P4CI/xk2qNIpLP+hAq0i8TcTNMMclBFtDUCFWLM2N7cfI0C2lw/D+kiFCEf"
+    "kxddN/j3Ni4zCv8G1nT21R8Qd4Gfec4F1HRk0073fqj5XmwlmY40aNghhvbMY+HLz9TQbyUkpp06BfPCYpaIk6wSB8bMQqK0KwG6KkdP"
+    "auXm7wg1hOmpFk9OwvQie8QoyrUC4scjS7Ut4jQENvbkKRvKMREeIytOXBy3bjefsYu8x6JleQNBPJ0kTxJhvOAJxIcfLx10vJOVh+wD"
+    "jgr2uBcrX3jtgpBvUZGMt5sWtHLxYm3UY5SWcxdgrF/jk92kfsVSizGSbH2pGCbjkmnINIJnx2JYRs/jOyuCwI7SOdgXhpmxsZJcxo9N"
+    "pmgPIpXjFRSaAN8g8OWKbJLqnucvwM3mOMU+SXcXh3OTWLx3iBsr+J2LJ767oj98ik9Gbf3FupfBtEjA4awPz/7uLKiQTy+5V7Ey37jL"
+    "R3ICswdpyltAcYIQaRb2eB4JtBhZiYiYWOWDROAnrWz+XWL9As3MpeZsvisOB5p3Za4V+eprEXJV6Xo7RzQfJyZ1LwyS5lFkbHtaOh6E"
+    "QdbM0STvj/U5nnQItoQjHjawagolwTnDcUjDzH1TkYvDmJEw5AgJY/VbgKm4laAsEDHKNoqFW55uzbQ910UkVognLDUCwqCmu7ZgWmPH"
+    "WcTSXcC7Cua4+btSCWe7r9K2e/WcmPHb8hgvf9rr3rcwMvPc2tvQ7Jie9YRk6uCTRFdKEhEVK8+fMnfZTMJSN5k0pKLfsy3yzz/MSa9c"
+    "cjjyPVopBzvlrgB0IA68QSiXQhKjrfo8vq+hb29GkPpXOsIMyw9n8RYrvOmZbyfDG5z2ebJmtt4/1AGH0gdAVO/QGOOyz/TVT9w+cXhi"
+    "+nbJ4x/jci+O/s8KsUzAcqCPABT86GJ+4O/UBDyR+dCvxsG/tpDWC6Mydgtdp4VrgMNeQwR2Q1K5XvZg6gcsqvqHGYyZduAm9/D3XtrF"
+    "bpEL15jZ4sDE3nd4s1F8ezYqTg/GYxr/3wnO2a3Y0zSjLTjKWw4c/wALQu2kWJHDcTHUvCVCoL4r+PJjJAdtCTsZlLzC3RO1CtcmWbKw"
+    "aMqcddH8kl0iL1HfQRYImMG6+Ehx8NPYt5gOPHjUeHsdWXrEMgjIiWflKD8xy98ij7AdCfdLpy/G4ZXyMJW7S4Zyg8oqKSjMW3G31foX"
+    "FjbyVBpcQ43rrR1HimsislLiFDrrT/L+UrEkRzmNDEgfkoW0sBNfgfoHD0VTpkjFEVoySVzxMnVUFAROWqYnq5GxLKnv2Hg+EwHZvdMg"
+    "qHKDltz+Vh+WR0TOAdgEDOpFCxnxJJGhpthYVP8PnlLLTQ=="
+)
+_BEAM_OFFICIAL = {"BLEU": 0.7203, "NIST": 7.7889, "METEOR": 0.4801, "ROUGE_L": 0.7910, "CIDEr": 2.3039}
+_BEAM_NO_JAVA = {"PATH": os.path.dirname(sys.executable)}   # a PATH on which java is not found
+_BEAM_REFS = [["The Eagle is a cheap coffee shop near Burger King.",
+               "Near Burger King, the Eagle sells cheap coffee.",
+               "The Eagle, a cheap coffee shop, is near Burger King."],
+              ["Aromi is a family-friendly Italian restaurant.",
+               "Aromi serves Italian food and is kid friendly."],
+              ["Zizzi isn't family-friendly; it's a pub by the river.",
+               "Zizzi is a riverside pub for adults."]]
+_BEAM_PREDS = ["The Eagle is a cheap coffee shop near the Burger King.", "Aromi is an Italian restaurant.",
+               "Zizzi is a pub by the river, it isn't family-friendly."]
+
+
+def _beam_scorer_files(tmp_path, predictions=None, references=None):
+    if predictions is None:
+        text = zlib.decompress(base64.b64decode("".join(_BEAM_SCORER_EXAMPLE))).decode()
+        predictions, references = text.split("\0")
+    else:
+        predictions = "".join(p + "\n" for p in predictions)
+        references = "\n".join("".join(r + "\n" for r in refs) for refs in references)
+    (tmp_path / "predictions.txt").write_text(predictions)
+    (tmp_path / "references.txt").write_text(references)
+    return str(tmp_path / "predictions.txt"), str(tmp_path / "references.txt")
+
+
+def test_beam_nist_by_hand():
+    # References "the cat sat" and "the dog sat": 6 words; the 2x, cat 1x, sat 2x; "the cat" 1x, "cat sat" 1x.
+    # Information: the, sat log2(6/2); cat log2(6/1); "the cat" log2(2/1); "cat sat", "the cat sat" log2(1/1).
+    refs = [["the cat sat", "The dog sat"]]   # (counted lowercased, as MT-Eval does)
+    by_hand = (2 * math.log2(3) + math.log2(6)) / 3 + 1 / 2 + 0 / 1
+    assert lora.nist(["the cat sat"], refs) == pytest.approx(by_hand, rel=1e-12)
+    # 2 output words for a mean reference length of 3: the length penalty is exactly one half.
+    by_hand = 0.5 * ((math.log2(3) + math.log2(6)) / 2 + 1)
+    assert lora.nist(["the cat"], refs) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_beam_grouping_by_mr_and_the_scorer_files(tmp_path, monkeypatch, capsys, beam_one_thread):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", _BEAM_NO_JAVA["PATH"])
+    lines = ["name : A | food : Thai||A serves Thai food .", "name : B | food : Pasta||B serves pasta .",
+             "name : A | food : Thai||Thai food at A .", "name : C | food : Soup||C has soup .",
+             "name : B | food : Pasta||Pasta at B .", "name : A | food : Thai||A : Thai ."]
+    (tmp_path / "e2e.txt").write_text("\n".join(lines * 3) + "\n")
+    groups = lora.group_by_mr(lora.read_examples("e2e.txt"))
+    a_refs = ["A serves Thai food .", "Thai food at A .", "A : Thai ."] * 3
+    assert groups == [("name : A | food : Thai||", a_refs),
+                      ("name : B | food : Pasta||", ["B serves pasta .", "Pasta at B ."] * 3),
+                      ("name : C | food : Soup||", ["C has soup ."] * 3)]
+    gpt.save_checkpoint("tiny.pt", tiny_gpt(block_size=96), "byte")
+    common = ["--eval-only", "--ckpt", "tiny.pt", "--data", "e2e.txt", "--eval-data", "e2e.txt",
+              "--samples", "1", "--log-dir", "out", "--device", "cpu"]
+    lora.main([*common, "--beams", "3", "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+    assert (tmp_path / "out" / "references.txt").read_text() == "\n".join(
+        "".join(r + "\n" for r in refs) for _, refs in groups)
+    predictions = (tmp_path / "out" / "predictions.txt").read_text().split("\n")
+    assert len(predictions) == 4 and predictions[-1] == ""     # one line per MR
+    assert "| base |" in out and "METEOR left out: no java on PATH" in out
+    # The predictions are the beam search's, cut at <|endoftext|>, decoded.
+    model, enc = gpt.load_checkpoint("tiny.pt")[0], gpt.get_tokenizer("byte")
+    ids = enc.encode_ordinary(groups[1][0])
+    best = model.generate(torch.tensor([ids]), 8, num_beams=3, length_penalty=0.8, no_repeat_ngram_size=4,
+                          stop_token=enc.eot_token)[0, len(ids):].tolist()
+    best = best[:best.index(enc.eot_token)] if enc.eot_token in best else best
+    assert predictions[1] == " ".join(enc.decode(best).split())
+    lora.main([*common, "--greedy", "--eval-limit", "2"])
+    assert len((tmp_path / "out" / "predictions.txt").read_text().splitlines()) == 2
+
+
+def test_beam_scores_of_references_themselves_and_no_java(monkeypatch):
+    monkeypatch.setenv("PATH", _BEAM_NO_JAVA["PATH"])
+    scores = lora.e2e_scores([refs[-1] for refs in _BEAM_REFS], _BEAM_REFS)
+    assert scores["BLEU"] == pytest.approx(1.0, abs=1e-12) and scores["ROUGE_L"] == pytest.approx(1.0)
+    assert scores["METEOR"] is None
+    assert lora.e2e_scores(_BEAM_PREDS, _BEAM_REFS)["BLEU"] < 0.9
+
+
+@slow
+def test_beam_score_cli_equals_the_libraries_called_directly(tmp_path):
+    import sacrebleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    run = run_script("lora.py", "--score", *_beam_scorer_files(tmp_path, _BEAM_PREDS, _BEAM_REFS), "--json")
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    refs = [[r[i] for r in _BEAM_REFS] for i in range(2)] + [[_BEAM_REFS[0][2], None, None]]
+    bleu = sacrebleu.corpus_bleu(_BEAM_PREDS, refs, lowercase=True, smooth_method="none").score / 100
+    assert got["BLEU"] == pytest.approx(bleu, rel=1e-12)
+    if not shutil.which("java"):
+        pytest.skip("java is needed for the COCO code's PTB tokenizer and METEOR")
+    gts = PTBTokenizer().tokenize({i: [{"caption": c} for c in refs] for i, refs in enumerate(_BEAM_REFS)})
+    res = PTBTokenizer().tokenize({i: [{"caption": p}] for i, p in enumerate(_BEAM_PREDS)})
+    for name, scorer in (("METEOR", Meteor()), ("ROUGE_L", Rouge()), ("CIDEr", Cider())):
+        assert got[name] == pytest.approx(scorer.compute_score(gts, res)[0], rel=1e-12), name
+
+
+@slow
+def test_beam_score_cli_official_example_within_one_percent_and_without_java(tmp_path):
+    files = _beam_scorer_files(tmp_path)
+    run = run_script("lora.py", "--score", *files, "--json")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |" in run.stdout
+    scores = json.loads(run.stdout.strip().splitlines()[-1])
+    for name, official in _BEAM_OFFICIAL.items():
+        if name == "METEOR" and not shutil.which("java"):
+            continue
+        assert abs(scores[name] - official) <= 0.01 * official, (name, scores[name], official)
+    run = run_script("lora.py", "--score", *files, "--json", env=_BEAM_NO_JAVA)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "METEOR left out: no java on PATH" in run.stdout
+    no_java = json.loads(run.stdout.strip().splitlines()[-1])
+    assert no_java["METEOR"] is None
+    assert no_java["BLEU"] == scores["BLEU"] and no_java["NIST"] == scores["NIST"]
+    for name in ("ROUGE_L", "CIDEr"):   # the Python tokenizer in place of the PTB tokenizer
+        assert abs(no_java[name] - _BEAM_OFFICIAL[name]) <= 0.01 * _BEAM_OFFICIAL[name]
+    run = run_script("lora.py", "--score", files[0], str(tmp_path / "missing.txt"))
+    assert_one_line_error(run, "missing.txt")
