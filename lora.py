@@ -731,7 +731,8 @@ def check_paths(args, scoring):
     """Outputs never overwrite inputs (the base, the adapter, the data) or each other, and each can be
     written: checked before any work starts, so that no finished training is lost at the end."""
     data = args.data if args.data != "e2e" else None
-    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter, "--eval-data": args.eval_data}
+    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter, "--eval-data": args.eval_data,
+              "--tokenizer": args.tokenizer}
     outputs = {"--out": None if args.adapter or args.eval_only else args.out, "--merge": args.merge,
                "--full-out": args.full_out if args.full else None}
     scorer_files = ["predictions.txt", "references.txt"] + (["predictions_full.txt"] if args.full else [])
@@ -786,6 +787,7 @@ def parse_args(argv=None):
     p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
     p.add_argument("--save-peft", metavar="DIR", help="also write the adapter in PEFT's format into DIR")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
+    p.add_argument("--tokenizer", help="gpt2, byte or a bpe.py .model (default: the one the base records)")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--seed", type=int, default=1337)
     g = p.add_argument_group("generation metrics (the LoRA paper's E2E table; decoding as in the paper)")
@@ -840,13 +842,19 @@ def choose_base(args, adapter):
 
 
 def load_base(args, device):
-    """(model, its tokenizer as the checkpoint records it, base hash) from --ckpt or --init."""
+    """(model, tokenizer, its record for checkpoints, base hash) from --ckpt or --init; the tokenizer is the
+    one the base records unless --tokenizer names another (whose ids must fit the model's vocabulary)."""
     if args.init:
-        model, tokenizer = gpt.GPT.from_pretrained(args.init), "gpt2"
+        model, spec = gpt.GPT.from_pretrained(args.init), "gpt2"
     else:
         model, ckpt = gpt.load_checkpoint(args.ckpt)
-        tokenizer = ckpt.get("tokenizer", "gpt2")
-    return model.to(device), tokenizer, base_fingerprint(model)
+        spec = ckpt.get("tokenizer", "gpt2")
+    spec = args.tokenizer or spec
+    tokenizer = gpt.get_tokenizer(spec)
+    if tokenizer.n_vocab > model.config.vocab_size:
+        raise ValueError(f"tokenizer {args.tokenizer or tokenizer.name} has {tokenizer.n_vocab} ids, more "
+                         f"than the base model's vocabulary ({model.config.vocab_size})")
+    return model.to(device), tokenizer, spec, base_fingerprint(model)
 
 
 def report(model, name):
@@ -864,8 +872,7 @@ def main(argv=None):
     choose_base(args, adapter)
     groups = eval_groups(args)
     check_paths(args, scoring=bool(groups))
-    model, tokenizer_spec, base_hash = load_base(args, device)
-    tokenizer = gpt.get_tokenizer(tokenizer_spec)
+    model, tokenizer, tokenizer_spec, base_hash = load_base(args, device)
     base_path = args.init or args.ckpt
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
     print(f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, tokenizer {tokenizer.name}")

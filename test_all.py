@@ -2860,6 +2860,8 @@ _LORA_DOOR_CASES = [  # (argv, the culprit the message names, how to break an ad
     (_LORA_T + ["--eval-data", "ev/references.txt", "--log-dir", "ev"], "also --eval-data", ("eval_data",)),
     (["--beams", "0"], "--beams", None), (["--length-penalty", "nan"], "--length-penalty", None),
     (["--eval-only", "--save-peft", "p"], "--save-peft", None),
+    (_LORA_T + ["--tokenizer", "gpt2"], "more than the base model's vocabulary (257)", None),
+    (_LORA_T + ["--tokenizer", "nosuch"], "nosuch", None),
     # data files
     (["--ckpt", "tiny.pt", "--data", "bad_pairs.txt"], "bad_pairs.txt:3: no '||'", None),
     (["--ckpt", "tiny.pt", "--data", "bad.jsonl"],
