@@ -339,13 +339,15 @@ def evaluate(model, examples, batch_size, device, pad_id):
 
 
 @torch.no_grad()
-def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64):
-    """Greedy completion of one prompt, up to <|endoftext|> (within the context: no cropping)."""
+def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64, **decoding):
+    """One prompt's completion up to <|endoftext|> (within the context: no cropping): greedy, or as
+    `decoding` says (e.g. num_beams=10, length_penalty=0.8, no_repeat_ngram_size=4)."""
     prompt_ids = prompt_ids[-(model.config.block_size - 1):]
     max_new_tokens = min(max_new_tokens, model.config.block_size - len(prompt_ids))
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    out = model.generate(idx, max_new_tokens, temperature=0, stop_token=tokenizer.eot_token)
-    out = out[0, len(prompt_ids):].tolist()
+    decoding = decoding or dict(temperature=0)
+    out = model.generate(idx, max_new_tokens, stop_token=tokenizer.eot_token, **decoding)[0, len(prompt_ids):]
+    out = out.tolist()
     return tokenizer.decode(out[:out.index(tokenizer.eot_token)] if tokenizer.eot_token in out else out)
 
 
@@ -562,15 +564,12 @@ def eval_groups(args):
 def decode_all(model, groups, tokenizer, device, args):
     """One output per group: the paper's beam search (or greedy), cut at <|endoftext|>, one line each."""
     model.eval()
-    eot, outputs = tokenizer.eot_token, []
-    options = dict(temperature=0) if args.greedy else dict(
+    options = {} if args.greedy else dict(
         num_beams=args.beams, length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram)
+    outputs = []
     for prompt, _ in tqdm(groups, desc="decoding", unit="ex", dynamic_ncols=True):
-        ids = tokenizer.encode_ordinary(prompt)[-(model.config.block_size - 1):]
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
-        new = min(args.max_new_tokens, model.config.block_size - len(ids))
-        out = model.generate(idx, new, stop_token=eot, **options)[0, len(ids):].tolist()
-        outputs.append(" ".join(tokenizer.decode(out[:out.index(eot)] if eot in out else out).split()))
+        text = complete(model, tokenizer.encode_ordinary(prompt), tokenizer, device, args.max_new_tokens, **options)
+        outputs.append(" ".join(text.split()))
     return outputs
 
 
