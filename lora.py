@@ -568,7 +568,8 @@ def decode_all(model, groups, tokenizer, device, args):
         num_beams=args.beams, length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram)
     outputs = []
     for prompt, _ in tqdm(groups, desc="decoding", unit="ex", dynamic_ncols=True):
-        text = complete(model, tokenizer.encode_ordinary(prompt), tokenizer, device, args.max_new_tokens, **options)
+        ids = tokenizer.encode_ordinary(prompt)
+        text = complete(model, ids, tokenizer, device, args.max_new_tokens, **options)
         outputs.append(" ".join(text.split()))
     return outputs
 
