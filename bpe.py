@@ -23,10 +23,12 @@ import time
 import unicodedata
 import warnings
 from array import array
-from collections import Counter
+from collections import Counter, defaultdict
+from contextlib import contextmanager
 from itertools import chain, compress, repeat
 from operator import getitem
 
+import numpy as np
 import regex
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -40,7 +42,7 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None
 # ---------------------------------------------------------------------------------------------
 
 def get_stats(ids, counts=None):
-    """Count the adjacent pairs of `ids` into `counts`, a dict filled in text order ("aaa" has (a, a) twice)."""
+    """Count the adjacent pairs of `ids` into `counts`, a dict in text order ("aaa" has (a, a) twice)."""
     counts = {} if counts is None else counts
     for pair in zip(ids, ids[1:]):
         counts[pair] = counts.get(pair, 0) + 1
@@ -67,7 +69,7 @@ def textbook_split(text, pattern):
 
 def textbook_train(text, vocab_size, pattern=GPT4_PATTERN):
     """Merges {(a, b): new_id}: count every pair in every chunk, merge the most frequent one everywhere,
-    repeat. Ties go to the first of the most frequent pairs in text order (max() over a dict in text order)."""
+    repeat. Ties go to the first of the most frequent pairs in text order (max() over the dict)."""
     chunks = [list(chunk.encode("utf-8")) for chunk in textbook_split(text, pattern)]
     merges = {}
     for new_id in range(256, vocab_size):
@@ -83,7 +85,7 @@ def textbook_train(text, vocab_size, pattern=GPT4_PATTERN):
 
 
 def textbook_encode(text, merges, pattern=GPT4_PATTERN):
-    """Ids of `text`: in each chunk, merge the present pair with the lowest merge id, until none is a merge."""
+    """Ids of `text`: in each chunk, merge the present pair of lowest merge id until none is a merge."""
     out = []
     for chunk in textbook_split(text, pattern):
         ids = list(chunk.encode("utf-8"))
@@ -102,27 +104,19 @@ def textbook_encode(text, merges, pattern=GPT4_PATTERN):
 # ---------------------------------------------------------------------------------------------
 BULK_MIN = 300              # merges with this many places (or more) run in numpy
 RARE = 8                    # pairs rarer than this get a count but no place list, until one might win
-LOW = 32                    # new pairs rarer than this wait in buckets outside the training heap
-INT32_MAX = 2**31 - 1       # training nodes are 32-bit ints while ids and counts fit
-ENDGAME = True              # once every pair occurs once, read the last merges off the chunks
 PAUSE_GC = True             # no cycle collection during training
-RADIX = True                # pair counting sorts byte ids with two 16-bit radix sorts
 CACHE_CHUNKS = True         # encoding remembers the ids of each distinct chunk
 TOKEN_TABLE = True          # a chunk that spells a token is looked up, not encoded
 CUT_UNJOINABLE = True       # encoding cuts chunks between bytes that no token holds side by side
-STRIDE3 = True              # ... and in text of 3-byte characters checks only character borders
 LONG_CHUNK = 64             # chunks longer than this encode with a heap
 NEVER = sys.maxsize         # "merge id" of a pair that is not a merge
 MASK = (1 << 32) - 1        # training keys a pair (a, b) as a << 32 | b: ints hash faster than tuples
 
-# tiktoken's spellings of the two patterns (from_tiktoken keeps them, save() writes them). GPT-2's cuts
-# text exactly as ours, which `regex` runs faster, so it compiles as ours (SAME_SPLIT). cl100k's is not
-# minbpe's GPT-4 pattern (it keeps whitespace after a last newline in one chunk): it runs as it is.
+# tiktoken's spellings of the GPT-2 and GPT-4 patterns (from_tiktoken keeps them, save() writes them).
 TIKTOKEN_GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 TIKTOKEN_CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+"""
                            r"""| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
 TIKTOKEN_PATTERNS = (TIKTOKEN_GPT2_PATTERN, TIKTOKEN_CL100K_PATTERN)
-SAME_SPLIT = {TIKTOKEN_GPT2_PATTERN: GPT2_PATTERN}
 
 # On ASCII text \p{L} is [A-Za-z], \p{N} is [0-9] and \s is [\t-\r ]. So spelled, the built-in patterns run
 # in Python's `re` (which has no \p{..}), which splits ASCII much faster than `regex`.
@@ -153,12 +147,11 @@ def compile_split(pattern):
     """-> (the compiled split pattern, its `re` twin for ASCII text or None); (None, None) for no split."""
     if not pattern:
         return None, None
-    pattern = SAME_SPLIT.get(pattern, pattern)
     return regex.compile(pattern), ascii_twin(pattern)
 
 
 def split_text(text, compiled, twin):
-    """The chunks of `text` (as textbook_split), with ASCII text and long ASCII stretches split by the twin."""
+    """textbook_split's chunks, with ASCII text and long ASCII stretches split by the `re` twin."""
     if compiled is None:
         return [text] if text else []
     if twin is None:
@@ -183,23 +176,18 @@ def split_text(text, compiled, twin):
 # places and changes only the counts of the pairs around them, which is all that a recount would change.
 # A heap ordered by (-count, first position) gives the most frequent pair, ties to the leftmost. Counts only
 # fall and first occurrences only move right (new pairs all contain the new token), so a stale heap entry
-# is never better than the truth: it is refreshed when popped. Since counts never grow, a pair too rare to
-# win yet needs no list of places (RARE), and one that cannot win before the best count falls to its own
-# can wait outside the heap (LOW). Once every pair left occurs once, all tie and the leftmost wins, so the
-# last merges are read off the chunks in order (_leftmost_merges).
+# is never better than the truth: it is refreshed when popped. And since counts never grow, a pair too
+# rare to win yet needs no list of places until the best count falls to its own (RARE).
 
 def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     """Merges over the byte strings `chunks` (distinct, in order of first appearance) occurring `counts`
     times each: [((a, b), new_id), ...], at most num_merges (fewer if pairs run out). progress(pair, new_id,
     count), if given, is called after each merge."""
-    nodes, views = _link_chunks(chunks, counts, wide=first_id + num_merges > INT32_MAX)
+    nodes, views = _link_chunks(chunks, counts)
     tok, nxt = nodes[0], nodes[1]
-    # pair_count holds every pair's count, where the ascending positions of the pairs that can still win.
-    # Most new pairs occur once or twice and never do: a pair rarer than `rare` gets no place list. Counts
-    # never grow, so while the best listed pair occurs `rare` times or more no unlisted pair can win or tie;
-    # once it does not, every pair occurring `last` times or more is listed afresh (pairs occurring once are
-    # left to the endgame, which needs no list).
-    rare, last = RARE, 2 if ENDGAME else 1
+    # pair_count holds every pair's count, where the ascending positions of the pairs that might win: most
+    # pairs occur once or twice and never do, so those rarer than `rare` get no place list, until they might.
+    rare = RARE
     pair_count, where = _index_pairs(views, rare)
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
 
@@ -218,59 +206,37 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
         return None
 
     heap = _heap_of(pair_count, where)
-    # New pairs rarer than LOW seldom win either: they wait in low[count], and a bucket joins the heap
-    # once the best count falls to its level.
-    low, floor = [[] for _ in range(LOW)], LOW - 1     # buckets 1..floor are still waiting
-    merges, new_id, end = [], first_id, first_id + num_merges
+    merges = []
     with _gc_paused():
-        while new_id < end:
+        for new_id in range(first_id, first_id + num_merges):
             pair = _pop_best(heap, pair_count, first_position, tok, nxt)
-            while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
-                if pair is not None:
-                    heapq.heappush(heap, (-pair_count[pair], first_position(pair), pair))
-                for p in low[floor]:
-                    if pair_count[p] > 0:
-                        heapq.heappush(heap, (-pair_count[p], where[p][0], p))
-                floor -= 1
-                pair = _pop_best(heap, pair_count, first_position, tok, nxt)
-            best = 0 if pair is None else pair_count[pair]
-            if best < rare and rare > last:   # an unlisted pair might tie or win: list them
-                rare, floor = last, 0
+            if rare > 1 and (pair is None or pair_count[pair] < rare):   # an unlisted pair might tie or win
+                rare = 1
                 pair_count, where = _index_pairs(views, rare)
                 scanned.clear()
                 heap = _heap_of(pair_count, where)
-                continue
-            if best < 2 and ENDGAME or pair is None:
-                tail = _leftmost_merges(tok, nxt, views[0], views[2], new_id, end) if ENDGAME else []
-                for merge_ in tail:
-                    merges.append(merge_)
-                    if progress is not None:
-                        progress(merge_[0], merge_[1], 1)
+                pair = _pop_best(heap, pair_count, first_position, tok, nxt)
+            if pair is None:
                 break
+            count = pair_count[pair]
             merges.append(((pair >> 32, pair & MASK), new_id))
             if len(where[pair]) >= BULK_MIN:
                 created = _apply_merge_bulk(pair, new_id, *views, pair_count, where, rare)
             else:
                 created = _apply_merge(pair, new_id, *nodes, pair_count, where, rare)
+            if progress is not None:
+                progress(merges[-1][0], new_id, count)
             del pair_count[pair], where[pair]
             scanned.pop(pair, None)
-            for new_pair in created:      # new pairs all contain new_id: push them with their final counts
-                c = pair_count[new_pair]
-                if c <= floor:
-                    low[c].append(new_pair)
-                else:
-                    heapq.heappush(heap, (-c, where[new_pair][0], new_pair))
-            if progress is not None:
-                progress(merges[-1][0], new_id, best)
-            new_id += 1
+            for new_pair in created:      # new pairs all contain new_id: pushed with their final counts
+                heapq.heappush(heap, (-pair_count[new_pair], where[new_pair][0], new_pair))
     return merges
 
 
-def _link_chunks(chunks, counts, wide):
+def _link_chunks(chunks, counts):
     """Lay the chunks side by side as one doubly linked list (node i = byte i of the concatenation):
     -> (nodes, views): arrays tok, nxt, prv (-1: no neighbour; chunks never merge across their border) and
     weight, which Python reads fast, and numpy views of the same memory for merges in bulk."""
-    import numpy as np
     lengths = np.array([len(c) for c in chunks], dtype=np.int64)
     n = int(lengths.sum())
     tok = np.frombuffer(b"".join(chunks), dtype=np.uint8).astype(np.int64)
@@ -280,30 +246,19 @@ def _link_chunks(chunks, counts, wide):
         nxt[starts + lengths - 1] = -1
         prv[starts] = -1
     weight = np.repeat(np.asarray(counts, dtype=np.int64), lengths)
-    # 32-bit nodes are less memory to walk, unless the text, the vocabulary or a count is too big.
-    wide = wide or n > INT32_MAX
-    arrays = [x.astype(np.int64 if wide else np.int32) for x in (tok, nxt, prv)]
-    arrays.append(weight.astype(np.int64 if n and weight.max() > INT32_MAX else np.int32))
-    nodes = [array("q" if x.itemsize == 8 else "i", x.tobytes()) for x in arrays]
-    return nodes, [np.frombuffer(node, dtype=x.dtype) for node, x in zip(nodes, arrays)]
+    nodes = [array("q", x.tobytes()) for x in (tok, nxt, prv, weight)]
+    return nodes, [np.frombuffer(node, dtype=np.int64) for node in nodes]
 
 
 def _index_pairs(views, min_count):
     """Count every adjacent pair of live tokens (a dead node has tok -1) with numpy: -> pair_count for all
     pairs, and where (ascending positions) for those occurring min_count times or more: a numpy array for
     pairs merged in bulk, a list for those walked in Python."""
-    import numpy as np
     tok, nxt, weight = views[0], views[1], views[3]
     pos = np.flatnonzero(tok >= 0)
     pos = pos[nxt[pos] >= 0]
-    a, b = tok[pos].astype(np.int64), tok[nxt[pos]].astype(np.int64)
-    # Sorted by (a, b), stably so that positions stay ascending within a pair. Ids below 2**16 take two
-    # stable 16-bit sorts, which numpy does by radix.
-    if RADIX and len(pos) and max(a.max(), b.max()) < 2**16:
-        order = np.argsort(b.astype(np.uint16), kind="stable")
-        order = order[np.argsort(a[order].astype(np.uint16), kind="stable")]
-    else:
-        order = np.argsort(a << 32 | b, kind="stable")
+    a, b = tok[pos], tok[nxt[pos]]
+    order = np.argsort(a << 32 | b, kind="stable")      # stable: positions stay ascending within a pair
     pos, keys = pos[order], (a[order] << 32) | b[order]
     first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))) if len(keys) else pos[:0]
     totals = np.add.reduceat(weight[pos], first, dtype=np.int64).tolist() if len(keys) else []
@@ -317,46 +272,16 @@ def _index_pairs(views, min_count):
 
 
 def _heap_of(pair_count, where):
-    """The training heap of every listed pair: (-count, first position, pair), so the top is the next merge."""
+    """The heap of every listed pair: (-count, first position, pair), so the top is the next merge."""
     heap = [(-pair_count[pair], int(positions[0]), pair) for pair, positions in where.items()]
     heapq.heapify(heap)
     return heap
 
 
-def _leftmost_merges(tok, nxt, tok_view, prv_view, new_id, end):
-    """The merges new_id.. (up to end) once every pair left occurs once. All pairs tie, and the tie rule
-    takes the leftmost: the first chunk of several tokens merges its first two, then the new token with the
-    next one, and so on to one token; then the next chunk, in order."""
-    import numpy as np
-    merges = []
-    for i in np.flatnonzero((tok_view >= 0) & (prv_view < 0)).tolist():   # live chunk starts, in order
-        token, j = tok[i], nxt[i]
-        while j >= 0 and new_id < end:
-            merges.append(((token, tok[j]), new_id))
-            token, new_id, j = new_id, new_id + 1, nxt[j]
-        if new_id == end:
-            break
-    return merges
-
-
-class _gc_paused:
-    """Python's cycle collector off while training: it makes many small lists, none in a cycle, which the
-    collector would otherwise walk again and again."""
-
-    def __enter__(self):
-        self.was_enabled = gc.isenabled()
-        if PAUSE_GC:
-            gc.disable()
-
-    def __exit__(self, *exc):
-        if self.was_enabled:
-            gc.enable()
-
 def _pop_best(heap, pair_count, first_position, tok, nxt):
-    """Pop the most frequent pair, ties to the earliest first occurrence.
-    A heap entry's position is at or before the pair's first live occurrence: a pair's positions are all
-    recorded when it first appears (where[pair], ascending), and they only die. So an entry whose count is
-    still right and whose position is live is exact; any other is refreshed and pushed back."""
+    """Pop the most frequent pair, ties to the earliest first occurrence. An entry's position is at or
+    before the pair's first live occurrence (positions only die), so an entry whose count is right and
+    whose position is live is exact; any other is refreshed and pushed back."""
     while heap:
         neg_count, pos, pair = heapq.heappop(heap)
         count = pair_count.get(pair, 0)
@@ -370,9 +295,54 @@ def _pop_best(heap, pair_count, first_position, tok, nxt):
     return None
 
 
+def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where, rare):
+    """Merge every live occurrence of `pair`, left to right, and update the neighbour pairs' counts and
+    places. -> the new pairs (all hold new_id) occurring `rare` times or more, which get a place list."""
+    a, b = pair >> 32, pair & MASK
+    # Places of the new pairs (x, new) and (new, y), grouped by x and y: counts are settled per group.
+    lefts, rights = defaultdict(list), defaultdict(list)
+    for i in where[pair]:                 # ascending, so this is left to right with no overlap
+        if tok[i] != a:
+            continue                      # stale: node absorbed or already merged into something else
+        j = nxt[i]
+        if j < 0 or tok[j] != b:
+            continue
+        left, right = prv[i], nxt[j]
+        if left >= 0:                     # (x, a) becomes (x, new)
+            x = tok[left]
+            if x == new_id:               # (new, a) was made a moment ago by the previous merge, at `left`:
+                rights[a].pop()           # it is gone again, but (b, a) lost that occurrence for good
+                pair_count[b << 32 | a] -= weight[i]
+            lefts[x].append(left)
+        if right >= 0:                    # (b, y) becomes (new, y)
+            y = tok[right]
+            rights[y].append(i)
+            prv[right] = i
+        tok[i] = new_id
+        tok[j] = -1
+        nxt[i] = right
+    created = []
+    for side, groups in ((0, lefts), (1, rights)):
+        for other, places in groups.items():
+            if not places:
+                continue
+            c = sum(map(weight.__getitem__, places)) if len(places) > 1 else weight[places[0]]
+            if side:
+                pair_count[b << 32 | other] -= c
+                key = new_id << 32 | other
+            else:
+                if other != new_id:
+                    pair_count[other << 32 | a] -= c
+                key = other << 32 | new_id
+            pair_count[key] = c
+            if c >= rare:
+                where[key] = places
+                created.append(key)
+    return created
+
+
 def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, rare):
     """_apply_merge for a pair with many occurrences, on numpy arrays: same result, computed in bulk."""
-    import numpy as np
     a, b = pair >> 32, pair & MASK
     pos = np.asarray(where[pair], dtype=np.int64)
     nx = nxt[pos]
@@ -386,7 +356,7 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
         run_start = np.maximum.accumulate(np.where(chained, 0, index))
         keep = (index - run_start) % 2 == 0
         pos, nx = pos[keep], nx[keep]
-    left, right, w = prv[pos], nxt[nx], weight[pos].astype(np.int64)
+    left, right, w = prv[pos], nxt[nx], weight[pos]
     # An occurrence whose left neighbour is the previous occurrence's merged node sees the new token there.
     after_merge = np.zeros(len(pos), dtype=bool)
     after_merge[1:] = right[:-1] == pos[1:]
@@ -395,12 +365,17 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
     chained = np.flatnonzero(after_merge)
     left[chained] = pos[chained - 1]
     has_left, has_right = left >= 0, right >= 0
-    x = np.where(after_merge, new_id, tok[np.where(has_left, left, 0)].astype(np.int64))   # keys need 64 bits
-    y = tok[np.where(has_right, right, 0)].astype(np.int64)
+    x = np.where(after_merge, new_id, tok[np.where(has_left, left, 0)])
+    y = tok[np.where(has_right, right, 0)]
     # Old pairs lose these occurrences: (x, a) unless x is the new token, and (b, y).
     lost = has_left & ~after_merge
-    _add_counts(pair_count, np.concatenate([x[lost] << 32 | a, b << 32 | y[has_right]]),
-                -np.concatenate([w[lost], w[has_right]]))
+    keys = np.concatenate([x[lost] << 32 | a, b << 32 | y[has_right]])
+    if len(keys):
+        keys, inverse = np.unique(keys, return_inverse=True)
+        deltas = np.zeros(len(keys), dtype=np.int64)
+        np.add.at(deltas, inverse, np.concatenate([w[lost], w[has_right]]))
+        for key, delta in zip(keys.tolist(), deltas.tolist()):
+            pair_count[key] -= delta
     tok[pos] = new_id
     tok[nx] = -1
     nxt[pos] = right
@@ -427,72 +402,18 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
     return created
 
 
-def _add_counts(pair_count, keys, deltas):
-    import numpy as np
-    if len(keys) == 0:
-        return
-    order = np.argsort(keys)
-    keys, deltas = keys[order], deltas[order]
-    first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    for key, delta in zip(keys[first].tolist(), np.add.reduceat(deltas, first).tolist()):
-        pair_count[key] += delta
-
-
-def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where, rare):
-    """Merge every live occurrence of `pair`, left to right; update neighbour pair counts and positions.
-    Returns the pairs it created (all contain new_id) that occur `rare` times or more: only they get
-    their positions listed in `where`; every created pair gets its count."""
-    a, b = pair >> 32, pair & MASK
-    # Positions of the new pairs (x, new) and (new, y), grouped by x and y. Counts are settled per group
-    # at the end (a node's weight is its chunk's), which is much cheaper than per occurrence.
-    lefts, rights = {}, {}
-    for i in where[pair]:                 # ascending, so this is left to right with no overlap
-        if tok[i] != a:
-            continue                      # stale: node absorbed or already merged into something else
-        j = nxt[i]
-        if j < 0 or tok[j] != b:
-            continue
-        left, right = prv[i], nxt[j]
-        if left >= 0:                     # (x, a) becomes (x, new)
-            x = tok[left]
-            if x == new_id:               # (new, a) was made a moment ago by the previous merge, at `left`:
-                rights[a].pop()           # it is gone again, but (b, a) lost that occurrence for good
-                pair_count[b << 32 | a] -= weight[i]
-            places = lefts.get(x)
-            if places is None:
-                lefts[x] = [left]
-            else:
-                places.append(left)
-        if right >= 0:                    # (b, y) becomes (new, y)
-            y = tok[right]
-            places = rights.get(y)
-            if places is None:
-                rights[y] = [i]
-            else:
-                places.append(i)
-            prv[right] = i
-        tok[i] = new_id
-        tok[j] = -1
-        nxt[i] = right
-    created = []
-    for side, groups in ((0, lefts), (1, rights)):
-        for other, places in groups.items():
-            if not places:
-                continue
-            c = sum(map(weight.__getitem__, places)) if len(places) > 1 else weight[places[0]]
-            if side:
-                pair_count[b << 32 | other] -= c
-                key = new_id << 32 | other
-            else:
-                if other != new_id:
-                    pair_count[other << 32 | a] -= c
-                key = other << 32 | new_id
-            pair_count[key] = c
-            if c >= rare:
-                where[key] = places
-                created.append(key)
-    return created
-
+@contextmanager
+def _gc_paused():
+    """Python's cycle collector off while training: it makes many small lists, none in a cycle, which the
+    collector would otherwise walk again and again."""
+    was_enabled = gc.isenabled()
+    if PAUSE_GC:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,7 +511,8 @@ class ChunkEncoder:
         # makes many one-byte pieces; whole characters are fewer, still well-cached pieces.
         self.unjoinable = [bytes(0 if joinable[x << 8 | y] or 0x80 <= y < 0xC0 else 1 for y in range(256))
                            for x in range(256)]
-        self.pieces = _Cache(lambda piece: tuple(encode_chunk(list(piece.translate(self.byte_table)), merges)))
+        self.pieces = _Cache(lambda piece: tuple(encode_chunk(list(piece.translate(self.byte_table)),
+                                                              merges)))
         self.token_table = {}
         for token in tokens if TOKEN_TABLE else ():
             try:
@@ -602,21 +524,14 @@ class ChunkEncoder:
 
     def encode(self, chunk):
         ids = self.token_table.get(chunk)
-        if ids is not None:
-            return ids
-        data = chunk.encode("utf-8")
-        # Only 3-byte characters (Chinese, Japanese, most symbols)? Then a cut can only fall every 3rd byte.
-        stride = 3 if STRIDE3 and len(data) == 3 * len(chunk) and max(chunk) < "\U00010000" else 1
-        return tuple(self.encode_bytes(data, stride))
+        return tuple(self.encode_bytes(chunk.encode("utf-8"))) if ids is None else ids
 
-    def encode_bytes(self, data, stride=1):
-        """The ids of one chunk's bytes, cut where no merge can ever join (with stride 3, only between
-        3-byte characters)."""
+    def encode_bytes(self, data):
+        """The ids of one chunk's bytes, cut where no merge can ever join."""
         if len(data) < 8 or not CUT_UNJOINABLE:
             return self.pieces[data]
-        lefts, rights = data[stride - 1:-1:stride], data[stride::stride]     # the cuts are found in C
-        cuts = compress(range(stride, len(data), stride),
-                        map(getitem, map(self.unjoinable.__getitem__, lefts), rights))
+        cuts = compress(range(1, len(data)),              # found in C
+                        map(getitem, map(self.unjoinable.__getitem__, data[:-1]), data[1:]))
         out, start = [], 0
         for k in cuts:
             out += self.pieces[data[start:k]]
@@ -652,7 +567,6 @@ class Tokenizer:
             self._pending_special = list(special_tokens)
             self._number_pending_special()
 
-    # ----- vocabulary bookkeeping -----
     def _rebuild_vocab(self):
         self.vocab = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
         for (a, b), i in self.merges.items():
@@ -675,8 +589,8 @@ class Tokenizer:
         """special_tokens: dict str -> id (ids outside the merged vocabulary)."""
         taken = [(s, i) for s, i in special_tokens.items() if i < 256 + len(self.merges)]
         if taken:
-            raise ValueError(f"special token {taken[0][0]!r} has id {taken[0][1]}, which a byte or merge already "
-                             f"uses; give special tokens ids from {256 + len(self.merges)} up.")
+            raise ValueError(f"special token {taken[0][0]!r} has id {taken[0][1]}, which a byte or merge "
+                             f"already uses; give special tokens ids from {256 + len(self.merges)} up.")
         self.special_tokens = dict(special_tokens)
         self.inverse_special_tokens = {i: s for s, i in self.special_tokens.items()}
         self._rebuild_vocab()
@@ -691,41 +605,26 @@ class Tokenizer:
         return split_text(text, self.compiled_pattern, self._ascii_pattern)
 
     def train(self, text, vocab_size, verbose=False, progress=False):
-        """Learn vocab_size - 256 merges from text (exactly the textbook merges, see module docstring)."""
+        """Learn vocab_size - 256 merges from text: exactly textbook_train's."""
         if vocab_size < 256:
             raise ValueError(f"vocab_size must be at least 256 (the single bytes), got {vocab_size}.")
         if not self._pending_special and any(i < vocab_size for i in self.special_tokens.values()):
             raise ValueError(f"special token ids {sorted(self.special_tokens.values())} collide with the "
                              f"vocabulary 0..{vocab_size - 1} being trained; use ids from {vocab_size} up.")
         chunk_counts = Counter(self.split(text))           # distinct chunks, in order of first appearance
-        chunks = [c.encode("utf-8") for c in chunk_counts]
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=vocab_size - 256, unit="merge", desc="training")
-        vocab = {i: bytes([i]) for i in range(256)}
-
-        def report(pair, new_id, count):
-            vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
-            if verbose:
-                print(f"merge {new_id - 255}/{vocab_size - 256}: {pair} -> {new_id} ({vocab[new_id]!r}) "
-                      f"had {count} occurrences")
-            if bar is not None:
+        from tqdm import tqdm
+        with tqdm(total=vocab_size - 256, unit="merge", desc="training", disable=not progress) as bar:
+            def report(pair, new_id, count):
                 bar.update(1)
-
-        learned = learn_merges(chunks, list(chunk_counts.values()), vocab_size - 256,
-                               progress=report if (verbose or bar is not None) else None)
-        if bar is not None:
-            bar.close()
+                if verbose:
+                    print(f"merge {new_id - 255}/{vocab_size - 256}: {pair} -> {new_id} ({count} times)")
+            learned = learn_merges([c.encode("utf-8") for c in chunk_counts], list(chunk_counts.values()),
+                                   vocab_size - 256, progress=report if verbose or progress else None)
         if len(learned) < vocab_size - 256:
             warnings.warn(f"no pairs left to merge after {len(learned)} merges: the vocabulary stops at "
                           f"{256 + len(learned)} tokens instead of {vocab_size}.", stacklevel=2)
-        self.byte_ids = list(range(256))
-        self.merges = dict(learned)
-        if self._pending_special:
-            self._number_pending_special()
-        else:
-            self._rebuild_vocab()
+        self.byte_ids, self.merges = list(range(256)), dict(learned)
+        self._number_pending_special() if self._pending_special else self._rebuild_vocab()
         return self
 
     # ----- encoding / decoding -----
@@ -740,24 +639,20 @@ class Tokenizer:
     def encode(self, text, allowed_special="none_raise"):
         """allowed_special: "all", "none" (specials are ordinary text), "none_raise" (raise if the text
         contains one; the default, like tiktoken), or a set of special-token strings to honour."""
-        if allowed_special == "all":
-            special = self.special_tokens
-        elif allowed_special == "none":
-            special = {}
-        elif allowed_special == "none_raise":
-            special = {}
+        if allowed_special in ("none", "none_raise"):
             found = [s for s in self.special_tokens if s in text]
-            if found:
+            if found and allowed_special == "none_raise":
                 raise ValueError(f"the text contains the special token {found[0]!r}; pass allowed_special="
-                                 f"'all' (or a set) to encode it as one token, or 'none' to treat it as text.")
-        elif isinstance(allowed_special, (set, frozenset, list, tuple)):
-            special = {s: i for s, i in self.special_tokens.items() if s in allowed_special}
-        else:
+                                 f"'all' (or a set) to encode it as one token, or 'none' for plain text.")
+            return self.encode_ordinary(text)
+        if allowed_special != "all" and not isinstance(allowed_special, (set, frozenset, list, tuple)):
             raise ValueError(f"allowed_special={allowed_special!r} is not understood: use 'all', 'none', "
                              f"'none_raise' or a set of special tokens.")
+        special = {s: i for s, i in self.special_tokens.items()
+                   if allowed_special == "all" or s in allowed_special}
         if not special:
             return self.encode_ordinary(text)
-        # Longest first, so a special token that contains another one wins.
+        # Longest first, so that where one special token holds another, the longer one wins.
         pattern = "(" + "|".join(regex.escape(s) for s in sorted(special, key=len, reverse=True)) + ")"
         ids = []
         for k, part in enumerate(regex.split(pattern, text)):
@@ -773,10 +668,9 @@ class Tokenizer:
 
     def decode(self, ids):
         try:
-            data = b"".join(self.vocab[i] for i in ids)
+            return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
         except KeyError as e:
             raise ValueError(f"token id {e.args[0]} is not in this tokenizer's vocabulary.") from None
-        return data.decode("utf-8", errors="replace")
 
     # ----- tiktoken interop -----
     @classmethod
@@ -784,27 +678,19 @@ class Tokenizer:
         """A Tokenizer giving exactly the ids of a tiktoken Encoding (or its name, e.g. "gpt2")."""
         import tiktoken
         enc = tiktoken.get_encoding(encoding) if isinstance(encoding, str) else encoding
-        ranks = enc._mergeable_ranks
-        tok = cls(pattern=enc._pat_str)
-        try:
-            tok.byte_ids = [ranks[bytes([b])] for b in range(256)]
-        except KeyError:
-            raise ValueError(f"tiktoken encoding {enc.name!r} lacks some single bytes; cannot rebuild it.") from None
-        if sorted(tok.byte_ids) != list(range(256)):
-            raise ValueError(f"tiktoken encoding {enc.name!r}: single bytes do not have ranks 0..255.")
-        if sorted(ranks.values()) != list(range(len(ranks))):
-            raise ValueError(f"tiktoken encoding {enc.name!r} has gaps in its ranks; cannot rebuild merges.")
+        ranks, tok = enc._mergeable_ranks, cls(pattern=enc._pat_str)
+        tok.byte_ids = [ranks.get(bytes([b]), -1) for b in range(256)]
+        if sorted(tok.byte_ids) != list(range(256)) or sorted(ranks.values()) != list(range(len(ranks))):
+            raise ValueError(f"tiktoken encoding {enc.name!r}: its merges cannot be rebuilt unless single "
+                             f"bytes have ranks 0..255 and the ranks no gaps.")
         # Each multi-byte token t was made from the two parts that BPE with lower ranks leaves of t.
-        merges = {}
         for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-            if len(token) == 1:
-                continue
-            parts = _tiktoken_bpe(ranks, token, max_rank=rank)
-            if len(parts) != 2:
-                raise ValueError(f"tiktoken encoding {enc.name!r}: token {token!r} (rank {rank}) is not the "
-                                 f"merge of two lower-ranked tokens.")
-            merges[(ranks[parts[0]], ranks[parts[1]])] = rank
-        tok.merges = merges
+            if len(token) > 1:
+                parts = _tiktoken_bpe(ranks, token, max_rank=rank)
+                if len(parts) != 2:
+                    raise ValueError(f"tiktoken encoding {enc.name!r}: token {token!r} (rank {rank}) is not "
+                                     f"the merge of two lower-ranked tokens.")
+                tok.merges[(ranks[parts[0]], ranks[parts[1]])] = rank
         tok.register_special_tokens(dict(enc._special_tokens))
         return tok
 
@@ -815,18 +701,17 @@ class Tokenizer:
         import tiktoken
         ranks = {}
         for i, token in self.vocab.items():
-            if i in self.inverse_special_tokens:
-                continue
-            if token in ranks:
-                raise ValueError(f"tokens {ranks[token]} and {i} are both {token!r}; tiktoken needs one id per "
-                                 f"byte string, so this vocabulary cannot be served by tiktoken.")
-            ranks[token] = i
+            if i not in self.inverse_special_tokens:
+                if token in ranks:
+                    raise ValueError(f"tokens {ranks[token]} and {i} are both {token!r}; tiktoken needs one "
+                                     f"id per byte string, so it cannot serve this vocabulary.")
+                ranks[token] = i
         for (a, b), i in self.merges.items():
             if _tiktoken_bpe(ranks, self.vocab[i], max_rank=i) != [self.vocab[a], self.vocab[b]]:
-                raise ValueError(f"tiktoken's lowest-rank rule would not build token {i} ({self.vocab[i]!r}) from "
-                                 f"tokens {a} and {b}, so tiktoken cannot serve this vocabulary exactly.")
-        pattern = self.pattern if self.pattern else r"[\s\S]+"
-        return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks,
+                raise ValueError(f"tiktoken's lowest-rank rule would not build token {i} "
+                                 f"({self.vocab[i]!r}) from tokens {a} and {b}, so tiktoken cannot serve "
+                                 f"this vocabulary exactly.")
+        return tiktoken.Encoding(name=name, pat_str=self.pattern or r"[\s\S]+", mergeable_ranks=ranks,
                                  special_tokens=dict(self.special_tokens))
 
     # ----- save / load -----
@@ -835,22 +720,15 @@ class Tokenizer:
         identity = self.byte_ids == list(range(256))
         lines = ["minbpe v1" if identity else "bpe v2", self.pattern or "", str(len(self.special_tokens))]
         lines += [f"{s} {i}" for s, i in self.special_tokens.items()]
-        if not identity:
-            lines.append(" ".join(map(str, self.byte_ids)))
-        for k, ((a, b), i) in enumerate(self.merges.items()):
-            assert i == 256 + k, "merge ids must be 256, 257, ... in order"
-            lines.append(f"{a} {b}")
+        lines += [] if identity else [" ".join(map(str, self.byte_ids))]
+        assert list(self.merges.values()) == list(range(256, 256 + len(self.merges))), "merge ids in order"
+        lines += [f"{a} {b}" for a, b in self.merges]
         _write_atomic(file_prefix + ".model", "\n".join(lines) + "\n")
         parents = {i: pair for pair, i in self.merges.items()}
-        vocab_lines = []
-        for i, token in sorted(self.vocab.items()):
-            if i in parents:
-                a, b = parents[i]
-                vocab_lines.append(f"[{render_token(self.vocab[a])}][{render_token(self.vocab[b])}] -> "
-                                   f"[{render_token(token)}] {i}")
-            else:
-                vocab_lines.append(f"[{render_token(token)}] {i}")
-        _write_atomic(file_prefix + ".vocab", "\n".join(vocab_lines) + "\n")
+        show = {i: f"[{render_token(token)}]" for i, token in self.vocab.items()}
+        _write_atomic(file_prefix + ".vocab", "".join(
+            (f"{show[parents[i][0]]}{show[parents[i][1]]} -> " if i in parents else "") + f"{show[i]} {i}\n"
+            for i in sorted(self.vocab)))
 
     def load(self, model_file):
         """Read a .model file written by save() or by minbpe (v1). Raises ValueError if it is not one."""
@@ -864,16 +742,11 @@ class Tokenizer:
             version, pattern, n_special = lines[0], lines[1], int(lines[2])
             if version not in ("minbpe v1", "bpe v2"):
                 raise ValueError(f"unknown header {version[:40]!r}")
-            special = {}
-            for line in lines[3:3 + n_special]:
-                s, i = line.rsplit(" ", 1)
-                special[s] = int(i)
+            special = {s: int(i) for s, i in (line.rsplit(" ", 1) for line in lines[3:3 + n_special])}
             rest = lines[3 + n_special:]
-            byte_ids = list(range(256))
-            if version == "bpe v2":
-                byte_ids = [int(x) for x in rest.pop(0).split()]
-                if sorted(byte_ids) != list(range(256)):
-                    raise ValueError("the byte line is not a permutation of 0..255")
+            byte_ids = [int(x) for x in rest.pop(0).split()] if version == "bpe v2" else list(range(256))
+            if sorted(byte_ids) != list(range(256)):
+                raise ValueError("the byte line is not a permutation of 0..255")
             merges = {}
             for k, line in enumerate(x for x in rest if x.strip()):
                 a, b = map(int, line.split())
@@ -893,14 +766,11 @@ def _tiktoken_bpe(ranks, token, max_rank):
     """Split `token` by BPE using only merges ranked below max_rank (tiktoken's rule: lowest-ranked join)."""
     parts = [bytes([b]) for b in token]
     while True:
-        best, best_rank = None, None
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and r < max_rank and (best_rank is None or r < best_rank):
-                best, best_rank = i, r
-        if best is None:
+        joined = [(ranks.get(x + y, max_rank), i) for i, (x, y) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(joined, default=(max_rank, 0))
+        if rank >= max_rank:
             return parts
-        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
 
 
 def render_token(token):
@@ -921,6 +791,7 @@ def _write_atomic(path, text):
 # ---------------------------------------------------------------------------------------------
 
 def read_text(path):
+    """The UTF-8 text of a file; ValueError naming the first offending byte."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file.")
     with open(path, "rb") as f:
@@ -943,25 +814,19 @@ def train_cli(args):
     tok.save(prefix)
     ids = tok.encode(text, allowed_special="all")
     if tok.decode(ids) != text:
-        raise RuntimeError("round trip failed: decode(encode(text)) != text (this is a bug, please report it).")
-    print(f"trained {len(tok.merges)} merges on {len(text.encode()):,} bytes in {seconds:.2f} s "
-          f"({len(tok.merges) / max(seconds, 1e-9):,.0f} merges/s)")
-    print(f"saved {prefix}.model and {prefix}.vocab")
-    print(f"round trip ok: {len(ids):,} tokens, {len(text.encode()) / max(len(ids), 1):.2f} bytes per token")
+        raise RuntimeError("round trip failed: decode(encode(text)) != text (a bug, please report it).")
+    n_bytes = len(text.encode())
+    print(f"trained {len(tok.merges)} merges on {n_bytes:,} bytes in {seconds:.2f} s "
+          f"({len(tok.merges) / max(seconds, 1e-9):,.0f} merges/s)\nsaved {prefix}.model and {prefix}.vocab\n"
+          f"round trip ok: {len(ids):,} tokens, {n_bytes / max(len(ids), 1):.2f} bytes per token")
     longest = sorted(tok.merges.values(), key=lambda i: len(tok.vocab[i]), reverse=True)[:10]
-    print("longest tokens: " + ", ".join(repr(tok.vocab[i].decode("utf-8", errors="replace")) for i in longest))
-
-
-def encode_cli(args):
-    tok = Tokenizer().load(args.load)
-    text = args.encode if args.encode is not None else read_text(args.text)
-    ids = tok.encode(text, allowed_special="all")
-    print(" ".join(map(str, ids)))
+    print("longest tokens: " + ", ".join(repr(tok.decode([i])) for i in longest))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("text", nargs="?", default="manual.txt", help="UTF-8 training text (default manual.txt)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("text", nargs="?", default="manual.txt", help="UTF-8 training text")
     parser.add_argument("vocab_size", nargs="?", type=int, default=1024, help="256 + number of merges")
     parser.add_argument("--pattern", choices=["gpt4", "gpt2", "none"], default="gpt4",
                         help="split regex before BPE; none = classic BPE over the raw bytes")
@@ -972,8 +837,13 @@ def main(argv=None):
     parser.add_argument("--encode", help="with --load: the text to encode")
     args = parser.parse_args(argv)
     try:
-        encode_cli(args) if args.load else train_cli(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
+        if args.load:
+            tok = Tokenizer().load(args.load)
+            text = args.encode if args.encode is not None else read_text(args.text)
+            print(" ".join(map(str, tok.encode(text, allowed_special="all"))))
+        else:
+            train_cli(args)
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
 

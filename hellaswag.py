@@ -338,26 +338,24 @@ def summarize(n, correct, correct_norm, style):
 
 # --- 5. Command line
 def load_model(args, device):
-    """-> (model, its name for the summary line) from -m / --ckpt, as our GPT or (--hf) transformers'."""
+    """-> (model, its tokenizer, its name for the summary line) from -m / --ckpt, as our GPT or (--hf)
+    transformers'. A checkpoint brings its own tokenizer; any other than GPT-2's is noted in the name."""
     import model as gpt_model
-    if args.ckpt:
-        model, checkpoint = gpt_model.load_checkpoint(args.ckpt, device)
-        tokenizer = checkpoint.get("tokenizer", "gpt2")
-        if tokenizer != "gpt2":
-            raise ValueError(f"{args.ckpt} was trained with the {tokenizer!r} tokenizer; HellaSwag's "
-                             "published numbers (and this script) use GPT-2's BPE tokenizer")
-        if args.hf:  # export through save_hf, then score with GPT2LMHeadModel: an independent forward pass
-            import tempfile
-            from transformers import GPT2LMHeadModel
-            with tempfile.TemporaryDirectory() as tmp:
-                model.save_hf(os.path.join(tmp, "hf"))
-                model = GPT2LMHeadModel.from_pretrained(os.path.join(tmp, "hf"), dtype=torch.float32)
-        name = args.ckpt
-    elif args.hf:  # GPT2LMHeadModel itself, with the same checks and one-line errors as GPT.from_pretrained
-        model, name = gpt_model.load_hf_gpt2(args.model), args.model
-    else:
-        model, name = gpt_model.GPT.from_pretrained(args.model), args.model
-    return model.to(device).eval(), name + (" (transformers)" if args.hf else "")
+    if not args.ckpt:  # --hf: GPT2LMHeadModel itself, checked and with one-line errors as in from_pretrained
+        model = gpt_model.load_hf_gpt2(args.model) if args.hf else gpt_model.GPT.from_pretrained(args.model)
+        return model.to(device).eval(), gpt_model.get_tokenizer("gpt2"), args.model + " (transformers)" * args.hf
+    model, checkpoint = gpt_model.load_checkpoint(args.ckpt, device)
+    enc = gpt_model.get_tokenizer(checkpoint.get("tokenizer", "gpt2"))
+    name = args.ckpt
+    if enc.name != "gpt2":
+        name += f" ({enc.name} tokenizer: not comparable to the published scores, which use GPT-2's)"
+    if args.hf:  # export through save_hf, then score with GPT2LMHeadModel: an independent forward pass
+        import tempfile
+        from transformers import GPT2LMHeadModel
+        with tempfile.TemporaryDirectory() as tmp:
+            model = GPT2LMHeadModel.from_pretrained(model.save_hf(os.path.join(tmp, "hf")), dtype=torch.float32)
+        name += " (transformers)"
+    return model.to(device).eval(), enc, name
 
 
 def write_jsonl(path, records):
@@ -402,8 +400,7 @@ def main(argv=None):
         sys.exit("error: --device cuda but torch sees no CUDA GPU")
     try:
         examples = load_examples(args.split, args.data_dir, args.file, args.limit)
-        enc = gpt_model.get_tokenizer("gpt2")
-        model, name = load_model(args, device)
+        model, enc, name = load_model(args, device)
         t0 = time.perf_counter()
         records = score_examples(model, examples, enc, device, args.batch_size, args.style,
                                  torch.bfloat16 if args.dtype == "bfloat16" else None,

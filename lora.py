@@ -12,6 +12,8 @@ optimizer's state shrinks to a fraction of a percent), and B A can then be merge
     python lora.py --ckpt log/model.pt --data notes.txt --full  # a local file; also full fine-tuning
     python lora.py --adapter log/lora.pt --save-peft peft/      # evaluate a saved adapter; export it for PEFT
     python lora.py --adapter peft/                              # a PEFT LoRA directory (ours or PEFT's)
+    python lora.py --eval-only --adapter log/lora.pt            # the paper's E2E table (beam 10, test split)
+    python lora.py --score log/predictions.txt log/references.txt --json   # score two files alone
 
 --data: 'e2e' (the LoRA paper's E2E NLG files, downloaded), a .jsonl of {"prompt", "completion"} objects,
 a text file of `prompt||completion` lines, or plain text. Prompt tokens are never targets.
@@ -529,11 +531,10 @@ def read_peft(path):
 # ---------------------------------------------------------------------------------------------
 # Generation metrics: the LoRA paper's E2E NLG table
 # ---------------------------------------------------------------------------------------------
-# The official E2E scorer (e2e-metrics, measure_scores.py) computes BLEU and NIST as MT-Eval v13a does
-# (13a tokenization, lowercased, corpus level, all references of an instance) and METEOR, ROUGE-L and
-# CIDEr with the COCO caption code (the PTB tokenizer and METEOR 1.5, both Java). Here sacrebleu computes
-# BLEU and pycocoevalcap (that COCO code, jars included) the other three; NIST is nist() below, since no
-# maintained library implements MT-Eval's NIST (nltk's weighs n-gram information differently).
+# The official E2E scorer takes BLEU and NIST from MT-Eval v13a (13a tokens, lowercased, corpus level) and
+# METEOR, ROUGE-L, CIDEr from the COCO caption code (Java PTB tokenizer, METEOR 1.5). Here sacrebleu gives
+# BLEU, pycocoevalcap (that COCO code, jars included) the other three, and nist() NIST: no maintained
+# library implements MT-Eval's (nltk's weighs n-gram information differently).
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 COCO_PUNCTUATION = {"''", "'", "``", "`", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".", "?", "!", ",", ":", "-",
                     "--", "...", ";"}
@@ -547,36 +548,42 @@ def group_by_mr(pairs):
     return list(groups.items())
 
 
-def eval_groups(args):
-    """The (prompt, references) groups of --eval-data (E2E's test split by default), at most --eval-limit."""
+def eval_path(args):
+    """--eval-data, whose default is E2E's test split with --data e2e or --eval-only; None for no table."""
     path = args.eval_data or ("e2e" if args.data == "e2e" or args.eval_only else "none")
-    if path == "none":
+    return None if path == "none" else path
+
+
+def eval_groups(args):
+    """The (prompt, references) groups of --eval-data, at most --eval-limit of them."""
+    path = eval_path(args)
+    if path is None:
         return []
-    if path == "e2e":
-        path = download_e2e(args.cache_dir, splits=("test",))["test"]
-    pairs = read_examples(path)
+    pairs = read_examples(download_e2e(args.cache_dir, ("test",))["test"] if path == "e2e" else path)
     if not all(prompt for prompt, _ in pairs):
         raise ValueError(f"--eval-data {path}: expected `meaning representation||reference` lines or .jsonl")
     return group_by_mr(pairs)[:args.eval_limit]
 
 
 @torch.no_grad()
-def decode_all(model, groups, tokenizer, device, args):
-    """One output per group: the paper's beam search (or greedy), cut at <|endoftext|>, one line each."""
+def eval_generation(model, groups, tokenizer, device, args, suffix=""):
+    """Decode one output per group (the paper's beam search, or greedy), cut at <|endoftext|>; write the
+    scorer's files into --log-dir; return the metrics."""
     model.eval()
-    options = {} if args.greedy else dict(
+    outputs, options = [], {} if args.greedy else dict(
         num_beams=args.beams, length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram)
-    outputs = []
     for prompt, _ in tqdm(groups, desc="decoding", unit="ex", dynamic_ncols=True):
-        ids = tokenizer.encode_ordinary(prompt)
-        text = complete(model, ids, tokenizer, device, args.max_new_tokens, **options)
+        text = complete(model, tokenizer.encode_ordinary(prompt), tokenizer, device, args.max_new_tokens,
+                        **options)
         outputs.append(" ".join(text.split()))
-    return outputs
+    references = [refs for _, refs in groups]
+    write_scorer_files(args.log_dir, outputs, references, suffix)
+    print(f"wrote {os.path.join(args.log_dir, f'predictions{suffix}.txt')} and references.txt")
+    return e2e_scores(outputs, references)
 
 
 def write_scorer_files(log_dir, predictions, references, suffix=""):
-    """predictions.txt (one per line) and references.txt (one per line, instances separated by an empty
-    line): the layout the official E2E scorer reads."""
+    """The official scorer's layout: one output per line; references one per line, an empty line between."""
     with gpt.atomic_write(os.path.join(log_dir, f"predictions{suffix}.txt"), "w") as f:
         f.write("".join(p + "\n" for p in predictions))
     with gpt.atomic_write(os.path.join(log_dir, "references.txt"), "w") as f:
@@ -584,27 +591,21 @@ def write_scorer_files(log_dir, predictions, references, suffix=""):
 
 
 def read_scorer_files(pred_path, ref_path):
-    """(predictions, references) from the two files of the official scorer's layout."""
     with open(pred_path, encoding="utf-8") as f:
         predictions = [line.strip() for line in f]
     with open(ref_path, encoding="utf-8") as f:
-        references = [block.split("\n") for block in f.read().strip().split("\n\n") if block.strip()]
-    references = [[line.strip() for line in refs if line.strip()] for refs in references]
+        references = [block.split("\n") for block in re.split(r"\n\s*\n", f.read().strip())]
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"{pred_path}: {len(predictions)} outputs; {ref_path}: {len(references)} instances")
-    return predictions, references
+    return predictions, [[line.strip() for line in refs] for refs in references]
 
 
 def nist(predictions, references, max_n=5):
-    """NIST (Doddington 2002) at corpus level, as MT-Eval v13a defines it.
-
-    An n-gram's information is log2(count of its first n - 1 words / count of the n-gram), counted over all
-    references (for one word: all reference words / its count). Each n-gram of an output that a reference
-    of its instance holds (clipped to the most any one reference has) adds its information; each order's
-    sum is divided by the number of n-grams of that order in all outputs, and the sum over orders 1..5 is
-    scaled by exp(beta log^2(min(1, output words / mean reference words per instance, summed))), beta
-    making a ratio of 2/3 cost half.
-    """
+    """NIST (Doddington 2002) at corpus level, as MT-Eval v13a defines it. An n-gram's information is
+    log2(count of its first n - 1 words / count of it) over all references (a word: all words / its count).
+    Each n-gram an output shares with its references (clipped) adds its information; each order's sum is
+    divided by that order's n-gram count in all outputs; orders 1..5 are summed and scaled by
+    exp(beta log^2 min(1, output words / mean reference words)), beta making a ratio of 2/3 cost half."""
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
     tokenize = Tokenizer13a()
     ngrams = lambda words, n: Counter(zip(*(words[i:] for i in range(n))))  # noqa: E731
@@ -621,10 +622,7 @@ def nist(predictions, references, max_n=5):
     for out, refs in data:
         for n in range(1, max_n + 1):
             out_ngrams[n - 1] += max(len(out) - n + 1, 0)
-            clip = Counter()
-            for ref in refs:
-                clip |= ngrams(ref, n)
-            hits = ngrams(out, n) & clip
+            hits = ngrams(out, n) & functools.reduce(Counter.__or__, (ngrams(ref, n) for ref in refs))
             info[n - 1] += sum(c * math.log2(counts[g[:-1]] / counts[g]) for g, c in hits.items())
     ratio, beta = out_ngrams[0] / ref_words, math.log(0.5) / math.log(1.5) ** 2
     return sum(i / n for i, n in zip(info, out_ngrams) if n) * math.exp(beta * math.log(min(ratio, 1.0)) ** 2)
@@ -639,7 +637,7 @@ def coco_words(text):
 
 def e2e_scores(predictions, references):
     """{metric: value} on the official scorer's scale (BLEU, METEOR, ROUGE-L as fractions). Without Java
-    METEOR is None, and ROUGE-L and CIDEr read a Python stand-in for the (Java) PTB tokenizer."""
+    METEOR is None, and ROUGE-L and CIDEr read coco_words in place of the PTB tokenizer."""
     import sacrebleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -648,40 +646,29 @@ def e2e_scores(predictions, references):
                for i in range(max(map(len, references)))]
     bleu = sacrebleu.corpus_bleu(predictions, streams, lowercase=True, smooth_method="none")
     scores = dict(BLEU=bleu.score / 100, NIST=nist(predictions, references), METEOR=None)
-    gts = {i: refs for i, refs in enumerate(references)}
-    res = {i: [p] for i, p in enumerate(predictions)}
+    gts, res = dict(enumerate(references)), {i: [p] for i, p in enumerate(predictions)}
     if shutil.which("java"):
         from pycocoevalcap.meteor.meteor import Meteor
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-        gts, res = ({i: [{"caption": c} for c in v] for i, v in d.items()} for d in (gts, res))
-        gts, res = PTBTokenizer().tokenize(gts), PTBTokenizer().tokenize(res)
+        gts, res = (PTBTokenizer().tokenize({i: [{"caption": c} for c in v] for i, v in d.items()})
+                    for d in (gts, res))
         scores["METEOR"] = Meteor().compute_score(gts, res)[0]
     else:
         gts, res = ({i: [coco_words(c) for c in v] for i, v in d.items()} for d in (gts, res))
     scores["ROUGE_L"] = Rouge().compute_score(gts, res)[0]
     scores["CIDEr"] = Cider().compute_score(gts, res)[0]
-    return {m: scores[m] for m in METRICS}
+    return {m: None if scores[m] is None else float(scores[m]) for m in METRICS}
 
 
 def print_metrics(rows):
-    """rows: [(name, scores)]; printed on the paper's scale (BLEU, METEOR, ROUGE-L in percent)."""
+    """rows: [(name, scores)], on the paper's scale (BLEU, METEOR, ROUGE-L in percent)."""
     print("| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |\n|---|---|---|---|---|---|")
     for name, s in rows:
-        cells = [f"{100 * s['BLEU']:.1f}", f"{s['NIST']:.2f}", "n/a" if s["METEOR"] is None else
-                 f"{100 * s['METEOR']:.1f}", f"{100 * s['ROUGE_L']:.1f}", f"{s['CIDEr']:.2f}"]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        meteor = "n/a" if s["METEOR"] is None else f"{100 * s['METEOR']:.1f}"
+        print(f"| {name} | {100 * s['BLEU']:.1f} | {s['NIST']:.2f} | {meteor} | {100 * s['ROUGE_L']:.1f} | "
+              f"{s['CIDEr']:.2f} |")
     if any(s["METEOR"] is None for _, s in rows):
-        print("METEOR left out: no java on PATH (METEOR 1.5 is a Java program); ROUGE-L and CIDEr then use a "
-              "Python tokenizer in place of the PTB tokenizer.")
-
-
-def eval_generation(model, groups, tokenizer, device, args, suffix=""):
-    """Decode the groups, write the scorer's files into --log-dir, return the metrics."""
-    predictions = decode_all(model, groups, tokenizer, device, args)
-    references = [refs for _, refs in groups]
-    write_scorer_files(args.log_dir, predictions, references, suffix)
-    print(f"wrote {os.path.join(args.log_dir, f'predictions{suffix}.txt')} and references.txt")
-    return e2e_scores(predictions, references)
+        print("METEOR left out: no java on PATH (METEOR 1.5 is Java); ROUGE-L, CIDEr on coco_words tokens.")
 
 
 def score_files(args):
@@ -689,7 +676,7 @@ def score_files(args):
     scores = e2e_scores(*read_scorer_files(*args.score))
     print_metrics([(os.path.basename(args.score[0]), scores)])
     if args.json:
-        print(json.dumps({m: None if v is None else float(v) for m, v in scores.items()}))
+        print(json.dumps(scores))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -699,13 +686,13 @@ def score_files(args):
 AT_LEAST_1, AT_LEAST_0 = (lambda v: v >= 1, ">= 1"), (lambda v: v >= 0, ">= 0")
 POSITIVE = (lambda v: 0 < v < math.inf, "finite, > 0")
 NOT_NEGATIVE = (lambda v: 0 <= v < math.inf, "finite, >= 0")
-FINITE = (math.isfinite, "finite")
-RULES = {"r": AT_LEAST_1, "alpha": FINITE, "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+RULES = {"r": AT_LEAST_1, "alpha": (math.isfinite, "finite"), "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
          "steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1, "eval_examples": AT_LEAST_1,
          "block_size": (lambda v: v >= 2, ">= 2"), "warmup": AT_LEAST_0, "samples": AT_LEAST_0,
          "lr": POSITIVE, "full_lr": POSITIVE, "grad_clip": POSITIVE, "weight_decay": NOT_NEGATIVE,
          "val_frac": (lambda v: 0 < v < 1, "in (0, 1)"), "beams": AT_LEAST_1, "eval_limit": AT_LEAST_1,
-         "max_new_tokens": AT_LEAST_1, "no_repeat_ngram": AT_LEAST_0, "length_penalty": FINITE}
+         "max_new_tokens": AT_LEAST_1, "no_repeat_ngram": AT_LEAST_0,
+         "length_penalty": (math.isfinite, "finite")}
 
 
 def check_number(name, value, where):
@@ -727,17 +714,17 @@ def check_lora_config(cfg, where):
             check_number(key, value, f"{where}: LoRA config field '{key}'")
 
 
-def check_paths(args, scoring):
+def check_paths(args):
     """Outputs never overwrite inputs (the base, the adapter, the data) or each other, and each can be
     written: checked before any work starts, so that no finished training is lost at the end."""
     data = args.data if args.data != "e2e" else None
-    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter, "--eval-data": args.eval_data,
-              "--tokenizer": args.tokenizer}
+    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter, "--tokenizer": args.tokenizer}
     outputs = {"--out": None if args.adapter or args.eval_only else args.out, "--merge": args.merge,
                "--full-out": args.full_out if args.full else None}
-    scorer_files = ["predictions.txt", "references.txt"] + (["predictions_full.txt"] if args.full else [])
-    if scoring:
-        outputs.update({f"--log-dir ({name})": os.path.join(args.log_dir, name) for name in scorer_files})
+    if eval_path(args):   # the E2E table's files
+        inputs["--eval-data"] = None if eval_path(args) == "e2e" else eval_path(args)
+        outputs.update({f"--log-dir ({name})": os.path.join(args.log_dir, name)
+                        for name in ("predictions.txt", "predictions_full.txt", "references.txt")})
     for flag, folder, names in ("--adapter", args.adapter, inputs), ("--save-peft", args.save_peft, outputs):
         if folder and (names is outputs or os.path.isdir(folder)):  # a PEFT directory: its files
             names.update({f"{flag} ({name})": os.path.join(folder, name) for name in PEFT_FILES})
@@ -841,20 +828,20 @@ def choose_base(args, adapter):
         args.init, args.ckpt = (recorded["path"], None) if recorded.get("init") else (None, recorded["path"])
 
 
-def load_base(args, device):
-    """(model, tokenizer, its record for checkpoints, base hash) from --ckpt or --init; the tokenizer is the
-    one the base records unless --tokenizer names another (whose ids must fit the model's vocabulary)."""
+def load_base(args, device, recorded_tokenizer=None):
+    """(model, tokenizer, its whole record for checkpoints, base hash) from --ckpt or --init. The tokenizer:
+    --tokenizer, else the adapter's record, else the base's (its ids must fit the model's vocabulary)."""
     if args.init:
         model, spec = gpt.GPT.from_pretrained(args.init), "gpt2"
     else:
         model, ckpt = gpt.load_checkpoint(args.ckpt)
         spec = ckpt.get("tokenizer", "gpt2")
-    spec = args.tokenizer or spec
+    spec = args.tokenizer or recorded_tokenizer or spec
     tokenizer = gpt.get_tokenizer(spec)
     if tokenizer.n_vocab > model.config.vocab_size:
         raise ValueError(f"tokenizer {args.tokenizer or tokenizer.name} has {tokenizer.n_vocab} ids, more "
                          f"than the base model's vocabulary ({model.config.vocab_size})")
-    return model.to(device), tokenizer, spec, base_fingerprint(model)
+    return model.to(device), tokenizer, gpt.tokenizer_spec(tokenizer), base_fingerprint(model)
 
 
 def report(model, name):
@@ -870,10 +857,10 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     adapter = read_adapter(args.adapter) if args.adapter else None
     choose_base(args, adapter)
-    groups = eval_groups(args)
-    check_paths(args, scoring=bool(groups))
-    model, tokenizer, tokenizer_spec, base_hash = load_base(args, device)
+    check_paths(args)
+    model, tokenizer, tokenizer_spec, base_hash = load_base(args, device, (adapter or {}).get("tokenizer"))
     base_path = args.init or args.ckpt
+    groups = eval_groups(args)
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
     print(f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, tokenizer {tokenizer.name}")
     val_loss = functools.partial(evaluate, examples=val_ex[:args.eval_examples], batch_size=args.batch_size,
@@ -899,11 +886,11 @@ def main(argv=None):
         save_adapter(args.out, model, config, base_path, base_hash, tokenizer_spec, bool(args.init),
                      val_loss=stats["val_loss"], steps=args.steps)
         print(f"wrote adapter {args.out}")
+    name = "adapter" if adapter else "base" if args.eval_only else "LoRA"
+    metrics = [(name, eval_generation(model, groups, tokenizer, device, args))] if groups else []
     if args.save_peft:
         save_peft(args.save_peft, model, config, base_path, base_hash)
         print(f"wrote PEFT adapter {args.save_peft}")
-    name = "adapter" if adapter else "base" if args.eval_only else "LoRA"
-    metrics = [(name, eval_generation(model, groups, tokenizer, device, args))] if groups else []
     if args.merge:
         gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer_spec, lora_base=base_path)
         print(f"wrote merged checkpoint {args.merge}")
@@ -920,7 +907,7 @@ def main(argv=None):
 
 
 def full_fine_tune(args, lora, base_loss, train_ex, val_ex, device, pad_id):
-    """The same run with every weight trainable, on a fresh copy of the base, and a LoRA vs full table."""
+    """The same run with every weight trainable, on a fresh copy of the base; then a LoRA vs full table."""
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     model = load_base(args, device)[0]

@@ -396,15 +396,19 @@ class GPT(nn.Module):
                                      f"model {tuple(target.shape)}")
                 target.copy_(value)
 
-    def save_hf(self, out_dir):
-        """Write a directory that GPT2LMHeadModel.from_pretrained loads (padded vocab cut back)."""
+    def save_hf(self, out_dir, tokenizer=None):
+        """Write a directory that transformers loads as its own (GPT2LMHeadModel, padded vocab cut back),
+        with the tokenizer (get_tokenizer's kinds) as a fast tokenizer and <|endoftext|> as eos."""
         from transformers import GPT2Config, GPT2LMHeadModel
         c = self.config
+        hf_tok = _hf_tokenizer(tokenizer) if tokenizer is not None else None
+        if hf_tok is not None and len(hf_tok) > c.vocab_size:
+            raise ValueError(f"the tokenizer has {len(hf_tok)} ids but the model only {c.vocab_size}")
+        eos = hf_tok.eos_token_id if hf_tok is not None else c.vocab_size - 1
         hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
                                n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon,
                                activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout,
-                               attn_pdrop=c.dropout, bos_token_id=c.vocab_size - 1,
-                               eos_token_id=c.vocab_size - 1)
+                               attn_pdrop=c.dropout, bos_token_id=eos, eos_token_id=eos)
         state = {}
         for name, value in _strip_prefixes(self.state_dict()).items():
             if name.endswith(_CONV1D_WEIGHTS):
@@ -418,11 +422,44 @@ class GPT(nn.Module):
         tmp, old = f"{out_dir}.tmp", f"{out_dir}.old"
         shutil.rmtree(tmp, ignore_errors=True)
         hf.save_pretrained(tmp)
+        if hf_tok is not None:
+            hf_tok.save_pretrained(tmp)
         if os.path.exists(out_dir):
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
         return out_dir
+
+
+def _hf_tokenizer(tokenizer):
+    """A transformers fast tokenizer that encodes and decodes exactly as `tokenizer` (any kind
+    get_tokenizer makes): byte-level BPE whose tokens are spelled, byte by byte, in GPT-2's printable
+    stand-in characters, with the same split regex, merges in the same order and the same special ids."""
+    import bpe
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    if isinstance(tokenizer, BPETokenizer):
+        tok = tokenizer.tok
+    elif isinstance(tokenizer, ByteTokenizer):
+        tok = bpe.Tokenizer(None, {EOT: 256})
+    else:  # tiktoken's GPT-2: its merges, rebuilt from the ranks
+        tok = bpe.Tokenizer.from_tiktoken(tokenizer)
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's bytes_to_unicode table
+    char = {**{b: chr(b) for b in keep}, **{b: chr(256 + k) for k, b in enumerate(sorted(set(range(256)) - set(keep)))}}
+    spell = {i: "".join(char[b] for b in token) for i, token in tok.vocab.items() if i not in tok.inverse_special_tokens}
+    vocab = {s: i for i, s in spell.items()}
+    if len(vocab) < len(spell):
+        raise ValueError("two tokens spell the same bytes: a HuggingFace BPE vocabulary cannot hold both")
+    merges = [(spell[a], spell[b]) for a, b in tok.merges]
+    backend = Tokenizer(models.BPE(vocab={**vocab, **tok.special_tokens}, merges=merges))
+    split = [pre_tokenizers.Split(Regex(tok.pattern), behavior="isolated")] if tok.pattern else []
+    backend.pre_tokenizer = pre_tokenizers.Sequence(split + [pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                      use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in tok.special_tokens])
+    eos = EOT if EOT in tok.special_tokens else None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, bos_token=eos,
+                                   clean_up_tokenization_spaces=False)
 
 
 _CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -507,34 +544,95 @@ def auto_device():
     return "cpu"
 
 
+EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
+
+
 class ByteTokenizer:
     """Raw UTF-8 bytes as tokens (ids 0..255) plus <|endoftext|> = 256: needs no vocabulary file."""
-    name = "byte"
-    n_vocab = 257
-    eot_token = 256
+    name, n_vocab, eot_token = "byte", 257, 256
 
     def encode_ordinary(self, text):
         return list(text.encode("utf-8"))
 
-    def encode(self, text, **kwargs):
-        return self.encode_ordinary(text)
+    def encode(self, text, allowed_special=()):
+        """With allowed_special "all" (or holding EOT), the text <|endoftext|> becomes id 256."""
+        if allowed_special != "all" and EOT not in allowed_special:
+            return self.encode_ordinary(text)
+        parts = [self.encode_ordinary(part) for part in text.split(EOT)]
+        return [i for k, part in enumerate(parts) for i in ([256] if k else []) + part]
 
     def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+        return b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids).decode("utf-8", errors="replace")
 
 
-def get_tokenizer(name):
-    """'gpt2' (tiktoken's Encoding: .name, .n_vocab, .eot_token, .encode_ordinary, .decode) or 'byte'."""
-    if name == "byte":
+class BPETokenizer:
+    """A tokenizer trained by bpe.py, encoding through tiktoken where tiktoken reproduces its merges
+    exactly (Tokenizer.to_tiktoken checks that), else through bpe.py itself."""
+    name = "bpe"
+
+    def __init__(self, tok):
+        self.tok, self.n_vocab = tok, max(tok.vocab) + 1
+        try:
+            self.fast = tok.to_tiktoken()
+        except ValueError:
+            self.fast = tok
+
+    @property
+    def eot_token(self):
+        if EOT not in self.tok.special_tokens:
+            raise ValueError(f"this bpe.py tokenizer has no {EOT} token to separate documents; train it with "
+                             f"--special '{EOT}'")
+        return self.tok.special_tokens[EOT]
+
+    def encode_ordinary(self, text):
+        return self.fast.encode_ordinary(text)
+
+    def encode(self, text, allowed_special=()):
+        return self.tok.encode(text, allowed_special=allowed_special or "none")
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+def get_tokenizer(spec):
+    """'gpt2' (tiktoken's Encoding), 'byte', a bpe.py .model file, or what a checkpoint stores (see
+    tokenizer_spec). Each has .name, .n_vocab, .eot_token, .encode_ordinary, .encode and .decode."""
+    import bpe
+    if isinstance(spec, dict):  # a bpe.py tokenizer, whole
+        try:
+            tok = bpe.Tokenizer(spec["pattern"])
+            tok.byte_ids = [int(i) for i in spec["byte_ids"]]
+            tok.merges = {(int(a), int(b)): 256 + k for k, (a, b) in enumerate(spec["merges"])}
+            tok.register_special_tokens({str(s): int(i) for s, i in spec["special_tokens"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"the stored bpe tokenizer is malformed ({type(e).__name__}: {e})") from None
+        return BPETokenizer(tok)
+    if spec == "byte":
         return ByteTokenizer()
-    if name != "gpt2":
-        raise ValueError(f"unknown tokenizer {name!r}: use 'gpt2' or 'byte'")
+    if isinstance(spec, str) and spec.endswith(".model"):
+        return BPETokenizer(bpe.Tokenizer().load(spec))
+    if spec != "gpt2":
+        raise ValueError(f"unknown tokenizer {spec!r}: use 'gpt2', 'byte' or a .model file written by bpe.py")
     import tiktoken
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # tiktoken fetches its BPE files once; requests/OS errors surface from deep inside
         raise ValueError("could not load GPT-2's BPE files (tiktoken downloads them once, then caches them "
                          f"in TIKTOKEN_CACHE_DIR; offline?): {type(e).__name__}") from None
+
+
+def tokenizer_spec(tok):
+    """What save_checkpoint stores: 'gpt2', 'byte', or a bpe.py tokenizer whole as a plain dict (pattern,
+    byte ids, merges in order, special tokens), so the checkpoint needs no tokenizer file to sample."""
+    if isinstance(tok, str) and tok.endswith(".model"):
+        tok = get_tokenizer(tok)
+    if isinstance(tok, (str, dict)):
+        return tok
+    if isinstance(tok, BPETokenizer):
+        t = tok.tok
+        return {"pattern": t.pattern, "byte_ids": list(t.byte_ids), "merges": [list(pair) for pair in t.merges],
+                "special_tokens": dict(t.special_tokens)}
+    return tok.name  # tiktoken's "gpt2" or "byte"
 
 
 def unwrap(model):
@@ -589,13 +687,13 @@ def download(url, path, hint="", timeout=30):
 
 
 def save_checkpoint(path, model, tokenizer, **extra):
-    """Write {'model', 'config', 'tokenizer', **extra} to path atomically.
+    """Write {'model', 'config', 'tokenizer', **extra} to path atomically (tokenizer: see tokenizer_spec).
 
     `extra` may hold what torch.load(weights_only=True) accepts: tensors, containers, str/int/float/bool/None.
     """
     raw = unwrap(model)
     checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
-                  "tokenizer": tokenizer, **extra}
+                  "tokenizer": tokenizer_spec(tokenizer), **extra}
     with atomic_write(path) as f:
         torch.save(checkpoint, f)
 
@@ -625,11 +723,12 @@ def load_checkpoint(path, device="cpu", **config_overrides):
 # ---------------------------------------------------------------------------------------------
 # python model.py: sample from OpenAI's weights or from a checkpoint
 # ---------------------------------------------------------------------------------------------
-def main():
-    parser = argparse.ArgumentParser(description="Sample text from GPT-2 or a checkpoint of train_gpt2.py.")
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Sample text from GPT-2 or a checkpoint of train_gpt2.py, "
+                                                 "or export either as a HuggingFace directory.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--init", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF directory")
-    source.add_argument("--ckpt", default=None, help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
+    source.add_argument("--ckpt", help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
     parser.add_argument("--prompt", default="Hello, I'm a language model,")
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -638,7 +737,8 @@ def main():
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    args = parser.parse_args()
+    parser.add_argument("--export-hf", metavar="DIR", help="write model + tokenizer for transformers, no sampling")
+    args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
         sys.exit("error: --num-samples must be >= 1 and --max-new-tokens >= 0")
     device = auto_device() if args.device == "auto" else args.device
@@ -649,9 +749,12 @@ def main():
         else:
             model = GPT.from_pretrained(args.init or "gpt2").to(device)
             enc = get_tokenizer("gpt2")
+        if args.export_hf:
+            print(f"wrote {model.save_hf(args.export_hf, enc)} (load it with AutoModelForCausalLM/AutoTokenizer)")
+            return
+        prompt = enc.encode_ordinary(args.prompt) or [enc.eot_token]
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    prompt = enc.encode_ordinary(args.prompt) or [enc.eot_token]
     if len(prompt) >= model.config.block_size:
         sys.exit(f"error: the prompt is {len(prompt)} tokens; the model reads {model.config.block_size}")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)

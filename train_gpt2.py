@@ -13,9 +13,11 @@ optimizer, data position, RNG state). Ctrl-C or SIGTERM checkpoints after the cu
 leaves the last checkpoint intact, and --resume continues bit-identically to an uninterrupted run.
 """
 import argparse
+import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -200,7 +202,7 @@ def setup_processes(args):
 # ---------------------------------------------------------------------------------------------
 # 3. Data: token shards -> an endless stream of (x, y) batches, each process taking its own slice
 # ---------------------------------------------------------------------------------------------
-def load_token_splits(path, tok, log):
+def load_token_splits(path, tok, log, tokenizer):
     """Returns (train shards, val shards, where they came from): lists of 1-D integer arrays (memory-mapped
     for .npy shards); the source is what --resume compares, a shard list or a file's path and size."""
     if os.path.isdir(path):
@@ -208,6 +210,7 @@ def load_token_splits(path, tok, log):
         if not any("_train_" in f for f in names):
             fail(f"no training shards (*_train_*.npy) in {path}: make them with `python fineweb.py` "
                  f"(or train on a text file with --data FILE.txt)")
+        check_manifest(path, tokenizer)
         train, val = ([name for name in names if f"_{kind}_" in name] for kind in ("train", "val"))
         shards = {name: check_shard(os.path.join(path, name), tok) for name in train + val}
         source = {"shards": [[name, len(shard)] for name, shard in shards.items()]}
@@ -227,6 +230,17 @@ def load_token_splits(path, tok, log):
     log(f"{path}: {len(text):,} characters -> {len(tokens):,} {tok.name} tokens "
         f"({split:,} train, {len(tokens) - split:,} val)")
     return [tokens[:split]], [tokens[split:]], {"file": os.path.abspath(path), "bytes": os.path.getsize(path)}
+
+
+def check_manifest(path, tokenizer):
+    """Shards from fineweb.py name the tokenizer that made them in manifest.json: it must be this run's."""
+    try:
+        with open(os.path.join(path, "manifest.json")) as f:
+            made_with = json.load(f)["config"]["tokenizer"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # shards made some other way: check_shard's id range is the check
+    if os.path.abspath(str(made_with)) != os.path.abspath(tokenizer):
+        fail(f"{path} was tokenized with {made_with} (its manifest.json), not --tokenizer {tokenizer}")
 
 
 def check_shard(path, tok):
@@ -300,7 +314,8 @@ def setup_data(args, run):
         run.tok = get_tokenizer(args.tokenizer)
     except ValueError as e:
         fail(str(e))
-    train_shards, run.val_shards, run.data_source = load_token_splits(args.data, run.tok, run.log)
+    train_shards, run.val_shards, run.data_source = load_token_splits(args.data, run.tok, run.log,
+                                                                      args.tokenizer)
     B, T, world = args.batch_size, args.seq_len, run.world
     run.loader = DataLoader(train_shards, B, T, run.rank, world, args.shuffle, args.seed)
     if run.loader.n_tokens < B * T * world + 1:
@@ -418,18 +433,10 @@ def describe(source):
 
 def read_log(log_file, log):
     """log.txt as (step, kind, value, line); a line that is not one (a damaged file) is dropped, noticed."""
-    if not os.path.exists(log_file):
-        return []
-    with open(log_file, "rb") as f:
-        lines = f.read().decode("utf-8", errors="replace").splitlines(keepends=True)
-    entries = []
-    for line in lines:
-        parts = line.split()
-        try:
-            if line.endswith("\n") and len(parts) == 3 and parts[1] in ("train", "val", "hella"):
-                entries.append((int(parts[0]), parts[1], float(parts[2]), line))
-        except ValueError:
-            pass
+    with open(log_file, "rb") if os.path.exists(log_file) else nullcontext([]) as f:
+        lines = [raw.decode("utf-8", errors="replace") for raw in f]
+    entries = [(int(m[1]), m[2], float(m[3]), line) for line in lines
+               if (m := re.fullmatch(r"(\d+) (train|val|hella) (\d+\.\d+)\n", line))]
     if len(entries) < len(lines):
         log(f"notice: {log_file}: {len(lines) - len(entries)} damaged line(s) dropped")
     return entries
