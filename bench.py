@@ -667,16 +667,11 @@ def hellaswag_add_parser(sub):
 
 
 # ---------------------------------------------------------------------------------------------
-# python bench.py lora: our LoRA (lora.py on model.GPT) vs PEFT on GPT2LMHeadModel, one training step
-#
-# Both sides start from the same random GPT-2 weights (one save_pretrained directory), adapt the same modules
-# with the same r and alpha and train on the same batch with AdamW; a third side fully fine-tunes our model,
-# for the optimizer-state comparison. Step time: the three sides step in turns in one process (best of
-# --repeat each), so that load from other programs hits every side alike. Peak memory: each side alone in a
-# fresh process (CPU: resident-set high-water mark, reset after loading; CUDA: peak allocated bytes).
-#
-#     python bench.py lora                         # GPT-2 124M config on CPU, batch 2 x 128 tokens
-#     python bench.py lora --size tiny --batch 8   # a quick check
+# python bench.py lora [--size tiny]: our LoRA (lora.py on model.GPT) vs PEFT on GPT2LMHeadModel, one training
+# step from the same random GPT-2 weights, modules, r, alpha, batch and AdamW; a third side fully fine-tunes
+# ours, for the optimizer state. Step time: the sides step in turns in one process (best of --repeat), so
+# that load from other programs hits them alike. Peak memory: each side alone in a fresh process (CPU:
+# resident-set high-water mark, reset after loading; CUDA: peak allocated bytes).
 # ---------------------------------------------------------------------------------------------
 LORA_SIDES = {"ours": "ours: lora.py on model.GPT", "peft": "PEFT on GPT2LMHeadModel",
               "full": "ours: full fine-tuning"}
@@ -770,9 +765,9 @@ def lora_run(args):
               lora.fmt_bytes(r["peak"]), f"{r['peak'] / peft['peak']:.2f}x" if r["peak"] else "n/a",
               lora.fmt_bytes(r["optimizer_bytes"]), f"{r['optimizer_bytes'] / full['optimizer_bytes']:.2%}"]
              for (side, name), r in zip(LORA_SIDES.items(), rows.values())]
-    mem = "peak CUDA alloc" if cuda else "peak RSS"
-    print(markdown_table(["", "trainable params", "step ms", "step / PEFT", mem, "mem / PEFT", "optimizer state",
-                          "opt. state / full FT"], table))
+    headers = ["", "trainable params", "step ms", "step / PEFT", "peak CUDA alloc" if cuda else "peak RSS",
+               "mem / PEFT", "optimizer state", "opt. state / full FT"]
+    print(markdown_table(headers, table))
 
 
 def lora_add_parser(sub):

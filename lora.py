@@ -10,7 +10,8 @@ optimizer's state shrinks to a fraction of a percent), and B A can then be merge
     python lora.py --ckpt log/model.pt                          # a train_gpt2.py checkpoint on E2E NLG
     python lora.py --init gpt2 --merge                          # OpenAI's GPT-2; also a merged checkpoint
     python lora.py --ckpt log/model.pt --data notes.txt --full  # a local file; also full fine-tuning
-    python lora.py --adapter log/lora.pt                        # evaluate and sample with a saved adapter
+    python lora.py --adapter log/lora.pt --save-peft peft/      # evaluate a saved adapter; export it for PEFT
+    python lora.py --adapter peft/                              # a PEFT LoRA directory (ours or PEFT's)
     python lora.py --eval-only --adapter log/lora.pt            # the paper's E2E table (beam 10, test split)
     python lora.py --score log/predictions.txt log/references.txt --json   # score two files alone
 
@@ -340,13 +341,15 @@ def evaluate(model, examples, batch_size, device, pad_id):
 
 
 @torch.no_grad()
-def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64):
-    """Greedy completion of one prompt, up to <|endoftext|> (within the context: no cropping)."""
+def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64, **decoding):
+    """One prompt's completion up to <|endoftext|> (within the context: no cropping): greedy, or as
+    `decoding` says (e.g. num_beams=10, length_penalty=0.8, no_repeat_ngram_size=4)."""
     prompt_ids = prompt_ids[-(model.config.block_size - 1):]
     max_new_tokens = min(max_new_tokens, model.config.block_size - len(prompt_ids))
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    out = model.generate(idx, max_new_tokens, temperature=0, stop_token=tokenizer.eot_token)
-    out = out[0, len(prompt_ids):].tolist()
+    decoding = decoding or dict(temperature=0)
+    out = model.generate(idx, max_new_tokens, stop_token=tokenizer.eot_token, **decoding)[0, len(prompt_ids):]
+    out = out.tolist()
     return tokenizer.decode(out[:out.index(tokenizer.eot_token)] if tokenizer.eot_token in out else out)
 
 
@@ -567,15 +570,12 @@ def eval_generation(model, groups, tokenizer, device, args, suffix=""):
     """Decode one output per group (the paper's beam search, or greedy), cut at <|endoftext|>; write the
     scorer's files into --log-dir; return the metrics."""
     model.eval()
-    eot, outputs = tokenizer.eot_token, []
-    options = dict(temperature=0) if args.greedy else dict(
+    outputs, options = [], {} if args.greedy else dict(
         num_beams=args.beams, length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram)
     for prompt, _ in tqdm(groups, desc="decoding", unit="ex", dynamic_ncols=True):
-        ids = tokenizer.encode_ordinary(prompt)[-(model.config.block_size - 1):]
-        new = min(args.max_new_tokens, model.config.block_size - len(ids))
-        out = model.generate(torch.tensor([ids], device=device), new, stop_token=eot, **options)[0, len(ids):]
-        out = out.tolist()
-        outputs.append(" ".join(tokenizer.decode(out[:out.index(eot)] if eot in out else out).split()))
+        text = complete(model, tokenizer.encode_ordinary(prompt), tokenizer, device, args.max_new_tokens,
+                        **options)
+        outputs.append(" ".join(text.split()))
     references = [refs for _, refs in groups]
     write_scorer_files(args.log_dir, outputs, references, suffix)
     print(f"wrote {os.path.join(args.log_dir, f'predictions{suffix}.txt')} and references.txt")
@@ -718,8 +718,8 @@ def check_paths(args):
     """Outputs never overwrite inputs (the base, the adapter, the data) or each other, and each can be
     written: checked before any work starts, so that no finished training is lost at the end."""
     data = args.data if args.data != "e2e" else None
-    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter}
-    outputs = {"--out": None if args.adapter else args.out, "--merge": args.merge,
+    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter, "--tokenizer": args.tokenizer}
+    outputs = {"--out": None if args.adapter or args.eval_only else args.out, "--merge": args.merge,
                "--full-out": args.full_out if args.full else None}
     if eval_path(args):   # the E2E table's files
         inputs["--eval-data"] = None if eval_path(args) == "e2e" else eval_path(args)
@@ -774,6 +774,7 @@ def parse_args(argv=None):
     p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
     p.add_argument("--save-peft", metavar="DIR", help="also write the adapter in PEFT's format into DIR")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
+    p.add_argument("--tokenizer", help="gpt2, byte or a bpe.py .model (default: the one the base records)")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--seed", type=int, default=1337)
     g = p.add_argument_group("generation metrics (the LoRA paper's E2E table; decoding as in the paper)")
@@ -814,6 +815,8 @@ def check_args(parser, args):
         parser.error("--full trains; --adapter only evaluates a saved adapter: use one of them")
     if args.eval_only and args.full:
         parser.error("--eval-only trains nothing (a full fine-tune: --eval-only --ckpt ITS_CHECKPOINT)")
+    if args.eval_only and args.save_peft and not args.adapter:
+        parser.error("--save-peft writes an adapter: --eval-only has one only with --adapter")
     args.greedy = args.greedy or args.beams == 1
     return args
 
@@ -825,14 +828,20 @@ def choose_base(args, adapter):
         args.init, args.ckpt = (recorded["path"], None) if recorded.get("init") else (None, recorded["path"])
 
 
-def load_base(args, device):
-    """(model, its tokenizer as the checkpoint records it, base hash) from --ckpt or --init."""
+def load_base(args, device, recorded_tokenizer=None):
+    """(model, tokenizer, its whole record for checkpoints, base hash) from --ckpt or --init. The tokenizer:
+    --tokenizer, else the adapter's record, else the base's (its ids must fit the model's vocabulary)."""
     if args.init:
-        model, tokenizer = gpt.GPT.from_pretrained(args.init), "gpt2"
+        model, spec = gpt.GPT.from_pretrained(args.init), "gpt2"
     else:
         model, ckpt = gpt.load_checkpoint(args.ckpt)
-        tokenizer = ckpt.get("tokenizer", "gpt2")
-    return model.to(device), tokenizer, base_fingerprint(model)
+        spec = ckpt.get("tokenizer", "gpt2")
+    spec = args.tokenizer or recorded_tokenizer or spec
+    tokenizer = gpt.get_tokenizer(spec)
+    if tokenizer.n_vocab > model.config.vocab_size:
+        raise ValueError(f"tokenizer {args.tokenizer or tokenizer.name} has {tokenizer.n_vocab} ids, more "
+                         f"than the base model's vocabulary ({model.config.vocab_size})")
+    return model.to(device), tokenizer, gpt.tokenizer_spec(tokenizer), base_fingerprint(model)
 
 
 def report(model, name):
@@ -849,8 +858,7 @@ def main(argv=None):
     adapter = read_adapter(args.adapter) if args.adapter else None
     choose_base(args, adapter)
     check_paths(args)
-    model, tokenizer_spec, base_hash = load_base(args, device)
-    tokenizer = gpt.get_tokenizer(tokenizer_spec)
+    model, tokenizer, tokenizer_spec, base_hash = load_base(args, device, (adapter or {}).get("tokenizer"))
     base_path = args.init or args.ckpt
     groups = eval_groups(args)
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
@@ -923,3 +931,5 @@ if __name__ == "__main__":
         main()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("error: interrupted (every file is written atomically: none is left half-written)")

@@ -3088,6 +3088,29 @@ def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lo
     assert "\n" not in str(err.value)
 
 
+def test_lora_bpe_tokenizer_travels_with_the_adapter(tmp_path, monkeypatch, capsys, lora_one_thread):
+    # --tokenizer PATH.model: the adapter and the merged checkpoint carry the whole tokenizer, not the path,
+    # so that with the file deleted the adapter still evaluates on the same tokens (the same val loss).
+    monkeypatch.chdir(tmp_path)
+    _lora_task_file(tmp_path / "task.txt", n=80)
+    bpe.Tokenizer("gpt4", ["<|endoftext|>"]).train((tmp_path / "task.txt").read_text(), 300).save("tok")
+    expected = gpt.tokenizer_spec("tok.model")
+    gpt.save_checkpoint("base.pt", tiny_gpt(vocab_size=320), "byte")  # its own record says byte
+    common = ["--data", "task.txt", "--eval-examples", "8", "--samples", "1", "--device", "cpu"]
+    lora.main(["--ckpt", "base.pt", "--tokenizer", "tok.model", "--steps", "2", "--merge", "m.pt", *common])
+    trained = capsys.readouterr().out
+    os.remove("tok.model")
+    assert isinstance(expected, dict) and "tokenizer bpe" in trained
+    assert lora.read_adapter("log/lora.pt")["tokenizer"] == expected
+    assert gpt.load_checkpoint("m.pt")[1]["tokenizer"] == expected
+    lora.main(["--adapter", "log/lora.pt", *common])
+    evaluated = capsys.readouterr().out
+    assert "tokenizer bpe" in evaluated
+    loss = [re.search(pattern, out).group(1) for pattern, out in
+            [(r"-> LoRA ([\d.]+)", trained), (r"with adapter ([\d.]+)", evaluated)]]
+    assert loss[0] == loss[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # Hostile input: refused at the door in one line naming the culprit, the user's files untouched
 # ---------------------------------------------------------------------------------------------
@@ -3123,6 +3146,10 @@ def lora_door(tmp_path, monkeypatch, capsys):
 
 def _lora_break_adapter(tmp_path, how):
     """Make the fixture's adapters hostile: a config field changed, a NaN weight, a PEFT config replaced."""
+    if how[0] == "eval_data":  # evaluation data under the name of a file the scorer's layout writes
+        (tmp_path / "ev").mkdir()
+        shutil.copy("task.txt", "ev/references.txt")
+        return
     if how[0] == "peft":
         path = tmp_path / "peft" / "adapter_config.json"
         change = how[1]
@@ -3163,6 +3190,13 @@ _LORA_DOOR_CASES = [  # (argv, the culprit the message names, how to break an ad
     (_LORA_T + ["--out", "a_file/lora.pt"], "--out a_file/lora.pt cannot be written", None),
     (_LORA_T + ["--merge", "a_folder"], "--merge a_folder cannot be written", None),
     (_LORA_T + ["--save-peft", "a_file"], "cannot be written", None),
+    (_LORA_T + ["--eval-data", "task.txt", "--log-dir", "a_file"], "--log-dir (predictions.txt)", None),
+    (_LORA_T + ["--full", "--full-out", "tiny.pt"], "--full-out tiny.pt is also --ckpt", None),
+    (_LORA_T + ["--eval-data", "ev/references.txt", "--log-dir", "ev"], "also --eval-data", ("eval_data",)),
+    (["--beams", "0"], "--beams", None), (["--length-penalty", "nan"], "--length-penalty", None),
+    (["--eval-only", "--save-peft", "p"], "--save-peft", None),
+    (_LORA_T + ["--tokenizer", "gpt2"], "more than the base model's vocabulary (257)", None),
+    (_LORA_T + ["--tokenizer", "nosuch"], "nosuch", None),
     # data files
     (["--ckpt", "tiny.pt", "--data", "bad_pairs.txt"], "bad_pairs.txt:3: no '||'", None),
     (["--ckpt", "tiny.pt", "--data", "bad.jsonl"],
@@ -3208,6 +3242,24 @@ def test_lora_cli_hostile_input_no_traceback(tmp_path):
                          cwd=tmp_path)
         assert_one_line_error(run, culprit)
     assert (tmp_path / "tiny.pt").read_bytes() == original and not (tmp_path / "log").exists()
+
+
+@slow
+def test_lora_ctrl_c_is_one_line_and_writes_nothing(tmp_path):
+    gpt.save_checkpoint(str(tmp_path / "tiny.pt"), _lora_tiny_gpt(), "byte")
+    _lora_task_file(tmp_path / "task.txt", n=60)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, str(REPO / "lora.py"), *_LORA_T, "--steps", "100000", "--samples", "0",
+            "--device", "cpu"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stdout:  # training starts right after this line
+        if line.startswith("LoRA on"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: interrupted") and not (tmp_path / "log").exists()
 
 
 # =================================================================================================
