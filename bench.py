@@ -103,7 +103,8 @@ print(json.dumps(dict(seconds=time.process_time() - t0, ids=ids)))
 
 def run_hf(job):
     env = dict(os.environ, RAYON_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    r = subprocess.run([sys.executable, "-c", _HF_SCRIPT, json.dumps(job)], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", _HF_SCRIPT, json.dumps(job)], capture_output=True, text=True,
+                       env=env)
     if r.returncode != 0:
         raise RuntimeError("HuggingFace tokenizers benchmark failed: " + r.stderr.strip().splitlines()[-1])
     return json.loads(r.stdout)
@@ -123,7 +124,8 @@ def big_corpus(args):
     import sysconfig
     stdlib = sysconfig.get_paths()["stdlib"]
     paths = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(args.english)), "*.txt")))
-    paths += sorted(glob.glob(os.path.join(stdlib, "*.py"))) + sorted(glob.glob(os.path.join(stdlib, "*", "*.py")))
+    for pattern in ("*.py", "*/*.py"):
+        paths += sorted(glob.glob(os.path.join(stdlib, pattern)))
     parts, size = [], 0
     for path in paths:
         try:
@@ -210,8 +212,8 @@ def tokenizer_run(args):
     for _ in range(args.repeat):          # job after job, then again: a slow spell hits one turn, not a row
         for k, job in enumerate(jobs):
             seconds, result = run_ours(job, gpt2)
-            theirs = run_hf(dict(kind=job[1], path=job[2], vocab_size=job[4], vocab_json=f"{data}/encoder.json",
-                                 merges_txt=f"{data}/vocab.bpe"))
+            theirs = run_hf(dict(kind=job[1], path=job[2], vocab_size=job[4],
+                                 vocab_json=f"{data}/encoder.json", merges_txt=f"{data}/vocab.bpe"))
             ours[k], hf[k] = min(ours[k], seconds), min(hf[k], theirs["seconds"])
             if job[1] == "encode":
                 same[k] = same[k] and result == theirs["ids"] == enc.encode_ordinary(job[3])
@@ -238,6 +240,8 @@ def tokenizer_run(args):
 ABLATIONS = [
     ("rare-pair lists (RARE)", "train", dict(RARE=0)),
     ("paused collector", "train", dict(PAUSE_GC=False)),
+    ("32-bit nodes", "train", dict(NARROW_MAX=0)),
+    ("LOW buckets", "train", dict(LOW=1)),
     ("bulk numpy merges (BULK_MIN)", "train", dict(BULK_MIN=sys.maxsize)),
     ("`re` ASCII twin", "train encode", dict(ascii_twin=lambda pattern: None)),
     ("ASCII stretches", "train encode", dict(ASCII_STRETCH=re.compile(r"(?!)"))),
@@ -277,7 +281,8 @@ def tokenizer_ablation(args, jobs, gpt2):
             elif name == "all on":
                 row.append(fmt_s(best[name, k]))
             else:
-                row.append(f"{best[name, k] / best['all on', k]:.2f}x" + " DIFFERS" * best[name, k, "differs"])
+                ratio = best[name, k] / best["all on", k]
+                row.append(f"{ratio:.2f}x" + " DIFFERS" * best[name, k, "differs"])
         rows.append(row)
     print(f"\nCPU time of each job with one shortcut off, over all on (best of {args.repeat}, in turns)\n")
     print(markdown_table(["switched off"] + [job[0] for job in jobs], rows))
@@ -290,9 +295,9 @@ def tokenizer_add_parser(sub):
     p.add_argument("--big", help="text of 10 MB+ (default: built by the recipe in big_corpus)")
     p.add_argument("--textbook-merges", type=int, default=10,
                    help="merges the textbook runs before its time is extrapolated")
-    p.add_argument("--repeat", type=int, default=3, help="timings per measurement, taken in turns (best kept)")
+    p.add_argument("--repeat", type=int, default=3, help="timings per measurement, in turns (best kept)")
     p.add_argument("--ablate", action="store_true", help="time each job with each speed shortcut off")
-    p.add_argument("--only", help="with --ablate: only the shortcuts whose names contain one of these (comma-separated)")
+    p.add_argument("--only", help="with --ablate: the shortcuts whose names hold one of these (a,b,...)")
     p.set_defaults(run=tokenizer_run)
     return p
 

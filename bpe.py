@@ -105,6 +105,8 @@ def textbook_encode(text, merges, pattern=GPT4_PATTERN):
 BULK_MIN = 300              # merges with this many places (or more) run in numpy
 RARE = 8                    # pairs rarer than this get a count but no place list, until one might win
 PAUSE_GC = True             # no cycle collection during training
+NARROW_MAX = 2**31 - 1      # training nodes are 32-bit ints while ids, positions and counts fit
+LOW = 32                    # new pairs rarer than this wait in buckets outside the training heap
 CACHE_CHUNKS = True         # encoding remembers the ids of each distinct chunk
 TOKEN_TABLE = True          # a chunk that spells a token is looked up, not encoded
 CUT_UNJOINABLE = True       # encoding cuts chunks between bytes that no token holds side by side
@@ -178,13 +180,14 @@ def split_text(text, compiled, twin):
 # A heap ordered by (-count, first position) gives the most frequent pair, ties to the leftmost. Counts only
 # fall and first occurrences only move right (new pairs all contain the new token), so a stale heap entry
 # is never better than the truth: it is refreshed when popped. And since counts never grow, a pair too
-# rare to win yet needs no list of places until the best count falls to its own (RARE).
+# rare to win yet needs no list of places (RARE), nor a place in the heap (LOW), until the best count falls
+# to its own.
 
 def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     """Merges over the byte strings `chunks` (distinct, in order of first appearance) occurring `counts`
     times each: [((a, b), new_id), ...], at most num_merges (fewer if pairs run out). progress(pair, new_id,
     count), if given, is called after each merge."""
-    nodes, views = _link_chunks(chunks, counts)
+    nodes, views = _link_chunks(chunks, counts, first_id + num_merges)
     tok, nxt = nodes[0], nodes[1]
     # pair_count holds every pair's count, where the ascending positions of the pairs that might win: most
     # pairs occur once or twice and never do, so those rarer than `rare` get no place list, until they might.
@@ -207,12 +210,23 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
         return None
 
     heap = _heap_of(pair_count, where)
+    # New pairs rarer than LOW seldom win either: they wait in low[count], and a bucket joins the heap
+    # once the best count falls to its level.
+    low, floor = [[] for _ in range(LOW)], LOW - 1     # buckets 1..floor are still waiting
     merges = []
     with _gc_paused():
         for new_id in range(first_id, first_id + num_merges):
             pair = _pop_best(heap, pair_count, first_position, tok, nxt)
+            while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
+                if pair is not None:
+                    heapq.heappush(heap, (-pair_count[pair], first_position(pair), pair))
+                for p in low[floor]:
+                    if pair_count[p] > 0:
+                        heapq.heappush(heap, (-pair_count[p], where[p][0], p))
+                floor -= 1
+                pair = _pop_best(heap, pair_count, first_position, tok, nxt)
             if rare > 1 and (pair is None or pair_count[pair] < rare):   # an unlisted pair might tie or win
-                rare = 1
+                rare, floor = 1, 0        # every pair is listed, and in the heap
                 pair_count, where = _index_pairs(views, rare)
                 scanned.clear()
                 heap = _heap_of(pair_count, where)
@@ -229,12 +243,16 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
                 progress(merges[-1][0], new_id, count)
             del pair_count[pair], where[pair]
             scanned.pop(pair, None)
-            for new_pair in created:      # new pairs all contain new_id: pushed with their final counts
-                heapq.heappush(heap, (-pair_count[new_pair], where[new_pair][0], new_pair))
+            for new_pair in created:      # new pairs all contain new_id: their counts are final
+                c = pair_count[new_pair]
+                if c <= floor:
+                    low[c].append(new_pair)
+                else:
+                    heapq.heappush(heap, (-c, where[new_pair][0], new_pair))
     return merges
 
 
-def _link_chunks(chunks, counts):
+def _link_chunks(chunks, counts, last_id):
     """Lay the chunks side by side as one doubly linked list (node i = byte i of the concatenation):
     -> (nodes, views): arrays tok, nxt, prv (-1: no neighbour; chunks never merge across their border) and
     weight, which Python reads fast, and numpy views of the same memory for merges in bulk."""
@@ -247,8 +265,11 @@ def _link_chunks(chunks, counts):
         nxt[starts + lengths - 1] = -1
         prv[starts] = -1
     weight = np.repeat(np.asarray(counts, dtype=np.int64), lengths)
-    nodes = [array("q", x.tobytes()) for x in (tok, nxt, prv, weight)]
-    return nodes, [np.frombuffer(node, dtype=np.int64) for node in nodes]
+    # 32-bit nodes are less memory to walk, unless the text, the vocabulary or a count is too big.
+    wide = n > NARROW_MAX or max(counts, default=0) > NARROW_MAX or last_id > NARROW_MAX
+    arrays = [x.astype(np.int64 if wide else np.int32) for x in (tok, nxt, prv, weight)]
+    nodes = [array("q" if wide else "i", x.tobytes()) for x in arrays]
+    return nodes, [np.frombuffer(node, dtype=x.dtype) for node, x in zip(nodes, arrays)]
 
 
 def _index_pairs(views, min_count):
@@ -258,7 +279,7 @@ def _index_pairs(views, min_count):
     tok, nxt, weight = views[0], views[1], views[3]
     pos = np.flatnonzero(tok >= 0)
     pos = pos[nxt[pos] >= 0]
-    a, b = tok[pos], tok[nxt[pos]]
+    a, b = tok[pos].astype(np.int64), tok[nxt[pos]].astype(np.int64)
     order = np.argsort(a << 32 | b, kind="stable")      # stable: positions stay ascending within a pair
     pos, keys = pos[order], (a[order] << 32) | b[order]
     first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))) if len(keys) else pos[:0]
@@ -357,7 +378,7 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
         run_start = np.maximum.accumulate(np.where(chained, 0, index))
         keep = (index - run_start) % 2 == 0
         pos, nx = pos[keep], nx[keep]
-    left, right, w = prv[pos], nxt[nx], weight[pos]
+    left, right, w = prv[pos], nxt[nx], weight[pos].astype(np.int64)
     # An occurrence whose left neighbour is the previous occurrence's merged node sees the new token there.
     after_merge = np.zeros(len(pos), dtype=bool)
     after_merge[1:] = right[:-1] == pos[1:]
@@ -366,16 +387,16 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
     chained = np.flatnonzero(after_merge)
     left[chained] = pos[chained - 1]
     has_left, has_right = left >= 0, right >= 0
-    x = np.where(after_merge, new_id, tok[np.where(has_left, left, 0)])
-    y = tok[np.where(has_right, right, 0)]
+    x = np.where(after_merge, new_id, tok[np.where(has_left, left, 0)].astype(np.int64))   # keys: 64 bits
+    y = tok[np.where(has_right, right, 0)].astype(np.int64)
     # Old pairs lose these occurrences: (x, a) unless x is the new token, and (b, y).
     lost = has_left & ~after_merge
     keys = np.concatenate([x[lost] << 32 | a, b << 32 | y[has_right]])
     if len(keys):
-        keys, inverse = np.unique(keys, return_inverse=True)
-        deltas = np.zeros(len(keys), dtype=np.int64)
-        np.add.at(deltas, inverse, np.concatenate([w[lost], w[has_right]]))
-        for key, delta in zip(keys.tolist(), deltas.tolist()):
+        order = np.argsort(keys)
+        keys, deltas = keys[order], np.concatenate([w[lost], w[has_right]])[order]
+        first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        for key, delta in zip(keys[first].tolist(), np.add.reduceat(deltas, first).tolist()):
             pair_count[key] -= delta
     tok[pos] = new_id
     tok[nx] = -1

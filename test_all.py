@@ -143,7 +143,8 @@ joins the most frequent pair of neighbouring tokens into a new token. After 1024
 such as " the", " and" and " tokenizer" are single tokens, while rare words like "Hippopotomonstrosesquip"
 still fall apart into pieces. Numbers: 3.14159, 2,718, 1e-9, 65536 and 0x1F600.
     Indented code: def f(x):\n        return x ** 2  # spaces matter!
-Don't, won't, it's, we'll, they've, I'm, she'd -- contractions get their own chunks. Tabs\tand\r\nnewlines too.
+Don't, won't, it's, we'll, they've, I'm, she'd -- contractions get their own chunks.
+Tabs\tand\r\nnewlines too.
 """
 
 _BPE_CHINESE = """\
@@ -175,13 +176,15 @@ def _bpe_tie_texts():
     texts = ["ab ba ab ba", "abab baba abab", "aaaa bbbb aaaa bbbb", "ba ab ba ab cd dc", "xyzzyx yzx zxy"]
     for _ in range(60):
         texts.append("".join(rng.choice("ab c\n") for _ in range(rng.randint(0, 60))))
-        texts.append("".join(rng.choice(["a", "b", "ab", "ba", " ", "aa", "c", "\n\n"]) for _ in range(rng.randint(0, 40))))
+        atoms = ["a", "b", "ab", "ba", " ", "aa", "c", "\n\n"]
+        texts.append("".join(rng.choice(atoms) for _ in range(rng.randint(0, 40))))
     return texts
 
 
 _BPE_TEXTS = [
     _BPE_ENGLISH, _BPE_CHINESE, _BPE_EMOJI, "", "a", "é", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-    "aaa aaaa aaaaa aaaaaaaaa b aaaa", "   \n\n\n   \t\t\t    x      y \r\n\r\n ", "1234567890 12 345 6789 99999 100000",
+    "aaa aaaa aaaaa aaaaaaaaa b aaaa", "   \n\n\n   \t\t\t    x      y \r\n\r\n ",
+    "1234567890 12 345 6789 99999 100000",
     "😀😀😀😀😀😀", "ab" * 40 + " " + "ba" * 40,
 ]
 
@@ -194,14 +197,16 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
         for text in _BPE_TEXTS:
             for vocab_size in (256, 257, 300, 420):
                 expected = bpe.textbook_train(text, vocab_size, pat)
-                assert bpe.Tokenizer(pattern).train(text, vocab_size).merges == expected, (text[:40], vocab_size)
+                merges = bpe.Tokenizer(pattern).train(text, vocab_size).merges
+                assert merges == expected, (text[:40], vocab_size)
         for text in _bpe_tie_texts():
             expected = bpe.textbook_train(text, 300, pat)
             assert bpe.Tokenizer(pattern).train(text, 300).merges == expected, text
 
 
 @pytest.mark.parametrize("knob, value", [("BULK_MIN", 1), ("BULK_MIN", 3), ("BULK_MIN", 50), ("RARE", 0),
-                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9)])
+                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9), ("LOW", 1),
+                                         ("LOW", 3), ("NARROW_MAX", 0)])
 def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
     # The knobs choose a path, never a result. Merges with BULK_MIN or more places run in numpy
     # (_apply_merge_bulk): 1 and 3 force it on small texts. Pairs rarer than RARE get no place list until
@@ -295,10 +300,12 @@ def _bpe_ascii_texts():
     digit and punctuation runs, every kind of ASCII whitespace (and the \x1c-\x1f separators, which are
     not whitespace to `regex`), trailing whitespace and newlines."""
     rng = random.Random(11)
-    atoms = ["'s", "'S", "'ll", "'LL", "'Ve", "'re", "'d", "'m", "'t", "'x", "'", "a", "Zq", "word", "123", "4567",
-             "9", "!", "?!", "...", "#$%", "_", "-", " ", "  ", "   ", "\t", "\n", "\r\n", "\n\n", "\x0b", "\x0c",
+    atoms = ["'s", "'S", "'ll", "'LL", "'Ve", "'re", "'d", "'m", "'t", "'x", "'", "a", "Zq", "word", "123",
+             "4567", "9", "!", "?!", "...", "#$%", "_", "-", " ", "  ", "   ", "\t", "\n", "\r\n", "\n\n",
+             "\x0b", "\x0c",
              "\x1c", "\x1f", "\x00", "\x7f", " \n ", "\t \n"]
-    texts = [_BPE_ENGLISH, "", " ", "\n", "a", "  x  ", "x\n", "x \n", "end  ", "'s'S''", "".join(map(chr, range(128)))]
+    texts = [_BPE_ENGLISH, "", " ", "\n", "a", "  x  ", "x\n", "x \n", "end  ", "'s'S''",
+             "".join(map(chr, range(128)))]
     for _ in range(300):
         texts.append("".join(rng.choice(atoms) for _ in range(rng.randint(1, 30))))
     return texts
@@ -324,7 +331,8 @@ def test_bpe_tiktoken_spellings_of_the_split_patterns():
         assert bpe.Tokenizer(pattern).compiled_pattern.pattern == pattern
     text = "x\t\n\n   "
     assert regex.findall(bpe.TIKTOKEN_CL100K_PATTERN, text) != regex.findall(bpe.GPT4_PATTERN, text)
-    assert bpe.Tokenizer(bpe.TIKTOKEN_CL100K_PATTERN).split(text) == regex.findall(bpe.TIKTOKEN_CL100K_PATTERN, text)
+    cl100k = bpe.TIKTOKEN_CL100K_PATTERN
+    assert bpe.Tokenizer(cl100k).split(text) == regex.findall(cl100k, text)
 
 
 @pytest.mark.parametrize("pattern", [bpe.GPT2_PATTERN, bpe.GPT4_PATTERN, *bpe.TIKTOKEN_PATTERNS])
@@ -360,7 +368,8 @@ def test_bpe_from_tiktoken_gpt2_gives_tiktoken_ids(_bpe_gpt2, gpt2_enc):
     assert _bpe_gpt2.decode(ids) == text
     # special tokens included
     with_special = "<|endoftext|>" + text[:3000] + "<|endoftext|>The end.<|endoftext|>"
-    assert _bpe_gpt2.encode(with_special, allowed_special="all") == gpt2_enc.encode(with_special, allowed_special="all")
+    assert _bpe_gpt2.encode(with_special, allowed_special="all") == \
+        gpt2_enc.encode(with_special, allowed_special="all")
     assert _bpe_gpt2.decode(gpt2_enc.encode(with_special, allowed_special="all")) == with_special
     assert gpt2_enc.encode("hello world") == _bpe_gpt2.encode("hello world") == [31373, 995]
     assert gpt2_enc._pat_str in bpe.TIKTOKEN_PATTERNS and _bpe_gpt2._ascii_pattern is not None
@@ -375,7 +384,8 @@ def test_bpe_gpt2_merges_are_textbook_encode(_bpe_gpt2, gpt2_enc):
     # Map GPT-2's ids for single bytes back to raw bytes so the slow encoder can run on plain bytes.
     raw = lambda i: unshuffle[i] if i < 256 else i          # noqa: E731
     merges = {(raw(a), raw(b)): i for (a, b), i in _bpe_gpt2.merges.items()}
-    slow = [(_bpe_gpt2.byte_ids[i] if i < 256 else i) for i in bpe.textbook_encode(text, merges, _bpe_gpt2.pattern)]
+    slow = [(_bpe_gpt2.byte_ids[i] if i < 256 else i)
+            for i in bpe.textbook_encode(text, merges, _bpe_gpt2.pattern)]
     assert slow == gpt2_enc.encode_ordinary(text)
 
 
@@ -386,7 +396,8 @@ def test_bpe_special_tokens_and_allowed_special_modes():
     text = "hello<|endoftext|>world<|pad|>"
     assert tok.encode(text, allowed_special="all") == tok.encode_ordinary("hello") + [eot] + \
         tok.encode_ordinary("world") + [pad]
-    assert tok.encode(text, allowed_special={"<|pad|>"}) == tok.encode_ordinary("hello<|endoftext|>world") + [pad]
+    assert tok.encode(text, allowed_special={"<|pad|>"}) == \
+        tok.encode_ordinary("hello<|endoftext|>world") + [pad]
     assert tok.encode(text, allowed_special="none") == tok.encode_ordinary(text)
     with pytest.raises(ValueError, match="special token"):
         tok.encode(text)                                  # "none_raise" is the default
@@ -467,9 +478,11 @@ def test_bpe_to_dict_round_trips_through_a_weights_only_checkpoint(tmp_path, _bp
     assert enc.encode("<|endoftext|>", allowed_special="all") == [600]
     d = tok.to_dict()
     for bad, needle in [({}, "KeyError"), ({**d, "merges": d["merges"] + [d["merges"][0]]}, "is repeated"),
-                        ({**d, "merges": [[0, 9999]]}, "made before it"), ({**d, "special_tokens": {"": 700}}, "non-empty"),
+                        ({**d, "merges": [[0, 9999]]}, "made before it"),
+                        ({**d, "special_tokens": {"": 700}}, "non-empty"),
                         ({**d, "special_tokens": {"<a>": 700, "<b>": 700}}, "both have id"),
-                        ({**d, "special_tokens": ["<a>"]}, "AttributeError"), ({**d, "pattern": "("}, "pattern")]:
+                        ({**d, "special_tokens": ["<a>"]}, "AttributeError"),
+                        ({**d, "pattern": "("}, "pattern")]:
         with pytest.raises(ValueError, match="the tokenizer dict is not a valid tokenizer") as error:
             bpe.Tokenizer.from_dict(bad)
         assert needle in str(error.value)
@@ -478,7 +491,8 @@ def test_bpe_to_dict_round_trips_through_a_weights_only_checkpoint(tmp_path, _bp
 def test_bpe_reads_minbpe_v1_file(tmp_path):
     # Exactly what minbpe's RegexTokenizer.save writes: version, pattern, #specials, specials, merges.
     path = tmp_path / "mini.model"
-    path.write_text(f"minbpe v1\n{bpe.GPT4_PATTERN}\n1\n<|endoftext|> 259\n97 97\n256 97\n98 99\n", encoding="utf-8")
+    path.write_text(f"minbpe v1\n{bpe.GPT4_PATTERN}\n1\n<|endoftext|> 259\n97 97\n256 97\n98 99\n",
+                    encoding="utf-8")
     tok = bpe.Tokenizer(None).load(str(path))
     assert tok.merges == {(97, 97): 256, (256, 97): 257, (98, 99): 258}
     assert tok.pattern == bpe.GPT4_PATTERN and tok.special_tokens == {"<|endoftext|>": 259}
@@ -487,15 +501,19 @@ def test_bpe_reads_minbpe_v1_file(tmp_path):
 
 
 _BPE_BAD_MODELS = [  # (a .model file's bytes, what its error must name)
-    (b"", "line 1: unknown header"), (b"minbpe v9\n\n0\n", "line 1: unknown header"), (b"minbpe v1\n", "line 2"),
+    (b"", "line 1: unknown header"), (b"minbpe v9\n\n0\n", "line 1: unknown header"),
+    (b"minbpe v1\n", "line 2"),
     (b"minbpe v1\n\nx\n", "line 3"), (b"minbpe v1\n(unclosed\n0\n97 98\n", "line 2: the split pattern"),
-    (b"minbpe v1\n\n0\n97 x\n", "line 4"), (b"minbpe v1\n\n0\n300 97\n", "line 4"), (b"minbpe v1\n\n0\n97\n", "line 4"),
+    (b"minbpe v1\n\n0\n97 x\n", "line 4"), (b"minbpe v1\n\n0\n300 97\n", "line 4"),
+    (b"minbpe v1\n\n0\n97\n", "line 4"),
     (b"minbpe v1\n\n0\n97 98 99\n", "line 4"), (b"minbpe v1\n\n0\n-1 98\n", "line 4"),
     (b"minbpe v1\n\n0\n97 98\n99 97\n97 98\n", "line 6: merge (97, 98) is repeated"),
-    (b"minbpe v1\n\n2\n<a> 300\n", "line 5"), (b"minbpe v1\n\n2\n<a> 300\n<a> 301\n", "line 5: special token '<a>'"),
+    (b"minbpe v1\n\n2\n<a> 300\n", "line 5"),
+    (b"minbpe v1\n\n2\n<a> 300\n<a> 301\n", "line 5: special token '<a>'"),
     (b"minbpe v1\n\n2\n<a> 300\n<b> 300\n", "'<a>' and '<b>' both have id 300"),
     (b"minbpe v1\n\n1\n 300\n", "non-empty"), (b"minbpe v1\n\n1\n<a> 256\n97 98\n", "'<a>' has id 256"),
-    (b"\xff\xfe garbage", "not UTF-8 text (bad byte at offset 0)"), (b"bpe v2\n\n0\n1 2 3\n", "line 4: the byte ids"),
+    (b"\xff\xfe garbage", "not UTF-8 text (bad byte at offset 0)"),
+    (b"bpe v2\n\n0\n1 2 3\n", "line 4: the byte ids"),
 ]
 
 
@@ -521,7 +539,8 @@ def test_bpe_special_tokens_are_validated(special, needle):
 @slow
 def test_bpe_cli_trains_saves_and_reports(tmp_path):
     (tmp_path / "corpus.txt").write_text(_bpe_long_text(12), encoding="utf-8")
-    r = run_script("bpe.py", "corpus.txt", "400", "--pattern", "gpt2", "--special", "<|endoftext|>", cwd=tmp_path)
+    r = run_script("bpe.py", "corpus.txt", "400", "--pattern", "gpt2", "--special", "<|endoftext|>",
+                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "round trip ok" in r.stdout and "merges/s" in r.stdout and "bytes per token" in r.stdout
     assert "longest tokens" in r.stdout
@@ -589,7 +608,6 @@ def test_bpe_to_tiktoken_refuses_merges_tiktoken_cannot_serve(tmp_path):
 # =================================================================================================
 # Tokenizer comparison: compare_tokenizers.py
 # =================================================================================================
-_COMPARE_DIR = pathlib.Path(__file__).resolve().parent
 _COMPARE_SENTENCES = [
     "The tokenizer turns text into integers before the model sees anything.",
     "Training a tokenizer counts pairs of bytes and merges the most frequent pair.",
@@ -605,7 +623,8 @@ def compare_files(tmp_path_factory):
     """A small bilingual corpus and our tokenizer trained on it (vocab 300), both written to a temp dir."""
     d = tmp_path_factory.mktemp("compare")
     corpus = d / "corpus.txt"
-    corpus.write_text("\n".join(f"{i}. {s}" for i in range(12) for s in _COMPARE_SENTENCES) + "\n", encoding="utf-8")
+    corpus.write_text("\n".join(f"{i}. {s}" for i in range(12) for s in _COMPARE_SENTENCES) + "\n",
+                      encoding="utf-8")
     tok = bpe.Tokenizer()
     tok.train(corpus.read_text(encoding="utf-8"), 300)
     tok.save(str(d / "ours"))
@@ -618,15 +637,17 @@ def _compare_ours(compare_files):
 
 def _compare_context(compare_files, gpt2_enc, sizes=(260, 300)):
     return ct.Context(gpt2=gpt2_enc, ours=_compare_ours(compare_files),
-                      corpus=compare_files["corpus"].read_text(encoding="utf-8"), sizes=list(sizes), others={})
+                      corpus=compare_files["corpus"].read_text(encoding="utf-8"), sizes=list(sizes),
+                      others={})
 
 
 def _compare_argv(compare_files, *extra):
-    return ["--model", str(compare_files["model"]), "--corpus", str(compare_files["corpus"]), "--others", "", *extra]
+    return ["--model", str(compare_files["model"]), "--corpus", str(compare_files["corpus"]), "--others", "",
+            *extra]
 
 
 def _compare_table(stdout):
-    """{(text, tokenizer): [chars, bytes, tokens, bytes/token, chars/token]} from the printed markdown table."""
+    """{(text, tokenizer): [chars, bytes, tokens, bytes/token, chars/token]} from the printed table."""
     rows = {}
     for line in stdout.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -653,7 +674,8 @@ def test_compare_table_counts_match_tiktoken_and_ours(compare_files, gpt2_enc, c
             assert bpt == f"{len(text.encode('utf-8')) / tokens:.2f}" and cpt == f"{len(text) / tokens:.2f}"
     # The pieces line shows GPT-2's tokens; joined, they are the text again.
     pieces = re.search(r"^English, gpt2: \|(.*)\|$", out, re.M).group(1).split("|")
-    assert len(pieces) == len(gpt2_enc.encode(ct.SAMPLES["English"])) and "".join(pieces) == ct.SAMPLES["English"]
+    english = ct.SAMPLES["English"]
+    assert len(pieces) == len(gpt2_enc.encode(english)) and "".join(pieces) == english
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert not (compare_files["dir"] / "chart.png.tmp").exists()
 
@@ -681,10 +703,10 @@ def test_compare_trains_missing_model_like_bpe_cli(compare_files, capsys):
     assert not list(model.parent.glob("*.png"))
 
 
+@slow
 def test_compare_explain_cli_prints_all_ten_with_real_numbers(compare_files, gpt2_enc, tmp_path):
-    cmd = [sys.executable, str(_COMPARE_DIR / "compare_tokenizers.py"), "--explain", "--sizes", "260,300",
-           *_compare_argv(compare_files)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = run_script("compare_tokenizers.py", "--explain", "--sizes", "260,300",
+                      *_compare_argv(compare_files), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for n in range(1, 11):
@@ -697,13 +719,15 @@ def test_compare_explain_cli_prints_all_ten_with_real_numbers(compare_files, gpt
     # (9) the YAML/JSON table: counts recomputed from the same data.
     import yaml
     rows = {m.group(1): (int(m.group(2)), int(m.group(3)))
-            for m in re.finditer(r"^\s*\| (JSON \(indent=2\)|JSON \(compact\)|YAML) \| \d+ \| (\d+) \| (\d+) \|$", out, re.M)}
+            for m in re.finditer(r"^\s*\| (JSON \(indent=2\)|JSON \(compact\)|YAML) \| \d+ "
+                                 r"\| (\d+) \| (\d+) \|$", out, re.M)}
     ours = _compare_ours(compare_files)
-    for name, text in (("JSON (indent=2)", json.dumps(ct.DATA, indent=2)), ("JSON (compact)", json.dumps(ct.DATA)),
+    for name, text in (("JSON (indent=2)", json.dumps(ct.DATA, indent=2)),
+                       ("JSON (compact)", json.dumps(ct.DATA)),
                        ("YAML", yaml.safe_dump(ct.DATA, sort_keys=False))):
         assert rows[name] == (len(gpt2_enc.encode(text)), len(ours.encode(text)))
     assert rows["JSON (indent=2)"][0] > rows["YAML"][0]
-    # (2) the vocabulary-size table: our tokenizer retrained at 300 tokenizes the corpus into this many tokens.
+    # (2) the vocabulary-size table: our tokenizer retrained at 300 tokenizes the corpus into this many.
     corpus = compare_files["corpus"].read_text(encoding="utf-8")
     at300 = len(bpe.Tokenizer().train(corpus, 300).encode(corpus))
     assert re.search(rf"^\s*\| ours 300 \| 300 \| \d+ \| \d+ \| {at300} \|", out, re.M)
@@ -715,7 +739,8 @@ def test_compare_explain_facts_match_independent_counts(compare_files, gpt2_enc)
     # (1) code points and UTF-8 bytes are the Unicode standard's.
     q1 = ct.q1_code_points(ctx).facts
     assert q1["中"]["code_point"] == 0x4E2D and q1["中"]["utf8"] == b"\xe4\xb8\xad"
-    assert q1["😀"]["gpt2_tokens"] == len(gpt2_enc.encode("😀")) and q1["😀"]["ours_tokens"] == len(ours.encode("😀"))
+    assert q1["😀"]["gpt2_tokens"] == len(gpt2_enc.encode("😀"))
+    assert q1["😀"]["ours_tokens"] == len(ours.encode("😀"))
     # (2) more merges never make the training text longer in tokens; embedding rows = vocab size.
     q2 = ct.q2_vocab_size(ctx).facts
     assert q2[260]["vocab"] == 260 and q2[300]["vocab"] == 300
@@ -738,7 +763,8 @@ def test_compare_explain_facts_match_independent_counts(compare_files, gpt2_enc)
     assert q5["gpt2"] == splits and len(splits) > 1
     # (6) GPT-2 spends a token per space of indentation; a BPE trained on code needs far fewer.
     q6 = ct.q6_python(ctx).facts
-    spaces = sum(1 for i in gpt2_enc.encode(ct.PY_SNIPPET) if gpt2_enc.decode_single_token_bytes(i).strip() == b"")
+    spaces = sum(1 for i in gpt2_enc.encode(ct.PY_SNIPPET)
+                 if gpt2_enc.decode_single_token_bytes(i).strip() == b"")
     assert q6["GPT-2"] == dict(tokens=len(gpt2_enc.encode(ct.PY_SNIPPET)), whitespace_tokens=spaces)
     # One token (id 220) per space of indentation, except the last, which GPT-2's pattern joins to the word.
     indents = [len(line) - len(line.lstrip(" ")) for line in ct.PY_SNIPPET.splitlines()]
@@ -749,9 +775,10 @@ def test_compare_explain_facts_match_independent_counts(compare_files, gpt2_enc)
     assert q7["allowed"] == [gpt2_enc.eot_token] == [50256] and q7["refused"].startswith("ValueError")
     assert q7["ordinary"] == gpt2_enc.encode_ordinary("<|endoftext|>") and len(q7["ordinary"]) > 1
     q8 = ct.q8_solidgoldmagikarp(ctx).facts
-    assert q8[" SolidGoldMagikarp"] == gpt2_enc.encode(" SolidGoldMagikarp") and len(q8[" SolidGoldMagikarp"]) == 1
+    assert q8[" SolidGoldMagikarp"] == gpt2_enc.encode(" SolidGoldMagikarp")
+    assert len(q8[" SolidGoldMagikarp"]) == 1
     assert q8["ours"] == len(ours.encode(" SolidGoldMagikarp")) > 1
-    # (10) the same word with a space or a capital gets unrelated GPT-2 ids; a trailing space is a token of its own.
+    # (10) the same word with a space or a capital: unrelated GPT-2 ids; a trailing space is its own token.
     q10 = ct.q10_not_end_to_end(ctx).facts
     assert all(q10[w]["gpt2"] == gpt2_enc.encode(w) for w in q10)
     assert len({tuple(q10[w]["gpt2"]) for w in ("hello", " hello", "Hello", " Hello")}) == 4
@@ -767,11 +794,13 @@ def test_compare_explain_uses_other_encodings_when_loaded(compare_files, gpt2_en
     assert all(q4.facts[lang]["cl100k_base"] == len(other.encode(t)) for lang, t in ct.LANGUAGES.items())
     assert "cl100k_base tokens" in q4.lines[0]
     q6 = ct.q6_python(ctx).facts
-    assert set(q6) == {"GPT-2", "cl100k_base"} and q6["cl100k_base"]["tokens"] == len(other.encode(ct.PY_SNIPPET))
+    assert set(q6) == {"GPT-2", "cl100k_base"}
+    assert q6["cl100k_base"]["tokens"] == len(other.encode(ct.PY_SNIPPET))
 
 
 @pytest.mark.parametrize("case", ["missing_file", "corrupt_model", "no_model_no_corpus", "bad_question",
-                                  "empty_text", "bad_sizes", "huge_size", "plot_folder_missing", "plot_onto_corpus",
+                                  "empty_text", "bad_sizes", "huge_size", "plot_folder_missing",
+                                  "plot_onto_corpus",
                                   "plot_onto_model", "binary_file", "trained_model_onto_corpus"])
 def test_compare_bad_input_is_one_line_error(compare_files, case, capsys):
     d = compare_files["dir"]
@@ -799,20 +828,22 @@ def test_compare_bad_input_is_one_line_error(compare_files, case, capsys):
     msg = str(e.value.code)
     assert msg.startswith("error: ") and "\n" not in msg
     assert {"missing_file": "nope.txt", "corrupt_model": "corrupt.model", "no_model_no_corpus": "absent.txt",
-            "bad_question": "1..10", "empty_text": "empty", "bad_sizes": "at least 256", "huge_size": "at most",
+            "bad_question": "1..10", "empty_text": "empty", "bad_sizes": "at least 256",
+            "huge_size": "at most",
             "plot_folder_missing": "dir.png", "plot_onto_corpus": "would overwrite the input",
             "plot_onto_model": "would overwrite the input", "binary_file": "NUL byte at offset 2",
             "trained_model_onto_corpus": "text.vocab would overwrite the input"}[case] in msg
     assert {p: p.read_bytes() for p in d.iterdir() if p.is_file() and p.suffix != ".png"} == before
 
 
+@slow
 def test_compare_cli_unreadable_model_no_traceback(compare_files, tmp_path):
     bad = tmp_path / "bad.model"
     bad.write_bytes(b"\xff\xfe not a model")
-    proc = subprocess.run([sys.executable, str(_COMPARE_DIR / "compare_tokenizers.py"), "--model", str(bad),
-                           "--others", ""], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    proc = run_script("compare_tokenizers.py", "--model", bad, "--others", "", cwd=tmp_path)
     assert proc.returncode == 1
-    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ") and "bad.model" in proc.stderr
+    assert_one_line_error(proc, "error: ", "bad.model")
+    assert proc.stderr.strip().count("\n") == 0
 
 
 # =================================================================================================
