@@ -715,8 +715,8 @@ def check_lora_config(cfg, where):
 
 
 def check_paths(args):
-    """Outputs never overwrite inputs (the base, the adapter, the data) or each other, and each can be
-    written: checked before any work starts, so that no finished training is lost at the end."""
+    """Outputs never overwrite inputs (the base, the adapter, the data), each other, or (unless --overwrite)
+    an existing file, and each can be written: checked before any work, so nothing is lost at the end."""
     data = args.data if args.data != "e2e" else None
     inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter, "--tokenizer": args.tokenizer}
     outputs = {"--out": None if args.adapter or args.eval_only else args.out, "--merge": args.merge,
@@ -734,6 +734,8 @@ def check_paths(args):
         if clash:
             raise ValueError(f"{flag} {path} is also {clash}: outputs never overwrite inputs or each other")
         seen[flag] = os.path.realpath(path)
+        if os.path.isfile(path) and not flag.startswith("--log-dir") and not args.overwrite:
+            raise ValueError(f"{flag} {path} already exists (another run's?): add --overwrite to replace it")
         parent = os.path.dirname(os.path.abspath(path))
         while not os.path.exists(parent):  # the nearest existing folder, where the missing ones will be made
             parent = os.path.dirname(parent)
@@ -774,6 +776,7 @@ def parse_args(argv=None):
     p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
     p.add_argument("--save-peft", metavar="DIR", help="also write the adapter in PEFT's format into DIR")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (adapter, checkpoints)")
     p.add_argument("--tokenizer", help="gpt2, byte or a bpe.py .model (default: the one the base records)")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--seed", type=int, default=1337)
