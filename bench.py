@@ -77,7 +77,9 @@ def markdown_table(headers, rows):
 # process); encode English and Chinese with GPT-2's merges, each time with empty caches. The textbook
 # recounts everything for every merge: where a full run is too long we time its first merges and
 # extrapolate (time per merge proportional to the tokens left, which our trainer reports), marked "est.".
-# --ablate times every job with each speed shortcut of bpe.py switched off in turn.
+# Times are CPU seconds of the process that does the work (every contender runs on one thread): on a shared
+# machine others' load moves them far less than wall time. --ablate times every job with each speed
+# shortcut of bpe.py switched off in turn.
 # ---------------------------------------------------------------------------------------------
 _HF_SCRIPT = r"""
 import json, os, sys, time
@@ -90,12 +92,12 @@ if job["kind"] == "train":
 else:
     tok = Tokenizer(models.BPE.from_file(job["vocab_json"], job["merges_txt"]))
 tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-t0 = time.perf_counter()
+t0 = time.process_time()
 if job["kind"] == "train":
     tok.train_from_iterator([text], trainer=trainer); ids = []
 else:
     ids = tok.encode(text, add_special_tokens=False).ids
-print(json.dumps(dict(seconds=time.perf_counter() - t0, ids=ids)))
+print(json.dumps(dict(seconds=time.process_time() - t0, ids=ids)))
 """
 
 
@@ -158,7 +160,7 @@ def fresh(tok):
     return tok
 
 
-def run_ours(job, gpt2, clock=time.perf_counter):
+def run_ours(job, gpt2):
     """(seconds, result) of one run of a job: the merges learned, or the ids."""
     import gc
 
@@ -166,9 +168,9 @@ def run_ours(job, gpt2, clock=time.perf_counter):
     _, kind, _, text, vocab_size = job
     tok = bpe.Tokenizer("gpt2") if kind == "train" else fresh(gpt2)
     gc.collect()                          # no garbage of an earlier run collected on this one's time
-    t0 = clock()
+    t0 = time.process_time()
     result = tok.train(text, vocab_size).merges if kind == "train" else tok.encode_ordinary(text)
-    return clock() - t0, result
+    return time.process_time() - t0, result
 
 
 def textbook_seconds(text, vocab_size, first_merges):
@@ -179,9 +181,9 @@ def textbook_seconds(text, vocab_size, first_merges):
 
     import bpe
     k = min(first_merges, vocab_size - 256)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     bpe.textbook_train(text, 256 + k, bpe.GPT2_PATTERN)
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     if k == vocab_size - 256:
         return seconds, False
     chunk_counts = Counter(bpe.Tokenizer("gpt2").split(text))
@@ -220,7 +222,11 @@ def tokenizer_run(args):
             slow, est = textbook_seconds(text, vocab_size, args.textbook_merges)
             row += [fmt_s(slow, est), f"{slow / ours[k]:,.0f}x"]
         else:
-            t_tik = best_time(lambda: enc.encode_ordinary(text), repeat=args.repeat)
+            t_tik = float("inf")
+            for _ in range(args.repeat):
+                t0 = time.process_time()
+                enc.encode_ordinary(text)
+                t_tik = min(t_tik, time.process_time() - t0)
             row += [f"tiktoken {fmt_s(t_tik)}", f"{t_tik / ours[k]:.2f}x tiktoken, ids equal: {same[k]}"]
         rows.append(row)
         print(f"  {name}: ours {ours[k]:.2f} s, HF {hf[k]:.2f} s", file=sys.stderr)
@@ -244,8 +250,7 @@ ABLATIONS = [
 
 def tokenizer_ablation(args, jobs, gpt2):
     """Every job with all shortcuts on, and with each one off, in turns (the order rotates each round);
-    best of --repeat, in CPU seconds of this process, which others' load on a shared machine barely
-    moves. A result that differs from all-on's would be a bug, and is marked."""
+    best of --repeat. A result that differs from all-on's would be a bug, and is marked."""
     import bpe
     only = args.only.split(",") if args.only else [""]
     configs = [("all on", "train encode", {})] + [a for a in ABLATIONS if any(o in a[0] for o in only)]
@@ -258,7 +263,7 @@ def tokenizer_ablation(args, jobs, gpt2):
             try:
                 for k, job in enumerate(jobs):
                     if job[1] in kinds:
-                        seconds, result = run_ours(job, gpt2, clock=time.process_time)
+                        seconds, result = run_ours(job, gpt2)
                         best[name, k] = min(best.get((name, k), float("inf")), seconds)
                         best[name, k, "differs"] = result != reference[k]
             finally:
@@ -433,7 +438,7 @@ def train_add_parser(sub):
 
 def train_ablation(args):
     B, T, size = args.batch_size, args.seq_len, _TRAIN_SIZES[args.size]
-    common = ["--preset", "gpt2", "--data", args.data, "--tokenizer", "gpt2", "-B", B, "-T", T,
+    common = ["--preset", "gpt2", "--data", args.data, "--tokenizer", "gpt2", "-B", B, "-T", T, "--overwrite",
               "--total-batch-size", B * T, "--max-steps", args.steps, "--warmup-steps", 2, "--eval-every", 0,
               "--ckpt-every", 0, "--no-hellaswag", *size] + (["--device", args.device] if args.device else [])
     rows, flags = {}, []
@@ -452,7 +457,8 @@ def train_ablation(args):
                 steps = [m.groups() for m in map(_STEP_LINE.match, out.stdout.splitlines()) if m][3:]
                 best[label] += steps
                 if out.returncode or not steps:  # the table says why; the other rows go on
-                    failed[label] = (out.stderr.strip().splitlines() or ["no output"])[-1][:70]
+                    lines = out.stderr.strip().splitlines() or ["no output"]
+                    failed[label] = next((l for l in reversed(lines) if "Error" in l), lines[-1])[:70]
     print(f"\nSpeed ablation: GPT-2 vocabulary, {' '.join(map(str, size))}, B={B} T={T}, {args.data}; each "
           f"row: the fastest step of {args.repeat} runs x {args.steps - 3} timed steps\n")
     table, base = [], None

@@ -111,6 +111,7 @@ CUT_UNJOINABLE = True       # encoding cuts chunks between bytes that no token h
 LONG_CHUNK = 64             # chunks longer than this encode with a heap
 NEVER = sys.maxsize         # "merge id" of a pair that is not a merge
 MASK = (1 << 32) - 1        # training keys a pair (a, b) as a << 32 | b: ints hash faster than tuples
+MAX_VOCAB = 2**31 - 1       # ids below this fit the pair keys
 
 # tiktoken's spellings of the GPT-2 and GPT-4 patterns (from_tiktoken keeps them, save() writes them).
 TIKTOKEN_GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
@@ -582,15 +583,24 @@ class Tokenizer:
         return self._encoder
 
     def _number_pending_special(self):
+        repeated = {s for s in self._pending_special if self._pending_special.count(s) > 1}
+        if repeated:
+            raise ValueError(f"special token {sorted(repeated)[0]!r} is given twice.")
         next_id = 256 + len(self.merges)
         self.register_special_tokens({s: next_id + k for k, s in enumerate(self._pending_special)})
 
     def register_special_tokens(self, special_tokens):
-        """special_tokens: dict str -> id (ids outside the merged vocabulary)."""
-        taken = [(s, i) for s, i in special_tokens.items() if i < 256 + len(self.merges)]
-        if taken:
-            raise ValueError(f"special token {taken[0][0]!r} has id {taken[0][1]}, which a byte or merge "
-                             f"already uses; give special tokens ids from {256 + len(self.merges)} up.")
+        """special_tokens: dict str -> id (ids outside the merged vocabulary, one token each)."""
+        ids = {}
+        for s, i in special_tokens.items():
+            if not isinstance(s, str) or not s or "\n" in s or "\r" in s:
+                raise ValueError(f"special token {s!r}: must be a non-empty string without line breaks.")
+            if type(i) is not int or i < 256 + len(self.merges):
+                raise ValueError(f"special token {s!r} has id {i!r}, which a byte or merge already uses (or "
+                                 f"is not an id); give special tokens ids from {256 + len(self.merges)} up.")
+            if i in ids:
+                raise ValueError(f"special tokens {ids[i]!r} and {s!r} both have id {i}.")
+            ids[i] = s
         self.special_tokens = dict(special_tokens)
         self.inverse_special_tokens = {i: s for s, i in self.special_tokens.items()}
         self._rebuild_vocab()
@@ -606,8 +616,9 @@ class Tokenizer:
 
     def train(self, text, vocab_size, verbose=False, progress=False):
         """Learn vocab_size - 256 merges from text: exactly textbook_train's."""
-        if vocab_size < 256:
-            raise ValueError(f"vocab_size must be at least 256 (the single bytes), got {vocab_size}.")
+        if not 256 <= vocab_size <= MAX_VOCAB:
+            raise ValueError(f"vocab_size must be at least 256 (the single bytes) and at most {MAX_VOCAB:,}, "
+                             f"got {vocab_size}.")
         if not self._pending_special and any(i < vocab_size for i in self.special_tokens.values()):
             raise ValueError(f"special token ids {sorted(self.special_tokens.values())} collide with the "
                              f"vocabulary 0..{vocab_size - 1} being trained; use ids from {vocab_size} up.")
@@ -715,14 +726,25 @@ class Tokenizer:
                                  special_tokens=dict(self.special_tokens))
 
     # ----- save / load -----
+    def to_dict(self):
+        """The whole tokenizer as plain str, int, list and dict values, for a checkpoint to carry."""
+        return {"pattern": self.pattern or "", "byte_ids": list(self.byte_ids),
+                "merges": [[a, b] for a, b in self.merges], "special_tokens": dict(self.special_tokens)}
+
+    @classmethod
+    def from_dict(cls, d):
+        """The tokenizer that to_dict() gave, checked as a .model file is."""
+        try:
+            merges = [tuple(merge) for merge in d["merges"]]
+            lines = _model_lines(d["pattern"], d["special_tokens"], d["byte_ids"], merges)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"the tokenizer dict is not a valid tokenizer ({e!r}).") from None
+        return cls()._load_lines(lines, "the tokenizer dict")
+
     def save(self, file_prefix):
         """Write file_prefix.model (to load) and file_prefix.vocab (to read), atomically."""
-        identity = self.byte_ids == list(range(256))
-        lines = ["minbpe v1" if identity else "bpe v2", self.pattern or "", str(len(self.special_tokens))]
-        lines += [f"{s} {i}" for s, i in self.special_tokens.items()]
-        lines += [] if identity else [" ".join(map(str, self.byte_ids))]
         assert list(self.merges.values()) == list(range(256, 256 + len(self.merges))), "merge ids in order"
-        lines += [f"{a} {b}" for a, b in self.merges]
+        lines = _model_lines(self.pattern or "", self.special_tokens, self.byte_ids, self.merges)
         _write_atomic(file_prefix + ".model", "\n".join(lines) + "\n")
         parents = {i: pair for pair, i in self.merges.items()}
         show = {i: f"[{render_token(token)}]" for i, token in self.vocab.items()}
@@ -731,35 +753,74 @@ class Tokenizer:
             for i in sorted(self.vocab)))
 
     def load(self, model_file):
-        """Read a .model file written by save() or by minbpe (v1). Raises ValueError if it is not one."""
-        if not str(model_file).endswith(".model"):
-            raise ValueError(f"{model_file}: expected a .model file.")
-        if not os.path.isfile(model_file):
-            raise FileNotFoundError(f"{model_file}: no such file.")
+        """Read a .model file written by save() or by minbpe (v1). Raises ValueError naming the file and
+        the first bad line if it is not one."""
+        path = str(model_file)
+        if not path.endswith(".model"):
+            raise ValueError(f"{path}: expected a .model file.")
+        return self._load_lines(read_text(path).split("\n"), path)
+
+    def _load_lines(self, lines, source):
         try:
-            with open(model_file, encoding="utf-8") as f:
-                lines = f.read().split("\n")
-            version, pattern, n_special = lines[0], lines[1], int(lines[2])
-            if version not in ("minbpe v1", "bpe v2"):
-                raise ValueError(f"unknown header {version[:40]!r}")
-            special = {s: int(i) for s, i in (line.rsplit(" ", 1) for line in lines[3:3 + n_special])}
-            rest = lines[3 + n_special:]
-            byte_ids = [int(x) for x in rest.pop(0).split()] if version == "bpe v2" else list(range(256))
-            if sorted(byte_ids) != list(range(256)):
-                raise ValueError("the byte line is not a permutation of 0..255")
-            merges = {}
-            for k, line in enumerate(x for x in rest if x.strip()):
-                a, b = map(int, line.split())
-                if not (0 <= a < 256 + k and 0 <= b < 256 + k):
-                    raise ValueError(f"merge {k} uses an id that does not exist yet")
-                merges[(a, b)] = 256 + k
-            compiled, ascii_compiled = compile_split(pattern)
-        except (ValueError, IndexError, UnicodeDecodeError, regex.error) as e:
-            raise ValueError(f"{model_file} is not a valid tokenizer .model file ({e}).") from None
-        self.pattern, self.compiled_pattern, self._ascii_pattern = pattern or None, compiled, ascii_compiled
-        self.byte_ids, self.merges, self._pending_special = byte_ids, merges, []
-        self.register_special_tokens(special)
+            pattern, special, byte_ids, merges = _parse_model(lines)
+            self.pattern = pattern or None
+            self.compiled_pattern, self._ascii_pattern = compile_split(self.pattern)
+            self.byte_ids, self.merges, self._pending_special = byte_ids, merges, []
+            self.register_special_tokens(special)
+        except regex.error as e:
+            raise ValueError(f"{source} is not a valid tokenizer (line 2: the split pattern does not "
+                             f"compile: {e}).") from None
+        except ValueError as e:
+            raise ValueError(f"{source} is not a valid tokenizer ({e}).") from None
         return self
+
+
+def _model_lines(pattern, special_tokens, byte_ids, merges):
+    """The lines of a .model file: minbpe's "minbpe v1", or "bpe v2" (a line of byte ids added) where the
+    single bytes do not have ids 0..255."""
+    identity = list(byte_ids) == list(range(256))
+    lines = ["minbpe v1" if identity else "bpe v2", pattern, str(len(special_tokens))]
+    lines += [f"{s} {i}" for s, i in special_tokens.items()]
+    lines += [] if identity else [" ".join(map(str, byte_ids))]
+    return lines + [f"{a} {b}" for a, b in merges]
+
+
+def _parse_model(lines):
+    """The lines of a .model file -> (pattern, special tokens, byte ids, merges); ValueError naming a line."""
+    def number(n, text, what):
+        if not text.isdigit():
+            raise ValueError(f"line {n}: {what} {text[:40]!r} is not a number")
+        return int(text)
+
+    if lines[0] not in ("minbpe v1", "bpe v2"):
+        raise ValueError(f"line 1: unknown header {lines[0][:40]!r}, expected 'minbpe v1' or 'bpe v2'")
+    if len(lines) < 3:
+        raise ValueError(f"line {len(lines)}: the file ends before the number of special tokens")
+    n_special, special, n = number(3, lines[2], "the number of special tokens"), {}, 4
+    for n, line in enumerate(lines[3:3 + n_special], 4):
+        s, _, i = line.rpartition(" ")
+        if s in special:
+            raise ValueError(f"line {n}: special token {s!r} is repeated")
+        special[s] = number(n, i, "the special token's id")
+    rest = list(enumerate(lines[3 + n_special:], 4 + n_special))
+    if len(special) < n_special:
+        raise ValueError(f"line {n}: the file ends before its {n_special} special tokens")
+    byte_ids = list(range(256))
+    if lines[0] == "bpe v2":
+        n, line = rest.pop(0) if rest else (n, "")
+        byte_ids = [number(n, x, "byte id") for x in line.split()]
+        if sorted(byte_ids) != list(range(256)):
+            raise ValueError(f"line {n}: the byte ids are not a permutation of 0..255")
+    merges = {}
+    for n, line in rest:
+        if line.strip():
+            a, b = [number(n, x, "merge id") for x in line.split()] if len(line.split()) == 2 else (-1, -1)
+            if not (0 <= a < 256 + len(merges) and 0 <= b < 256 + len(merges)):
+                raise ValueError(f"line {n}: a merge must be two ids made before it, got {line[:40]!r}")
+            if (a, b) in merges:
+                raise ValueError(f"line {n}: merge ({a}, {b}) is repeated")
+            merges[(a, b)] = 256 + len(merges)
+    return lines[1], special, byte_ids, merges
 
 
 def _tiktoken_bpe(ranks, token, max_rank):
@@ -791,23 +852,41 @@ def _write_atomic(path, text):
 # ---------------------------------------------------------------------------------------------
 
 def read_text(path):
-    """The UTF-8 text of a file; ValueError naming the first offending byte."""
+    """The UTF-8 text of a file; ValueError naming the first byte that is not text."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file.")
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (bad byte at offset {e.start}).") from None
+    if "\x00" in text:
+        raise ValueError(f"{path} looks binary, not text (NUL byte at offset {data.index(0)}).")
+    return text
+
+
+def check_output(path, inputs=()):
+    """Refuse, before any work is done, an output path that is one of the inputs or cannot be written."""
+    for source in inputs:
+        if os.path.abspath(path) == os.path.abspath(source) or (
+                os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source)):
+            raise ValueError(f"{path} would overwrite the input {source}: choose another output (-o).")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if os.path.isdir(path):
+        raise ValueError(f"cannot write {path}: it is a folder.")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write {path}: {folder} is not a writable folder.")
 
 
 def train_cli(args):
-    text = read_text(args.text)
-    if args.vocab_size < 256:
-        raise ValueError(f"vocab_size must be at least 256 (the single bytes), got {args.vocab_size}.")
     prefix = args.output or os.path.splitext(args.text)[0]
+    for path in (prefix + ".model", prefix + ".vocab"):
+        check_output(path, [args.text])
     tok = Tokenizer(args.pattern, special_tokens=args.special or None)
+    text = read_text(args.text)
     t0 = time.perf_counter()
     tok.train(text, args.vocab_size, progress=True)
     seconds = time.perf_counter() - t0

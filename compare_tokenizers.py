@@ -6,9 +6,8 @@ ten classic tokenization questions with measurements instead of folklore.
     python compare_tokenizers.py --explain         # the ten questions, each with a measured demonstration
     python compare_tokenizers.py --explain 8       # just question 8
 
-"Ours" is manual.model, what `python bpe.py manual.txt 1024` writes; if it is missing it is trained here
-on the same corpus and saved. GPT-2's tokenizer comes from tiktoken, which downloads its files once;
-offline, point TIKTOKEN_CACHE_DIR at a filled cache (see test_all.py).
+"Ours" is manual.model (`python bpe.py manual.txt 1024`), trained here and saved if missing. GPT-2's comes
+from tiktoken, which downloads its files once (offline: TIKTOKEN_CACHE_DIR, see test_all.py).
 """
 import argparse
 import json
@@ -49,6 +48,8 @@ def load_or_train_ours(model_path, corpus_path, vocab_size):
     if not os.path.isfile(corpus_path):
         raise FileNotFoundError(f"{model_path} does not exist and {corpus_path}, the text to train it on, is "
                                 f"missing too (pass --corpus, or train one with: python bpe.py TEXT 1024)")
+    for path in (model_path, model_path[: -len(".model")] + ".vocab"):
+        bpe.check_output(path, [corpus_path])
     text = bpe.read_text(corpus_path)
     print(f"{model_path} not found: training it on {corpus_path} to vocab size {vocab_size} ...")
     tok = bpe.Tokenizer().train(text, vocab_size, progress=True)
@@ -59,8 +60,10 @@ def load_or_train_ours(model_path, corpus_path, vocab_size):
 # -----------------------------------------------------------------------------
 # Measuring: tokens, bytes per token, characters per token
 
-def show_pieces(enc, ids, limit=60):
-    """'|Hello|,| world|': each token's bytes; bytes that are only part of a UTF-8 character show as \\xNN."""
+def pieces(enc, ids, limit=60):
+    """'|Hello|,| world|': each token's bytes (of ids, or of a text's ids); a part of a UTF-8 character
+    shows as \\xNN."""
+    ids = enc.encode_ordinary(ids) if isinstance(ids, str) else ids
     def show(i):
         s = enc.decode_single_token_bytes(i).decode("utf-8", errors="backslashreplace")
         return s.replace("\n", "\\n").replace("\t", "\\t")
@@ -73,7 +76,7 @@ def measure(name, enc, label, text):
     n_bytes, n_chars = len(text.encode("utf-8")), len(text)
     return dict(tokenizer=name, text=label, chars=n_chars, bytes=n_bytes, tokens=len(ids), ids=ids,
                 bytes_per_token=n_bytes / max(len(ids), 1), chars_per_token=n_chars / max(len(ids), 1),
-                pieces=show_pieces(enc, ids))
+                pieces=pieces(enc, ids))
 
 
 def markdown_table(headers, rows):
@@ -83,9 +86,8 @@ def markdown_table(headers, rows):
 
 def plot_comparison(rows, path):
     """Grouped bars: tokens per text, and characters per token, one bar per tokenizer. Written atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    plt.switch_backend("Agg")
     texts = list(dict.fromkeys(r["text"] for r in rows))
     names = list(dict.fromkeys(r["tokenizer"] for r in rows))
     by_key = {(r["text"], r["tokenizer"]): r for r in rows}
@@ -133,10 +135,6 @@ class Answer:
 
 def n_tokens(enc_or_tok, text):
     return len(enc_or_tok.encode_ordinary(text))
-
-
-def pieces(enc, text):
-    return show_pieces(enc, enc.encode_ordinary(text))
 
 
 def q1_code_points(ctx):
@@ -284,8 +282,7 @@ def q7_endoftext(ctx):
     lines = [f"encode({text!r}, allowed_special='all') -> {allowed} (eot_token = {ctx.gpt2.eot_token})",
              f"encode({text!r}) by default -> {refused}",
              f"encode_ordinary({text!r}) -> {len(ordinary)} ordinary tokens {pieces(ctx.gpt2, text)}",
-             f"ours (no special tokens registered) -> {n_tokens(ctx.ours, text)} ordinary tokens "
-             f"{pieces(ctx.ours, text)}"]
+             f"ours (no special tokens) -> {n_tokens(ctx.ours, text)} tokens {pieces(ctx.ours, text)}"]
     return Answer.of(q7_endoftext, lines, facts)
 
 
@@ -299,9 +296,9 @@ def q8_solidgoldmagikarp(ctx):
         facts[text] = ids = ctx.gpt2.encode_ordinary(text)
         lines.append(f"GPT-2 {text!r} -> {len(ids)} token{'s' * (len(ids) > 1)} {ids} "
                      f"{pieces(ctx.gpt2, text)}")
-    facts["ours"] = n_tokens(ctx.ours, " SolidGoldMagikarp")
-    lines.append(f"ours ' SolidGoldMagikarp' -> {facts['ours']} tokens "
-                 f"{pieces(ctx.ours, ' SolidGoldMagikarp')}")
+    text = " SolidGoldMagikarp"
+    facts["ours"] = n_tokens(ctx.ours, text)
+    lines.append(f"ours ' SolidGoldMagikarp' -> {facts['ours']} tokens {pieces(ctx.ours, text)}")
     return Answer.of(q8_solidgoldmagikarp, lines, facts)
 
 
@@ -375,8 +372,9 @@ def check_inputs(args):
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         raise ValueError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
-    if min(sizes + [args.vocab_size]) < 256:
-        raise ValueError("--sizes and --vocab-size must be at least 256 (the single bytes)")
+    if not all(256 <= size <= bpe.MAX_VOCAB for size in sizes + [args.vocab_size]):
+        raise ValueError(f"--sizes and --vocab-size must be at least 256 (the single bytes) and at most "
+                         f"{bpe.MAX_VOCAB:,}")
     texts = dict(SAMPLES)
     texts.update((f"text {i}", text) for i, text in enumerate(args.text, 1))
     for path in args.file:
@@ -384,8 +382,10 @@ def check_inputs(args):
     for label, text in texts.items():
         if not text:
             raise ValueError(f"{label} is empty: there is nothing to tokenize")
-    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
-        raise FileNotFoundError(f"cannot write {args.plot}: its folder does not exist")
+    if args.plot:
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+            raise FileNotFoundError(f"cannot write {args.plot}: its folder does not exist")
+        bpe.check_output(args.plot, [args.model, args.corpus, *args.file])
     return texts, sizes
 
 
@@ -393,8 +393,7 @@ def run(args):
     texts, sizes = check_inputs(args)
     ours = load_or_train_ours(args.model, args.corpus, args.vocab_size)
     gpt2 = load_tiktoken("gpt2")
-    others = {name: load_tiktoken(name) for name in filter(None, args.others.split(","))}
-    others = {name: enc for name, enc in others.items() if enc is not None}
+    others = {name: enc for name in filter(None, args.others.split(",")) if (enc := load_tiktoken(name))}
     if args.explain is not None:
         if gpt2 is None:
             raise ValueError("--explain needs GPT-2's tokenizer: set TIKTOKEN_CACHE_DIR to a filled cache")

@@ -28,7 +28,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from model import atomic_write, download, unwrap
+from model import atomic_write, check_device, check_output, download, unwrap
 
 # The dataset's own public repository (the HuggingFace copy is the same data).
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
@@ -94,9 +94,7 @@ def load_examples(split="val", data_dir=None, file=None, limit=None):
 # --- 2. Rendering: an example -> context tokens, 4 ending-token lists (and the ending's character count).
 def harness_preprocess(text):
     """lm-evaluation-harness's clean-up of HellaSwag text (the brackets are WikiHow scraping artefacts)."""
-    text = text.strip()
-    text = text.replace(" [title]", ". ")
-    text = re.sub(r"\[.*?\]", "", text)
+    text = re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". "))
     return text.replace("  ", " ")  # one pass, as the harness does: three spaces become two
 
 
@@ -129,9 +127,8 @@ def render_example(example, enc, style="nanogpt"):
     context, endings, _ = render_parts(example, enc, style)
     rows = [context + e for e in endings]
     T = max(len(r) for r in rows)
-    tokens = torch.zeros((4, T), dtype=torch.long)
-    mask = torch.zeros((4, T), dtype=torch.long)
-    for i, (row, ending) in enumerate(zip(rows, endings)):
+    tokens, mask = torch.zeros((4, T), dtype=torch.long), torch.zeros((4, T), dtype=torch.long)
+    for i, row in enumerate(rows):
         tokens[i, :len(row)] = torch.tensor(row)
         mask[i, len(context):len(row)] = 1
     return tokens, mask, example["label"]
@@ -343,7 +340,8 @@ def load_model(args, device):
     import model as gpt_model
     if not args.ckpt:  # --hf: GPT2LMHeadModel itself, checked and with one-line errors as in from_pretrained
         model = gpt_model.load_hf_gpt2(args.model) if args.hf else gpt_model.GPT.from_pretrained(args.model)
-        return model.to(device).eval(), gpt_model.get_tokenizer("gpt2"), args.model + " (transformers)" * args.hf
+        name = args.model + " (transformers)" * args.hf
+        return model.to(device).eval(), gpt_model.get_tokenizer("gpt2"), name
     model, checkpoint = gpt_model.load_checkpoint(args.ckpt, device)
     enc = gpt_model.get_tokenizer(checkpoint.get("tokenizer", "gpt2"))
     name = args.ckpt
@@ -353,7 +351,7 @@ def load_model(args, device):
         import tempfile
         from transformers import GPT2LMHeadModel
         with tempfile.TemporaryDirectory() as tmp:
-            model = GPT2LMHeadModel.from_pretrained(model.save_hf(os.path.join(tmp, "hf")), dtype=torch.float32)
+            model = GPT2LMHeadModel.from_pretrained(model.save_hf(f"{tmp}/hf"), dtype=torch.float32)
         name += " (transformers)"
     return model.to(device).eval(), enc, name
 
@@ -367,12 +365,13 @@ def write_jsonl(path, records):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("-m", "--model", default="gpt2",
                         help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a save_pretrained directory")
     source.add_argument("--ckpt", help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
-    parser.add_argument("--hf", action="store_true", help="score with transformers' GPT2LMHeadModel (a check)")
+    parser.add_argument("--hf", action="store_true", help="score with transformers' GPT2LMHeadModel")
     parser.add_argument("--style", choices=STYLES, default="nanogpt", help="scoring convention (see above)")
     parser.add_argument("--split", choices=SPLITS, default="val")
     parser.add_argument("--file", help="a local hellaswag_*.jsonl instead of the download")
@@ -385,20 +384,14 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward (lengths padded)")
     parser.add_argument("--out", help="write one JSON line per example here (preds.jsonl)")
     args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        sys.exit("error: --limit must be at least 1")
-    if args.batch_size < 1:
-        sys.exit("error: --batch-size must be at least 1")
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            sys.exit(f"error: {flag} must be at least 1, not {value}")
     import time
-    import model as gpt_model
-    device = gpt_model.auto_device() if args.device == "auto" else args.device
     try:
-        torch.device(device)
-    except RuntimeError:
-        sys.exit(f"error: unknown device {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("error: --device cuda but torch sees no CUDA GPU")
-    try:
+        device = check_device(args.device)
+        if args.out:  # checked now: a finished scoring is never lost to an unwritable --out
+            check_output(args.out, [args.file, args.ckpt])
         examples = load_examples(args.split, args.data_dir, args.file, args.limit)
         model, enc, name = load_model(args, device)
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -45,7 +46,15 @@ class GPTConfig:
     def padded_vocab_size(self):
         return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
-    def __post_init__(self):
+    def __post_init__(self):  # every config passes here: the CLIs' flags and the checkpoints' dicts
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        for name, low, high in (("dropout", 0, 1), ("layer_norm_epsilon", 1e-12, 1)):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not low <= value < high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.attn not in ("flash", "plain"):
@@ -56,10 +65,8 @@ class GPTConfig:
 # The network
 # ---------------------------------------------------------------------------------------------
 class KVCache:
-    """Keys and values of the positions seen so far, for every layer, preallocated up to block_size.
-
-    During generation each new token then costs one position of compute instead of the whole prefix.
-    """
+    """Keys and values of the positions seen so far, for every layer, preallocated up to block_size:
+    during generation each new token then costs one position of compute instead of the whole prefix."""
 
     def __init__(self, config, batch_size, device, dtype, max_len=None):
         head_dim = config.n_embd // config.n_head
@@ -212,11 +219,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
         """Returns (logits, loss). Targets equal to -1 are ignored (e.g. prompt tokens, padding).
-
         reduction="none" returns (None, per-token loss (B, T), 0 where the target is -1) and applies lm_head
-        only where a target exists: scoring a few completion tokens then skips the vocabulary projection for
-        the whole context.
-        """
+        only where a target exists: scoring a few tokens skips the vocabulary projection for the rest."""
         x = self.hidden_states(idx, kv_cache)
         if targets is None:
             return self.lm_head(x), None
@@ -233,11 +237,8 @@ class GPT(nn.Module):
         raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
 
     def num_params(self, non_embedding=False):
-        """Parameter count, the tied wte/lm_head matrix counted once: 124,439,808 for GPT-2 small.
-
-        non_embedding=True leaves out the position embeddings (a lookup, no FLOPs); the token embedding
-        stays because, tied to lm_head, it is also the last matmul.
-        """
+        """Parameter count, the tied wte/lm_head matrix counted once. non_embedding=True leaves out the
+        position embeddings (a lookup, no FLOPs); wte stays: tied to lm_head, it is also the last matmul."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
@@ -267,6 +268,7 @@ class GPT(nn.Module):
         """
         if num_beams > 1:  # a deterministic search instead of sampling: see beam_search for its options
             return self.beam_search(idx, max_new_tokens, num_beams, stop_token=stop_token, **beam_options)
+        check_sampling(temperature, top_k, top_p)
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
@@ -431,6 +433,25 @@ class GPT(nn.Module):
         return out_dir
 
 
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None:
+        # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
 def _hf_tokenizer(tokenizer):
     """A transformers fast tokenizer that encodes and decodes exactly as `tokenizer` (any kind
     get_tokenizer makes): byte-level BPE whose tokens are spelled, byte by byte, in GPT-2's printable
@@ -445,8 +466,10 @@ def _hf_tokenizer(tokenizer):
     else:  # tiktoken's GPT-2: its merges, rebuilt from the ranks
         tok = bpe.Tokenizer.from_tiktoken(tokenizer)
     keep = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's bytes_to_unicode table
-    char = {**{b: chr(b) for b in keep}, **{b: chr(256 + k) for k, b in enumerate(sorted(set(range(256)) - set(keep)))}}
-    spell = {i: "".join(char[b] for b in token) for i, token in tok.vocab.items() if i not in tok.inverse_special_tokens}
+    char = {b: chr(b) for b in keep}
+    char.update({b: chr(256 + k) for k, b in enumerate(b for b in range(256) if b not in char)})
+    spell = {i: "".join(char[b] for b in token) for i, token in tok.vocab.items()
+             if i not in tok.inverse_special_tokens}
     vocab = {s: i for i, s in spell.items()}
     if len(vocab) < len(spell):
         raise ValueError("two tokens spell the same bytes: a HuggingFace BPE vocabulary cannot hold both")
@@ -501,25 +524,6 @@ def _strip_prefixes(state):
     return clean
 
 
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if top_p is not None:
-        # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
 # ---------------------------------------------------------------------------------------------
 # What the scripts share: devices, tokenizers, checkpoints
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +548,63 @@ def auto_device():
     return "cpu"
 
 
+# Validation at the door: one helper per kind of input the model-side scripts share. Each raises a
+# one-line ValueError naming the culprit, which the CLIs print as "error: ..." before any work starts.
+def check_device(name):
+    """'auto' resolved, or a device torch knows and this machine has."""
+    device = auto_device() if name == "auto" else name
+    try:
+        kind, index = torch.device(device).type, torch.device(device).index
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    mps = getattr(torch.backends, "mps", None)
+    present = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+               "mps": int(mps is not None and mps.is_available())}
+    if present.get(kind, 0) <= (index or 0):
+        raise ValueError(f"device {name!r} is not available on this machine")
+    return device
+
+
+def check_sampling(temperature, top_k=None, top_p=None):
+    """Settings that define a distribution: temperature >= 0 and finite, top_k >= 1, top_p in (0, 1]."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:  # NaN fails this test too
+        raise ValueError(f"top_p must be in (0, 1], not {top_p}")
+
+
+def check_text(text, what):
+    """Text from the command line that must be valid UTF-8 (the shell hands undecodable bytes over as
+    lone surrogates, which no tokenizer can encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8") from None
+    return text
+
+
+def check_output(path, inputs=(), directory=False):
+    """Before long work: `path` can be written and is not (and, for a directory, holds) any of the inputs,
+    so that no finished work is lost at the end and no output replaces what the run reads."""
+    real = os.path.realpath(path)
+    for other in filter(None, inputs):
+        if os.path.realpath(other) == real or directory and os.path.realpath(other).startswith(real + os.sep):
+            raise ValueError(f"output {path} would overwrite the input {other}")
+    if directory and os.path.isdir(real) and os.listdir(real) and not os.path.isfile(f"{real}/config.json"):
+        raise ValueError(f"output directory {path} holds other files; choose a new or empty directory")
+    if not directory and os.path.isdir(real):
+        raise ValueError(f"output {path} is a directory")
+    parent = os.path.dirname(real)
+    while not os.path.exists(parent):  # missing directories are made later, inside the first that exists
+        parent = os.path.dirname(parent)
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise ValueError(f"output {path} cannot be written ({e.strerror})") from None
+
+
 EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
 
 
@@ -562,7 +623,8 @@ class ByteTokenizer:
         return [i for k, part in enumerate(parts) for i in ([256] if k else []) + part]
 
     def decode(self, ids):
-        return b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids).decode("utf-8", errors="replace")
+        data = b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids)
+        return data.decode("utf-8", errors="replace")
 
 
 class BPETokenizer:
@@ -598,6 +660,7 @@ def get_tokenizer(spec):
     """'gpt2' (tiktoken's Encoding), 'byte', a bpe.py .model file, or what a checkpoint stores (see
     tokenizer_spec). Each has .name, .n_vocab, .eot_token, .encode_ordinary, .encode and .decode."""
     import bpe
+    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     if isinstance(spec, dict):  # a bpe.py tokenizer, whole
         try:
             tok = bpe.Tokenizer(spec["pattern"])
@@ -630,8 +693,8 @@ def tokenizer_spec(tok):
         return tok
     if isinstance(tok, BPETokenizer):
         t = tok.tok
-        return {"pattern": t.pattern, "byte_ids": list(t.byte_ids), "merges": [list(pair) for pair in t.merges],
-                "special_tokens": dict(t.special_tokens)}
+        return {"pattern": t.pattern, "byte_ids": list(t.byte_ids), "special_tokens": dict(t.special_tokens),
+                "merges": [list(pair) for pair in t.merges]}
     return tok.name  # tiktoken's "gpt2" or "byte"
 
 
@@ -709,15 +772,35 @@ def load_checkpoint(path, device="cpu", **config_overrides):
                          f"{(str(e).splitlines() or [''])[0][:120]})") from None
     if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
         raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' entries)")
+    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["model"], dict):
+        raise ValueError(f"{path}: its 'config' and 'model' entries must be dicts")
     known = {f.name for f in fields(GPTConfig)}
     try:
         saved = {k: v for k, v in checkpoint["config"].items() if k in known}
         config = GPTConfig(**{**saved, **config_overrides})
-        model = GPT(config)
-        model.load_state_dict(_strip_prefixes(checkpoint["model"]))
-    except (TypeError, RuntimeError) as e:
+    except ValueError as e:
+        raise ValueError(f"{path}: config {e}") from None
+    state = _strip_prefixes(checkpoint["model"])
+    check_weights(state, config, path)
+    model = GPT(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
         raise ValueError(f"{path} does not match its own config: {str(e).splitlines()[0][:200]}") from None
     return model.to(device), checkpoint
+
+
+def check_weights(state, config, path):
+    """Before building the model: the weights have the shapes the config promises, and are finite."""
+    layers = {name.split(".")[2] for name in state if name.startswith("transformer.h.")}
+    wte, wpe = state.get("transformer.wte.weight"), state.get("transformer.wpe.weight")
+    shapes = [tuple(w.shape) if torch.is_tensor(w) else None for w in (wte, wpe)]
+    if len(layers) != config.n_layer or shapes != [(config.padded_vocab_size, config.n_embd),
+                                                   (config.block_size, config.n_embd)]:
+        raise ValueError(f"{path}: its weights do not match its config (layers, vocabulary or context size)")
+    for name, value in state.items():
+        if not torch.is_tensor(value) or value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: weight {name} is not a finite tensor")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,12 +820,16 @@ def main(argv=None):
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    parser.add_argument("--export-hf", metavar="DIR", help="write model + tokenizer for transformers, no sampling")
+    parser.add_argument("--export-hf", metavar="DIR", help="write model + tokenizer for transformers instead")
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 0:
         sys.exit("error: --num-samples must be >= 1 and --max-new-tokens >= 0")
-    device = auto_device() if args.device == "auto" else args.device
     try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+        check_text(args.prompt, "--prompt")
+        device = check_device(args.device)
+        if args.export_hf:
+            check_output(args.export_hf, [args.ckpt, args.init], directory=True)
         if args.ckpt:
             model, checkpoint = load_checkpoint(args.ckpt, device)
             enc = get_tokenizer(checkpoint.get("tokenizer", "gpt2"))
@@ -750,7 +837,7 @@ def main(argv=None):
             model = GPT.from_pretrained(args.init or "gpt2").to(device)
             enc = get_tokenizer("gpt2")
         if args.export_hf:
-            print(f"wrote {model.save_hf(args.export_hf, enc)} (load it with AutoModelForCausalLM/AutoTokenizer)")
+            print(f"wrote {model.save_hf(args.export_hf, enc)} (AutoModelForCausalLM/AutoTokenizer load it)")
             return
         prompt = enc.encode_ordinary(args.prompt) or [enc.eot_token]
     except (ValueError, FileNotFoundError) as e:

@@ -409,12 +409,12 @@ def test_bpe_overlapping_special_tokens_longest_wins(gpt2_enc):
     assert gpt2.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
     assert gpt2.encode(text, allowed_special="all")[:3] == [64, 50257, 65]
     # One special inside another: the longest wins wherever both match (tiktoken's pick follows no such rule).
-    tok = bpe.Tokenizer("gpt2", special_tokens=["<|im|>", "<|im|>\n", "\n<|im|>"]).train(_BPE_ENGLISH, 300)
-    im, im_nl, nl_im = 300, 301, 302
+    tok = bpe.Tokenizer("gpt2", special_tokens=["<|im|>", "<|im|>user", "sys<|im|>"]).train(_BPE_ENGLISH, 300)
+    im, im_user, sys_im = 300, 301, 302
     ordinary = tok.encode_ordinary
-    assert tok.encode("x<|im|>\ny\n<|im|>z<|im|>", allowed_special="all") == \
-        ordinary("x") + [im_nl] + ordinary("y") + [nl_im] + ordinary("z") + [im]
-    assert tok.encode("<|im|>\n<|im|>", allowed_special="all") == [im_nl, im]
+    assert tok.encode("x<|im|>user ysys<|im|>z<|im|>", allowed_special="all") == \
+        ordinary("x") + [im_user] + ordinary(" y") + [sys_im] + ordinary("z") + [im]
+    assert tok.encode("<|im|>user<|im|>", allowed_special="all") == [im_user, im]
 
 
 @pytest.mark.parametrize("pattern", ["gpt4", "gpt2", None])
@@ -449,6 +449,32 @@ def test_bpe_save_load_round_trip(tmp_path, _bpe_gpt2, gpt2_enc):
     assert bpe.Tokenizer().load(str(tmp_path / "n.model")).pattern is None
 
 
+def test_bpe_to_dict_round_trips_through_a_weights_only_checkpoint(tmp_path, _bpe_gpt2, gpt2_enc):
+    tok = bpe.Tokenizer("gpt2", special_tokens=["<|endoftext|>"]).train(_bpe_long_text(6), 600)
+    text = _bpe_long_text(2) + "<|endoftext|>"
+    for original in (tok, _bpe_gpt2, bpe.Tokenizer(None).train("aaabdaaabac", 259)):
+        torch.save({"tokenizer": original.to_dict()}, tmp_path / "ckpt.pt")
+        d = torch.load(tmp_path / "ckpt.pt", weights_only=True)["tokenizer"]
+        back = bpe.Tokenizer.from_dict(d)
+        for name in ("pattern", "byte_ids", "merges", "special_tokens", "vocab"):
+            assert getattr(back, name) == getattr(original, name), name
+        assert back.encode(text, allowed_special="all") == original.encode(text, allowed_special="all")
+    assert bpe.Tokenizer.from_dict(_bpe_gpt2.to_dict()).encode(text, allowed_special="all") == \
+        gpt2_enc.encode(text, allowed_special="all")
+    # A trained tokenizer with <|endoftext|> is served by tiktoken, special token included.
+    enc = bpe.Tokenizer.from_dict(tok.to_dict()).to_tiktoken()
+    assert enc.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+    assert enc.encode("<|endoftext|>", allowed_special="all") == [600]
+    d = tok.to_dict()
+    for bad, needle in [({}, "KeyError"), ({**d, "merges": d["merges"] + [d["merges"][0]]}, "is repeated"),
+                        ({**d, "merges": [[0, 9999]]}, "made before it"), ({**d, "special_tokens": {"": 700}}, "non-empty"),
+                        ({**d, "special_tokens": {"<a>": 700, "<b>": 700}}, "both have id"),
+                        ({**d, "special_tokens": ["<a>"]}, "AttributeError"), ({**d, "pattern": "("}, "pattern")]:
+        with pytest.raises(ValueError, match="the tokenizer dict is not a valid tokenizer") as error:
+            bpe.Tokenizer.from_dict(bad)
+        assert needle in str(error.value)
+
+
 def test_bpe_reads_minbpe_v1_file(tmp_path):
     # Exactly what minbpe's RegexTokenizer.save writes: version, pattern, #specials, specials, merges.
     path = tmp_path / "mini.model"
@@ -460,13 +486,36 @@ def test_bpe_reads_minbpe_v1_file(tmp_path):
     assert tok.encode("aaabc<|endoftext|>", allowed_special="all") == [257, 258, 259]
 
 
-@pytest.mark.parametrize("content", [b"", b"minbpe v9\n\n0\n", b"minbpe v1\n\n0\n97 x\n", b"minbpe v1\n\n0\n300 97\n",
-                                     b"minbpe v1\n\n2\n<a> 300\n", b"\xff\xfe garbage", b"bpe v2\n\n0\n1 2 3\n"])
-def test_bpe_load_rejects_corrupt_files(tmp_path, content):
+_BPE_BAD_MODELS = [  # (a .model file's bytes, what its error must name)
+    (b"", "line 1: unknown header"), (b"minbpe v9\n\n0\n", "line 1: unknown header"), (b"minbpe v1\n", "line 2"),
+    (b"minbpe v1\n\nx\n", "line 3"), (b"minbpe v1\n(unclosed\n0\n97 98\n", "line 2: the split pattern"),
+    (b"minbpe v1\n\n0\n97 x\n", "line 4"), (b"minbpe v1\n\n0\n300 97\n", "line 4"), (b"minbpe v1\n\n0\n97\n", "line 4"),
+    (b"minbpe v1\n\n0\n97 98 99\n", "line 4"), (b"minbpe v1\n\n0\n-1 98\n", "line 4"),
+    (b"minbpe v1\n\n0\n97 98\n99 97\n97 98\n", "line 6: merge (97, 98) is repeated"),
+    (b"minbpe v1\n\n2\n<a> 300\n", "line 5"), (b"minbpe v1\n\n2\n<a> 300\n<a> 301\n", "line 5: special token '<a>'"),
+    (b"minbpe v1\n\n2\n<a> 300\n<b> 300\n", "'<a>' and '<b>' both have id 300"),
+    (b"minbpe v1\n\n1\n 300\n", "non-empty"), (b"minbpe v1\n\n1\n<a> 256\n97 98\n", "'<a>' has id 256"),
+    (b"\xff\xfe garbage", "not UTF-8 text (bad byte at offset 0)"), (b"bpe v2\n\n0\n1 2 3\n", "line 4: the byte ids"),
+]
+
+
+@pytest.mark.parametrize("content, needle", _BPE_BAD_MODELS)
+def test_bpe_load_rejects_corrupt_files(tmp_path, content, needle):
     path = tmp_path / "bad.model"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="not a valid tokenizer"):
+    with pytest.raises(ValueError) as error:
         bpe.Tokenizer().load(str(path))
+    assert str(path) in str(error.value) and needle in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("special, needle", [({"": 300}, "non-empty"), ({"a\nb": 300}, "line breaks"),
+                                             ({"<a>": 300, "<b>": 300}, "both have id 300"),
+                                             ({"<a>": 255}, "already uses"), ({"<a>": "300"}, "not an id")])
+def test_bpe_special_tokens_are_validated(special, needle):
+    with pytest.raises(ValueError, match=needle):
+        bpe.Tokenizer().register_special_tokens(special)
+    with pytest.raises(ValueError, match="given twice"):
+        bpe.Tokenizer(special_tokens=["<|a|>", "<|a|>"])
 
 
 @slow
@@ -487,19 +536,32 @@ def test_bpe_cli_trains_saves_and_reports(tmp_path):
 
 
 @slow
-def test_bpe_cli_bad_inputs_get_one_line_errors(tmp_path):
+def test_bpe_cli_refuses_bad_input_in_one_line_and_changes_no_file(tmp_path):
+    text = "some training text, " * 50
+    for name in ("corpus.model", "corpus.vocab", "x.model", "ok.txt"):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / "bin.txt").write_bytes(b"text\x00\x01 binary")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    (tmp_path / "ok.txt").write_text("hello", encoding="utf-8")
-    (tmp_path / "bad.model").write_text("minbpe v1\n\n0\n1 banana\n", encoding="utf-8")
-    cases = [(("missing.txt", "300"), "no such file"), (("latin1.txt", "300"), "not UTF-8"),
-             (("ok.txt", "100"), "at least 256"), (("--load", "bad.model", "--encode", "x"), "not a valid"),
-             (("--load", "nothere.model", "--encode", "x"), "no such file")]
-    for args, message in cases:
-        r = run_script("bpe.py", *args, cwd=tmp_path)
-        assert r.returncode != 0, args
-        assert "Traceback" not in r.stderr, r.stderr
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (args, r.stderr)
+    (tmp_path / "bad.model").write_bytes(b"minbpe v1\n\n0\n97 98\n97 98\n")
+    (tmp_path / "out.model").mkdir()
+    files = lambda: {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}   # noqa: E731
+    before = files()
+    cases = [(["corpus.model", "300"], "would overwrite the input corpus.model"),
+             (["corpus.vocab", "300"], "would overwrite the input corpus.vocab"),
+             (["x.model", "300", "-o", "x"], "would overwrite the input x.model"),
+             (["ok.txt", "300", "-o", "ok.txt/sub/t"], "ok.txt is not a writable folder"),
+             (["ok.txt", "300", "-o", "out"], "out.model: it is a folder"),
+             (["bin.txt", "300"], "bin.txt looks binary, not text (NUL byte at offset 4)"),
+             (["latin1.txt", "300"], "latin1.txt is not UTF-8 text (bad byte at offset 3)"),
+             (["ok.txt", "100"], "at least 256"), (["ok.txt", str(2**40)], "at most"),
+             (["ok.txt", "abc"], "vocab_size"), (["ok.txt", "300", "--special", ""], "non-empty"),
+             (["ok.txt", "300", "--special", "<|a|>", "--special", "<|a|>"], "'<|a|>' is given twice"),
+             (["missing.txt", "300"], "missing.txt: no such file"),
+             (["--load", "bad.model", "--encode", "x"], "bad.model is not a valid tokenizer (line 5"),
+             (["--load", "nothere.model", "--encode", "x"], "nothere.model: no such file")]
+    for args, needle in cases:
+        assert_one_line_error(run_script("bpe.py", *args, cwd=tmp_path), needle)
+    assert files() == before
 
 
 def test_bpe_rejects_unknown_pattern_name_and_bad_ids():
@@ -602,9 +664,9 @@ def test_compare_measure_and_pieces(gpt2_enc):
     ids = gpt2_enc.encode(text)
     assert (r["chars"], r["bytes"], r["tokens"], r["ids"]) == (8, 13, len(ids), ids)
     assert r["bytes_per_token"] == 13 / len(ids) and r["chars_per_token"] == 8 / len(ids)
-    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
+    assert ct.pieces(gpt2_enc, gpt2_enc.encode("Hello, world")) == "|Hello|,| world|"
     # A piece that is only part of a UTF-8 character shows its bytes: GPT-2 splits 世 (e4 b8 96).
-    assert ct.show_pieces(gpt2_enc, gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
+    assert ct.pieces(gpt2_enc, gpt2_enc.encode("世")) == "|\\xe4\\xb8|\\x96|"
 
 
 def test_compare_trains_missing_model_like_bpe_cli(compare_files, capsys):
@@ -709,7 +771,8 @@ def test_compare_explain_uses_other_encodings_when_loaded(compare_files, gpt2_en
 
 
 @pytest.mark.parametrize("case", ["missing_file", "corrupt_model", "no_model_no_corpus", "bad_question",
-                                  "empty_text", "bad_sizes", "plot_folder_missing"])
+                                  "empty_text", "bad_sizes", "huge_size", "plot_folder_missing", "plot_onto_corpus",
+                                  "plot_onto_model", "binary_file", "trained_model_onto_corpus"])
 def test_compare_bad_input_is_one_line_error(compare_files, case, capsys):
     d = compare_files["dir"]
     (d / "corrupt.model").write_text("minbpe v1\n\n0\n1 2 3\n", encoding="utf-8")
@@ -720,15 +783,27 @@ def test_compare_bad_input_is_one_line_error(compare_files, case, capsys):
         "bad_question": _compare_argv(compare_files, "--explain", "11"),
         "empty_text": _compare_argv(compare_files, "--text", ""),
         "bad_sizes": _compare_argv(compare_files, "--explain", "2", "--sizes", "512,100"),
+        "huge_size": _compare_argv(compare_files, "--explain", "2", "--sizes", f"300,{2**40}"),
         "plot_folder_missing": _compare_argv(compare_files, "--plot", str(d / "no" / "such" / "dir.png")),
+        "plot_onto_corpus": _compare_argv(compare_files, "--plot", str(compare_files["corpus"])),
+        "plot_onto_model": _compare_argv(compare_files, "--plot", str(compare_files["model"])),
+        "binary_file": _compare_argv(compare_files, "--file", str(d / "bin.txt")),
+        "trained_model_onto_corpus": ["--model", str(d / "text.model"), "--corpus", str(d / "text.vocab"),
+                                      "--others", "", "--plot", ""],
     }[case]
+    (d / "bin.txt").write_bytes(b"ab\x00c")
+    (d / "text.vocab").write_text("a corpus named like a vocab file", encoding="utf-8")
+    before = {p: p.read_bytes() for p in d.iterdir() if p.is_file() and p.suffix != ".png"}
     with pytest.raises(SystemExit) as e:
         ct.main(argv)
     msg = str(e.value.code)
     assert msg.startswith("error: ") and "\n" not in msg
     assert {"missing_file": "nope.txt", "corrupt_model": "corrupt.model", "no_model_no_corpus": "absent.txt",
-            "bad_question": "1..10", "empty_text": "empty", "bad_sizes": "at least 256",
-            "plot_folder_missing": "dir.png"}[case] in msg
+            "bad_question": "1..10", "empty_text": "empty", "bad_sizes": "at least 256", "huge_size": "at most",
+            "plot_folder_missing": "dir.png", "plot_onto_corpus": "would overwrite the input",
+            "plot_onto_model": "would overwrite the input", "binary_file": "NUL byte at offset 2",
+            "trained_model_onto_corpus": "text.vocab would overwrite the input"}[case] in msg
+    assert {p: p.read_bytes() for p in d.iterdir() if p.is_file() and p.suffix != ".png"} == before
 
 
 def test_compare_cli_unreadable_model_no_traceback(compare_files, tmp_path):
@@ -817,7 +892,8 @@ def test_model_defaults_are_gpt2_small():
     with torch.device("meta"):  # shapes only, no memory
         ours, hf = GPT(c), GPT2LMHeadModel(hc)
     conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    hf_shapes = {k: tuple(v.shape[::-1] if k.endswith(conv1d) else v.shape) for k, v in hf.state_dict().items()
+    hf_shapes = {k: tuple(v.shape[::-1] if k.endswith(conv1d) else v.shape)
+                 for k, v in hf.state_dict().items()
                  if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == hf_shapes
     norms = [m for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)]
@@ -848,9 +924,10 @@ def test_model_sampling_draws_from_transformers_distribution(monkeypatch, sampli
     expected = _model_hf_sampling_probs(logits, **sampling)
     seen = []
     real_multinomial = torch.multinomial
-    monkeypatch.setattr(torch, "multinomial", lambda p, *a, **k: seen.append(p) or real_multinomial(p, *a, **k))
+    monkeypatch.setattr(torch, "multinomial", lambda p, *a, **k: seen.append(p) or real_multinomial(p, *a, **k),
+                        raising=True)
     gpt.sample_next_token(logits, **sampling)
-    torch.testing.assert_close(seen[0], expected, atol=1e-12, rtol=0)        # exactly the filtered distribution
+    torch.testing.assert_close(seen[0], expected, atol=1e-12, rtol=0)   # exactly the filtered distribution
     monkeypatch.undo()
     # and the draws follow it: 20000 draws of one row, frequencies within 4 standard errors
     row = logits[:1].expand(20000, -1)
@@ -867,8 +944,8 @@ def test_model_cached_sampling_equals_uncached(sampling):
     # 10-token prompt run past block_size 64, exercising the crop-and-rebuild path as well.
     m = tiny_gpt(block_size=64, vocab_size=97, n_layer=2, n_head=3, n_embd=24).double()
     prompt = _model_idx((2, 10), vocab=97)
-    outs = [m.generate(prompt, 60, generator=torch.Generator().manual_seed(123), use_cache=use_cache, **sampling)
-            for use_cache in (True, False)]
+    outs = [m.generate(prompt, 60, generator=torch.Generator().manual_seed(123), use_cache=cached, **sampling)
+            for cached in (True, False)]
     assert outs[0].shape == (2, 70)
     assert torch.equal(outs[0], outs[1])
 
@@ -893,9 +970,10 @@ def test_model_position_ids_and_mask_pack_two_sequences_in_one_row():
     mask = torch.ones(12, 12, dtype=torch.bool).tril() & ((seg[None] == 0) | (seg[None] == seg[:, None]))
     with torch.no_grad():
         packed = m.hidden_states(row, pos=pos, attn_mask=mask[None, None])
-        torch.testing.assert_close(packed[:, :8], m.hidden_states(torch.cat([prefix, a], 1)), atol=1e-6, rtol=0)
-        torch.testing.assert_close(packed[:, 8:], m.hidden_states(torch.cat([prefix, b], 1))[:, 5:], atol=1e-6,
-                                   rtol=0)
+        alone_a = m.hidden_states(torch.cat([prefix, a], 1))
+        alone_b = m.hidden_states(torch.cat([prefix, b], 1))
+        torch.testing.assert_close(packed[:, :8], alone_a, atol=1e-6, rtol=0)
+        torch.testing.assert_close(packed[:, 8:], alone_b[:, 5:], atol=1e-6, rtol=0)
 
 
 def test_model_per_token_losses_match_huggingface(tmp_path):
@@ -1158,11 +1236,86 @@ def test_model_cli_exports_a_checkpoint_for_transformers(model_bpe_file, tmp_pat
     gpt.save_checkpoint(str(tmp_path / "model.pt"), model, enc)
     run = run_script("model.py", "--ckpt", tmp_path / "model.pt", "--export-hf", tmp_path / "hf")
     assert run.returncode == 0, run.stderr
-    hf, auto = AutoModelForCausalLM.from_pretrained(tmp_path / "hf"), AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    auto = AutoTokenizer.from_pretrained(tmp_path / "hf")
     ids = auto("Hello world")["input_ids"]
     assert ids == enc.encode_ordinary("Hello world")
     with torch.no_grad():
-        torch.testing.assert_close(hf(torch.tensor([ids])).logits, model(torch.tensor([ids]))[0], atol=1e-5, rtol=0)
+        idx = torch.tensor([ids])
+        torch.testing.assert_close(hf(idx).logits, model(idx)[0], atol=1e-5, rtol=0)
+
+
+def _model_bad_checkpoints(tmp_path):
+    """name -> a checkpoint file spoiled in one way."""
+    _model_tiny_checkpoint(tmp_path / "good.pt")
+    good = torch.load(tmp_path / "good.pt", weights_only=True)
+    spoil = {
+        "config_list.pt": lambda c: dict(c, config=list(c["config"].items())),
+        "negative_layers.pt": lambda c: dict(c, config=dict(c["config"], n_layer=-1)),
+        "string_dropout.pt": lambda c: dict(c, config=dict(c["config"], dropout="0.1")),
+        "huge_layers.pt": lambda c: dict(c, config=dict(c["config"], n_layer=10 ** 9)),
+        "nan_weight.pt": lambda c: dict(c, model={**c["model"], "transformer.h.0.mlp.c_fc.bias":
+                                                  torch.full((64,), math.nan)}),
+        "bad_tokenizer.pt": lambda c: dict(c, tokenizer={"pattern": None, "merges": "oops"}),
+    }
+    for name, fn in spoil.items():
+        torch.save(fn(dict(good)), tmp_path / name)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    return tmp_path
+
+
+def _model_cli_error_cases(d):
+    ckpt = str(d / "good.pt")
+    return [
+        (["--temperature", "-1"], "temperature"), (["--temperature", "nan"], "temperature"),
+        (["--temperature", "inf"], "temperature"), (["--top-k", "0"], "top_k"), (["--top-p", "0"], "top_p"),
+        (["--top-p", "1.5"], "top_p"), (["--top-p", "nan"], "top_p"), (["--device", "tpu9"], "tpu9"),
+        (["--device", "cuda:7"], "cuda:7"), (["--prompt", "caf\udce9"], "--prompt"),
+        (["--num-samples", "0"], "--num-samples"), (["--ckpt", str(d / "missing.pt")], "missing.pt"),
+        (["--ckpt", str(d / "config_list.pt")], "config_list.pt"),
+        (["--ckpt", str(d / "negative_layers.pt")], "n_layer"),
+        (["--ckpt", str(d / "string_dropout.pt")], "dropout"),
+        (["--ckpt", str(d / "huge_layers.pt")], "huge_layers.pt"),
+        (["--ckpt", str(d / "nan_weight.pt")], "c_fc.bias"),
+        (["--ckpt", str(d / "bad_tokenizer.pt")], "tokenizer"),
+        (["--ckpt", ckpt, "--export-hf", str(d)], "overwrite"),            # the export would hold its input
+        (["--ckpt", ckpt, "--export-hf", str(d / "foreign")], "holds other files"),
+        (["--ckpt", ckpt, "--export-hf", str(d / "good.pt" / "hf")], "cannot be written"),
+    ]
+
+
+def test_model_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
+    d = _model_bad_checkpoints(tmp_path)
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    for args, needle in _model_cli_error_cases(d):
+        with pytest.raises(SystemExit) as info:
+            gpt.main(args + ["--device", "cpu"] * ("--device" not in args) + ["--max-new-tokens", "2"])
+        message = str(info.value.code)
+        assert message.startswith("error:") and needle in message and "\n" not in message, (args, message)
+    assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before   # nothing touched
+
+
+def test_model_generate_refuses_undefined_sampling():
+    m, prompt = tiny_gpt(), torch.zeros(1, 2, dtype=torch.long)
+    for bad in [dict(temperature=-0.5), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.01)]:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            m.generate(prompt, 2, **bad)
+
+
+def test_model_check_output_refuses_what_would_lose_work(tmp_path):
+    (tmp_path / "data.txt").write_text("x")
+    gpt.check_output(str(tmp_path / "new" / "deeper" / "out.jsonl"))          # made later: fine
+    for path, inputs, needle in [(tmp_path / "data.txt", [tmp_path / "data.txt"], "overwrite"),
+                                 (tmp_path, [], "is a directory"),
+                                 (tmp_path / "data.txt" / "out.jsonl", [], "cannot be written")]:
+        with pytest.raises(ValueError, match=needle):
+            gpt.check_output(str(path), [str(p) for p in inputs])
+
+
+@slow
+def test_model_cli_bad_flag_exits_without_traceback(tmp_path):
+    assert_one_line_error(run_script("model.py", "--temperature", "-1", "--device", "cpu"), "temperature")
 
 
 @slow
@@ -1775,6 +1928,12 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
     np.save(floats / "edufineweb_train_000002.npy", np.ones(300, dtype=np.float32))
     a_file = tmp_path / "a_file"
     a_file.write_text("")
+    no_eot = bpe.Tokenizer("gpt4")
+    no_eot.train("the model reads the manual. " * 20, 270)
+    no_eot.save(str(tmp_path / "no_eot"))
+    logged = tmp_path / "logged"              # a run that kept no checkpoint (--ckpt-every 0): its log counts
+    logged.mkdir()
+    (logged / "log.txt").write_text("0 train 5.500000\n")
     fineweb.main(["--source", _fineweb_write_jsonl(tmp_path / "docs.jsonl", _fineweb_docs()), "--out-dir",
                   str(tmp_path / "gpt2_shards"), "--shard-size", "500", "--workers", "1"])
     fresh = lambda name: ["--log-dir", tmp_path / name]  # noqa: E731
@@ -1795,6 +1954,7 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
         "absent device": (base + ["--device", "cuda:7"] + fresh("x"), "--device cuda:7", None),
         "log dir is a file": (base + ["--log-dir", a_file], "--log-dir", None),
         "fresh run over a finished one": (base + ["--log-dir", done], "--resume", done),
+        "fresh run over a log": (base + ["--log-dir", logged], "log.txt belongs to another run", logged),
         "resume and overwrite": (base + ["--log-dir", done, "--resume", "--overwrite"], "--overwrite", done),
         "data is an output": (base + ["--log-dir", done, "--overwrite", "--data", done / "log.txt"], "--data",
                               done),
@@ -1802,10 +1962,14 @@ def _train_bad_input_cases(tmp_path, monkeypatch):
                                        done),
         "resume with another lr": (base + ["--log-dir", done, "--resume", "--lr", 1e-3], "--lr", done),
         "resume with another seed": (base + ["--log-dir", done, "--resume", "--seed", 1], "--seed", done),
+        "resume with another tokenizer": (base + ["--log-dir", done, "--resume", "--tokenizer", "gpt2"],
+                                          "'byte', --tokenizer gpt2 is 'gpt2'", done),
         "resume without checkpoint": (base + ["--resume"] + fresh("x"), "model.pt not found", None),
         "binary text": (base + ["--data", binary] + fresh("y"), "binary.txt is not UTF-8", None),
         "id beyond vocab in a later shard": (base + ["--data", wide] + fresh("z"), "train_000003.npy", None),
         "float shard": (base + ["--data", floats] + fresh("z"), "train_000002.npy", None),
+        "empty prompt, no <|endoftext|>": (base + ["--tokenizer", tmp_path / "no_eot.model", "--prompt", ""]
+                                           + fresh("z"), "no <|endoftext|>", None),
         "shards of another tokenizer": (base + ["--data", tmp_path / "gpt2_shards"] + fresh("z"),
                                         "tokenized with gpt2", None),
     }
@@ -2304,11 +2468,13 @@ def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt
                     "harness", "--limit", "10"])
     expected = hellaswag.score_examples(hellaswag_models.gpt, examples[:10], gpt2_enc, "cpu", style="harness")
     summary = hellaswag.summarize(*hellaswag.count_correct(expected), style="harness")
-    assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in capsys.readouterr().out.strip().splitlines()[-1]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"acc {summary['acc']:.4f} ({summary['correct']}/10)" in last
     # clear one-line errors: a byte-tokenizer checkpoint, a malformed file, a bad flag value
     ckpt, byte_ckpt = str(tmp_path / "tiny.pt"), str(tmp_path / "byte.pt")
     gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
-    gpt.save_checkpoint(byte_ckpt, tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=512), "byte")
+    byte_gpt = tiny_gpt(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=512)
+    gpt.save_checkpoint(byte_ckpt, byte_gpt, "byte")
     # another tokenizer than GPT-2's scores, and the summary says the scores are not the published kind
     hellaswag.main(["--ckpt", byte_ckpt, "--file", data, "--device", "cpu", "--limit", "3"])
     assert "byte tokenizer: not comparable to the published scores" in capsys.readouterr().out
@@ -2321,6 +2487,38 @@ def test_hellaswag_main_with_transformers_and_clear_errors(hellaswag_models, gpt
             hellaswag.main(args + ["--device", "cpu"])
         error = str(info.value.code)
         assert error.startswith("error:") and message in error and "\n" not in error, error
+
+
+def test_hellaswag_cli_refuses_bad_input_before_scoring(hellaswag_models, tmp_path):
+    data = _hellaswag_write(tmp_path / "hs.jsonl", _hellaswag_examples())
+    ckpt = str(tmp_path / "tiny.pt")
+    gpt.save_checkpoint(ckpt, hellaswag_models.gpt, "gpt2")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_hellaswag_examples()[0]) + "\n{oops\n")
+    torch.save({"model": {}, "config": {"n_layer": "two"}}, tmp_path / "badconfig.pt")
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    for args, needle in [
+            (["--limit", "0"], "--limit"), (["--limit", "-3"], "--limit"),
+            (["--batch-size", "0"], "--batch-size"), (["--device", "tpu9"], "tpu9"),
+            (["--out", data], "overwrite"), (["--out", ckpt], "overwrite"),
+            (["--out", str(tmp_path / "hs.jsonl" / "preds.jsonl")], "cannot be written"),
+            (["--out", str(tmp_path)], "is a directory"),
+            (["--file", str(tmp_path / "none.jsonl")], "none.jsonl"), (["--file", str(bad)], "line 2: not valid JSON"),
+            (["--ckpt", str(tmp_path / "badconfig.pt")], "n_layer"), (["--ckpt", str(tmp_path / "none.pt")], "not found")]:
+        argv = ["--ckpt", ckpt, "--file", data, "--device", "cpu"]
+        for flag, value in zip(args[::2], args[1::2]):
+            argv = argv[:argv.index(flag) + 1] + [value] + argv[argv.index(flag) + 2:] if flag in argv else \
+                argv + [flag, value]
+        with pytest.raises(SystemExit) as info:
+            hellaswag.main(argv)
+        message = str(info.value.code)
+        assert message.startswith("error:") and needle in message and "\n" not in message, (args, message)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before    # every input byte-identical
+
+
+@slow
+def test_hellaswag_cli_bad_flag_exits_without_traceback():
+    assert_one_line_error(run_script("hellaswag.py", "--limit", "0"), "--limit")
 
 
 # =================================================================================================

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from model import (GPT, GPTConfig, atomic_write, auto_device, get_tokenizer, load_checkpoint, peak_flops,
-                   save_checkpoint, unwrap)
+                   save_checkpoint, tokenizer_spec, unwrap)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -65,8 +65,8 @@ def parse_args(argv=None):
                    help="seeded shard order and start offsets each epoch (--no-shuffle: the recipe's order)")
     g.add_argument("--seed", type=int, default=1337)
     g = p.add_argument_group("model and optimization")
-    for flag in ("--n-layer", "--n-head", "--n-embd", "--max-steps", "--warmup-steps"):
-        g.add_argument(flag, type=int)
+    for name in ("--n-layer", "--n-head", "--n-embd", "--max-steps", "--warmup-steps"):
+        g.add_argument(name, type=int)
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--batch-size", "-B", type=int, help="sequences per micro-step per process")
     g.add_argument("--seq-len", "-T", type=int, help="tokens per sequence (also the model's block_size)")
@@ -90,8 +90,8 @@ def parse_args(argv=None):
     g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples (default: all)")
     g.add_argument("--hellaswag-file", help="a local hellaswag_val.jsonl (default: hellaswag.py downloads)")
     g.add_argument("--prompt")
-    g.add_argument("--sample-tokens", type=int)
-    g.add_argument("--num-samples", type=int)
+    for name in ("--sample-tokens", "--num-samples"):
+        g.add_argument(name, type=int)
     g.add_argument("--temperature", type=float, help="sampling temperature (lower: likelier, blander text)")
     g.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens")
     g.add_argument("--log-dir", default="log")
@@ -145,9 +145,10 @@ def check_log_dir(args):
     outputs = [os.path.join(args.log_dir, name) for name in ("model.pt", "log.txt", "loss.png")]
     if args.resume and args.overwrite:
         fail("--resume continues the run in --log-dir, --overwrite replaces it: pass one of them")
-    if os.path.exists(outputs[0]) and not (args.resume or args.overwrite):
-        fail(f"{outputs[0]} holds another run's checkpoint: add --resume to continue it or --overwrite to "
-             f"start a new run over it (or pick another --log-dir)")
+    for path in outputs[:2]:  # a run's checkpoint, or the log of a run that wrote none
+        if os.path.exists(path) and not (args.resume or args.overwrite):
+            fail(f"{path} belongs to another run: add --resume to continue it or --overwrite to start a new "
+                 f"run over it (or pick another --log-dir)")
     if os.path.abspath(args.data) in map(os.path.abspath, outputs):
         fail(f"--data {args.data} is one of this run's outputs: pick another --log-dir")
     try:
@@ -310,10 +311,11 @@ class DataLoader:
 
 def setup_data(args, run):
     """The tokenizer, the training stream, and the val split cut into rows for the val loss."""
-    try:
+    try:  # the prompt of the samples falls back to <|endoftext|>, which a bpe.py tokenizer may lack
         run.tok = get_tokenizer(args.tokenizer)
-    except ValueError as e:
-        fail(str(e))
+        run.prompt = run.tok.encode_ordinary(args.prompt) or [run.tok.eot_token]
+    except (ValueError, OSError) as e:
+        fail(f"--tokenizer {args.tokenizer}: {e}")
     train_shards, run.val_shards, run.data_source = load_token_splits(args.data, run.tok, run.log,
                                                                       args.tokenizer)
     B, T, world = args.batch_size, args.seq_len, run.world
@@ -375,14 +377,14 @@ def save(args, run, step):
     if run.ddp:
         dist.all_gather_object(rngs, rng)
     if run.master:
-        save_checkpoint(run.ckpt_file, run.model, run.tok.name, step=step, rng=rngs, args=vars(args),
+        save_checkpoint(run.ckpt_file, run.model, run.tok, step=step, rng=rngs, args=vars(args),
                         data=run.data_source, optimizer=run.optimizer.state_dict(), loader=run.loader.state())
         if args.keep_every and step % args.keep_every == 0:
             with open(run.ckpt_file, "rb") as src, atomic_write(f"{run.ckpt_file[:-3]}_{step:05d}.pt") as dst:
                 shutil.copyfileobj(src, dst)
 
 
-SHAPING = ("tokenizer", "seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "dropout",
+SHAPING = ("seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "dropout",
            "seq_len", "total_batch_size", "lr", "min_lr", "warmup_steps", "max_steps", "weight_decay",
            "grad_clip")
 
@@ -405,6 +407,9 @@ def start_or_resume(args, run):
         if ckpt["args"].get(key) != getattr(args, key):
             fail(f"cannot resume: {run.ckpt_file} was trained with {flag(key)} {ckpt['args'].get(key)}, this "
                  f"command asks for {getattr(args, key)}: pass the options of the run that wrote it")
+    if ckpt.get("tokenizer") != tokenizer_spec(run.tok):  # the tokenizer itself, wherever its file is
+        fail(f"cannot resume: {run.ckpt_file} was trained with {describe(ckpt.get('tokenizer'))}, "
+             f"--tokenizer {args.tokenizer} is {describe(tokenizer_spec(run.tok))}")
     if ckpt.get("data") != run.data_source:
         fail(f"cannot resume: {run.ckpt_file} was trained on {describe(ckpt.get('data'))}, --data "
              f"{args.data} is {describe(run.data_source)}")
@@ -424,11 +429,14 @@ def start_or_resume(args, run):
     return ckpt["step"]
 
 
-def describe(source):
-    if not isinstance(source, dict):
-        return "an unrecorded data source"
-    return (f"{source['file']} ({source['bytes']:,} bytes)" if "file" in source else
-            f"{len(source['shards'])} shards of {sum(n for _, n in source['shards']):,} tokens")
+def describe(record):
+    """A data source or tokenizer as the checkpoint records it, in words."""
+    if isinstance(record, str) or not isinstance(record, dict):
+        return repr(record)
+    if "merges" in record:
+        return f"a bpe.py tokenizer of {len(record['merges'])} merges"
+    return (f"{record['file']} ({record['bytes']:,} bytes)" if "file" in record else
+            f"{len(record['shards'])} shards of {sum(n for _, n in record['shards']):,} tokens")
 
 
 def read_log(log_file, log):
@@ -461,8 +469,7 @@ def evaluate(args, run, step):
         lines.append(f"{step} hella {result['acc_norm']:.4f}\n")
     if run.master:
         if args.num_samples > 0 and args.sample_tokens > 0:
-            ids = run.tok.encode_ordinary(args.prompt) or [run.tok.eot_token]
-            idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=run.device)
+            idx = torch.tensor([run.prompt] * args.num_samples, dtype=torch.long, device=run.device)
             rng = torch.Generator(device=run.device).manual_seed(42)  # its own: the training RNG is untouched
             out = unwrap(run.model).generate(idx, args.sample_tokens, temperature=args.temperature,
                                              top_k=args.top_k, generator=rng)
@@ -611,12 +618,10 @@ def main(argv=None):
     setup_data(args, run)
     setup_model(args, run)
     run.start_step = start_or_resume(args, run)
-    run.fast_model = torch.compile(run.model) if run.compile else run.model  # for training and val loss
+    run.model = run.fast_model = torch.compile(run.model) if run.compile else run.model  # training, val loss
     if run.ddp:  # the wrapper that averages gradients over processes during backward
-        run.model = torch.nn.parallel.DistributedDataParallel(
-            run.fast_model, device_ids=[run.local_rank] if run.device_type == "cuda" else None)
-    else:
-        run.model = run.fast_model
+        device_ids = [run.local_rank] if run.device_type == "cuda" else None
+        run.model = torch.nn.parallel.DistributedDataParallel(run.fast_model, device_ids=device_ids)
     run.hellaswag, run.peak = load_hellaswag(args, run), peak_flops(run.device)
     run.log(f"{unwrap(run.model).num_params():,} parameters | {run.world} process(es) on {run.device} | "
             f"B={args.batch_size} T={args.seq_len} | {args.total_batch_size:,} tokens/step = "
