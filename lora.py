@@ -736,11 +736,10 @@ def check_paths(args):
         seen[flag] = os.path.realpath(path)
         if os.path.isfile(path) and not flag.startswith("--log-dir") and not args.overwrite:
             raise ValueError(f"{flag} {path} already exists (another run's?): add --overwrite to replace it")
-        parent = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(parent):  # the nearest existing folder, where the missing ones will be made
-            parent = os.path.dirname(parent)
-        if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise ValueError(f"{flag} {path} cannot be written (a folder, or {parent} is no writable folder)")
+        try:
+            gpt.check_output(path)  # writable: tried with a temporary file where it will go
+        except ValueError as e:
+            raise ValueError(f"{flag}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -807,11 +806,10 @@ def check_args(parser, args):
             check_number(name, getattr(args, name), "--" + name.replace("_", "-"))
     except ValueError as e:
         parser.error(str(e))
-    kind = (args.device or "cpu").split(":")[0]
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(kind):
-        why = "not available here" if kind in available else "use cpu, cuda or mps"
-        parser.error(f"--device {args.device}: {why}")
+    try:
+        args.device = gpt.check_device(args.device or "auto")
+    except ValueError as e:
+        parser.error(f"--device: {e}")
     if not args.targets:
         parser.error("--targets names no module")
     if args.adapter and args.full:
@@ -856,7 +854,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.score:
         return score_files(args)
-    device = args.device or gpt.auto_device()
+    device = args.device
     torch.manual_seed(args.seed)
     adapter = read_adapter(args.adapter) if args.adapter else None
     choose_base(args, adapter)

@@ -3196,12 +3196,12 @@ _LORA_DOOR_CASES = [  # (argv, the culprit the message names, how to break an ad
     (_LORA_A + ["--merge", "tiny.pt"], "--merge tiny.pt is also --ckpt", None),  # the adapter's base
     (["--adapter", "peft", "--data", "task.txt", "--save-peft", "peft"], "is also --adapter", None),
     # outputs that cannot be written: found before training, not after it
-    (_LORA_T + ["--out", "a_file/lora.pt"], "--out a_file/lora.pt cannot be written", None),
-    (_LORA_T + ["--merge", "a_folder"], "--merge a_folder cannot be written", None),
+    (_LORA_T + ["--out", "a_file/lora.pt"], "--out: output a_file/lora.pt cannot be written", None),
+    (_LORA_T + ["--merge", "a_folder"], "--merge: output a_folder is a directory", None),
     (_LORA_T + ["--save-peft", "a_file"], "cannot be written", None),
     (_LORA_T + ["--out", "lora.pt"], "--out lora.pt already exists", None),   # another run's: --overwrite
     (_LORA_T + ["--merge", "a_file"], "--merge a_file already exists", None),
-    (_LORA_T + ["--eval-data", "task.txt", "--log-dir", "a_file"], "--log-dir (predictions.txt)", None),
+    (_LORA_T + ["--eval-data", "task.txt", "--log-dir", "a_file"], "--log-dir (predictions.txt): ", None),
     (_LORA_T + ["--full", "--full-out", "tiny.pt"], "--full-out tiny.pt is also --ckpt", None),
     (_LORA_T + ["--eval-data", "ev/references.txt", "--log-dir", "ev"], "also --eval-data", ("eval_data",)),
     (["--beams", "0"], "--beams", None), (["--length-penalty", "nan"], "--length-penalty", None),
