@@ -715,8 +715,8 @@ def check_lora_config(cfg, where):
 
 
 def check_paths(args):
-    """Outputs never overwrite inputs (the base, the adapter, the data) or each other, and each can be
-    written: checked before any work starts, so that no finished training is lost at the end."""
+    """Outputs never overwrite inputs (the base, the adapter, the data), each other, or (unless --overwrite)
+    an existing file, and each can be written: checked before any work, so nothing is lost at the end."""
     data = args.data if args.data != "e2e" else None
     inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter, "--tokenizer": args.tokenizer}
     outputs = {"--out": None if args.adapter or args.eval_only else args.out, "--merge": args.merge,
@@ -734,11 +734,12 @@ def check_paths(args):
         if clash:
             raise ValueError(f"{flag} {path} is also {clash}: outputs never overwrite inputs or each other")
         seen[flag] = os.path.realpath(path)
-        parent = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(parent):  # the nearest existing folder, where the missing ones will be made
-            parent = os.path.dirname(parent)
-        if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise ValueError(f"{flag} {path} cannot be written (a folder, or {parent} is no writable folder)")
+        if os.path.isfile(path) and not flag.startswith("--log-dir") and not args.overwrite:
+            raise ValueError(f"{flag} {path} already exists (another run's?): add --overwrite to replace it")
+        try:
+            gpt.check_output(path)  # writable: tried with a temporary file where it will go
+        except ValueError as e:
+            raise ValueError(f"{flag}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -774,6 +775,7 @@ def parse_args(argv=None):
     p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
     p.add_argument("--save-peft", metavar="DIR", help="also write the adapter in PEFT's format into DIR")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (adapter, checkpoints)")
     p.add_argument("--tokenizer", help="gpt2, byte or a bpe.py .model (default: the one the base records)")
     p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--seed", type=int, default=1337)
@@ -804,11 +806,10 @@ def check_args(parser, args):
             check_number(name, getattr(args, name), "--" + name.replace("_", "-"))
     except ValueError as e:
         parser.error(str(e))
-    kind = (args.device or "cpu").split(":")[0]
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(kind):
-        why = "not available here" if kind in available else "use cpu, cuda or mps"
-        parser.error(f"--device {args.device}: {why}")
+    try:
+        args.device = gpt.check_device(args.device or "auto")
+    except ValueError as e:
+        parser.error(f"--device: {e}")
     if not args.targets:
         parser.error("--targets names no module")
     if args.adapter and args.full:
@@ -853,7 +854,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.score:
         return score_files(args)
-    device = args.device or gpt.auto_device()
+    device = args.device
     torch.manual_seed(args.seed)
     adapter = read_adapter(args.adapter) if args.adapter else None
     choose_base(args, adapter)

@@ -3098,7 +3098,7 @@ def test_lora_cli(tmp_path):
     # A different base is refused with one line, no traceback.
     run = run_script("lora.py", "--adapter", "log/lora.pt", "--ckpt", "other.pt", *common, cwd=tmp_path)
     assert_one_line_error(run, "error: adapter was trained on base tiny.pt")
-    run = run_script("lora.py", "--ckpt", "tiny.pt", "--data", "missing.txt", cwd=tmp_path)
+    run = run_script("lora.py", "--ckpt", "tiny.pt", "--data", "missing.txt", "--out", "new.pt", cwd=tmp_path)
     assert run.returncode == 1 and run.stderr.strip() == "error: data file missing.txt does not exist."
 
 
@@ -3113,6 +3113,15 @@ def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lo
     assert "val loss: base" in out and "samples (LoRA):" in out
     blob = lora.read_adapter("plain.pt")
     assert blob["lora_config"]["targets"] == ["qv"] and blob["base"]["path"] == "tiny.pt"
+    # A second run into the same output is refused unless --overwrite says to replace it.
+    again = ["--ckpt", "tiny.pt", "--data", "notes.txt", "--steps", "1", "--batch-size", "4", "--seed", "5",
+             "--block-size", "64", "--eval-examples", "8", "--samples", "0", "--out", "plain.pt",
+             "--device", "cpu"]
+    with pytest.raises(ValueError, match="--out plain.pt already exists"):
+        lora.main(again)
+    lora.main([*again, "--overwrite"])
+    replaced = lora.read_adapter("plain.pt")["lora"]
+    assert any(not torch.equal(replaced[k], v) for k, v in blob["lora"].items())
     # Offline, --init gpt2 fails with one sentence (the CLI prints it as "error: ...").
     with pytest.raises(ValueError, match="could not load 'gpt2'") as err:
         lora.main(["--init", "gpt2", "--data", "notes.txt", "--device", "cpu"])
@@ -3218,10 +3227,12 @@ _LORA_DOOR_CASES = [  # (argv, the culprit the message names, how to break an ad
     (_LORA_A + ["--merge", "tiny.pt"], "--merge tiny.pt is also --ckpt", None),  # the adapter's base
     (["--adapter", "peft", "--data", "task.txt", "--save-peft", "peft"], "is also --adapter", None),
     # outputs that cannot be written: found before training, not after it
-    (_LORA_T + ["--out", "a_file/lora.pt"], "--out a_file/lora.pt cannot be written", None),
-    (_LORA_T + ["--merge", "a_folder"], "--merge a_folder cannot be written", None),
+    (_LORA_T + ["--out", "a_file/lora.pt"], "--out: output a_file/lora.pt cannot be written", None),
+    (_LORA_T + ["--merge", "a_folder"], "--merge: output a_folder is a directory", None),
     (_LORA_T + ["--save-peft", "a_file"], "cannot be written", None),
-    (_LORA_T + ["--eval-data", "task.txt", "--log-dir", "a_file"], "--log-dir (predictions.txt)", None),
+    (_LORA_T + ["--out", "lora.pt"], "--out lora.pt already exists", None),   # another run's: --overwrite
+    (_LORA_T + ["--merge", "a_file"], "--merge a_file already exists", None),
+    (_LORA_T + ["--eval-data", "task.txt", "--log-dir", "a_file"], "--log-dir (predictions.txt): ", None),
     (_LORA_T + ["--full", "--full-out", "tiny.pt"], "--full-out tiny.pt is also --ckpt", None),
     (_LORA_T + ["--eval-data", "ev/references.txt", "--log-dir", "ev"], "also --eval-data", ("eval_data",)),
     (["--beams", "0"], "--beams", None), (["--length-penalty", "nan"], "--length-penalty", None),
