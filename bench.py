@@ -793,8 +793,8 @@ def lora_add_parser(sub):
 # ---------------------------------------------------------------------------------------------
 # python bench.py beam: model.py's beam search against transformers' generate with the LoRA paper's E2E
 # settings (beam 10, length penalty 0.8, no repeated 4-gram, stop at <|endoftext|>, 64 new tokens).
-# Random weights give nearly flat logits, whose near-ties rounding would decide; scaled up by --gain,
-# the logits are peaked as a trained model's, so that both sides must find the same beams.
+# Random weights give nearly flat logits, whose near-ties rounding would decide; the token embedding (tied
+# to the head) scaled up by --gain makes them peaked as a trained model's, so both must find the same beams.
 # ---------------------------------------------------------------------------------------------
 def beam_run(args):
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -805,8 +805,7 @@ def beam_run(args):
              "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}[args.size]
     hf = GPT2LMHeadModel(GPT2Config(**shape)).eval()
     with torch.no_grad():
-        for p in hf.parameters():
-            p.mul_(args.gain)
+        hf.transformer.wte.weight.mul_(args.gain)
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         ours = GPT.from_pretrained(d).eval()
@@ -838,7 +837,7 @@ def beam_run(args):
 def beam_add_parser(sub):
     p = sub.add_parser("beam", help="beam search (the LoRA paper's E2E settings) vs transformers generate")
     p.add_argument("--size", default="gpt2", choices=["tiny", "gpt2", "gpt2-medium"])
-    p.add_argument("--gain", type=float, default=4.0, help="scale of the random weights (peaked logits)")
+    p.add_argument("--gain", type=float, default=10.0, help="scale of the token embedding (peaked logits)")
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--prompt-len", type=int, default=32, help="an E2E meaning representation is ~30 tokens")

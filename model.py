@@ -337,7 +337,11 @@ class GPT(nn.Module):
                 seen = (windows[:, :, :-1] == beams[:, None, beams.size(1) - n + 1:]).all(-1)
                 banned = torch.zeros_like(logp).scatter_add_(1, windows[:, :, -1], seen.float())
                 logp = logp.masked_fill(banned > 0, float("-inf"))
-            top, flat = (sums[:, None] + logp).view(-1).topk(n_cand)   # best continuations over all beams
+            # The n_cand best of all b * V continuations are among each beam's own n_cand best: two small
+            # top-k's find exactly the candidates of one top-k over b * V, without sorting through it all.
+            row_top, row_token = (sums[:, None] + logp).topk(n_cand, dim=-1)           # (b, n_cand) each
+            top, pick = row_top.view(-1).topk(n_cand)                  # best continuations over all beams
+            flat = pick // n_cand * V + row_token.view(-1)[pick]       # as indices into (b, V)
             score = top / (t + 1) ** length_penalty                    # their score, were they to finish now
             rows, tokens, kept = [], [], []
             for rank, (c, s) in enumerate(zip(flat.tolist(), score.tolist())):
