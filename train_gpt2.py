@@ -85,9 +85,8 @@ def parse_args(argv=None):
     g.add_argument("--hellaswag", action=on_off, default=True, help="HellaSwag accuracy (gpt2 tokenizer)")
     g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples (default: all)")
     g.add_argument("--hellaswag-file", help="a local hellaswag_val.jsonl (default: hellaswag.py downloads)")
-    g.add_argument("--prompt")
-    for name in ("--sample-tokens", "--num-samples"):
-        g.add_argument(name, type=int)
+    for name, kind in (("--prompt", str), ("--sample-tokens", int), ("--num-samples", int)):
+        g.add_argument(name, type=kind)
     g.add_argument("--temperature", type=float, help="sampling temperature (lower: likelier, blander text)")
     g.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens")
     g.add_argument("--log-dir", default="log")
@@ -228,12 +227,10 @@ def load_text(path, tok, log):
 
 
 class DataLoader:
-    """An endless stream of batches: epoch 0's shards end to end, then epoch 1's, and so on.
-
-    A global batch is the next B*T*world tokens of the stream (plus one: targets are the inputs shifted by
-    one); process `rank` takes the rank-th slice of B*T. Batches run across shard ends: no token is skipped.
-    With shuffle, each epoch visits the shards in a new seeded order, each from a seeded offset and wrapping
-    around, so every epoch cuts the text into different windows. The position: tokens consumed so far."""
+    """An endless stream of batches: epoch 0's shards end to end, then epoch 1's, ... A global batch is the
+    next B*T*world tokens (plus one: targets are the inputs shifted by one), process `rank` taking the rank-th
+    B*T; batches run across shard ends, so no token is skipped. With shuffle, each epoch visits the shards in
+    a new seeded order, each from a seeded offset and wrapping around: new windows every epoch."""
 
     def __init__(self, shards, B, T, rank=0, world=1, shuffle=True, seed=0):
         self.shards = [s for s in shards if len(s) > 0]
@@ -302,15 +299,6 @@ def setup_data(args, run):
 # ---------------------------------------------------------------------------------------------
 # 4. Model, optimizer and learning rate schedule
 # ---------------------------------------------------------------------------------------------
-def setup_model(args, run):
-    """A fresh GPT (seeded) and its AdamW; main() wraps it for speed once the weights are final."""
-    torch.manual_seed(args.seed)
-    run.model = GPT(GPTConfig(block_size=args.seq_len, vocab_size=run.tok.n_vocab, n_layer=args.n_layer,
-                              n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn=args.attn,
-                              vocab_multiple=args.vocab_multiple)).to(run.device)
-    run.optimizer = make_optimizer(run.model, args.lr, args.weight_decay, fused=run.fused)
-
-
 def make_optimizer(model, lr, weight_decay, fused=False, betas=(0.9, 0.95), eps=1e-8):
     """AdamW where only the 2-D weights (matmuls, embeddings) decay; biases and LayerNorm gains do not.
     named_parameters() lists a shared tensor once, so the tied wte / lm_head matrix is one parameter."""
@@ -447,12 +435,10 @@ def evaluate(args, run, step):
 
 def load_hellaswag(args, run):
     """HellaSwag's validation examples, or None with a one-line notice saying why they are skipped."""
-    if not args.hellaswag or args.tokenizer != "gpt2":
-        if args.hellaswag:
-            run.log(f"notice: HellaSwag skipped: it is scored with the gpt2 tokenizer, not {args.tokenizer}")
+    if not args.hellaswag:
         return None
-    found = [None]  # rank 0 reads (or downloads) the examples and hands them to the other ranks
-    if run.master:
+    found = [None if args.tokenizer == "gpt2" else f"it needs the gpt2 tokenizer, not {args.tokenizer}"]
+    if run.master and not found[0]:  # rank 0 reads (or downloads) the examples and hands them to the others
         try:
             found = [hellaswag.load_examples("val", file=args.hellaswag_file, limit=args.hellaswag_limit)]
             longest = max(len(context) + max(map(len, endings))
@@ -463,9 +449,9 @@ def load_hellaswag(args, run):
             found = [f"{(str(e) or type(e).__name__).splitlines()[0]} (--hellaswag-file takes a local copy)"]
     if run.ddp:
         dist.broadcast_object_list(found, 0)
-    if isinstance(found[0], str):
-        run.log(f"notice: HellaSwag skipped: {found[0]}")
-    return None if isinstance(found[0], str) else found[0]
+    if not isinstance(found[0], str):
+        return found[0]
+    run.log(f"notice: HellaSwag skipped: {found[0]}")
 
 
 def plot_log(log_file, png_file):
@@ -477,9 +463,9 @@ def plot_log(log_file, png_file):
     for step, kind, value, _ in read_log(log_file, log=lambda *a: None):
         series[kind][0].append(step)
         series[kind][1].append(value)
-    panels = [("loss", ["train", "val"])] + [("HellaSwag acc_norm", ["hella"])] * bool(series["hella"][0])
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (title, kinds) in zip(axes[0], panels):
+    panels = 1 + bool(series["hella"][0])
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    for ax, title, kinds in zip(axes[0], ("loss", "HellaSwag acc_norm"), (["train", "val"], ["hella"])):
         for kind in kinds:
             ax.plot(*series[kind], label=kind)
         if kinds == ["hella"]:
@@ -547,7 +533,11 @@ def main(argv=None):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: STOP_REQUESTED.append(True))
     setup_data(args, run)
-    setup_model(args, run)
+    torch.manual_seed(args.seed)  # a fresh GPT, the same on every process
+    run.model = GPT(GPTConfig(block_size=args.seq_len, vocab_size=run.tok.n_vocab, n_layer=args.n_layer,
+                              n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn=args.attn,
+                              vocab_multiple=args.vocab_multiple)).to(run.device)
+    run.optimizer = make_optimizer(run.model, args.lr, args.weight_decay, fused=run.fused)
     run.start_step = start_or_resume(args, run)
     # The speed wrappers go on once the weights are final: compile (training and val loss), then DDP
     # (training), which averages the gradients over the processes during backward.
