@@ -235,8 +235,7 @@ class DataLoader:
     def __init__(self, shards, B, T, rank=0, world=1, shuffle=True, seed=0):
         self.shards = [s for s in shards if len(s) > 0]
         self.B, self.T, self.rank, self.world, self.shuffle, self.seed = B, T, rank, world, shuffle, seed
-        self.n_tokens = sum(len(s) for s in self.shards)
-        self.pos = 0
+        self.n_tokens, self.pos = sum(len(s) for s in self.shards), 0  # pos: tokens consumed so far
 
     def plan(self, epoch):
         """The order of the shards in this epoch and where each starts: [(shard, rotation), ...]."""
