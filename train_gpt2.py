@@ -183,8 +183,10 @@ def setup_processes(args):
 def load_data(path, tok, tokenizer, log):
     """(train shards, val shards, their source for --resume to compare): fineweb.py's shards, memory-mapped
     (the OS pages them in as they are read) once every id in them is one `tok` knows; or a text file."""
-    if not os.path.isdir(path):
+    if os.path.isfile(path):
         return load_text(path, tok, log)
+    if not os.path.isdir(path):
+        fail(f"--data {path} is neither a directory of shards (made by `python fineweb.py`) nor a file")
     names = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
     train, val = ([name for name in names if f"_{kind}_" in name] for kind in ("train", "val"))
     if not train:
@@ -211,8 +213,6 @@ def load_data(path, tok, tokenizer, log):
 
 def load_text(path, tok, log):
     """A UTF-8 text file, tokenized: the first 90% to learn from, the last 10% to measure on."""
-    if not os.path.isfile(path):
-        fail(f"--data {path} is neither a directory of shards (made by `python fineweb.py`) nor a file")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
