@@ -6,12 +6,11 @@
     python fineweb.py --source 'data/*.jsonl' --text-field content --tokenizer my_bpe.model
     python fineweb.py --source Salesforce/wikitext --name wikitext-103-raw-v1 --split train
 
-It reads every document of --source (a .txt file is one document, a .jsonl line or .parquet row one read
-from --text-field; a directory or glob of them; else a HuggingFace Hub dataset), encodes it with GPT-2's
-tokenizer (tiktoken) or a bpe.py .model in a process pool, puts <|endoftext|> before each document and
-fills shards to the brim: OUT/edufineweb_val_000000.npy (the val split), OUT/edufineweb_train_000001.npy,
-... (np.save of 1-D uint16, or uint32 for a vocabulary beyond 65,536 ids), and OUT/manifest.json. Run an
-interrupted command again: finished shards are kept, and the result is byte for byte an uninterrupted run's.
+Each document of --source (a .txt file, a .jsonl line or a .parquet row's --text-field; a directory or glob
+of them; else a HuggingFace Hub dataset) becomes <|endoftext|> + its GPT-2 (tiktoken) or bpe.py tokens, in a
+process pool; full shards follow: OUT/edufineweb_val_000000.npy (the val split), edufineweb_train_000001.npy,
+... (1-D uint16, or uint32 for ids beyond 65,535) and OUT/manifest.json. Rerun an interrupted command:
+finished shards are kept, and the result is byte for byte an uninterrupted run's.
 """
 import argparse
 import glob
@@ -22,6 +21,7 @@ import multiprocessing
 import os
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 from tqdm import tqdm
@@ -48,8 +48,7 @@ def local_files(source):
         if not files:
             raise FileNotFoundError(f"no .txt, .jsonl or .parquet files match {source}")
         return files
-    # Something that can only be a path (a file suffix, ./, /, ~) but is not there: say so now,
-    # rather than asking the Hub for a dataset of that name.
+    # Something that can only be a path (a file suffix, ./, /, ~): say so, rather than ask the Hub for it.
     if source.endswith(LOCAL_SUFFIXES) or source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"source {source} not found")
     return None
@@ -117,11 +116,8 @@ def open_documents(source, files, name, split, streaming, text_field, start):
     if files is not None:                      # skipping finished documents is cheap: read, not tokenized
         return itertools.islice(read_local_documents(files, text_field), start, None), None
     ds = load_hub_dataset(source, name, split, streaming, text_field)
-    try:
-        total = len(ds)
-    except TypeError:                          # a streaming dataset has no len(); its metadata may say
-        splits = getattr(ds.info, "splits", None) or {}
-        total = (splits[split].num_examples or None) if split in splits else None
+    splits = getattr(ds.info, "splits", None) or {}  # a streaming dataset has no len(); its metadata may say
+    total = len(ds) if not streaming else (splits[split].num_examples or None) if split in splits else None
     return (text_of(r, text_field, "dataset row") for r in (ds.skip(start) if start else ds)), total
 
 
@@ -162,16 +158,12 @@ def init_worker(tokenizer):
 def tokenize(text):
     """<|endoftext|> and the document's ids, in the shard dtype. Module-level so pools can pickle it."""
     enc, eot, dtype = _encoder
-    return np.array([eot] + enc.encode_ordinary(text), dtype=dtype)   # load_encoder chose a dtype that fits
+    return np.array([eot] + enc.encode_ordinary(text), dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Shards and the manifest, each written atomically (a crash never leaves a half-written file)
+# 3. Shards and the manifest, written atomically (a crash never leaves half a file), and the main loop
 # ---------------------------------------------------------------------------------------------
-def shard_name(index):
-    return f"{SHARD_PREFIX}_{'val' if index == 0 else 'train'}_{index:06d}.npy"
-
-
 def write_atomically(path, write):
     """write(f) into path + '.tmp', then rename: readers see the old file or the new one, never half."""
     with open(path + ".tmp", "wb") as f:
@@ -191,8 +183,7 @@ def load_manifest(out_dir, config, dtype, n_ids):
     a fresh one when there is none. Errors out rather than overwrite shards made some other way."""
     try:                                      # first prove we can write there, before any download starts
         os.makedirs(out_dir, exist_ok=True)
-        write_atomically(os.path.join(out_dir, ".write_test"), lambda f: None)
-        os.remove(os.path.join(out_dir, ".write_test"))
+        tempfile.TemporaryFile(dir=out_dir).close()
     except OSError as e:
         raise PermissionError(f"cannot write to output directory {out_dir} ({e.strerror or e})") from None
     path = os.path.join(out_dir, MANIFEST)
@@ -226,14 +217,10 @@ def load_manifest(out_dir, config, dtype, n_ids):
     return manifest
 
 
-# ---------------------------------------------------------------------------------------------
-# 4. The main loop: documents -> tokens -> shards, resumable
-# ---------------------------------------------------------------------------------------------
-def shard_tokens(token_arrays, shard_size, first_doc, first_offset, dtype):
-    """Pack documents' tokens into full shards, splitting a document across shards when it does not fit.
 
-    Yields (shard, next_doc, next_offset): the tokens, and where the next shard starts (document index,
-    tokens of that document already written). The last shard may be short; its next_doc is None."""
+def shard_tokens(token_arrays, shard_size, first_doc, first_offset, dtype):
+    """Yield full shards of the documents' tokens (a document may straddle two) as (tokens, next_doc,
+    next_offset): where the next shard starts. The last shard may be short; its next_doc is None."""
     buffer, filled = np.empty(shard_size, dtype=dtype), 0
     for doc, tokens in enumerate(token_arrays, start=first_doc):
         pos = first_offset if doc == first_doc else 0   # a resumed document skips what is already written
@@ -258,19 +245,17 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
             raise ValueError(f"{flag} must be at least 1, not {value}")
     if workers > 4 * (os.cpu_count() or 1):
         raise ValueError(f"--workers {workers} is more than 4 per CPU core ({os.cpu_count()} cores)")
+    if shard_size > 2**31:                    # a shard is built in memory, and read whole by np.load
+        raise ValueError(f"--shard-size {shard_size:,} is absurd: shards hold at most 2**31 tokens")
     name = DEFAULT_CONFIG if name is None and source == DEFAULT_DATASET else name
     files = local_files(source)
     enc, _, dtype = load_encoder(tokenizer)   # fail here, with a clear message, not inside the workers
-    if shard_size > 2**31:                    # a shard is built in memory, and read whole by np.load
-        raise ValueError(f"--shard-size {shard_size:,} is absurd: shards hold at most 2**31 tokens")
     config = dict(source=source, name=name, split=split, text_field=text_field, shard_size=shard_size,
                   tokenizer=tokenizer)
     if tokenizer != "gpt2":                   # a changed tokenizer file is another config
         config["tokenizer_sha256"] = hashlib.sha256(pathlib.Path(tokenizer).read_bytes()).hexdigest()
-    if files is None:
-        config["streaming"] = streaming       # we don't rely on both modes giving documents in one order
-    else:
-        config["files"] = [[path, os.path.getsize(path)] for path in files]
+    # Local files are recorded with their sizes; Hub datasets with the mode (its order may differ).
+    config.update({"files": [[f, os.path.getsize(f)] for f in files]} if files else {"streaming": streaming})
     manifest = load_manifest(out_dir, config, dtype, enc.n_vocab)
     shards = manifest["shards"]
     if manifest["complete"] or (max_shards is not None and len(shards) >= max_shards):
@@ -286,9 +271,20 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     # imap keeps the documents' order: the shards are the same whatever the number of workers
     token_arrays = pool.imap(tokenize, documents, chunksize=16) if pool else map(tokenize, documents)
     progress = tqdm(token_arrays, total=total, initial=first_doc, unit="docs", unit_scale=True, desc=out_dir)
-    try:
-        packed = shard_tokens(progress, shard_size, first_doc, first_offset, dtype)
-        write_shards(out_dir, manifest, packed, max_shards, progress)
+    try:  # each shard is written, then recorded in the manifest: a shard on disk but not listed is redone
+        for tokens, next_doc, next_offset in shard_tokens(progress, shard_size, first_doc, first_offset,
+                                                          dtype):
+            file = f"{SHARD_PREFIX}_{'train' if shards else 'val'}_{len(shards):06d}.npy"
+            write_atomically(os.path.join(out_dir, file), lambda f: np.save(f, tokens))
+            shards.append(dict(file=file, tokens=len(tokens), next_doc=next_doc, next_offset=next_offset))
+            manifest["complete"] = next_doc is None
+            save_manifest(out_dir, manifest)
+            progress.set_postfix(shards=len(shards), refresh=False)
+            if max_shards is not None and len(shards) >= max_shards and not manifest["complete"]:
+                break
+        else:
+            manifest["complete"] = True       # also when the data ends exactly at a shard boundary
+            save_manifest(out_dir, manifest)
     finally:
         if pool is not None:
             pool.terminate()
@@ -302,25 +298,8 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     return manifest
 
 
-def write_shards(out_dir, manifest, packed, max_shards, progress):
-    """Write each packed shard, then record it in the manifest (a shard on disk but not listed is redone)."""
-    shards = manifest["shards"]
-    for tokens, next_doc, next_offset in packed:
-        index = len(shards)
-        write_atomically(os.path.join(out_dir, shard_name(index)), lambda f: np.save(f, tokens))
-        shards.append(dict(file=shard_name(index), tokens=len(tokens), next_doc=next_doc,
-                           next_offset=next_offset))
-        manifest["complete"] = next_doc is None
-        save_manifest(out_dir, manifest)
-        progress.set_postfix(shards=len(shards), refresh=False)
-        if max_shards is not None and len(shards) >= max_shards and not manifest["complete"]:
-            return
-    manifest["complete"] = True               # also when the data ends exactly at a shard boundary
-    save_manifest(out_dir, manifest)
-
-
 # ---------------------------------------------------------------------------------------------
-# 5. Command line
+# 4. Command line
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,8 +307,7 @@ def main(argv=None):
                    f"glob, or a HuggingFace dataset name (default: {DEFAULT_DATASET})")
     p.add_argument("--name", help=f"dataset config (default: {DEFAULT_CONFIG} for {DEFAULT_DATASET})")
     p.add_argument("--split", default="train", help="dataset split to read (default: train)")
-    p.add_argument("--streaming", action="store_true",
-                   help="stream the HuggingFace dataset instead of downloading it to the cache first")
+    p.add_argument("--streaming", action="store_true", help="stream a Hub dataset instead of downloading it")
     p.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
     p.add_argument("--out-dir", default="edu_fineweb10B", help="where shards go (default: edu_fineweb10B)")
     p.add_argument("--shard-size", type=int, default=10**8, help="tokens per shard (default: 100_000_000)")

@@ -5,9 +5,6 @@
     python train_gpt2.py --preset tiny --resume       # continue log/model.pt exactly where it stopped
     (multi-node: torchrun --nnodes=2 --nproc_per_node=8 --node_rank=R --master_addr=IP train_gpt2.py)
 
-With no arguments it follows the GPT-2 (124M) recipe: 524,288 tokens per step (B=64 x T=1024 x gradient
-accumulation), AdamW (0.9, 0.95), weight decay 0.1 on 2-D weights, lr warmup to 6e-4 over 715 steps, then
-cosine to 6e-5 at step 19,073 (10B tokens), gradient clipping at 1.0, vocabulary padded to 50,304.
 Outputs go to --log-dir: log.txt ("STEP train|val|hella VALUE"), loss.png, model.pt (model, tokenizer,
 optimizer, data position, RNG state). Ctrl-C or SIGTERM checkpoints after the current step, a kill -9
 leaves the last checkpoint intact, and --resume continues bit-identically to an uninterrupted run.
@@ -23,23 +20,23 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from functools import lru_cache
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from model import (GPT, GPTConfig, atomic_write, auto_device, get_tokenizer, load_checkpoint, peak_flops,
-                   save_checkpoint, tokenizer_spec, unwrap)
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+import hellaswag
+from model import (GPT, GPTConfig, atomic_write, auto_device, check_device, check_output, check_sampling,
+                   check_text, get_tokenizer, load_checkpoint, peak_flops, save_checkpoint, tokenizer_spec,
+                   unwrap)
 
 # ---------------------------------------------------------------------------------------------
-# 1. Settings: two presets, every value overridable by its flag
+# 1. Settings: two presets, every value overridable by its flag, all checked before any work
 # ---------------------------------------------------------------------------------------------
 PRESETS = {
-    # GPT-2 (124M) on FineWeb-Edu 10B, as in the well-known reproduction (meant for 8 GPUs).
+    # GPT-2 (124M) on FineWeb-Edu 10B with GPT-3's hyperparameters for that size: 2**19 tokens per step
+    # (B=64 x T=1024 x gradient accumulation), warmup over 715 steps, cosine to 10% of the peak at 10B tokens.
     "gpt2": dict(
         data="edu_fineweb10B", tokenizer="gpt2", n_layer=12, n_head=12, n_embd=768, vocab_multiple=64,
         batch_size=64, seq_len=1024, total_batch_size=524288, lr=6e-4, min_lr=6e-5, warmup_steps=715,
@@ -47,10 +44,10 @@ PRESETS = {
         prompt="Hello, I'm a language model,", sample_tokens=32, num_samples=4, temperature=1.0),
     # A small byte-level model on the bundled manual: offline, on a laptop CPU, in a few minutes.
     "tiny": dict(
-        data=os.path.join(HERE, "manual.txt"), tokenizer="byte", n_layer=4, n_head=4, n_embd=128,
-        vocab_multiple=64, batch_size=8, seq_len=256, total_batch_size=4096, lr=3e-3, min_lr=3e-4,
-        warmup_steps=20, max_steps=900, eval_every=150, val_steps=10, ckpt_every=100, keep_every=0,
-        prompt="The ", sample_tokens=160, num_samples=2, temperature=0.8),
+        data=os.path.join(os.path.dirname(os.path.abspath(__file__)), "manual.txt"), tokenizer="byte",
+        n_layer=4, n_head=4, n_embd=128, vocab_multiple=64, batch_size=8, seq_len=256, total_batch_size=4096,
+        lr=3e-3, min_lr=3e-4, warmup_steps=20, max_steps=900, eval_every=150, val_steps=10, ckpt_every=100,
+        keep_every=0, prompt="The ", sample_tokens=160, num_samples=2, temperature=0.8),
 }
 
 
@@ -67,31 +64,29 @@ def parse_args(argv=None):
     g = p.add_argument_group("model and optimization")
     for name in ("--n-layer", "--n-head", "--n-embd", "--max-steps", "--warmup-steps"):
         g.add_argument(name, type=int)
-    g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--batch-size", "-B", type=int, help="sequences per micro-step per process")
     g.add_argument("--seq-len", "-T", type=int, help="tokens per sequence (also the model's block_size)")
     g.add_argument("--total-batch-size", type=int, help="tokens per optimizer step (a multiple of B*T*world)")
     g.add_argument("--lr", type=float, help="peak learning rate, reached after warmup")
     g.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine decay")
     g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0 = off)")
     g = p.add_argument_group("speed (each one switchable, for the ablation in bench.py train)")
-    g.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
-    g.add_argument("--tf32", action=on_off, default=True, help="TF32 matmuls (CUDA)")
-    g.add_argument("--bf16", action=on_off, help="bf16 autocast (default: on CUDA)")
-    g.add_argument("--compile", action=on_off, help="torch.compile (default: on CUDA)")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the best available)")
+    for name, default, what in (("--tf32", True, "TF32 matmuls"), ("--bf16", None, "bf16 autocast"),
+                                ("--compile", None, "torch.compile"), ("--fused", None, "fused AdamW")):
+        g.add_argument(name, action=on_off, default=default, help=f"{what} (default: on CUDA)")
     g.add_argument("--attn", choices=["flash", "plain"], default="flash")
     g.add_argument("--vocab-multiple", type=int, help="pad the vocabulary to a multiple of this (1 = none)")
-    g.add_argument("--fused", action=on_off, help="fused AdamW (default: on CUDA)")
     g = p.add_argument_group("evaluation, checkpoints, logs")
     g.add_argument("--eval-every", type=int, help="val loss, HellaSwag and samples every N steps (0 = never)")
     g.add_argument("--val-steps", type=int, help="val loss over this many steps' worth of tokens")
     g.add_argument("--hellaswag", action=on_off, default=True, help="HellaSwag accuracy (gpt2 tokenizer)")
     g.add_argument("--hellaswag-limit", type=int, help="score only the first N examples (default: all)")
     g.add_argument("--hellaswag-file", help="a local hellaswag_val.jsonl (default: hellaswag.py downloads)")
-    g.add_argument("--prompt")
-    for name in ("--sample-tokens", "--num-samples"):
-        g.add_argument(name, type=int)
+    for name, kind in (("--prompt", str), ("--sample-tokens", int), ("--num-samples", int)):
+        g.add_argument(name, type=kind)
     g.add_argument("--temperature", type=float, help="sampling temperature (lower: likelier, blander text)")
     g.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens")
     g.add_argument("--log-dir", default="log")
@@ -106,65 +101,47 @@ def parse_args(argv=None):
     return args
 
 
+AT_LEAST_1, AT_LEAST_0 = (lambda v: v >= 1, "at least 1"), (lambda v: v >= 0, "at least 0")
+RULES = {  # flag -> (test, what it must be); NaN fails every test
+    **dict.fromkeys("n_layer n_head n_embd batch_size seq_len total_batch_size max_steps vocab_multiple "
+                    "val_steps stop_at hellaswag_limit".split(), AT_LEAST_1),
+    **dict.fromkeys("warmup_steps eval_every ckpt_every keep_every sample_tokens num_samples".split(),
+                    AT_LEAST_0),
+    **dict.fromkeys("lr min_lr weight_decay grad_clip".split(), (lambda v: 0 <= v < math.inf, "finite >= 0")),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)")}
+
+
 def check_args(args):
-    """Refuse bad settings before anything is read or written; returns the gradient accumulation steps."""
-    for low, names in ((1, "n_layer n_head n_embd batch_size seq_len total_batch_size max_steps "
-                           "vocab_multiple val_steps top_k stop_at hellaswag_limit"),
-                       (0, "warmup_steps eval_every ckpt_every keep_every sample_tokens num_samples")):
-        for name in names.split():
-            if getattr(args, name) is not None and getattr(args, name) < low:
-                fail(f"{flag(name)} must be at least {low}, not {getattr(args, name)}")
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "temperature", "dropout"):
-        value, top = getattr(args, name), 1 if name == "dropout" else math.inf
-        if not (math.isfinite(value) and 0 <= value < top):
-            fail(f"{flag(name)} must be a finite number >= 0{' and < 1' if top == 1 else ''}, not {value}")
+    """Refuse bad settings, and outputs that would destroy something, before anything is read or written."""
+    for name, (ok, want) in RULES.items():
+        if getattr(args, name) is not None and not ok(getattr(args, name)):
+            fail(f"--{name.replace('_', '-')} must be {want}, not {getattr(args, name)}")
+    checked("--temperature / --top-k", check_sampling, args.temperature, args.top_k)
+    checked("--prompt", check_text, args.prompt, "the prompt")
+    args.device = args.device and checked(f"--device {args.device}", check_device, args.device)
     if args.n_embd % args.n_head:
         fail(f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}")
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    per_micro_step = args.batch_size * args.seq_len * world
-    if args.total_batch_size % per_micro_step:
-        fail(f"--total-batch-size {args.total_batch_size} is not a multiple of batch size x sequence length "
-             f"x processes = {args.batch_size} x {args.seq_len} x {world} = {per_micro_step}")
-    check_device(args.device)
-    check_log_dir(args)
-    return args.total_batch_size // per_micro_step
-
-
-def check_device(device):
-    try:
-        kind = device and torch.device(device)
-    except RuntimeError:
-        fail(f"--device {device}: unknown device (use cpu, cuda, cuda:N or mps)")
-    if kind and not {"cpu": True, "cuda": (kind.index or 0) < torch.cuda.device_count(),
-                     "mps": torch.backends.mps.is_available()}.get(kind.type):
-        fail(f"--device {device}: no such device on this machine")
-
-
-def check_log_dir(args):
-    """The run's outputs: writable, not the data, and never another run's checkpoint unless asked."""
-    outputs = [os.path.join(args.log_dir, name) for name in ("model.pt", "log.txt", "loss.png")]
+    per_step = args.batch_size * args.seq_len * int(os.environ.get("WORLD_SIZE", 1))
+    if args.total_batch_size % per_step:
+        fail(f"--total-batch-size {args.total_batch_size} is not a multiple of B*T*processes = {per_step}")
     if args.resume and args.overwrite:
         fail("--resume continues the run in --log-dir, --overwrite replaces it: pass one of them")
+    outputs = [os.path.join(args.log_dir, name) for name in ("model.pt", "log.txt", "loss.png")]
     for path in outputs[:2]:  # a run's checkpoint, or the log of a run that wrote none
         if os.path.exists(path) and not (args.resume or args.overwrite):
-            fail(f"{path} belongs to another run: add --resume to continue it or --overwrite to start a new "
-                 f"run over it (or pick another --log-dir)")
-    if os.path.abspath(args.data) in map(os.path.abspath, outputs):
+            fail(f"{path} belongs to another run: add --resume to continue it or --overwrite to replace it")
+    if os.path.realpath(args.data) in map(os.path.realpath, outputs):
         fail(f"--data {args.data} is one of this run's outputs: pick another --log-dir")
+    for path in outputs:
+        checked(f"--log-dir {args.log_dir}", check_output, path)
+
+
+def checked(what, check, *values):
+    """check(*values), or a one-line exit naming `what` when it refuses them (ValueError, OSError)."""
     try:
-        os.makedirs(args.log_dir, exist_ok=True)
-        probe = os.path.join(args.log_dir, f".write_test_{os.environ.get('RANK', 0)}")
-        with atomic_write(probe):
-            pass
-        os.remove(probe)
-        for path in filter(os.path.isdir, outputs):
-            raise IsADirectoryError(f"{path} is a directory")
-    except OSError as e:
-        fail(f"--log-dir {args.log_dir} cannot hold this run's outputs ({e.strerror or e})")
-
-
-def flag(name):
-    return "--" + name.replace("_", "-")
+        return check(*values)
+    except (ValueError, OSError) as e:
+        fail(f"{what}: {e}")
 
 
 def fail(message):
@@ -187,12 +164,12 @@ def setup_processes(args):
             torch.cuda.set_device(run.device)
         # NCCL talks GPU to GPU; gloo runs on CPUs, so the DDP path also runs (and is tested) on a laptop.
         dist.init_process_group(backend="nccl" if run.device.startswith("cuda") else "gloo")
-    run.device_type = run.device.split(":")[0]
-    cuda = run.device_type == "cuda"
-    run.ddp, run.master = run.world > 1, run.rank == 0  # only rank 0 logs and writes files
-    run.log = print if run.master else (lambda *a, **k: None)
+    run.device_type, run.ddp, run.master = run.device.split(":")[0], run.world > 1, run.rank == 0
+    run.log = print if run.master else (lambda *a, **k: None)  # only rank 0 logs and writes files
+    run.grad_accum = args.total_batch_size // (args.batch_size * args.seq_len * run.world)
     # Each speed switch is on by default where it helps (CUDA) and can be turned off for the ablation.
     torch.set_float32_matmul_precision("high" if args.tf32 else "highest")  # "high": TF32 tensor cores
+    cuda = run.device_type == "cuda"
     run.bf16 = args.bf16 if args.bf16 is not None else cuda and torch.cuda.is_bf16_supported()
     run.compile = args.compile if args.compile is not None else cuda
     run.fused = args.fused if args.fused is not None else cuda
@@ -203,22 +180,39 @@ def setup_processes(args):
 # ---------------------------------------------------------------------------------------------
 # 3. Data: token shards -> an endless stream of (x, y) batches, each process taking its own slice
 # ---------------------------------------------------------------------------------------------
-def load_token_splits(path, tok, log, tokenizer):
-    """Returns (train shards, val shards, where they came from): lists of 1-D integer arrays (memory-mapped
-    for .npy shards); the source is what --resume compares, a shard list or a file's path and size."""
-    if os.path.isdir(path):
-        names = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
-        if not any("_train_" in f for f in names):
-            fail(f"no training shards (*_train_*.npy) in {path}: make them with `python fineweb.py` "
-                 f"(or train on a text file with --data FILE.txt)")
-        check_manifest(path, tokenizer)
-        train, val = ([name for name in names if f"_{kind}_" in name] for kind in ("train", "val"))
-        shards = {name: check_shard(os.path.join(path, name), tok) for name in train + val}
-        source = {"shards": [[name, len(shard)] for name, shard in shards.items()]}
-        return [shards[name] for name in train], [shards[name] for name in val], source
-    if not os.path.isfile(path):
-        fail(f"--data {path} is neither a directory of shards nor a file"
-             + (" (make the shards with `python fineweb.py`)" if path.endswith("edu_fineweb10B") else ""))
+def load_data(path, tok, tokenizer, log):
+    """(train shards, val shards, their source for --resume to compare): fineweb.py's shards, memory-mapped
+    (the OS pages them in as they are read) once every id in them is one `tok` knows; or a text file."""
+    if os.path.isfile(path):
+        return load_text(path, tok, log)
+    if not os.path.isdir(path):
+        fail(f"--data {path} is neither a directory of shards (made by `python fineweb.py`) nor a file")
+    names = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
+    train, val = ([name for name in names if f"_{kind}_" in name] for kind in ("train", "val"))
+    if not train:
+        fail(f"no training shards (*_train_*.npy) in {path}: make them with `python fineweb.py`")
+    try:  # fineweb.py names the tokenizer that made the shards; shards made otherwise get the id check
+        with open(os.path.join(path, "manifest.json")) as f:
+            made_with = str(json.load(f)["config"]["tokenizer"])
+    except (OSError, ValueError, KeyError, TypeError):
+        made_with = tokenizer
+    if os.path.abspath(made_with) != os.path.abspath(tokenizer):
+        fail(f"{path} was tokenized with {made_with} (its manifest.json), not --tokenizer {tokenizer}")
+    shards = {}
+    for name in train + val:
+        file = os.path.join(path, name)
+        shards[name] = shard = checked(f"cannot read the shard {file}", np.load, file, "r")
+        if shard.ndim != 1 or shard.dtype.kind not in "ui":
+            fail(f"{file} holds a {shard.dtype} array of shape {shard.shape}, not a 1-D list of token ids")
+        if len(shard) and not 0 <= int(shard.min()) <= int(shard.max()) < tok.n_vocab:
+            fail(f"{file} holds token ids from {int(shard.min())} to {int(shard.max())}, outside the "
+                 f"{tok.name} tokenizer's {tok.n_vocab} ids (pass the --tokenizer that made the shards)")
+    source = {"shards": [[name, len(shard)] for name, shard in shards.items()]}
+    return [shards[name] for name in train], [shards[name] for name in val], source
+
+
+def load_text(path, tok, log):
+    """A UTF-8 text file, tokenized: the first 90% to learn from, the last 10% to measure on."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -227,53 +221,23 @@ def load_token_splits(path, tok, log, tokenizer):
         fail(f"--data {path} is not UTF-8 text ({e.reason} at byte {e.start})")
     except MemoryError:
         fail(f"--data {path} is too big to tokenize in memory: make shards of it with `python fineweb.py`")
-    split = int(0.9 * len(tokens))  # first 90% to learn from, last 10% to measure on
-    log(f"{path}: {len(text):,} characters -> {len(tokens):,} {tok.name} tokens "
-        f"({split:,} train, {len(tokens) - split:,} val)")
+    split = int(0.9 * len(tokens))
+    log(f"{path}: {len(text):,} characters -> {len(tokens):,} {tok.name} tokens ({split:,} for training)")
     return [tokens[:split]], [tokens[split:]], {"file": os.path.abspath(path), "bytes": os.path.getsize(path)}
 
 
-def check_manifest(path, tokenizer):
-    """Shards from fineweb.py name the tokenizer that made them in manifest.json: it must be this run's."""
-    try:
-        with open(os.path.join(path, "manifest.json")) as f:
-            made_with = json.load(f)["config"]["tokenizer"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # shards made some other way: check_shard's id range is the check
-    if os.path.abspath(str(made_with)) != os.path.abspath(tokenizer):
-        fail(f"{path} was tokenized with {made_with} (its manifest.json), not --tokenizer {tokenizer}")
-
-
-def check_shard(path, tok):
-    """A shard, memory-mapped (the OS pages it in as it is read), once every id in it is one `tok` knows."""
-    try:
-        shard = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as e:
-        fail(f"cannot read the shard {path}: {e}")
-    if shard.ndim != 1 or shard.dtype.kind not in "ui":
-        fail(f"{path} holds a {shard.dtype} array of shape {shard.shape}, not a 1-D list of token ids")
-    if len(shard) and not 0 <= int(shard.min()) <= int(shard.max()) < tok.n_vocab:
-        fail(f"{path} holds token ids from {int(shard.min())} to {int(shard.max())}, outside the {tok.name} "
-             f"tokenizer's {tok.n_vocab} ids (pass the --tokenizer that made the shards)")
-    return shard
-
-
 class DataLoader:
-    """An endless stream of batches: epoch 0's shards end to end, then epoch 1's, and so on.
-
-    A global batch is the next B*T*world tokens of the stream (plus one: targets are the inputs shifted by
-    one); process `rank` takes the rank-th slice of B*T. Batches run across shard ends: no token is skipped.
-    With shuffle, each epoch visits the shards in a new seeded order, each from a seeded offset and wrapping
-    around, so every epoch cuts the text into different windows. The position: tokens consumed so far."""
+    """An endless stream of batches: epoch 0's shards end to end, then epoch 1's, ... A global batch is the
+    next B*T*world tokens (plus one: targets are the inputs shifted by one), process `rank` taking the rank-th
+    B*T; batches run across shard ends, so no token is skipped. With shuffle, each epoch visits the shards in
+    a new seeded order, each from a seeded offset and wrapping around: new windows every epoch."""
 
     def __init__(self, shards, B, T, rank=0, world=1, shuffle=True, seed=0):
         self.shards = [s for s in shards if len(s) > 0]
         self.B, self.T, self.rank, self.world, self.shuffle, self.seed = B, T, rank, world, shuffle, seed
-        self.n_tokens = sum(len(s) for s in self.shards)
-        self.pos = 0
-        self.plan = lru_cache(maxsize=4)(self._plan)
+        self.n_tokens, self.pos = sum(len(s) for s in self.shards), 0  # pos: tokens consumed so far
 
-    def _plan(self, epoch):
+    def plan(self, epoch):
         """The order of the shards in this epoch and where each starts: [(shard, rotation), ...]."""
         if not self.shuffle:
             return [(s, 0) for s in self.shards]
@@ -281,7 +245,7 @@ class DataLoader:
         order = rng.sample(range(len(self.shards)), len(self.shards))
         return [(self.shards[i], rng.randrange(len(self.shards[i]))) for i in order]
 
-    def _read(self, pos, n):
+    def read(self, pos, n):
         """n tokens of the stream from position pos on, as an int64 tensor."""
         pieces = []
         while n > 0:
@@ -298,7 +262,7 @@ class DataLoader:
 
     def next_batch(self):
         B, T = self.B, self.T
-        buf = self._read(self.pos + self.rank * B * T, B * T + 1)
+        buf = self.read(self.pos + self.rank * B * T, B * T + 1)
         self.pos += self.world * B * T
         return buf[:-1].view(B, T), buf[1:].view(B, T)
 
@@ -311,42 +275,29 @@ class DataLoader:
 
 def setup_data(args, run):
     """The tokenizer, the training stream, and the val split cut into rows for the val loss."""
-    try:  # the prompt of the samples falls back to <|endoftext|>, which a bpe.py tokenizer may lack
-        run.tok = get_tokenizer(args.tokenizer)
-        run.prompt = run.tok.encode_ordinary(args.prompt) or [run.tok.eot_token]
-    except (ValueError, OSError) as e:
-        fail(f"--tokenizer {args.tokenizer}: {e}")
-    train_shards, run.val_shards, run.data_source = load_token_splits(args.data, run.tok, run.log,
-                                                                      args.tokenizer)
+    run.tok = checked(f"--tokenizer {args.tokenizer}", get_tokenizer, args.tokenizer)
+    # The samples' prompt; an empty one starts from <|endoftext|>, which a bpe.py tokenizer may lack.
+    run.prompt = checked(f"--tokenizer {args.tokenizer}", lambda: run.tok.encode_ordinary(args.prompt)
+                         or [run.tok.eot_token])
+    train, run.val_shards, run.data_source = load_data(args.data, run.tok, args.tokenizer, run.log)
     B, T, world = args.batch_size, args.seq_len, run.world
-    run.loader = DataLoader(train_shards, B, T, run.rank, world, args.shuffle, args.seed)
+    run.loader = DataLoader(train, B, T, run.rank, world, args.shuffle, args.seed)
     if run.loader.n_tokens < B * T * world + 1:
         fail(f"the training data has {run.loader.n_tokens:,} tokens, fewer than one batch needs "
              f"(B*T*processes + 1 = {B * T * world + 1:,}): lower --batch-size / --seq-len or add data")
     # Val loss: over the first --val-steps x --total-batch-size tokens of the val split (the same tokens
     # whatever the number of processes), or as many as it holds; rows of B sequences, fewer if it is short.
     n_val = sum(len(s) for s in run.val_shards)
-    run.val_B = min(B, (n_val - 1) // (T * world)) if n_val > 0 else 0
-    run.val_steps = min(args.val_steps * run.grad_accum * B // max(run.val_B, 1),
-                        (n_val - 1) // (run.val_B * T * world)) if run.val_B > 0 else 0
+    run.val_B = max(0, min(B, (n_val - 1) // (T * world)))
+    run.val_steps = min(args.val_steps * run.grad_accum * B // run.val_B,
+                        (n_val - 1) // (run.val_B * T * world)) if run.val_B else 0
     if run.val_steps == 0:
-        run.log(f"notice: val loss skipped: the val split ({n_val:,} tokens) is shorter than one sequence "
-                f"per process")
+        run.log(f"notice: val loss skipped: the val split ({n_val:,} tokens) is under a row per process")
 
 
 # ---------------------------------------------------------------------------------------------
 # 4. Model, optimizer and learning rate schedule
 # ---------------------------------------------------------------------------------------------
-def setup_model(args, run):
-    """A fresh GPT (seeded) and its AdamW; main() wraps it for speed once the weights are final."""
-    config = GPTConfig(block_size=args.seq_len, vocab_size=run.tok.n_vocab, n_layer=args.n_layer,
-                       n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn=args.attn,
-                       vocab_multiple=args.vocab_multiple)
-    torch.manual_seed(args.seed)
-    run.model = GPT(config).to(run.device)
-    run.optimizer = make_optimizer(run.model, args.lr, args.weight_decay, fused=run.fused)
-
-
 def make_optimizer(model, lr, weight_decay, fused=False, betas=(0.9, 0.95), eps=1e-8):
     """AdamW where only the 2-D weights (matmuls, embeddings) decay; biases and LayerNorm gains do not.
     named_parameters() lists a shared tensor once, so the tied wte / lm_head matrix is one parameter."""
@@ -370,8 +321,8 @@ def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
 # 5. Checkpoints: everything needed to continue bit-exactly, written atomically
 # ---------------------------------------------------------------------------------------------
 def save(args, run, step):
-    """Checkpoint after `step` optimizer steps (every process must call it: the RNG states are gathered).
-    The RNG state is what dropout draws from (Python's `random` is not used: the loader has its own)."""
+    """Checkpoint after `step` steps. Every process calls it: each one's RNG state (what dropout draws
+    from; the loader has its own generator) goes into the checkpoint."""
     rng = torch.cuda.get_rng_state(run.device) if run.device_type == "cuda" else torch.get_rng_state()
     rngs = [rng] * run.world
     if run.ddp:
@@ -384,35 +335,29 @@ def save(args, run, step):
                 shutil.copyfileobj(src, dst)
 
 
-SHAPING = ("seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "dropout",
-           "seq_len", "total_batch_size", "lr", "min_lr", "warmup_steps", "max_steps", "weight_decay",
-           "grad_clip")
+SHAPING = ("seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "dropout", "seq_len",
+           "total_batch_size", "lr", "min_lr", "warmup_steps", "max_steps", "weight_decay", "grad_clip")
 
 
 def start_or_resume(args, run):
-    """--resume: the weights, optimizer, data position and RNG state of log/model.pt, once the data and the
-    options that shape the run are the checkpoint's; else a fresh log. Returns the step to start from."""
+    """A new log, or (--resume) the weights, optimizer, data position and RNG state of model.pt once the
+    data, the tokenizer and the options that shape the run are the checkpoint's. -> the first step."""
     run.log_file, run.ckpt_file = (os.path.join(args.log_dir, f) for f in ("log.txt", "model.pt"))
     if not args.resume:
-        if run.master and os.path.exists(run.log_file):
-            os.remove(run.log_file)
+        if run.master:
+            os.makedirs(args.log_dir, exist_ok=True)
+            open(run.log_file, "w").close()
         return 0
-    try:
-        _, ckpt = load_checkpoint(run.ckpt_file)
-    except (FileNotFoundError, ValueError) as e:
-        fail(f"cannot resume: {e}")
-    if not {"step", "optimizer", "loader", "rng", "args"} <= ckpt.keys():
+    _, ckpt = checked("cannot resume", load_checkpoint, run.ckpt_file)
+    if not {"step", "optimizer", "loader", "rng", "args"} <= ckpt.keys() or type(ckpt["args"]) is not dict:
         fail(f"cannot resume: {run.ckpt_file} holds model weights but no training state")
-    for key in SHAPING:
-        if ckpt["args"].get(key) != getattr(args, key):
-            fail(f"cannot resume: {run.ckpt_file} was trained with {flag(key)} {ckpt['args'].get(key)}, this "
-                 f"command asks for {getattr(args, key)}: pass the options of the run that wrote it")
-    if ckpt.get("tokenizer") != tokenizer_spec(run.tok):  # the tokenizer itself, wherever its file is
-        fail(f"cannot resume: {run.ckpt_file} was trained with {describe(ckpt.get('tokenizer'))}, "
-             f"--tokenizer {args.tokenizer} is {describe(tokenizer_spec(run.tok))}")
-    if ckpt.get("data") != run.data_source:
-        fail(f"cannot resume: {run.ckpt_file} was trained on {describe(ckpt.get('data'))}, --data "
-             f"{args.data} is {describe(run.data_source)}")
+    recorded = {f"--{key.replace('_', '-')}": (ckpt["args"].get(key), getattr(args, key)) for key in SHAPING}
+    recorded[f"--tokenizer {args.tokenizer}"] = ckpt.get("tokenizer"), tokenizer_spec(run.tok)  # the things,
+    recorded[f"--data {args.data}"] = ckpt.get("data"), run.data_source                          # not paths
+    for what, (saved, given) in recorded.items():
+        if saved != given:
+            fail(f"cannot resume: {run.ckpt_file} was trained with {describe(saved)}, {what} is "
+                 f"{describe(given)}")
     try:
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -430,8 +375,8 @@ def start_or_resume(args, run):
 
 
 def describe(record):
-    """A data source or tokenizer as the checkpoint records it, in words."""
-    if isinstance(record, str) or not isinstance(record, dict):
+    """A tokenizer or data source as the checkpoint records it, in words."""
+    if not isinstance(record, dict):
         return repr(record)
     if "merges" in record:
         return f"a bpe.py tokenizer of {len(record['merges'])} merges"
@@ -453,16 +398,23 @@ def read_log(log_file, log):
 # ---------------------------------------------------------------------------------------------
 # 6. Evaluation: val loss, HellaSwag, samples, the plot
 # ---------------------------------------------------------------------------------------------
+@torch.no_grad()
 def evaluate(args, run, step):
     """Val loss, HellaSwag accuracy and samples, logged and plotted; the training state is untouched."""
     run.model.eval()
     lines = []
-    if run.val_steps:
-        loss = val_loss(args, run)
-        run.log(f"step {step} | val loss {loss:.4f}")
-        lines.append(f"{step} val {loss:.4f}\n")
+    if run.val_steps:  # the first val_steps batches of the val split: the same tokens every time
+        loader, loss = DataLoader(run.val_shards, run.val_B, args.seq_len, run.rank, run.world, False), 0.0
+        for _ in range(run.val_steps):
+            x, y = (t.to(run.device) for t in loader.next_batch())
+            with run.autocast:
+                loss += run.fast_model(x, y)[1].float() / run.val_steps
+        if run.ddp:
+            dist.all_reduce(loss)
+            loss /= run.world
+        run.log(f"step {step} | val loss {loss.item():.4f}")
+        lines.append(f"{step} val {loss.item():.4f}\n")
     if run.hellaswag:
-        import hellaswag
         result = hellaswag.evaluate(unwrap(run.model), run.hellaswag, run.tok, run.device,
                                     autocast_dtype=torch.bfloat16 if run.bf16 else None)
         run.log(f"step {step} | HellaSwag acc_norm {result['acc_norm']:.4f} ({result['n']} examples)")
@@ -480,43 +432,25 @@ def evaluate(args, run, step):
         plot_log(run.log_file, os.path.join(args.log_dir, "loss.png"))
 
 
-@torch.no_grad()
-def val_loss(args, run):
-    """Mean loss over the first val_steps batches of the val split (the same tokens every time)."""
-    loader = DataLoader(run.val_shards, run.val_B, args.seq_len, run.rank, run.world, shuffle=False)
-    total = torch.zeros((), device=run.device)
-    for _ in range(run.val_steps):
-        x, y = loader.next_batch()
-        with run.autocast:
-            total += run.fast_model(x.to(run.device), y.to(run.device))[1].float() / run.val_steps
-    if run.ddp:
-        dist.all_reduce(total)
-        total /= run.world
-    return total.item()
-
-
 def load_hellaswag(args, run):
     """HellaSwag's validation examples, or None with a one-line notice saying why they are skipped."""
-    if not args.hellaswag or args.tokenizer != "gpt2":
-        if args.hellaswag:
-            run.log(f"notice: HellaSwag skipped: it is scored with the gpt2 tokenizer, not {args.tokenizer}")
+    if not args.hellaswag:
         return None
-    found = [None]  # rank 0 reads (or downloads) the examples and hands them to the other ranks
-    if run.master:
+    found = [None if args.tokenizer == "gpt2" else f"it needs the gpt2 tokenizer, not {args.tokenizer}"]
+    if run.master and not found[0]:  # rank 0 reads (or downloads) the examples and hands them to the others
         try:
-            import hellaswag
             found = [hellaswag.load_examples("val", file=args.hellaswag_file, limit=args.hellaswag_limit)]
             longest = max(len(context) + max(map(len, endings))
                           for context, endings, _ in (hellaswag.render_parts(ex, run.tok) for ex in found[0]))
             if longest > args.seq_len:
                 found = [f"its longest example has {longest} tokens, more than --seq-len {args.seq_len}"]
-        except (ImportError, ValueError, OSError) as e:
+        except (ValueError, OSError) as e:
             found = [f"{(str(e) or type(e).__name__).splitlines()[0]} (--hellaswag-file takes a local copy)"]
     if run.ddp:
         dist.broadcast_object_list(found, 0)
-    if isinstance(found[0], str):
-        run.log(f"notice: HellaSwag skipped: {found[0]}")
-    return None if isinstance(found[0], str) else found[0]
+    if not isinstance(found[0], str):
+        return found[0]
+    run.log(f"notice: HellaSwag skipped: {found[0]}")
 
 
 def plot_log(log_file, png_file):
@@ -528,9 +462,9 @@ def plot_log(log_file, png_file):
     for step, kind, value, _ in read_log(log_file, log=lambda *a: None):
         series[kind][0].append(step)
         series[kind][1].append(value)
-    panels = [("loss", ["train", "val"])] + [("HellaSwag acc_norm", ["hella"])] * bool(series["hella"][0])
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (title, kinds) in zip(axes[0], panels):
+    panels = 1 + bool(series["hella"][0])
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    for ax, title, kinds in zip(axes[0], ("loss", "HellaSwag acc_norm"), (["train", "val"], ["hella"])):
         for kind in kinds:
             ax.plot(*series[kind], label=kind)
         if kinds == ["hella"]:
@@ -544,13 +478,14 @@ def plot_log(log_file, png_file):
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Training: the step, the report, the checkpoint, and the loop around them
+# 7. Training: the step (with its log line) and the loop around it
 # ---------------------------------------------------------------------------------------------
 STOP_REQUESTED = []  # SIGTERM (a preempted job) or Ctrl-C: finish the step, save a checkpoint, exit cleanly
 
 
 def train_step(args, run, step):
-    """One optimizer step over grad_accum micro-batches per process. Returns (loss, gradient norm, lr)."""
+    """One optimizer step over grad_accum micro-batches per process, and its line in the log."""
+    t0 = time.time()
     run.model.train()
     run.optimizer.zero_grad(set_to_none=True)
     loss_accum = torch.zeros((), device=run.device)
@@ -560,7 +495,7 @@ def train_step(args, run, step):
             run.model.require_backward_grad_sync = micro_step == run.grad_accum - 1
         with run.autocast:
             _, loss = run.model(x, y)
-        loss = loss / run.grad_accum  # the gradient of the mean over all micro-batches
+        loss = loss / run.grad_accum  # the gradients add up over micro-steps: this makes their sum the mean's
         loss_accum += loss.detach()
         loss.backward()
     if run.ddp:  # for the log: the loss averaged over processes (gloo has no AVG: sum, then divide)
@@ -576,67 +511,60 @@ def train_step(args, run, step):
         group["lr"] = lr
     run.optimizer.step()
     if run.device_type == "cuda":
-        torch.cuda.synchronize()
-    return loss, norm.item(), lr
-
-
-def report(args, run, step, loss, norm, lr, dt):
-    """One line per step: loss, lr, gradient norm, speed, MFU on a known GPU, and the time left."""
-    tokens_per_sec = args.total_batch_size / dt
+        torch.cuda.synchronize()  # wait for the GPU, so that the time measured is the step's
+    dt = time.time() - t0
     run.step_time = dt if step <= run.start_step + 1 else 0.9 * run.step_time + 0.1 * dt  # smoothed, for ETA
+    tokens_per_sec = args.total_batch_size / dt
     mfu = run.peak and unwrap(run.model).estimate_mfu(tokens_per_sec / run.world, run.peak, args.seq_len)
     left = int(run.step_time * (args.max_steps - step - 1))
     eta = f"{left // 3600}h{left % 3600 // 60:02d}m" if left >= 3600 else f"{left // 60}m{left % 60:02d}s"
-    run.log(f"step {step:5d} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | {1000 * dt:.2f} ms | "
+    run.log(f"step {step:5d} | loss {loss:.6f} | lr {lr:.4e} | norm {norm.item():.4f} | {1000 * dt:.2f} ms | "
             f"{tokens_per_sec:,.0f} tok/s{f' | MFU {100 * mfu:.1f}%' if run.peak else ''} | ETA {eta}")
     if run.master:
         with open(run.log_file, "a") as f:
             f.write(f"{step} train {loss:.6f}\n")
 
 
-def checkpoint_or_stop(args, run, done):
-    """Checkpoint when due after `done` steps; True when asked to stop (all processes agree on it)."""
-    stop = torch.tensor(int(bool(STOP_REQUESTED) or done >= (args.stop_at or math.inf)), device=run.device)
-    if run.ddp:
-        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-    if args.ckpt_every > 0 and (done % args.ckpt_every == 0 or done == args.max_steps or stop
-                                or (args.keep_every and done % args.keep_every == 0)):
-        save(args, run, done)
-    if stop:
-        run.log(f"stopped after step {done - 1}" + (f"; checkpoint {run.ckpt_file} written: continue with "
-                "--resume" if args.ckpt_every > 0 else " (no checkpoint: --ckpt-every 0)"))
-    return bool(stop)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    grad_accum = check_args(args)
+    check_args(args)
     run = setup_processes(args)
-    run.grad_accum = grad_accum
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: STOP_REQUESTED.append(True))
     setup_data(args, run)
-    setup_model(args, run)
+    torch.manual_seed(args.seed)  # a fresh GPT, the same on every process
+    run.model = GPT(GPTConfig(block_size=args.seq_len, vocab_size=run.tok.n_vocab, n_layer=args.n_layer,
+                              n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn=args.attn,
+                              vocab_multiple=args.vocab_multiple)).to(run.device)
+    run.optimizer = make_optimizer(run.model, args.lr, args.weight_decay, fused=run.fused)
     run.start_step = start_or_resume(args, run)
-    run.model = run.fast_model = torch.compile(run.model) if run.compile else run.model  # training, val loss
-    if run.ddp:  # the wrapper that averages gradients over processes during backward
+    # The speed wrappers go on once the weights are final: compile (training and val loss), then DDP
+    # (training), which averages the gradients over the processes during backward.
+    run.model = run.fast_model = torch.compile(run.model) if run.compile else run.model
+    if run.ddp:
         device_ids = [run.local_rank] if run.device_type == "cuda" else None
         run.model = torch.nn.parallel.DistributedDataParallel(run.fast_model, device_ids=device_ids)
     run.hellaswag, run.peak = load_hellaswag(args, run), peak_flops(run.device)
-    run.log(f"{unwrap(run.model).num_params():,} parameters | {run.world} process(es) on {run.device} | "
-            f"B={args.batch_size} T={args.seq_len} | {args.total_batch_size:,} tokens/step = "
-            f"{run.grad_accum} micro-step(s) x {run.world} process(es) | tf32={args.tf32} bf16={run.bf16} "
-            f"compile={run.compile} attn={args.attn} vocab={unwrap(run.model).config.padded_vocab_size} "
-            f"fused_adamw={run.fused}")
+    run.log(f"{unwrap(run.model).num_params():,} parameters | {args.total_batch_size:,} tokens/step = "
+            f"{run.grad_accum} micro-step(s) x {run.world} process(es) x B={args.batch_size} "
+            f"x T={args.seq_len} on {run.device} | tf32={args.tf32} bf16={run.bf16} compile={run.compile} "
+            f"attn={args.attn} vocab={unwrap(run.model).config.padded_vocab_size} fused_adamw={run.fused}")
     if run.start_step >= args.max_steps:
         run.log(f"nothing to do: the checkpoint is at step {run.start_step}, --max-steps is {args.max_steps}")
     for step in range(run.start_step, args.max_steps):
         if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps - 1):
             evaluate(args, run, step)
-        t0 = time.time()
-        loss, norm, lr = train_step(args, run, step)
-        report(args, run, step, loss, norm, lr, time.time() - t0)
-        if checkpoint_or_stop(args, run, step + 1):
+        train_step(args, run, step)
+        done = step + 1
+        stop = torch.tensor(int(any(STOP_REQUESTED) or done >= (args.stop_at or math.inf)), device=run.device)
+        if run.ddp:  # all processes stop together
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if args.ckpt_every > 0 and (done % args.ckpt_every == 0 or done == args.max_steps or stop
+                                    or (args.keep_every and done % args.keep_every == 0)):
+            save(args, run, done)
+        if stop:
+            run.log(f"stopped after step {step}" + (f"; checkpoint {run.ckpt_file} written: continue with "
+                    "--resume" if args.ckpt_every > 0 else " (no checkpoint: --ckpt-every 0)"))
             break
     if run.ddp:
         dist.destroy_process_group()
