@@ -245,6 +245,7 @@ def load_data(args, tokenizer, block_size):
         train, val = split_examples(examples, args.val_frac, args.seed)
     if not train or not val:
         raise ValueError(f"{args.data} gave no usable examples.")
+    print(f"data: {len(train):,} train / {len(val):,} val examples, tokenizer {tokenizer.name}")
     return train, val
 
 
@@ -364,13 +365,17 @@ def fmt_bytes(n):
     return "n/a" if n is None else f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
-def full_fine_tune(args, lora, base_loss, train_ex, val_ex, device, pad_id):
-    """The same run with every weight trainable, on a fresh copy of the base; then a LoRA vs full table."""
+def full_fine_tune(args, lora, base_loss, train_ex, val_ex, tokenizer):
+    """The same run with every weight trainable, on a fresh copy of the base, written to --full-out; then a
+    LoRA vs full table."""
+    device = args.device
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     model = load_base(args)[0]
     report(model, "full fine-tuning")
-    full = train(model, train_ex, val_ex, args, device, pad_id, desc="full")
+    full = train(model, train_ex, val_ex, args, device, tokenizer.eot_token, desc="full")
+    gpt.save_checkpoint(args.full_out, model, tokenizer)
+    print(f"wrote full fine-tuned checkpoint {args.full_out}")
     print(f"val loss: base {base_loss:.4f} -> full fine-tuning {full['val_loss']:.4f}")
     mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak resident memory (RSS)"
     print("| | LoRA | full fine-tuning | LoRA / full |\n|---|---|---|---|")
@@ -418,11 +423,11 @@ def eval_groups(args):
 
 
 @torch.no_grad()
-def eval_generation(model, groups, tokenizer, device, args, suffix=""):
+def eval_generation(model, groups, tokenizer, args, suffix=""):
     """Decode one output per group (beam search, or greedy), write the scorer's files; -> the metrics."""
     options = {} if args.greedy else dict(num_beams=args.beams, length_penalty=args.length_penalty,
                                           no_repeat_ngram_size=args.no_repeat_ngram)
-    outputs = [" ".join(complete(model, tokenizer.encode_ordinary(prompt), tokenizer, device,
+    outputs = [" ".join(complete(model, tokenizer.encode_ordinary(prompt), tokenizer, args.device,
                                  args.max_new_tokens, **options).split())
                for prompt, _ in tqdm(groups, desc="decoding", unit="ex", dynamic_ncols=True)]
     references = [refs for _, refs in groups]
@@ -609,12 +614,12 @@ def save_peft(out_dir, model, lora_config, base_path, base_hash):
                   lora_alpha=alpha * (math.sqrt(rank // r) if rslora else rank // r), use_rslora=rslora,
                   lora_dropout=lora_config["dropout"], fan_in_fan_out=True, inference_mode=True,
                   target_modules=sorted({"c_attn" if t == "qv" else t for t in lora_config["targets"]}))
-    with gpt.atomic_write(os.path.join(out_dir, "adapter_model.safetensors")) as f:
-        f.write(save(tensors, metadata={"format": "pt", "base_sha256": base_hash}))
-    with gpt.atomic_write(os.path.join(out_dir, "adapter_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    with gpt.atomic_write(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(PEFT_NOTE)
+    meta = {"format": "pt", "base_sha256": base_hash}
+    for name, data in [("adapter_model.safetensors", save(tensors, metadata=meta)),
+                       ("adapter_config.json", json.dumps(config, indent=2).encode()),
+                       ("README.md", PEFT_NOTE.encode())]:
+        with gpt.atomic_write(os.path.join(out_dir, name)) as f:
+            f.write(data)
 
 
 def read_peft(path):
@@ -735,7 +740,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=COUNT0, default=3, help="validation prompts to complete before/after")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--out", default="log/lora.pt", help="adapter-only output file")
-    p.add_argument("--merge", nargs="?", const="log/lora_merged.pt", help="also write the merged checkpoint")
+    p.add_argument("--merge", nargs="?", const="log/lora_merged.pt",
+                   help="also write the merged checkpoint (default: log/lora_merged.pt)")
     p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
     p.add_argument("--save-peft", metavar="DIR", help="also write the adapter in PEFT's format into DIR")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
@@ -806,7 +812,6 @@ def main(argv=None):
     model, tokenizer, base_hash = load_base(args, (adapter or {}).get("tokenizer"))
     groups = eval_groups(args)
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
-    print(f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, tokenizer {tokenizer.name}")
     val_loss = functools.partial(evaluate, examples=val_ex[:args.eval_examples], batch_size=args.batch_size,
                                  device=device, pad_id=tokenizer.eot_token)
     samples = functools.partial(print_samples, val=val_ex, n=args.samples, tokenizer=tokenizer, device=device)
@@ -827,7 +832,7 @@ def main(argv=None):
                      val_loss=stats["val_loss"], steps=args.steps)
         print(f"wrote adapter {args.out}")
     name = "adapter" if adapter else "base" if args.eval_only else "LoRA"
-    metrics = [(name, eval_generation(model, groups, tokenizer, device, args))] if groups else []
+    metrics = [(name, eval_generation(model, groups, tokenizer, args))] if groups else []
     if args.save_peft:
         save_peft(args.save_peft, model, config, base_path, base_hash)
         print(f"wrote PEFT adapter {args.save_peft}")
@@ -836,12 +841,9 @@ def main(argv=None):
         print(f"wrote merged checkpoint {args.merge}")
     if args.full:
         del model  # so that its memory does not count in the full run's peak
-        model = full_fine_tune(args, stats, base_loss, train_ex, val_ex, device, tokenizer.eot_token)
-        gpt.save_checkpoint(args.full_out, model, tokenizer)
-        print(f"wrote full fine-tuned checkpoint {args.full_out}")
+        model = full_fine_tune(args, stats, base_loss, train_ex, val_ex, tokenizer)
         if groups:
-            metrics.append(("full fine-tuning", eval_generation(model, groups, tokenizer, device, args,
-                                                                "_full")))
+            metrics.append(("full fine-tuning", eval_generation(model, groups, tokenizer, args, "_full")))
     if metrics:
         print_metrics(metrics)
 
