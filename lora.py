@@ -39,6 +39,8 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base, r, alpha, dropout=0.0, rslora=False, blocks=(True,)):
         super().__init__()
+        if r < 1 or base.out_features % len(blocks) or not any(blocks):
+            raise ValueError(f"LoRA needs r >= 1 (got {r}) and blocks={blocks} splitting the outputs evenly")
         base.requires_grad_(False)
         self.weight, self.bias = base.weight, base.bias  # the same Parameters: names and ties unchanged
         self.in_features, self.out_features = base.in_features, base.out_features
@@ -179,10 +181,10 @@ def json_pair(line, where):
     except ValueError:
         raise ValueError(f"{where}: not valid JSON") from None
     fields = row if isinstance(row, dict) else {}
-    bad = [k for k in ("prompt", "completion") if not isinstance(fields.get(k), str)]
-    if bad:
-        got = type(fields[bad[0]]).__name__ if bad[0] in fields else "missing"
-        raise ValueError(f"{where}: expected a JSON object whose '{bad[0]}' is a string ({got})")
+    for key in ("prompt", "completion"):
+        if not isinstance(fields.get(key), str):
+            got = type(fields[key]).__name__ if key in fields else "missing"
+            raise ValueError(f"{where}: expected a JSON object whose '{key}' is a string ({got})")
     return row["prompt"], row["completion"]
 
 
