@@ -1,22 +1,14 @@
 """LoRA fine-tuning of a GPT-2 checkpoint: low-rank adapters, equal to HuggingFace PEFT, mergeable.
 
-LoRA (Hu et al. 2021) freezes a pretrained weight W (out, in) and learns a low-rank update:
-
+LoRA (Hu et al. 2021) freezes a pretrained weight W (out, in) and learns a low-rank update, B = 0 at first:
     y = x W^T + b + scaling * (dropout(x) A^T) B^T        A: (r, in), B: (out, r), scaling = alpha / r
 
-B = 0 at the start, so training starts exactly from the base model. Only A and B are trained (the
-optimizer's state shrinks to a fraction of a percent), and B A can then be merged into W for free inference.
-
-    python lora.py --ckpt log/model.pt                          # a train_gpt2.py checkpoint on E2E NLG
-    python lora.py --init gpt2 --merge                          # OpenAI's GPT-2; also a merged checkpoint
+    python lora.py --ckpt log/model.pt --merge                  # E2E NLG (downloaded); then the paper's table
     python lora.py --ckpt log/model.pt --data notes.txt --full  # a local file; also full fine-tuning
-    python lora.py --adapter log/lora.pt --save-peft peft/      # evaluate a saved adapter; export it for PEFT
-    python lora.py --adapter peft/                              # a PEFT LoRA directory (ours or PEFT's)
-    python lora.py --eval-only --adapter log/lora.pt            # the paper's E2E table (beam 10, test split)
+    python lora.py --adapter log/lora.pt --save-peft peft/      # evaluate an adapter (or a PEFT dir); export
     python lora.py --score log/predictions.txt log/references.txt --json   # score two files alone
 
---data: 'e2e' (the LoRA paper's E2E NLG files, downloaded), a .jsonl of {"prompt", "completion"} objects,
-a text file of `prompt||completion` lines, or plain text. Prompt tokens are never targets.
+--data: 'e2e', a .jsonl of {"prompt", "completion"} objects, `prompt||completion` lines, or plain text.
 """
 import argparse
 import functools
@@ -38,29 +30,21 @@ from tqdm import tqdm
 
 import model as gpt
 
-# ---------------------------------------------------------------------------------------------
-# The adapter: one layer and three helpers
-# ---------------------------------------------------------------------------------------------
-class LoRALinear(nn.Module):
-    """A frozen nn.Linear plus a trainable low-rank update scaling * B A.
 
-    It takes over the base layer's own weight and bias Parameters, so the base's state-dict names stay
-    ("...c_attn.weight") and the adapter adds "...c_attn.lora_A" and "...c_attn.lora_B".
-    `blocks` says which equal blocks of the outputs get an adapter: the LoRA paper adapts q and v of GPT-2's
-    fused c_attn = [q; k; v], blocks=(True, False, True), each with its own rank-r pair stacked along dim 0
-    (lora_A = [A_q; A_v], lora_B = [B_q; B_v]), as loralib's MergedLinear(enable_lora=[True, False, True]).
-    """
+# --- The adapter: one layer and its helpers -------------------------------------------------------
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear (its own weight and bias Parameters, so state-dict names stay) plus scaling * B A.
+    `blocks`: which equal blocks of the outputs get a rank-r pair (stacked along dim 0); the paper's q and v
+    of GPT-2's fused c_attn are blocks=(True, False, True), as loralib's MergedLinear(enable_lora=...)."""
 
     def __init__(self, base, r, alpha, dropout=0.0, rslora=False, blocks=(True,)):
         super().__init__()
-        if r < 1:
-            raise ValueError(f"LoRA rank r must be at least 1, got {r}.")
+        if r < 1 or base.out_features % len(blocks) or not any(blocks):
+            raise ValueError(f"LoRA needs r >= 1 (got {r}) and blocks={blocks} splitting the outputs evenly")
         base.requires_grad_(False)
         self.weight, self.bias = base.weight, base.bias  # the same Parameters: names and ties unchanged
         self.in_features, self.out_features = base.in_features, base.out_features
         self.blocks = tuple(map(bool, blocks))
-        if self.out_features % len(self.blocks) or not any(self.blocks):
-            raise ValueError(f"blocks={self.blocks} must split {self.out_features} outputs evenly")
         self.block_size = self.out_features // len(self.blocks)
         self.enabled = [i for i, on in enumerate(self.blocks) if on]
         self.r, self.alpha, self.rslora = r, alpha, rslora
@@ -75,10 +59,9 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         y = F.linear(x, self.weight, self.bias)
-        if self.merged:  # B A already lives inside self.weight: adding it again would count it twice
+        if self.merged:  # B A already lives inside self.weight
             return y
-        # Scale the rank-r activations rather than the (much wider) output: same result, fewer flops.
-        h = F.linear(self.dropout(x), self.lora_A) * self.scaling
+        h = F.linear(self.dropout(x), self.lora_A) * self.scaling  # scale the narrow rank-r activations
         if len(self.blocks) == 1:
             return y + F.linear(h, self.lora_B)
         parts = list(y.split(self.block_size, dim=-1))
@@ -88,8 +71,7 @@ class LoRALinear(nn.Module):
 
     def delta_weight(self):
         """scaling * B A as an (out, in) matrix; zero rows for the blocks without an adapter."""
-        delta = torch.zeros_like(self.weight)
-        size = self.block_size
+        delta, size = torch.zeros_like(self.weight), self.block_size
         for block, A_i, B_i in zip(self.enabled, self.lora_A.split(self.r), self.lora_B.split(size)):
             delta[block * size:(block + 1) * size] = B_i @ A_i
         return self.scaling * delta
@@ -112,8 +94,7 @@ TARGETS = ("qv", "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")
 
 
 def apply_lora(model, r=4, alpha=32.0, dropout=0.0, targets=("qv",), rslora=False):
-    """Freeze `model`, then wrap its target nn.Linear layers in LoRALinear, in place; -> the wrapped names.
-    The tied wte/lm_head weight is no target, so it stays tied and frozen."""
+    """Freeze `model`, wrap its target nn.Linear layers in LoRALinear in place; -> the wrapped names."""
     if "qv" in targets and "c_attn" in targets:
         raise ValueError("targets 'qv' and 'c_attn' both adapt c_attn; pick one.")
     model.requires_grad_(False)
@@ -156,15 +137,13 @@ def _replace(model, name, module):
     setattr(model.get_submodule(parent), child, module)
 
 
-# ---------------------------------------------------------------------------------------------
-# Data: E2E download, reading examples, tokenizing, splitting, batching
-# ---------------------------------------------------------------------------------------------
+# --- Data: E2E download, reading examples, tokenizing, splitting, batching ------------------------
 E2E_URL = "https://raw.githubusercontent.com/microsoft/LoRA/main/examples/NLG/data/e2e/{split}.txt"
 
 
 def download_e2e(cache_dir="e2e", splits=("train", "valid", "test")):
     """The E2E NLG files of the LoRA paper's repository (`meaning representation||sentence` per line)."""
-    os.makedirs(cache_dir, exist_ok=True)
+    os.makedirs(cache_dir, exist_ok=True)  # (an offline run leaves it empty: no partial file)
     paths = {split: os.path.join(cache_dir, f"{split}.txt") for split in splits}
     for split, path in paths.items():
         if not os.path.exists(path):
@@ -175,8 +154,8 @@ def download_e2e(cache_dir="e2e", splits=("train", "valid", "test")):
 
 
 def read_examples(path):
-    """(prompt, completion) pairs from a .jsonl file or a file of prompt||completion lines (a text file in
-    which most lines hold "||": then every line must); any other text gives a single ("", text) pair."""
+    """(prompt, completion) pairs from .jsonl or `prompt||completion` lines (if most lines hold "||", all
+    must); other text is one ("", text) pair."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist.")
     try:
@@ -186,18 +165,7 @@ def read_examples(path):
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded)") from None
     lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     if path.endswith(".jsonl"):
-        pairs = []
-        for i, line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                raise ValueError(f"{path}:{i}: not valid JSON") from None
-            for key in ("prompt", "completion"):
-                if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                    got = type(row.get(key)).__name__ if isinstance(row, dict) and key in row else "missing"
-                    raise ValueError(f"{path}:{i}: expected a JSON object whose '{key}' is a string ({got})")
-            pairs.append((row["prompt"], row["completion"]))
-        return pairs
+        return [json_pair(line, f"{path}:{i}") for i, line in lines]
     if 2 * sum("||" in line for _, line in lines) <= len(lines):
         return [("", text)]
     bad = next((i for i, line in lines if "||" not in line), None)
@@ -207,9 +175,22 @@ def read_examples(path):
     return [(p + "||", c) for p, c in (line.split("||", 1) for _, line in lines)]
 
 
+def json_pair(line, where):
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise ValueError(f"{where}: not valid JSON") from None
+    fields = row if isinstance(row, dict) else {}
+    for key in ("prompt", "completion"):
+        if not isinstance(fields.get(key), str):
+            got = type(fields[key]).__name__ if key in fields else "missing"
+            raise ValueError(f"{where}: expected a JSON object whose '{key}' is a string ({got})")
+    return row["prompt"], row["completion"]
+
+
 def tokenize(pairs, tokenizer, block_size):
-    """(ids, n_prompt) per example: prompt, completion, <|endoftext|>, at most block_size + 1 tokens.
-    Plain text is cut into chunks of block_size + 1 tokens overlapping by one: each token a target once."""
+    """(ids, n_prompt) per example: prompt, completion, <|endoftext|>, at most block_size + 1 tokens; plain
+    text in chunks of block_size + 1 tokens overlapping by one (each token a target once)."""
     eot = tokenizer.eot_token
     if len(pairs) == 1 and pairs[0][0] == "":
         ids = tokenizer.encode_ordinary(pairs[0][1]) + [eot]
@@ -224,8 +205,8 @@ def tokenize(pairs, tokenizer, block_size):
 
 
 def split_examples(examples, val_frac, seed=1337):
-    """Train/val split. Pairs are split by distinct prompt, so that val prompts are unseen in training (E2E
-    has several references per prompt); plain-text chunks keep their order (the last ones are val)."""
+    """Train/val split by distinct prompt, so that val prompts are unseen in training (E2E has several
+    references per prompt); plain-text chunks keep their order (the last ones are val)."""
     if len(examples) < 2:
         raise ValueError(f"need at least 2 examples for a train/val split, got {len(examples)} "
                          "(a plain-text file needs more than block_size tokens).")
@@ -266,12 +247,11 @@ def load_data(args, tokenizer, block_size):
         train, val = split_examples(examples, args.val_frac, args.seed)
     if not train or not val:
         raise ValueError(f"{args.data} gave no usable examples.")
+    print(f"data: {len(train):,} train / {len(val):,} val examples, tokenizer {tokenizer.name}")
     return train, val
 
 
-# ---------------------------------------------------------------------------------------------
-# Training and evaluation
-# ---------------------------------------------------------------------------------------------
+# --- Training and evaluation ----------------------------------------------------------------------
 def sum_loss(model, x, y, device):
     """Summed cross-entropy over the targets that are not -1 (so that micro-batches weigh by tokens)."""
     cuda = device.startswith("cuda")
@@ -294,12 +274,10 @@ def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
     lr = args.lr if desc == "lora" else (args.full_lr or args.lr)
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
                                   fused=device.startswith("cuda"))
-    rng = random.Random(args.seed)
+    rng, step_times = random.Random(args.seed), []
     peak_memory(device, reset=True)
     model.train()
-    step_times = []
-    bar = tqdm(range(args.steps), desc=desc, dynamic_ncols=True)
-    for step in bar:
+    for step in (bar := tqdm(range(args.steps), desc=desc, dynamic_ncols=True)):
         t0 = time.perf_counter()
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, lr, args.warmup, args.steps)
@@ -308,8 +286,7 @@ def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
         n_targets = sum(int((y != -1).sum()) for _, y in batches)
         loss_sum = 0.0
         for x, y in batches:  # gradient accumulation, each micro-batch weighted by its target tokens
-            loss = sum_loss(model, x, y, device) / n_targets
-            loss.backward()
+            (loss := sum_loss(model, x, y, device) / n_targets).backward()
             loss_sum += loss.item()
         if not math.isfinite(loss_sum):  # nothing is written after this: the last good files stay
             raise ValueError(f"{desc} loss is {loss_sum} at step {step}: stopped (lower --lr or --alpha?)")
@@ -342,8 +319,7 @@ def evaluate(model, examples, batch_size, device, pad_id):
 
 @torch.no_grad()
 def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64, **decoding):
-    """One prompt's completion up to <|endoftext|> (within the context: no cropping): greedy, or as
-    `decoding` says (e.g. num_beams=10, length_penalty=0.8, no_repeat_ngram_size=4)."""
+    """One prompt's completion up to <|endoftext|>, within the context: greedy, or as `decoding` says."""
     prompt_ids = prompt_ids[-(model.config.block_size - 1):]
     max_new_tokens = min(max_new_tokens, model.config.block_size - len(prompt_ids))
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
@@ -391,151 +367,40 @@ def fmt_bytes(n):
     return "n/a" if n is None else f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
-# ---------------------------------------------------------------------------------------------
-# Adapter files: the A/B tensors, the LoRA config and the identity of the base they belong to
-# ---------------------------------------------------------------------------------------------
-def base_fingerprint(model):
-    """SHA-256 of the base weights (names, dtypes, shapes, bytes), adapters excluded; must be unmerged."""
-    if any(m.merged for m in lora_layers(model)):
-        raise ValueError("cannot fingerprint a model whose adapters are merged into its weights.")
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if not name.endswith((".lora_A", ".lora_B")):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())  # raw bytes: works for bf16 too
-    return h.hexdigest()
-
-
-def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer, base_is_init=False, **extra):
-    blob = {"lora": lora_state_dict(model), "lora_config": dict(lora_config), "tokenizer": tokenizer,
-            "base": {"path": str(base_path), "init": base_is_init, "sha256": base_hash}, **extra}
-    with gpt.atomic_write(path) as f:
-        torch.save(blob, f)
-
-
-def read_adapter(path):
-    """An adapter as {"lora": tensors, "lora_config", "base"}: a file of ours, or a PEFT directory."""
-    if os.path.isdir(path):
-        return read_peft(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"adapter file {path} does not exist.")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say so in one line
-        raise ValueError(f"{path} is not a readable adapter file ({e.__class__.__name__}).") from None
-    if not isinstance(blob, dict) or not {"lora", "lora_config", "base"} <= blob.keys() \
-            or not isinstance(blob["lora"], dict) or not isinstance(blob["base"], dict):
-        raise ValueError(f"{path} is not a LoRA adapter written by lora.py (no 'lora'/'lora_config'/'base').")
-    if not isinstance(blob["base"].get("path"), str) or not isinstance(blob["base"].get("sha256"), str):
-        raise ValueError(f"{path}: the adapter's 'base' must name a path and a sha256, got {blob['base']!r}")
-    check_lora_config(blob["lora_config"], path)
-    return blob
-
-
-def load_adapter(model, blob, base_hash=None):
-    """Wrap `model` (the unadapted base) as the adapter says and load its A/B; refuse a different base."""
-    have, want = base_hash or base_fingerprint(model), blob["base"]
-    if want["sha256"] and have != want["sha256"]:  # (a directory PEFT wrote names its base, without a hash)
-        raise ValueError(f"adapter was trained on base {want['path']} (weights sha256 {want['sha256'][:12]}"
-                         f"...), but this base's sha256 is {have[:12]}...: pass the matching --ckpt/--init.")
-    cfg = blob["lora_config"]
-    apply_lora(model, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["targets"], cfg["rslora"])
-    params = {k: v for k, v in model.named_parameters() if k.endswith((".lora_A", ".lora_B"))}
-    if set(blob["lora"]) != set(params):
-        raise ValueError("adapter tensors do not match the model's LoRA layers (different architecture?).")
-    with torch.no_grad():
-        for name, t in blob["lora"].items():
-            if params[name].shape != t.shape:
-                raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
-                                 f"the model expects {tuple(params[name].shape)}.")
-            if not torch.isfinite(t).all():
-                raise ValueError(f"adapter tensor {name} holds non-finite values (NaN or inf).")
-            params[name].copy_(t)
+def full_fine_tune(args, lora, base_loss, train_ex, val_ex, tokenizer):
+    """The same run with every weight trainable, on a fresh copy of the base, written to --full-out; then a
+    LoRA vs full table."""
+    device = args.device
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    model = load_base(args)[0]
+    report(model, "full fine-tuning")
+    full = train(model, train_ex, val_ex, args, device, tokenizer.eot_token, desc="full")
+    gpt.save_checkpoint(args.full_out, model, tokenizer)
+    print(f"wrote full fine-tuned checkpoint {args.full_out}")
+    print(f"val loss: base {base_loss:.4f} -> full fine-tuning {full['val_loss']:.4f}")
+    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak resident memory (RSS)"
+    print("| | LoRA | full fine-tuning | LoRA / full |\n|---|---|---|---|")
+    for label, key, fmt, digits in [("trainable params", "trainable", "{:,}".format, 4),
+                                    ("optimizer state", "optimizer_bytes", fmt_bytes, 4),
+                                    (mem, "peak_bytes", fmt_bytes, 3),
+                                    ("step time", "step_time", lambda t: f"{1000 * t:.1f} ms", 3),
+                                    ("final val loss", "val_loss", "{:.4f}".format, None)]:
+        a, b = lora[key], full[key]
+        print(f"| {label} | {fmt(a)} | {fmt(b)} | {f'{a / b:.{digits}f}' if digits and a and b else ''} |")
     return model
 
 
-# ---------------------------------------------------------------------------------------------
-# PEFT's adapter format: adapter_config.json + adapter_model.safetensors
-# ---------------------------------------------------------------------------------------------
-PEFT_PREFIX = "base_model.model."
-# PEFT options that LoRALinear does not implement, and the values that mean "off".
-PEFT_OPTIONS = ("use_dora", "bias", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern",
-                "modules_to_save", "lora_bias", "exclude_modules", "target_parameters")
-PEFT_PLAIN = (None, False, "none", {}, [])
-PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
-PEFT_NOTE = """Exported by lora.py. PEFT adapts whole modules, so the q/v-only adapter (two rank-r adapters
-on the q and v blocks of GPT-2's fused c_attn) is stored as one rank-2r adapter on c_attn: A = [A_q; A_v]
-and B = [[B_q, 0], [0, 0], [0, B_v]] (zero rows for k), with lora_alpha scaled so that PEFT's scaling
-equals ours. Other modules of the same adapter get r zero rows in A and zero columns in B, to share that rank.
-"""
+def report(model, name):
+    trainable, total = count_params(model)
+    print(f"{name}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
 
 
-def save_peft(out_dir, model, lora_config, base_path, base_hash):
-    """Write the adapter so that PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), out_dir)
-    computes what `model` computes (PEFT_NOTE says how block adapters become whole-module ones)."""
-    from safetensors.torch import save
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-    r = lora_config["r"]
-    rank = max(len(m.enabled) for m in layers.values()) * r
-    tensors = {}
-    for name, m in layers.items():
-        A, B = torch.zeros(rank, m.in_features), torch.zeros(m.out_features, rank)
-        A[:len(m.enabled) * r] = m.lora_A.detach()
-        for i, (block, B_i) in enumerate(zip(m.enabled, m.lora_B.detach().split(m.block_size))):
-            B[block * m.block_size:(block + 1) * m.block_size, i * r:(i + 1) * r] = B_i
-        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = A, B
-    alpha, rslora = lora_config["alpha"], lora_config["rslora"]
-    config = dict(peft_type="LORA", task_type="CAUSAL_LM", base_model_name_or_path=str(base_path), r=rank,
-                  lora_alpha=alpha * (math.sqrt(rank // r) if rslora else rank // r), use_rslora=rslora,
-                  lora_dropout=lora_config["dropout"], fan_in_fan_out=True, inference_mode=True,
-                  target_modules=sorted({"c_attn" if t == "qv" else t for t in lora_config["targets"]}))
-    with gpt.atomic_write(os.path.join(out_dir, "adapter_model.safetensors")) as f:
-        f.write(save(tensors, metadata={"format": "pt", "base_sha256": base_hash}))
-    with gpt.atomic_write(os.path.join(out_dir, "adapter_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    with gpt.atomic_write(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(PEFT_NOTE)
-
-
-def read_peft(path):
-    """A PEFT LoRA directory (ours or PEFT's own) as an adapter of ours; unsupported options are refused."""
-    from safetensors import safe_open
-    try:
-        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-        if not isinstance(config, dict):
-            raise ValueError("adapter_config.json holds no JSON object")
-        if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
-            with safe_open(os.path.join(path, "adapter_model.safetensors"), "pt") as f:
-                tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-        else:
-            tensors, meta = torch.load(os.path.join(path, "adapter_model.bin"), weights_only=True), {}
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path} is not a readable PEFT adapter directory ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:120]})") from None
-    shown = ["peft_type", "target_modules"] + [k for k in PEFT_OPTIONS if config.get(k) not in PEFT_PLAIN]
-    if config.get("peft_type") != "LORA" or not isinstance(config.get("target_modules"), list) or shown[2:]:
-        raise ValueError(f"{path}: lora.py loads PEFT LoRA adapters with a list of target_modules and no "
-                         f"other options; this one has {', '.join(f'{k}={config.get(k)!r}' for k in shown)}")
-    get = config.get
-    lora_config = dict(r=get("r"), alpha=get("lora_alpha"), dropout=get("lora_dropout", 0),
-                       targets=get("target_modules"), rslora=get("use_rslora", False))
-    check_lora_config(lora_config, os.path.join(path, "adapter_config.json"))
-    lora = {k.removeprefix(PEFT_PREFIX).removesuffix(".weight"): v for k, v in tensors.items()}
-    base = config.get("base_model_name_or_path") or "gpt2"
-    return dict(lora=lora, lora_config=lora_config,
-                base=dict(path=base, init=not os.path.isfile(base), sha256=meta.get("base_sha256")))
-
-
-# ---------------------------------------------------------------------------------------------
-# Generation metrics: the LoRA paper's E2E NLG table
-# ---------------------------------------------------------------------------------------------
+# --- Generation metrics: the LoRA paper's E2E NLG table -------------------------------------------
 # The official E2E scorer takes BLEU and NIST from MT-Eval v13a (13a tokens, lowercased, corpus level) and
 # METEOR, ROUGE-L, CIDEr from the COCO caption code (Java PTB tokenizer, METEOR 1.5). Here sacrebleu gives
 # BLEU, pycocoevalcap (that COCO code, jars included) the other three, and nist() NIST: no maintained
 # library implements MT-Eval's (nltk's weighs n-gram information differently).
-METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 COCO_PUNCTUATION = {"''", "'", "``", "`", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".", "?", "!", ",", ":", "-",
                     "--", "...", ";"}
 
@@ -548,46 +413,33 @@ def group_by_mr(pairs):
     return list(groups.items())
 
 
-def eval_path(args):
-    """--eval-data, whose default is E2E's test split with --data e2e or --eval-only; None for no table."""
-    path = args.eval_data or ("e2e" if args.data == "e2e" or args.eval_only else "none")
-    return None if path == "none" else path
-
-
 def eval_groups(args):
     """The (prompt, references) groups of --eval-data, at most --eval-limit of them."""
-    path = eval_path(args)
-    if path is None:
+    if args.eval_data is None:
         return []
-    pairs = read_examples(download_e2e(args.cache_dir, ("test",))["test"] if path == "e2e" else path)
+    path = download_e2e(args.cache_dir, ("test",))["test"] if args.eval_data == "e2e" else args.eval_data
+    pairs = read_examples(path)
     if not all(prompt for prompt, _ in pairs):
         raise ValueError(f"--eval-data {path}: expected `meaning representation||reference` lines or .jsonl")
     return group_by_mr(pairs)[:args.eval_limit]
 
 
 @torch.no_grad()
-def eval_generation(model, groups, tokenizer, device, args, suffix=""):
-    """Decode one output per group (the paper's beam search, or greedy), cut at <|endoftext|>; write the
-    scorer's files into --log-dir; return the metrics."""
-    model.eval()
-    outputs, options = [], {} if args.greedy else dict(
-        num_beams=args.beams, length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram)
-    for prompt, _ in tqdm(groups, desc="decoding", unit="ex", dynamic_ncols=True):
-        text = complete(model, tokenizer.encode_ordinary(prompt), tokenizer, device, args.max_new_tokens,
-                        **options)
-        outputs.append(" ".join(text.split()))
+def eval_generation(model, groups, tokenizer, args, suffix=""):
+    """Decode one output per group (beam search, or greedy), write the scorer's files; -> the metrics."""
+    options = {} if args.greedy else dict(num_beams=args.beams, length_penalty=args.length_penalty,
+                                          no_repeat_ngram_size=args.no_repeat_ngram)
+    outputs = [" ".join(complete(model, tokenizer.encode_ordinary(prompt), tokenizer, args.device,
+                                 args.max_new_tokens, **options).split())
+               for prompt, _ in tqdm(groups, desc="decoding", unit="ex", dynamic_ncols=True)]
     references = [refs for _, refs in groups]
-    write_scorer_files(args.log_dir, outputs, references, suffix)
+    # The official scorer's layout: one output per line; references one per line, an empty line between.
+    with gpt.atomic_write(os.path.join(args.log_dir, f"predictions{suffix}.txt"), "w") as f:
+        f.write("".join(p + "\n" for p in outputs))
+    with gpt.atomic_write(os.path.join(args.log_dir, "references.txt"), "w") as f:
+        f.write("\n".join("".join(r + "\n" for r in refs) for refs in references))
     print(f"wrote {os.path.join(args.log_dir, f'predictions{suffix}.txt')} and references.txt")
     return e2e_scores(outputs, references)
-
-
-def write_scorer_files(log_dir, predictions, references, suffix=""):
-    """The official scorer's layout: one output per line; references one per line, an empty line between."""
-    with gpt.atomic_write(os.path.join(log_dir, f"predictions{suffix}.txt"), "w") as f:
-        f.write("".join(p + "\n" for p in predictions))
-    with gpt.atomic_write(os.path.join(log_dir, "references.txt"), "w") as f:
-        f.write("\n".join("".join(r + "\n" for r in refs) for refs in references))
 
 
 def read_scorer_files(pred_path, ref_path):
@@ -601,10 +453,9 @@ def read_scorer_files(pred_path, ref_path):
 
 
 def nist(predictions, references, max_n=5):
-    """NIST (Doddington 2002) at corpus level, as MT-Eval v13a defines it. An n-gram's information is
-    log2(count of its first n - 1 words / count of it) over all references (a word: all words / its count).
-    Each n-gram an output shares with its references (clipped) adds its information; each order's sum is
-    divided by that order's n-gram count in all outputs; orders 1..5 are summed and scaled by
+    """Corpus NIST as MT-Eval v13a defines it (Doddington 2002). An n-gram's information is log2(count of
+    its first n - 1 words / its count) over all references; the matched (clipped) n-grams' information per
+    order, over that order's output n-gram count, summed over orders 1..5, times the brevity penalty
     exp(beta log^2 min(1, output words / mean reference words)), beta making a ratio of 2/3 cost half."""
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
     tokenize = Tokenizer13a()
@@ -657,7 +508,7 @@ def e2e_scores(predictions, references):
         gts, res = ({i: [coco_words(c) for c in v] for i, v in d.items()} for d in (gts, res))
     scores["ROUGE_L"] = Rouge().compute_score(gts, res)[0]
     scores["CIDEr"] = Cider().compute_score(gts, res)[0]
-    return {m: None if scores[m] is None else float(scores[m]) for m in METRICS}
+    return {m: None if v is None else float(v) for m, v in scores.items()}
 
 
 def print_metrics(rows):
@@ -671,58 +522,177 @@ def print_metrics(rows):
         print("METEOR left out: no java on PATH (METEOR 1.5 is Java); ROUGE-L, CIDEr on coco_words tokens.")
 
 
-def score_files(args):
-    """--score PREDICTIONS REFERENCES: the metrics of two files; --json: one JSON object on the last line."""
-    scores = e2e_scores(*read_scorer_files(*args.score))
-    print_metrics([(os.path.basename(args.score[0]), scores)])
-    if args.json:
-        print(json.dumps(scores))
+# --- Adapter files: the A/B tensors, the LoRA config and the identity of the base they belong to --
+def base_fingerprint(model):
+    """SHA-256 of the base weights (names, dtypes, shapes, bytes), adapters excluded; must be unmerged."""
+    if any(m.merged for m in lora_layers(model)):
+        raise ValueError("cannot fingerprint a model whose adapters are merged into its weights.")
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not name.endswith((".lora_A", ".lora_B")):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())  # raw bytes: works for bf16 too
+    return h.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs at the door: numbers (flags and adapter configs) and paths, each refused in one line naming it
-# ---------------------------------------------------------------------------------------------
-# name -> (test, what it must be). NaN fails every comparison, so the range tests refuse it too.
-AT_LEAST_1, AT_LEAST_0 = (lambda v: v >= 1, ">= 1"), (lambda v: v >= 0, ">= 0")
-POSITIVE = (lambda v: 0 < v < math.inf, "finite, > 0")
-NOT_NEGATIVE = (lambda v: 0 <= v < math.inf, "finite, >= 0")
-RULES = {"r": AT_LEAST_1, "alpha": (math.isfinite, "finite"), "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-         "steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1, "eval_examples": AT_LEAST_1,
-         "block_size": (lambda v: v >= 2, ">= 2"), "warmup": AT_LEAST_0, "samples": AT_LEAST_0,
-         "lr": POSITIVE, "full_lr": POSITIVE, "grad_clip": POSITIVE, "weight_decay": NOT_NEGATIVE,
-         "val_frac": (lambda v: 0 < v < 1, "in (0, 1)"), "beams": AT_LEAST_1, "eval_limit": AT_LEAST_1,
-         "max_new_tokens": AT_LEAST_1, "no_repeat_ngram": AT_LEAST_0,
-         "length_penalty": (math.isfinite, "finite")}
+def save_adapter(path, model, lora_config, base_path, base_hash, tokenizer, base_is_init=False, **extra):
+    blob = {"lora": lora_state_dict(model), "lora_config": dict(lora_config),
+            "tokenizer": gpt.tokenizer_spec(tokenizer),  # the whole tokenizer, not a path
+            "base": {"path": str(base_path), "init": base_is_init, "sha256": base_hash}, **extra}
+    with gpt.atomic_write(path) as f:
+        torch.save(blob, f)
 
 
-def check_number(name, value, where):
-    """Apply RULES[name] to a value from the command line or an adapter's config."""
-    ok, want = RULES[name]
-    if value is not None and not ok(value):
-        raise ValueError(f"{where} must be {want}, got {value}")
+def read_adapter(path):
+    """An adapter as {"lora": tensors, "lora_config", "base", ...}: a file of ours, or a PEFT directory."""
+    if os.path.isdir(path):
+        return read_peft(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"adapter file {path} does not exist.")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say so in one line
+        raise ValueError(f"{path} is not a readable adapter file ({e.__class__.__name__}).") from None
+    if not isinstance(blob, dict) or not {"lora", "lora_config", "base"} <= blob.keys() \
+            or not isinstance(blob["lora"], dict) or not isinstance(blob["base"], dict):
+        raise ValueError(f"{path} is not a LoRA adapter written by lora.py (no 'lora'/'lora_config'/'base').")
+    if not isinstance(blob["base"].get("path"), str) or not isinstance(blob["base"].get("sha256"), str):
+        raise ValueError(f"{path}: the adapter's 'base' must name a path and a sha256, got {blob['base']!r}")
+    check_lora_config(blob["lora_config"], path)
+    return blob
+
+
+def load_adapter(model, blob, base_hash=None):
+    """Wrap `model` (the unadapted base) as the adapter says and load its A/B; refuse a different base."""
+    have, want = base_hash or base_fingerprint(model), blob["base"]
+    if want["sha256"] and have != want["sha256"]:  # (a directory PEFT wrote names its base, without a hash)
+        raise ValueError(f"adapter was trained on base {want['path']} (weights sha256 {want['sha256'][:12]}"
+                         f"...), but this base's sha256 is {have[:12]}...: pass the matching --ckpt/--init.")
+    cfg = blob["lora_config"]
+    apply_lora(model, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["targets"], cfg["rslora"])
+    params = {k: v for k, v in model.named_parameters() if k.endswith((".lora_A", ".lora_B"))}
+    if set(blob["lora"]) != set(params):
+        raise ValueError("adapter tensors do not match the model's LoRA layers (different architecture?).")
+    with torch.no_grad():
+        for name, t in blob["lora"].items():
+            if params[name].shape != t.shape:
+                raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
+                                 f"the model expects {tuple(params[name].shape)}.")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"adapter tensor {name} holds non-finite values (NaN or inf).")
+            params[name].copy_(t)
+    return model
+
+
+# --- PEFT's adapter format: adapter_config.json + adapter_model.safetensors -----------------------
+PEFT_PREFIX = "base_model.model."
+# PEFT options that LoRALinear does not implement, and the values that mean "off".
+PEFT_OPTIONS = ("use_dora", "bias", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern",
+                "modules_to_save", "lora_bias", "exclude_modules", "target_parameters")
+PEFT_PLAIN = (None, False, "none", {}, [])
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
+PEFT_NOTE = """Exported by lora.py. PEFT adapts whole modules, so the q/v-only adapter (rank r on the q and v
+blocks of GPT-2's fused c_attn) is one rank-2r adapter on c_attn: A = [A_q; A_v], B = [[B_q, 0], [0, 0],
+[0, B_v]], lora_alpha scaled to keep our scaling. Other modules get zero rows in A and columns in B.
+"""
+
+
+def save_peft(out_dir, model, lora_config, base_path, base_hash):
+    """What PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), out_dir) loads (PEFT_NOTE)."""
+    from safetensors.torch import save
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    r = lora_config["r"]
+    rank = max(len(m.enabled) for m in layers.values()) * r
+    tensors = {}
+    for name, m in layers.items():
+        A, B = torch.zeros(rank, m.in_features), torch.zeros(m.out_features, rank)
+        A[:len(m.enabled) * r] = m.lora_A.detach()
+        for i, (block, B_i) in enumerate(zip(m.enabled, m.lora_B.detach().split(m.block_size))):
+            B[block * m.block_size:(block + 1) * m.block_size, i * r:(i + 1) * r] = B_i
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = A, B
+    alpha, rslora = lora_config["alpha"], lora_config["rslora"]
+    config = dict(peft_type="LORA", task_type="CAUSAL_LM", base_model_name_or_path=str(base_path), r=rank,
+                  lora_alpha=alpha * (math.sqrt(rank // r) if rslora else rank // r), use_rslora=rslora,
+                  lora_dropout=lora_config["dropout"], fan_in_fan_out=True, inference_mode=True,
+                  target_modules=sorted({"c_attn" if t == "qv" else t for t in lora_config["targets"]}))
+    meta = {"format": "pt", "base_sha256": base_hash}
+    for name, data in [("adapter_model.safetensors", save(tensors, metadata=meta)),
+                       ("adapter_config.json", json.dumps(config, indent=2).encode()),
+                       ("README.md", PEFT_NOTE.encode())]:
+        with gpt.atomic_write(os.path.join(out_dir, name)) as f:
+            f.write(data)
+
+
+def read_peft(path):
+    """A PEFT LoRA directory (ours or PEFT's own) as an adapter of ours; unsupported options are refused."""
+    from safetensors import safe_open
+    try:
+        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError("adapter_config.json holds no JSON object")
+        if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
+            with safe_open(os.path.join(path, "adapter_model.safetensors"), "pt") as f:
+                tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        else:
+            tensors, meta = torch.load(os.path.join(path, "adapter_model.bin"), weights_only=True), {}
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable PEFT adapter directory ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120]})") from None
+    get = config.get
+    shown = ["peft_type", "target_modules"] + [k for k in PEFT_OPTIONS if get(k) not in PEFT_PLAIN]
+    if get("peft_type") != "LORA" or not isinstance(get("target_modules"), list) or shown[2:]:
+        raise ValueError(f"{path}: lora.py loads PEFT LoRA adapters with a list of target_modules and no "
+                         f"other options; this one has {', '.join(f'{k}={get(k)!r}' for k in shown)}")
+    lora_config = dict(r=get("r"), alpha=get("lora_alpha"), dropout=get("lora_dropout", 0),
+                       targets=get("target_modules"), rslora=get("use_rslora", False))
+    check_lora_config(lora_config, os.path.join(path, "adapter_config.json"))
+    lora = {k.removeprefix(PEFT_PREFIX).removesuffix(".weight"): v for k, v in tensors.items()}
+    base = get("base_model_name_or_path") or "gpt2"
+    return dict(lora=lora, lora_config=lora_config,
+                base=dict(path=base, init=not os.path.isfile(base), sha256=meta.get("base_sha256")))
+
+
+# --- Inputs at the door: numbers (flags, adapter configs) and paths, each refused in one line naming it
+def number(kind, ok, want):
+    """An argparse type: a `kind` number, refused unless ok(it) (NaN fails every comparison); .ok and .want
+    check adapter configs too."""
+    def parse(text):
+        if not ok(value := kind(text)):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
+        return value
+    parse.__name__, parse.ok, parse.want = kind.__name__, ok, want
+    return parse
+
+
+COUNT, COUNT0 = number(int, lambda v: v >= 1, ">= 1"), number(int, lambda v: v >= 0, ">= 0")
+RATE = number(float, lambda v: 0 < v < math.inf, "finite, > 0")
+FINITE, FRACTION = number(float, math.isfinite, "finite"), number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+FRACTION_OPEN = number(float, lambda v: 0 < v < 1, "in (0, 1)")
 
 
 def check_lora_config(cfg, where):
     """An adapter's LoRA config (ours or PEFT's): every field of its type and in range."""
-    kinds = dict(r=(int,), alpha=(int, float), dropout=(int, float), rslora=(bool,), targets=(list,))
-    for key, kind in kinds.items():
-        value = cfg.get(key) if isinstance(cfg, dict) else None
-        if type(value) not in kind or (key == "targets" and not all(isinstance(t, str) for t in value)):
-            names = " or ".join(k.__name__ for k in kind)
-            raise ValueError(f"{where}: LoRA config field '{key}' must be {names}, got {value!r}")
-        if key in RULES:
-            check_number(key, value, f"{where}: LoRA config field '{key}'")
+    fields = dict(r=((int,), COUNT), alpha=((int, float), FINITE), dropout=((int, float), FRACTION),
+                  rslora=((bool,), None), targets=((list,), None))
+    for key, (kinds, rule) in fields.items():
+        value, field = cfg.get(key) if isinstance(cfg, dict) else None, f"{where}: LoRA config field '{key}'"
+        if type(value) not in kinds or (key == "targets" and not all(isinstance(t, str) for t in value)):
+            raise ValueError(f"{field} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        if rule and not rule.ok(value):
+            raise ValueError(f"{field} must be {rule.want}, got {value}")
 
 
 def check_paths(args):
     """Outputs never overwrite inputs (the base, the adapter, the data), each other, or (unless --overwrite)
     an existing file, and each can be written: checked before any work, so nothing is lost at the end."""
-    data = args.data if args.data != "e2e" else None
-    inputs = {"--ckpt": args.ckpt, "--data": data, "--adapter": args.adapter, "--tokenizer": args.tokenizer}
+    inputs = {"--ckpt": args.ckpt, "--data": args.data if args.data != "e2e" else None,
+              "--adapter": args.adapter, "--tokenizer": args.tokenizer,
+              "--eval-data": args.eval_data if args.eval_data != "e2e" else None}
     outputs = {"--out": None if args.adapter or args.eval_only else args.out, "--merge": args.merge,
                "--full-out": args.full_out if args.full else None}
-    if eval_path(args):   # the E2E table's files
-        inputs["--eval-data"] = None if eval_path(args) == "e2e" else eval_path(args)
+    if args.eval_data:   # the E2E table's files
         outputs.update({f"--log-dir ({name})": os.path.join(args.log_dir, name)
                         for name in ("predictions.txt", "predictions_full.txt", "references.txt")})
     for flag, folder, names in ("--adapter", args.adapter, inputs), ("--save-peft", args.save_peft, outputs):
@@ -742,9 +712,7 @@ def check_paths(args):
             raise ValueError(f"{flag}: {e}") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
+# --- Command line ---------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     base = p.add_mutually_exclusive_group()
@@ -752,179 +720,134 @@ def parse_args(argv=None):
     base.add_argument("--init", help="start from HuggingFace weights instead: gpt2, gpt2-medium, ...")
     p.add_argument("--data", default="e2e", help="'e2e' (download), .jsonl, prompt||completion or text file")
     p.add_argument("--cache-dir", default="e2e", help="where --data e2e keeps its downloaded files")
-    p.add_argument("--val-frac", type=float, default=0.1, help="validation share of a local --data file")
-    p.add_argument("--r", type=int, default=4, help="LoRA rank")
-    p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (scaling = alpha / r)")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout on the LoRA input path")
+    p.add_argument("--val-frac", type=FRACTION_OPEN, default=0.1, help="val share of a local --data file")
+    p.add_argument("--tokenizer", help="gpt2, byte or a bpe.py .model (default: the one the base records)")
+    p.add_argument("--r", type=COUNT, default=4, help="LoRA rank")
+    p.add_argument("--alpha", type=FINITE, default=32.0, help="scaling = alpha / r")
+    p.add_argument("--dropout", type=FRACTION, default=0.1, help="dropout on the LoRA input path")
     p.add_argument("--rslora", action="store_true", help="scaling = alpha / sqrt(r) (rank-stabilized LoRA)")
     p.add_argument("--targets", default="qv", help=f"comma-separated, of: {', '.join(TARGETS)}")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--block-size", type=int, default=512, help="longest example in tokens")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--full-lr", type=float, help="learning rate of --full (default: --lr)")
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--eval-examples", type=int, default=512, help="validation examples for the val loss")
-    p.add_argument("--samples", type=int, default=3, help="validation prompts to complete before/after")
+    p.add_argument("--steps", type=COUNT, default=1000)
+    p.add_argument("--batch-size", type=COUNT, default=8)
+    p.add_argument("--grad-accum", type=COUNT, default=1)
+    p.add_argument("--block-size", type=number(int, lambda v: v >= 2, ">= 2"), default=512,
+                   help="longest example in tokens")
+    p.add_argument("--lr", type=RATE, default=2e-4)
+    p.add_argument("--full-lr", type=RATE, help="learning rate of --full (default: --lr)")
+    p.add_argument("--warmup", type=COUNT0, default=100)
+    p.add_argument("--weight-decay", type=number(float, lambda v: 0 <= v < math.inf, "finite, >= 0"),
+                   default=0.01)
+    p.add_argument("--grad-clip", type=RATE, default=1.0)
+    p.add_argument("--eval-examples", type=COUNT, default=512, help="validation examples for the val loss")
+    p.add_argument("--samples", type=COUNT0, default=3, help="validation prompts to complete before/after")
+    p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--out", default="log/lora.pt", help="adapter-only output file")
     p.add_argument("--merge", nargs="?", const="log/lora_merged.pt",
-                   help="also write a checkpoint with the adapter merged in (default: log/lora_merged.pt)")
+                   help="also write the merged checkpoint (default: log/lora_merged.pt)")
     p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
     p.add_argument("--save-peft", metavar="DIR", help="also write the adapter in PEFT's format into DIR")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (adapter, checkpoints)")
-    p.add_argument("--tokenizer", help="gpt2, byte or a bpe.py .model (default: the one the base records)")
-    p.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--seed", type=int, default=1337)
-    g = p.add_argument_group("generation metrics (the LoRA paper's E2E table; decoding as in the paper)")
-    g.add_argument("--eval-data", default=None, help="E2E-format file to decode and score, 'e2e' (the "
-                   "downloaded test split: the default with --data e2e or --eval-only) or 'none'")
+    p.add_argument("--full-out", default="log/full.pt", help="where --full writes its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    g = p.add_argument_group("generation metrics (the LoRA paper's E2E table, decoded as in the paper)")
+    g.add_argument("--eval-data", help="E2E-format file to score, 'e2e' (its test split: the default "
+                   "with --data e2e or --eval-only) or 'none'")
     g.add_argument("--eval-only", action="store_true", help="no training: score --ckpt/--init (+ --adapter)")
-    g.add_argument("--eval-limit", type=int, default=None, help="decode the first N meaning representations")
-    g.add_argument("--beams", type=int, default=10)
-    g.add_argument("--length-penalty", type=float, default=0.8)
-    g.add_argument("--no-repeat-ngram", type=int, default=4, help="n-gram size never repeated (0: off)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--eval-limit", type=COUNT, help="decode the first N meaning representations")
+    g.add_argument("--beams", type=COUNT, default=10)
+    g.add_argument("--length-penalty", type=FINITE, default=0.8)
+    g.add_argument("--no-repeat-ngram", type=COUNT0, default=4, help="n-gram size never repeated (0: off)")
+    g.add_argument("--max-new-tokens", type=COUNT, default=64)
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
     g.add_argument("--log-dir", default="log", help="where predictions.txt and references.txt go")
-    g.add_argument("--full-out", default="log/full.pt", help="where --full writes its fine-tuned checkpoint")
-    g.add_argument("--score", nargs=2, metavar=("PREDICTIONS", "REFERENCES"),
-                   help="only score two files in the official E2E scorer's layout")
+    g.add_argument("--score", nargs=2, metavar=("PREDICTIONS", "REFERENCES"), help="only score two files")
     g.add_argument("--json", action="store_true", help="with --score: also one JSON object on the last line")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    return check_args(p, args)
-
-
-def check_args(parser, args):
-    """Refuse, in one line naming the flag, a value that would fail later or give a meaningless result."""
     try:
-        for name in RULES:
-            check_number(name, getattr(args, name), "--" + name.replace("_", "-"))
+        args.device = gpt.check_device(args.device)
     except ValueError as e:
-        parser.error(str(e))
-    try:
-        args.device = gpt.check_device(args.device or "auto")
-    except ValueError as e:
-        parser.error(f"--device: {e}")
-    if not args.targets:
-        parser.error("--targets names no module")
-    if args.adapter and args.full:
-        parser.error("--full trains; --adapter only evaluates a saved adapter: use one of them")
-    if args.eval_only and args.full:
-        parser.error("--eval-only trains nothing (a full fine-tune: --eval-only --ckpt ITS_CHECKPOINT)")
-    if args.eval_only and args.save_peft and not args.adapter:
-        parser.error("--save-peft writes an adapter: --eval-only has one only with --adapter")
+        p.error(f"--device: {e}")
+    for bad, why in [(not args.targets, "--targets names no module"),
+                     (args.adapter and args.full, "--full trains; --adapter only evaluates: use one of them"),
+                     (args.eval_only and args.full, "--eval-only trains nothing (to score a full fine-tune: "
+                                                    "--eval-only --ckpt ITS_CHECKPOINT)"),
+                     (args.eval_only and args.save_peft and not args.adapter,
+                      "--save-peft writes an adapter: --eval-only has one only with --adapter")]:
+        if bad:
+            p.error(why)
     args.greedy = args.greedy or args.beams == 1
+    eval_data = args.eval_data or ("e2e" if args.data == "e2e" or args.eval_only else "none")
+    args.eval_data = None if eval_data == "none" else eval_data
     return args
 
 
-def choose_base(args, adapter):
-    """Without --ckpt or --init: the adapter's recorded base, else log/model.pt (set in args.ckpt/init)."""
-    if not args.ckpt and not args.init:
-        recorded = adapter["base"] if adapter else {"path": "log/model.pt"}
-        args.init, args.ckpt = (recorded["path"], None) if recorded.get("init") else (None, recorded["path"])
-
-
-def load_base(args, device, recorded_tokenizer=None):
-    """(model, tokenizer, its whole record for checkpoints, base hash) from --ckpt or --init. The tokenizer:
-    --tokenizer, else the adapter's record, else the base's (its ids must fit the model's vocabulary)."""
+def load_base(args, recorded_tokenizer=None):
+    """(model, tokenizer, base hash) from --ckpt or --init; tokenizer: --tokenizer, else the adapter's, else
+    the base's."""
     if args.init:
         model, spec = gpt.GPT.from_pretrained(args.init), "gpt2"
     else:
         model, ckpt = gpt.load_checkpoint(args.ckpt)
         spec = ckpt.get("tokenizer", "gpt2")
-    spec = args.tokenizer or recorded_tokenizer or spec
-    tokenizer = gpt.get_tokenizer(spec)
+    tokenizer = gpt.get_tokenizer(args.tokenizer or recorded_tokenizer or spec)
     if tokenizer.n_vocab > model.config.vocab_size:
         raise ValueError(f"tokenizer {args.tokenizer or tokenizer.name} has {tokenizer.n_vocab} ids, more "
                          f"than the base model's vocabulary ({model.config.vocab_size})")
-    return model.to(device), tokenizer, gpt.tokenizer_spec(tokenizer), base_fingerprint(model)
-
-
-def report(model, name):
-    trainable, total = count_params(model)
-    print(f"{name}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
+    return model.to(args.device), tokenizer, base_fingerprint(model)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.score:
-        return score_files(args)
-    device = args.device
+    if args.score:  # two files alone
+        scores = e2e_scores(*read_scorer_files(*args.score))
+        print_metrics([(os.path.basename(args.score[0]), scores)])
+        return print(json.dumps(scores)) if args.json else None
     torch.manual_seed(args.seed)
     adapter = read_adapter(args.adapter) if args.adapter else None
-    choose_base(args, adapter)
+    if not args.ckpt and not args.init:  # the adapter's recorded base, else log/model.pt
+        recorded = adapter["base"] if adapter else {"path": "log/model.pt"}
+        args.init, args.ckpt = (recorded["path"], None) if recorded.get("init") else (None, recorded["path"])
     check_paths(args)
-    model, tokenizer, tokenizer_spec, base_hash = load_base(args, device, (adapter or {}).get("tokenizer"))
-    base_path = args.init or args.ckpt
+    device, base_path = args.device, args.init or args.ckpt
+    model, tokenizer, base_hash = load_base(args, (adapter or {}).get("tokenizer"))
     groups = eval_groups(args)
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
-    print(f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, tokenizer {tokenizer.name}")
     val_loss = functools.partial(evaluate, examples=val_ex[:args.eval_examples], batch_size=args.batch_size,
                                  device=device, pad_id=tokenizer.eot_token)
     samples = functools.partial(print_samples, val=val_ex, n=args.samples, tokenizer=tokenizer, device=device)
-    base_loss = val_loss(model)
-    print(f"base val loss {base_loss:.4f}")
+    print(f"base val loss {(base_loss := val_loss(model)):.4f}")
     samples(model, title="base")
     if adapter:  # evaluate a saved adapter
-        load_adapter(model, adapter, base_hash)
         config = adapter["lora_config"]
-        report(model, "adapter")
+        report(load_adapter(model, adapter, base_hash), "adapter")
         print(f"val loss with adapter {val_loss(model):.4f}")
         samples(model, title="adapter")
     elif not args.eval_only:  # train one
-        config = dict(r=args.r, alpha=args.alpha, dropout=args.dropout, targets=args.targets,
-                      rslora=args.rslora)
-        wrapped = apply_lora(model, **config)
-        report(model, f"LoRA on {len(wrapped)} layers")
+        config = {k: getattr(args, k) for k in ("r", "alpha", "dropout", "targets", "rslora")}
+        report(model, f"LoRA on {len(apply_lora(model, **config))} layers")
         stats = train(model, train_ex, val_ex, args, device, tokenizer.eot_token)
         print(f"val loss: base {base_loss:.4f} -> LoRA {stats['val_loss']:.4f}")
         samples(model, title="LoRA")
-        save_adapter(args.out, model, config, base_path, base_hash, tokenizer_spec, bool(args.init),
+        save_adapter(args.out, model, config, base_path, base_hash, tokenizer, bool(args.init),
                      val_loss=stats["val_loss"], steps=args.steps)
         print(f"wrote adapter {args.out}")
     name = "adapter" if adapter else "base" if args.eval_only else "LoRA"
-    metrics = [(name, eval_generation(model, groups, tokenizer, device, args))] if groups else []
+    metrics = [(name, eval_generation(model, groups, tokenizer, args))] if groups else []
     if args.save_peft:
         save_peft(args.save_peft, model, config, base_path, base_hash)
         print(f"wrote PEFT adapter {args.save_peft}")
     if args.merge:
-        gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer_spec, lora_base=base_path)
+        gpt.save_checkpoint(args.merge, merge_and_unwrap(model), tokenizer, lora_base=base_path)
         print(f"wrote merged checkpoint {args.merge}")
     if args.full:
         del model  # so that its memory does not count in the full run's peak
-        model = full_fine_tune(args, stats, base_loss, train_ex, val_ex, device, tokenizer.eot_token)
-        gpt.save_checkpoint(args.full_out, model, tokenizer_spec)
-        print(f"wrote full fine-tuned checkpoint {args.full_out}")
+        model = full_fine_tune(args, stats, base_loss, train_ex, val_ex, tokenizer)
         if groups:
-            full_scores = eval_generation(model, groups, tokenizer, device, args, suffix="_full")
-            metrics.append(("full fine-tuning", full_scores))
+            metrics.append(("full fine-tuning", eval_generation(model, groups, tokenizer, args, "_full")))
     if metrics:
         print_metrics(metrics)
-
-
-def full_fine_tune(args, lora, base_loss, train_ex, val_ex, device, pad_id):
-    """The same run with every weight trainable, on a fresh copy of the base; then a LoRA vs full table."""
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    model = load_base(args, device)[0]
-    report(model, "full fine-tuning")
-    full = train(model, train_ex, val_ex, args, device, pad_id, desc="full")
-    print(f"val loss: base {base_loss:.4f} -> full fine-tuning {full['val_loss']:.4f}")
-    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak resident memory (RSS)"
-    rows = [("trainable params", "trainable", "{:,}".format, 4),
-            ("optimizer state", "optimizer_bytes", fmt_bytes, 4), (mem, "peak_bytes", fmt_bytes, 3),
-            ("step time", "step_time", lambda t: f"{1000 * t:.1f} ms", 3),
-            ("final val loss", "val_loss", "{:.4f}".format, None)]
-    print("| | LoRA | full fine-tuning | LoRA / full |\n|---|---|---|---|")
-    for label, key, fmt, digits in rows:
-        a, b = lora[key], full[key]
-        print(f"| {label} | {fmt(a)} | {fmt(b)} | {f'{a / b:.{digits}f}' if digits and a and b else ''} |")
-    return model
 
 
 if __name__ == "__main__":
