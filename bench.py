@@ -31,8 +31,8 @@ def machine_header():
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{datetime.date.today()} · {cpu} ({os.cpu_count()} cores) · {gpu} · "
-            f"Python {platform.python_version()} · torch {torch.__version__} · torch threads {torch.get_num_threads()}")
+    return (f"{datetime.date.today()} · {cpu} ({os.cpu_count()} cores) · {gpu} · Python "
+            f"{platform.python_version()} · torch {torch.__version__} · torch threads {torch.get_num_threads()}")
 
 
 def sync():
@@ -778,15 +778,11 @@ def lora_run(args):
 def lora_add_parser(sub):
     p = sub.add_parser("lora", help="our LoRA vs PEFT: step time, peak memory; optimizer state vs full FT")
     p.add_argument("--size", default="gpt2", choices=["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--r", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--targets", default="c_attn,attn.c_proj,c_fc,mlp.c_proj")
-    p.add_argument("--repeat", type=int, default=5, help="timed steps per side, in turns (best one reported)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    flags = [("--batch", int, 2), ("--seq", int, 128), ("--r", int, 8), ("--alpha", float, 16.0),
+             ("--dropout", float, 0.0), ("--targets", str, "c_attn,attn.c_proj,c_fc,mlp.c_proj"),
+             ("--repeat", int, 5), ("--threads", int, None), ("--device", str, None)]
+    for flag, kind, default in flags:   # --repeat: timed steps per side, in turns (the best one counts)
+        p.add_argument(flag, type=kind, default=default)
     p.set_defaults(run=lora_run)
 
 
@@ -848,7 +844,8 @@ def beam_add_parser(sub):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     tokenizer_add_parser(sub)
     model_add_parser(sub)
@@ -860,7 +857,7 @@ def main():
     print(machine_header())
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as e:  # e.g. offline without a tiktoken cache: one line, no traceback
+    except (ValueError, FileNotFoundError) as e:  # e.g. offline without a tiktoken cache: one line
         sys.exit(f"error: {e}")
 
 
