@@ -31,8 +31,9 @@ def machine_header():
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{datetime.date.today()} · {cpu} ({os.cpu_count()} cores) · {gpu} · Python "
-            f"{platform.python_version()} · torch {torch.__version__} · torch threads {torch.get_num_threads()}")
+    versions = f"Python {platform.python_version()} · torch {torch.__version__}"
+    return f"{datetime.date.today()} · {cpu} ({os.cpu_count()} cores) · {gpu} · {versions} · torch threads " \
+           f"{torch.get_num_threads()}"
 
 
 def sync():
