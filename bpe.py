@@ -141,17 +141,15 @@ def ascii_twin(pattern):
 # buckets), until the best count falls to its own; then they are listed (all pairs afresh) or pushed.
 
 def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
-    """Merges over the byte strings `chunks` (distinct, in order of first appearance) occurring `counts`
-    times each: [((a, b), new_id), ...], at most num_merges (fewer if pairs run out). progress(pair, new_id,
-    count), if given, is called after each merge."""
+    """[((a, b), new_id), ...]: at most num_merges merges over the distinct byte strings `chunks` (in order of
+    first appearance) occurring `counts` times each. progress(pair, new_id, count) follows each merge."""
     nodes, views = _link_chunks(chunks, counts, first_id + num_merges)
     tok, nxt = nodes[0], nodes[1]
     rare = RARE
     pair_count, where, heap = _index_pairs(views, rare)
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
 
-    def first_position(pair):
-        """Position of the pair's first live occurrence (None if none is left)."""
+    def first_position(pair):              # of the pair's first live occurrence (None if none is left)
         a, b, positions = pair >> 32, pair & MASK, where[pair]
         for k in range(scanned.get(pair, 0), len(positions)):
             i = positions[k]
@@ -160,9 +158,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
                 return i
         scanned[pair] = len(positions)
 
-    def pop_best():
-        """The most frequent pair, ties to the earliest: an entry with the right count at a live position
-        is exact (its position is at or before the first live one); any other is refreshed and pushed back."""
+    def pop_best():    # an entry whose count is right at a live position is exact; others are refreshed
         while heap:
             neg_count, pos, pair = heapq.heappop(heap)
             count = pair_count.get(pair, 0)
@@ -183,9 +179,8 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
             while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
                 if pair is not None:
                     heapq.heappush(heap, (-pair_count[pair], first_position(pair), pair))
-                for p in low[floor]:
-                    if pair_count[p] > 0:
-                        heapq.heappush(heap, (-pair_count[p], where[p][0], p))
+                heap += [(-pair_count[p], where[p][0], p) for p in low[floor] if pair_count[p] > 0]
+                heapq.heapify(heap)
                 floor -= 1
                 pair = pop_best()
             if rare > 1 and (pair is None or pair_count[pair] < rare):   # an unlisted pair might tie or win
@@ -282,19 +277,13 @@ def _apply_merge(pair, new_id, tok, nxt, prv, weight, pair_count, where, rare):
             rights[tok[right]].append(i)
             prv[right] = i
         tok[i], tok[j], nxt[i] = new_id, -1, right
-    created = []
-    for side, groups in ((0, lefts), (1, rights)):
-        for other, places in groups.items():
-            if not places:
-                continue
+    created = []                          # the old pair (x, a) or (b, y) loses what the new one gains
+    for key, old, places in [(x << 32 | new_id, x << 32 | a, p) for x, p in lefts.items()] + \
+            [(new_id << 32 | y, b << 32 | y, p) for y, p in rights.items()]:
+        if places:
             c = sum(map(weight.__getitem__, places)) if len(places) > 1 else weight[places[0]]
-            if side:
-                pair_count[b << 32 | other] -= c
-                key = new_id << 32 | other
-            else:
-                if other != new_id:
-                    pair_count[other << 32 | a] -= c
-                key = other << 32 | new_id
+            if old >> 32 != new_id:       # (new, a) was counted nowhere
+                pair_count[old] -= c
             pair_count[key] = c
             if c >= rare:
                 where[key] = places
@@ -472,11 +461,9 @@ class Tokenizer:
         self._set_pattern(PATTERNS.get(pattern, pattern))
         self.byte_ids = list(range(256))  # the id of each raw byte (a permutation for GPT-2's ranks)
         self.merges = {}                  # (id, id) -> id, in merge order
+        self._number_special([] if isinstance(special_tokens, dict) else list(special_tokens or []))
         if isinstance(special_tokens, dict):
-            self._pending_special = []
             self.register_special_tokens(special_tokens)
-        else:
-            self._number_special(list(special_tokens or []))
 
     def _set_pattern(self, pattern):
         self.pattern = pattern or None
@@ -498,8 +485,7 @@ class Tokenizer:
             if not isinstance(s, str) or not s or "\n" in s or "\r" in s:
                 raise ValueError(f"special token {s!r}: must be a non-empty string without line breaks.")
             if type(i) is not int or i < first:
-                raise ValueError(f"special token {s!r} has id {i!r}, which a byte or merge already uses (or "
-                                 f"is not an id); give special tokens ids from {first} up.")
+                raise ValueError(f"special token {s!r} has id {i!r}: not an id, or one a merge already uses")
             if i in inverse:
                 raise ValueError(f"special tokens {inverse[i]!r} and {s!r} both have id {i}.")
             inverse[i] = s
@@ -530,11 +516,9 @@ class Tokenizer:
     def train(self, text, vocab_size, verbose=False, progress=False):
         """Learn vocab_size - 256 merges from text: exactly textbook_train's."""
         if not 256 <= vocab_size <= MAX_VOCAB:
-            raise ValueError(f"vocab_size must be at least 256 (the single bytes) and at most {MAX_VOCAB:,}, "
-                             f"got {vocab_size}.")
+            raise ValueError(f"vocab_size must be at least 256 and at most {MAX_VOCAB:,}, got {vocab_size}.")
         if not self._pending_special and any(i < vocab_size for i in self.special_tokens.values()):
-            raise ValueError(f"special token ids {sorted(self.special_tokens.values())} collide with the "
-                             f"vocabulary 0..{vocab_size - 1} being trained; use ids from {vocab_size} up.")
+            raise ValueError(f"special token ids collide with the vocabulary 0..{vocab_size - 1}.")
         chunk_counts = Counter(self.split(text))           # distinct chunks, in order of first appearance
         from tqdm import tqdm
         with tqdm(total=vocab_size - 256, unit="merge", desc="training", disable=not progress) as bar:
@@ -570,12 +554,10 @@ class Tokenizer:
         if allowed_special in ("none", "none_raise"):
             found = [s for s in self.special_tokens if s in text]
             if found and allowed_special == "none_raise":
-                raise ValueError(f"the text contains the special token {found[0]!r}; pass allowed_special="
-                                 f"'all' (or a set) to encode it as one token, or 'none' for plain text.")
+                raise ValueError(f"text holds special token {found[0]!r}: allowed_special='all' or 'none'?")
             return self.encode_ordinary(text)
         if allowed_special != "all" and not isinstance(allowed_special, (set, frozenset, list, tuple)):
-            raise ValueError(f"allowed_special={allowed_special!r} is not understood: use 'all', 'none', "
-                             f"'none_raise' or a set of special tokens.")
+            raise ValueError(f"allowed_special={allowed_special!r}: use 'all', 'none', 'none_raise' or a set")
         special = {s: i for s, i in self.special_tokens.items()
                    if allowed_special == "all" or s in allowed_special}
         # Longest first, so that where one special token holds another, the longer one wins.
@@ -750,13 +732,12 @@ def read_text(path):
         raise FileNotFoundError(f"{path}: no such file.")
     with open(path, "rb") as f:
         data = f.read()
+    if b"\x00" in data:
+        raise ValueError(f"{path} looks binary, not text (NUL byte at offset {data.index(0)}).")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (bad byte at offset {e.start}).") from None
-    if "\x00" in text:
-        raise ValueError(f"{path} looks binary, not text (NUL byte at offset {data.index(0)}).")
-    return text
 
 
 def check_output(path, inputs=()):
