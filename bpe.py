@@ -131,14 +131,13 @@ def ascii_twin(pattern):
 # --- Fast training ---------------------------------------------------------------------------
 # Why it learns the textbook's merges. Identical chunks are trained once, weighted by how often they occur:
 # every pair count is the same sum. The distinct chunks lie side by side, in order of first appearance, in
-# one doubly linked list of tokens (node = byte position), so positions order pairs as the textbook's dict
-# does. Each pair keeps its count and the ascending positions where it occurs; a merge visits only those
-# places and changes only the counts of the pairs around them, which is all that a recount would change.
-# A heap ordered by (-count, first position) gives the most frequent pair, ties to the leftmost. Counts only
-# fall and first occurrences only move right (new pairs all contain the new token), so a stale heap entry
-# is never better than the truth: it is refreshed when popped. And since counts never grow, a pair too
-# rare to win yet needs no list of places (RARE), nor a place in the heap (new pairs rarer than LOW wait in
-# buckets), until the best count falls to its own; then they are listed (all pairs afresh) or pushed.
+# one doubly linked list (node = byte position), so positions order pairs as the textbook's dict does. Each
+# pair keeps its count and ascending positions; a merge visits only those places and changes only the
+# counts of the pairs around them, all that a recount would change. A heap of (-count, first position)
+# gives the most frequent pair, ties to the leftmost. Counts only fall and first occurrences only move right
+# (new pairs all hold the new token), so a stale entry is never better than the truth: it is refreshed when
+# popped. As counts never grow, a pair too rare to win yet needs no place list (RARE) nor a heap entry
+# (new pairs rarer than LOW wait in buckets) until the best count falls to its own.
 
 def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     """[((a, b), new_id), ...]: at most num_merges merges over the distinct byte strings `chunks` (in order of
@@ -222,9 +221,8 @@ def _link_chunks(chunks, counts, last_id):
     if n:
         nxt[starts + lengths - 1] = prv[starts] = -1
     weight = np.repeat(np.asarray(counts, dtype=np.int64), lengths)
-    wide = max(n, max(counts, default=0), last_id) > NARROW_MAX
-    dtype = np.int64 if wide else np.int32
-    nodes = [array("q" if wide else "i", x.astype(dtype).tobytes()) for x in (tok, nxt, prv, weight)]
+    dtype, code = (np.int64, "q") if max(n, max(counts, default=0), last_id) > NARROW_MAX else (np.int32, "i")
+    nodes = [array(code, x.astype(dtype).tobytes()) for x in (tok, nxt, prv, weight)]
     return nodes, [np.frombuffer(node, dtype=dtype) for node in nodes]
 
 
@@ -310,8 +308,7 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
     after_merge = np.zeros(len(pos), dtype=bool)
     after_merge[1:] = right[:-1] == pos[1:]
     before_merge = np.append(after_merge[1:], False)
-    chained = np.flatnonzero(after_merge)
-    left[chained] = pos[chained - 1]
+    left[after_merge] = pos[:-1][after_merge[1:]]
     has_left, has_right = left >= 0, right >= 0
     x = np.where(after_merge, new_id, tok[np.where(has_left, left, 0)].astype(np.int64))   # keys: 64 bits
     y = tok[np.where(has_right, right, 0)].astype(np.int64)
@@ -625,6 +622,7 @@ class Tokenizer:
 
     def save(self, file_prefix):
         """Write file_prefix.model (to load) and file_prefix.vocab (to read), atomically."""
+        assert list(self.merges.values()) == list(range(256, 256 + len(self.merges))), "merge ids in order"
         lines = _model_lines(self.pattern or "", self.special_tokens, self.byte_ids, self.merges)
         _write_atomic(file_prefix + ".model", "\n".join(lines) + "\n")
         parents = {i: pair for pair, i in self.merges.items()}
