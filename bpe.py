@@ -467,8 +467,7 @@ class Tokenizer:
         self.compiled_pattern = regex.compile(pattern) if pattern else None
         self._ascii_pattern = ascii_twin(pattern)
 
-    def _number_special(self, names):
-        """Special tokens given by name only: numbered right after the merges."""
+    def _number_special(self, names):         # special tokens given by name: numbered after the merges
         twice = [s for s in names if names.count(s) > 1]
         if twice:
             raise ValueError(f"special token {twice[0]!r} is given twice.")
@@ -564,8 +563,7 @@ class Tokenizer:
             ids += [special[part]] if k % 2 else self.encode_ordinary(part)
         return ids
 
-    def decode_single_token_bytes(self, i):
-        """The bytes of token i (tiktoken's name for it)."""
+    def decode_single_token_bytes(self, i):   # tiktoken's name for the bytes of token i
         return self.vocab[i]
 
     def decode(self, ids):
@@ -652,8 +650,7 @@ class Tokenizer:
 
 
 def _model_lines(pattern, special_tokens, byte_ids, merges):
-    """The lines of a .model file: minbpe's "minbpe v1", or "bpe v2" (a line of byte ids added) where the
-    single bytes do not have ids 0..255."""
+    """A .model file's lines: "minbpe v1" (minbpe's), or "bpe v2", which adds a line of the bytes' ids."""
     identity = list(byte_ids) == list(range(256))
     lines = ["minbpe v1" if identity else "bpe v2", pattern, str(len(special_tokens))]
     lines += [f"{s} {i}" for s, i in special_tokens.items()]
