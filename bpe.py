@@ -426,11 +426,7 @@ class ChunkEncoder:
         self.token_table = {text: self.pieces[t] for t in (tokens if TOKEN_TABLE else ())   # valid UTF-8 only
                             if (text := t.decode("utf-8", "ignore")).encode("utf-8") == t}
         self.pieces.clear()
-        self.cache = _Cache(self.encode)
-
-    def encode(self, chunk):
-        ids = self.token_table.get(chunk)
-        return tuple(self.encode_bytes(chunk.encode("utf-8"))) if ids is None else ids
+        self.cache = _Cache(lambda s: self.token_table.get(s) or tuple(self.encode_bytes(s.encode("utf-8"))))
 
     def encode_bytes(self, data):
         """The ids of one chunk's bytes, cut where no merge can ever join."""
@@ -541,7 +537,7 @@ class Tokenizer:
             self._encoder = ChunkEncoder(self.merges, self.byte_ids, tokens)
         if self.compiled_pattern is None:
             return list(self._encoder.encode_bytes(text.encode("utf-8")))
-        encode = self._encoder.cache.__getitem__ if CACHE_CHUNKS else self._encoder.encode
+        encode = self._encoder.cache.__getitem__ if CACHE_CHUNKS else self._encoder.cache.compute
         return list(chain.from_iterable(map(encode, self.split(text))))
 
     def encode(self, text, allowed_special="none_raise"):
@@ -624,7 +620,9 @@ class Tokenizer:
         lines = _model_lines(self.pattern or "", self.special_tokens, self.byte_ids, self.merges)
         _write_atomic(file_prefix + ".model", "\n".join(lines) + "\n")
         parents = {i: pair for pair, i in self.merges.items()}
-        show = {i: f"[{render_token(token)}]" for i, token in self.vocab.items()}
+        show = {i: "[" + "".join(c if unicodedata.category(c)[0] != "C" else f"\\u{ord(c):04x}"   # printable
+                                 for c in token.decode("utf-8", errors="replace")) + "]"
+                for i, token in self.vocab.items()}
         _write_atomic(file_prefix + ".vocab", "".join(
             (f"{show[parents[i][0]]}{show[parents[i][1]]} -> " if i in parents else "") + f"{show[i]} {i}\n"
             for i in sorted(self.vocab)))
@@ -706,12 +704,6 @@ def _tiktoken_bpe(ranks, token, max_rank):
         parts[i:i + 2] = [parts[i] + parts[i + 1]]
 
 
-def render_token(token):
-    """Bytes -> printable text: invalid UTF-8 becomes U+FFFD, control characters become \\uXXXX."""
-    s = token.decode("utf-8", errors="replace")
-    return "".join(c if unicodedata.category(c)[0] != "C" else f"\\u{ord(c):04x}" for c in s)
-
-
 def _write_atomic(path, text):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -749,25 +741,6 @@ def check_output(path, inputs=()):
         raise ValueError(f"cannot write {path}: {why}.")
 
 
-def train_cli(args):
-    prefix = args.output or os.path.splitext(args.text)[0]
-    for path in (prefix + ".model", prefix + ".vocab"):
-        check_output(path, [args.text])
-    tok, text = Tokenizer(args.pattern, special_tokens=args.special or None), read_text(args.text)
-    t0 = time.perf_counter()
-    tok.train(text, args.vocab_size, progress=True)
-    seconds = time.perf_counter() - t0
-    tok.save(prefix)
-    ids, n_bytes = tok.encode(text, allowed_special="all"), len(text.encode())
-    if tok.decode(ids) != text:
-        raise RuntimeError("round trip failed: decode(encode(text)) != text (a bug, please report it).")
-    longest = sorted(tok.merges.values(), key=lambda i: len(tok.vocab[i]), reverse=True)[:10]
-    print(f"trained {len(tok.merges)} merges on {n_bytes:,} bytes in {seconds:.2f} s "
-          f"({len(tok.merges) / max(seconds, 1e-9):,.0f} merges/s)\nsaved {prefix}.model and {prefix}.vocab\n"
-          f"round trip ok: {len(ids):,} tokens, {n_bytes / max(len(ids), 1):.2f} bytes per token\n"
-          f"longest tokens: " + ", ".join(repr(tok.decode([i])) for i in longest))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -786,8 +759,24 @@ def main(argv=None):
             tok = Tokenizer().load(args.load)
             text = args.encode if args.encode is not None else read_text(args.text)
             print(" ".join(map(str, tok.encode(text, allowed_special="all"))))
-        else:
-            train_cli(args)
+            return
+        prefix = args.output or os.path.splitext(args.text)[0]
+        for path in (prefix + ".model", prefix + ".vocab"):
+            check_output(path, [args.text])
+        tok, text = Tokenizer(args.pattern, special_tokens=args.special or None), read_text(args.text)
+        t0 = time.perf_counter()
+        tok.train(text, args.vocab_size, progress=True)
+        seconds = time.perf_counter() - t0
+        tok.save(prefix)
+        ids, n_bytes = tok.encode(text, allowed_special="all"), len(text.encode())
+        if tok.decode(ids) != text:
+            raise RuntimeError("round trip failed: decode(encode(text)) != text (a bug, please report it).")
+        longest = sorted(tok.merges.values(), key=lambda i: len(tok.vocab[i]), reverse=True)[:10]
+        rate = len(tok.merges) / max(seconds, 1e-9)
+        print(f"trained {len(tok.merges)} merges on {n_bytes:,} bytes in {seconds:.2f} s ({rate:,.0f} merges/s)"
+              f"\nsaved {prefix}.model and {prefix}.vocab\n"
+              f"round trip ok: {len(ids):,} tokens, {n_bytes / max(len(ids), 1):.2f} bytes per token\n"
+              f"longest tokens: " + ", ".join(repr(tok.decode([i])) for i in longest))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
