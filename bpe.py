@@ -141,7 +141,7 @@ def ascii_twin(pattern):
 
 def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     """[((a, b), new_id), ...]: at most num_merges merges over the distinct byte strings `chunks` (in order of
-    first appearance) occurring `counts` times each. progress(pair, new_id, count) follows each merge."""
+    first appearance) occurring `counts` times each. progress(pair, new_id, count) comes with each merge."""
     nodes, views = _link_chunks(chunks, counts, first_id + num_merges)
     tok, nxt = nodes[0], nodes[1]
     rare = RARE
@@ -189,14 +189,13 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
                 pair = pop_best()
             if pair is None:
                 break
-            count = pair_count[pair]
             merges.append(((pair >> 32, pair & MASK), new_id))
+            if progress is not None:
+                progress(merges[-1][0], new_id, pair_count[pair])
             if len(where[pair]) >= BULK_MIN:
                 created = _apply_merge_bulk(pair, new_id, *views, pair_count, where, rare)
             else:
                 created = _apply_merge(pair, new_id, *nodes, pair_count, where, rare)
-            if progress is not None:
-                progress(merges[-1][0], new_id, count)
             del pair_count[pair], where[pair]
             scanned.pop(pair, None)
             for new_pair in created:      # new pairs all contain new_id: their counts are final
@@ -617,15 +616,19 @@ class Tokenizer:
     def save(self, file_prefix):
         """Write file_prefix.model (to load) and file_prefix.vocab (to read), atomically."""
         assert list(self.merges.values()) == list(range(256, 256 + len(self.merges))), "merge ids in order"
-        lines = _model_lines(self.pattern or "", self.special_tokens, self.byte_ids, self.merges)
-        _write_atomic(file_prefix + ".model", "\n".join(lines) + "\n")
+        model = "".join(line + "\n" for line in _model_lines(self.pattern or "", self.special_tokens,
+                                                              self.byte_ids, self.merges))
         parents = {i: pair for pair, i in self.merges.items()}
         show = {i: "[" + "".join(c if unicodedata.category(c)[0] != "C" else f"\\u{ord(c):04x}"   # printable
                                  for c in token.decode("utf-8", errors="replace")) + "]"
                 for i, token in self.vocab.items()}
-        _write_atomic(file_prefix + ".vocab", "".join(
-            (f"{show[parents[i][0]]}{show[parents[i][1]]} -> " if i in parents else "") + f"{show[i]} {i}\n"
-            for i in sorted(self.vocab)))
+        vocab = "".join((f"{show[parents[i][0]]}{show[parents[i][1]]} -> " if i in parents else "")
+                        + f"{show[i]} {i}\n" for i in sorted(self.vocab))
+        os.makedirs(os.path.dirname(os.path.abspath(file_prefix)), exist_ok=True)
+        for path, text in ((file_prefix + ".model", model), (file_prefix + ".vocab", vocab)):
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
 
     def load(self, model_file):
         """Read a .model file written by save() or by minbpe (v1); ValueError naming the file and line."""
@@ -704,13 +707,6 @@ def _tiktoken_bpe(ranks, token, max_rank):
         parts[i:i + 2] = [parts[i] + parts[i + 1]]
 
 
-def _write_atomic(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 # --- Command line ----------------------------------------------------------------------------
 
 def read_text(path):
@@ -772,8 +768,8 @@ def main(argv=None):
         if tok.decode(ids) != text:
             raise RuntimeError("round trip failed: decode(encode(text)) != text (a bug, please report it).")
         longest = sorted(tok.merges.values(), key=lambda i: len(tok.vocab[i]), reverse=True)[:10]
-        rate = len(tok.merges) / max(seconds, 1e-9)
-        print(f"trained {len(tok.merges)} merges on {n_bytes:,} bytes in {seconds:.2f} s ({rate:,.0f} merges/s)"
+        n, rate = len(tok.merges), len(tok.merges) / max(seconds, 1e-9)
+        print(f"trained {n} merges on {n_bytes:,} bytes in {seconds:.2f} s ({rate:,.0f} merges/s)"
               f"\nsaved {prefix}.model and {prefix}.vocab\n"
               f"round trip ok: {len(ids):,} tokens, {n_bytes / max(len(ids), 1):.2f} bytes per token\n"
               f"longest tokens: " + ", ".join(repr(tok.decode([i])) for i in longest))
