@@ -451,8 +451,7 @@ class Tokenizer:
         if pattern not in PATTERNS and regex.fullmatch(r"[a-z0-9_]+", pattern):   # a name, not a regex
             raise ValueError(f"unknown pattern {pattern!r}: use 'gpt4', 'gpt2', None or a split regex.")
         self._set_pattern(PATTERNS.get(pattern, pattern))
-        self.byte_ids = list(range(256))  # the id of each raw byte (a permutation for GPT-2's ranks)
-        self.merges = {}                  # (id, id) -> id, in merge order
+        self.byte_ids, self.merges = list(range(256)), {}   # ids of the bytes (GPT-2: permuted); (a, b) -> id
         self._number_special([] if isinstance(special_tokens, dict) else list(special_tokens or []))
         if isinstance(special_tokens, dict):
             self.register_special_tokens(special_tokens)
@@ -661,34 +660,30 @@ def _model_lines(pattern, special_tokens, byte_ids, merges):
 
 def _parse_model(lines):
     """The lines of a .model file -> (pattern, special tokens, byte ids, merges); ValueError naming a line."""
-    def number(n, text, what):
-        if not (text.isascii() and text.isdigit()):
-            raise ValueError(f"line {n}: {what} {text[:40]!r} is not a number")
-        return int(text)
+    def numbers(n, line, count, what):
+        if len(line.split()) != count or not all(f.isascii() and f.isdigit() for f in line.split()):
+            raise ValueError(f"line {n}: {what} {line[:40]!r} is not {count} number(s)")
+        return [int(f) for f in line.split()]
 
     if lines[0] not in ("minbpe v1", "bpe v2"):
         raise ValueError(f"line 1: unknown header {lines[0][:40]!r}, expected 'minbpe v1' or 'bpe v2'")
-    if len(lines) < 3:
-        raise ValueError(f"line {len(lines)}: the file ends before the number of special tokens")
-    n_special, special, n = number(3, lines[2], "the number of special tokens"), {}, 4
+    [n_special] = numbers(min(len(lines), 3), (lines + ["", ""])[2], 1, "the number of special tokens")
+    special, end = {}, 3 + n_special + (lines[0] == "bpe v2")      # the line before the merges
+    if len(lines) < end:
+        raise ValueError(f"line {len(lines)}: the file ends before its special tokens (and byte ids)")
     for n, line in enumerate(lines[3:3 + n_special], 4):
         s, _, i = line.rpartition(" ")
         if s in special:
             raise ValueError(f"line {n}: special token {s!r} is repeated")
-        special[s] = number(n, i, "the special token's id")
-    if len(special) < n_special:
-        raise ValueError(f"line {n}: the file ends before its {n_special} special tokens")
-    rest, byte_ids = list(enumerate(lines[3 + n_special:], 4 + n_special)), list(range(256))
-    if lines[0] == "bpe v2":
-        n, line = rest.pop(0) if rest else (n, "")
-        byte_ids = [number(n, x, "byte id") for x in line.split()]
-        if sorted(byte_ids) != list(range(256)):
-            raise ValueError(f"line {n}: the byte ids are not a permutation of 0..255")
+        [special[s]] = numbers(n, i, 1, "the special token's id")
+    byte_ids = numbers(end, lines[end - 1], 256, "the byte ids") if lines[0] == "bpe v2" else list(range(256))
+    if sorted(byte_ids) != list(range(256)):
+        raise ValueError(f"line {end}: the byte ids are not a permutation of 0..255")
     merges = {}
-    for n, line in rest:
+    for n, line in enumerate(lines[end:], end + 1):
         if line.strip():
-            a, b = [number(n, x, "merge id") for x in line.split()] if len(line.split()) == 2 else (-1, -1)
-            if not (0 <= a < 256 + len(merges) and 0 <= b < 256 + len(merges)):
+            a, b = numbers(n, line, 2, "the merge")
+            if max(a, b) >= 256 + len(merges):
                 raise ValueError(f"line {n}: a merge must be two ids made before it, got {line[:40]!r}")
             if (a, b) in merges:
                 raise ValueError(f"line {n}: merge ({a}, {b}) is repeated")
