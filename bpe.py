@@ -143,8 +143,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     """[((a, b), new_id), ...]: at most num_merges merges over the distinct byte strings `chunks` (in order of
     first appearance) occurring `counts` times each. progress(pair, new_id, count) comes with each merge."""
     nodes, views = _link_chunks(chunks, counts, first_id + num_merges)
-    tok, nxt = nodes[0], nodes[1]
-    rare = RARE
+    tok, nxt, rare = nodes[0], nodes[1], RARE
     pair_count, where, heap = _index_pairs(views, rare)
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
 
@@ -236,8 +235,7 @@ def _index_pairs(views, min_count):
     """Count every pair of live neighbours (dead nodes have tok -1) -> pair_count of all pairs; `where`, the
     ascending positions of those occurring min_count times or more; and their heap (-count, first, pair)."""
     tok, nxt, _, weight = views
-    pos = np.flatnonzero(tok >= 0)
-    pos = pos[nxt[pos] >= 0]
+    pos = np.flatnonzero((tok >= 0) & (nxt >= 0))
     keys = tok[pos].astype(np.int64) << 32 | tok[nxt[pos]]
     order = np.argsort(keys, kind="stable")      # stable: positions stay ascending within a pair
     pos, keys = pos[order], keys[order]
@@ -376,8 +374,7 @@ def encode_chunk(ids, merges):
 
 def _encode_long_chunk(ids, merges):
     """encode_chunk in O(n log n): lowest (merge id, position) first, from a heap over a linked list."""
-    n = len(ids)
-    tok, nxt, prv = list(ids), list(range(1, n)) + [-1], list(range(-1, n - 1))
+    tok, nxt, prv = list(ids), list(range(1, len(ids))) + [-1], list(range(-1, len(ids) - 1))
     heap = [(merges[p], i) for i, p in enumerate(zip(ids, ids[1:])) if p in merges]
     heapq.heapify(heap)
     while heap:
