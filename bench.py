@@ -156,10 +156,9 @@ def tokenizer_jobs(args):
 
 def fresh(tok):
     """tok as a new tokenizer would be under bpe.py's current settings: split recompiled, caches empty."""
-    import bpe
-    tok.compiled_pattern, tok._ascii_pattern = bpe.compile_split(tok.pattern)
+    tok._set_pattern(tok.pattern)
     tok._encoder = None
-    tok._chunk_encoder()
+    tok.encode_ordinary("")               # builds the chunk encoder
     return tok
 
 

@@ -3,11 +3,9 @@ ten classic tokenization questions with measurements instead of folklore.
 
     python compare_tokenizers.py                   # table + tokenizers.png: an English and a Chinese sentence
     python compare_tokenizers.py --text "..." --file notes.txt       # ...plus your own texts
-    python compare_tokenizers.py --explain         # the ten questions, each with a measured demonstration
-    python compare_tokenizers.py --explain 8       # just question 8
+    python compare_tokenizers.py --explain [8]     # the ten questions (or just the 8th), each measured
 
-"Ours" is manual.model (`python bpe.py manual.txt 1024`), trained here and saved if missing. GPT-2's comes
-from tiktoken, which downloads its files once (offline: TIKTOKEN_CACHE_DIR, see test_all.py).
+"Ours" is manual.model (`python bpe.py manual.txt 1024`), trained here if missing. GPT-2's is tiktoken's.
 """
 import argparse
 import json
@@ -24,11 +22,24 @@ SAMPLES = {
 }
 OTHER_ENCODINGS = ("cl100k_base", "o200k_base")  # GPT-4's and GPT-4o's, shown when tiktoken has them
 GPT2_N_EMBD = 768  # width of GPT-2 small: every vocabulary entry costs one row of this many parameters
+LANGUAGES = {"English": "The weather is nice today, so let's take a walk in the park.",
+             "Chinese": "今天天气很好，我们去公园散步吧。", "Japanese": "今日は天気がいいので、公園を散歩しましょう。"}
+PY_SNIPPET = '''class Counter:
+    def add(self, word):
+        if word in self.counts:
+            self.counts[word] += 1
+        else:
+            self.counts[word] = 1
+        return self.counts[word]
+'''
+DATA = {"model": "gpt2",
+        "sizes": [{"name": "small", "layers": 12, "heads": 12, "n_embd": 768, "params_millions": 124},
+                  {"name": "medium", "layers": 24, "heads": 16, "n_embd": 1024, "params_millions": 350},
+                  {"name": "xl", "layers": 48, "heads": 25, "n_embd": 1600, "params_millions": 1558}],
+        "tokenizer": {"type": "byte-level BPE", "vocab_size": 50257, "context": 1024, "end_of_text": 50256}}
 
 
-# -----------------------------------------------------------------------------
-# The contenders: tiktoken Encodings and bpe.Tokenizers, which answer the same calls (encode_ordinary,
-# decode_single_token_bytes). encode_ordinary: a "<|endoftext|>" in a user's text is plain text here.
+# --- The contenders: tiktoken Encodings and bpe.Tokenizers (same encode_ordinary, decode_single_token_bytes)
 
 def load_tiktoken(name):
     """tiktoken's encoding `name`, or None after a one-line note."""
@@ -48,27 +59,25 @@ def load_or_train_ours(model_path, corpus_path, vocab_size):
     if not os.path.isfile(corpus_path):
         raise FileNotFoundError(f"{model_path} does not exist and {corpus_path}, the text to train it on, is "
                                 f"missing too (pass --corpus, or train one with: python bpe.py TEXT 1024)")
-    for path in (model_path, model_path[: -len(".model")] + ".vocab"):
+    prefix = model_path[: -len(".model")]
+    for path in (model_path, prefix + ".vocab"):
         bpe.check_output(path, [corpus_path])
     text = bpe.read_text(corpus_path)
     print(f"{model_path} not found: training it on {corpus_path} to vocab size {vocab_size} ...")
     tok = bpe.Tokenizer().train(text, vocab_size, progress=True)
-    tok.save(model_path[: -len(".model")])
+    tok.save(prefix)
     return tok
 
 
-# -----------------------------------------------------------------------------
-# Measuring: tokens, bytes per token, characters per token
+# --- Measuring: tokens, bytes per token, characters per token
 
 def pieces(enc, ids, limit=60):
     """'|Hello|,| world|': each token's bytes (of ids, or of a text's ids); a part of a UTF-8 character
     shows as \\xNN."""
     ids = enc.encode_ordinary(ids) if isinstance(ids, str) else ids
-    def show(i):
-        s = enc.decode_single_token_bytes(i).decode("utf-8", errors="backslashreplace")
-        return s.replace("\n", "\\n").replace("\t", "\\t")
-    more = f" ... (+{len(ids) - limit} more)" if len(ids) > limit else ""
-    return "|" + "|".join(show(i) for i in ids[:limit]) + "|" + more
+    shown = "|".join(enc.decode_single_token_bytes(i).decode("utf-8", errors="backslashreplace")
+                     .replace("\n", "\\n").replace("\t", "\\t") for i in ids[:limit])
+    return f"|{shown}|" + (f" ... (+{len(ids) - limit} more)" if len(ids) > limit else "")
 
 
 def measure(name, enc, label, text):
@@ -88,18 +97,16 @@ def plot_comparison(rows, path):
     """Grouped bars: tokens per text, and characters per token, one bar per tokenizer. Written atomically."""
     import matplotlib.pyplot as plt
     plt.switch_backend("Agg")
-    texts = list(dict.fromkeys(r["text"] for r in rows))
-    names = list(dict.fromkeys(r["tokenizer"] for r in rows))
-    by_key = {(r["text"], r["tokenizer"]): r for r in rows}
+    texts, names = (list(dict.fromkeys(r[key] for r in rows)) for key in ("text", "tokenizer"))
+    by_key, width = {(r["text"], r["tokenizer"]): r for r in rows}, 0.8 / len(names)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(names)
     for ax, key, title in zip(axes, ("tokens", "chars_per_token"),
                               ("tokens (fewer is better)", "characters per token (more is better)")):
         for j, name in enumerate(names):
             ax.bar([i + j * width for i in range(len(texts))], [by_key[t, name][key] for t in texts], width,
                    label=name)
-        ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(texts))], texts)
-        ax.set_title(title)
+        ax.set(title=title, xticks=[i + width * (len(names) - 1) / 2 for i in range(len(texts))],
+               xticklabels=texts)
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path + ".tmp", format="png", dpi=100)
@@ -107,8 +114,7 @@ def plot_comparison(rows, path):
     os.replace(path + ".tmp", path)
 
 
-# -----------------------------------------------------------------------------
-# --explain: the ten questions. Each function measures, and returns the words and numbers it printed.
+# --- --explain: the ten questions. Each function measures, and returns the words and numbers it printed.
 
 @dataclass
 class Context:
@@ -143,7 +149,7 @@ def q1_code_points(ctx):
     Tokenizers do not use code points directly (there are ~150,000 of them); byte-level BPE starts from
     the UTF-8 bytes, 1 to 4 per character, and merges frequent byte pairs."""
     lines, facts = [], {}
-    for ch in ["A", "é", "中", "😀"]:
+    for ch in "Aé中😀":
         cp, utf8 = ord(ch), ch.encode("utf-8")
         gpt2, ours = n_tokens(ctx.gpt2, ch), n_tokens(ctx.ours, ch)
         facts[ch] = dict(code_point=cp, utf8=utf8, gpt2_tokens=gpt2, ours_tokens=ours)
@@ -178,8 +184,7 @@ def q3_reverse(ctx):
     The model never sees letters, only ids of multi-letter chunks; to reverse a word it must recall how
     each chunk is spelled. The reversed word splits into other, rarer chunks, and reversing the chunks is
     not reversing the letters. Writing the letters apart first (a token each) makes the task easy."""
-    word = "lollipop"
-    lines, facts = [], {}
+    word, lines, facts = "lollipop", [], {}
     for label, text in {"word": word, "reversed": word[::-1], "spaced letters": " ".join(word)}.items():
         facts[label] = dict(gpt2=n_tokens(ctx.gpt2, text), ours=n_tokens(ctx.ours, text))
         lines.append(f"{label:>14} {text!r}: GPT-2 {facts[label]['gpt2']} tokens {pieces(ctx.gpt2, text)}, "
@@ -190,20 +195,12 @@ def q3_reverse(ctx):
     return Answer.of(q3_reverse, lines, facts)
 
 
-LANGUAGES = {
-    "English": "The weather is nice today, so let's take a walk in the park.",
-    "Chinese": "今天天气很好，我们去公园散步吧。",
-    "Japanese": "今日は天気がいいので、公園を散歩しましょう。",
-}
-
-
 def q4_non_english(ctx):
     """Why do LLMs do worse on non-English text such as Japanese or Chinese?
     GPT-2's merges were learned on mostly English text: an English word is one token, a Chinese or
     Japanese character (3 UTF-8 bytes) often 2-3. The same meaning costs about twice the tokens, so less
     fits in the context. A tokenizer trained on text with Chinese in it narrows the gap."""
-    encoders = {"GPT-2": ctx.gpt2, "ours": ctx.ours, **ctx.others}
-    rows, facts = [], {}
+    encoders, rows, facts = {"GPT-2": ctx.gpt2, "ours": ctx.ours, **ctx.others}, [], {}
     for lang, text in LANGUAGES.items():
         counts = {name: n_tokens(enc, text) for name, enc in encoders.items()}
         facts[lang] = dict(chars=len(text), bytes=len(text.encode()), **counts)
@@ -232,29 +229,16 @@ def q5_arithmetic(ctx):
     return Answer.of(q5_arithmetic, lines, facts)
 
 
-PY_SNIPPET = '''class Counter:
-    def add(self, word):
-        if word in self.counts:
-            self.counts[word] += 1
-        else:
-            self.counts[word] = 1
-        return self.counts[word]
-'''
-
-
 def q6_python(ctx):
     """Why did GPT-2 have trouble with Python?
     GPT-2's vocabulary has no merges for runs of spaces, so every space of indentation is its own token
     (id 220): code burns the context on spaces, and the model must count them to get the nesting right. A
     tokenizer trained on plenty of code (cl100k_base) has tokens for whole indentation runs."""
-    encoders = {"GPT-2": ctx.gpt2}
+    encoders, lines, facts = {"GPT-2": ctx.gpt2}, [], {}
     if "cl100k_base" in ctx.others:
         encoders["cl100k_base"] = ctx.others["cl100k_base"]
     else:
-        with open(__file__, encoding="utf-8") as f:
-            encoders["ours, trained on Python"] = bpe.Tokenizer("gpt4").train(f.read(), 512)
-    lines, facts = [], {}
-    if "cl100k_base" not in ctx.others:
+        encoders["ours, trained on Python"] = bpe.Tokenizer("gpt4").train(bpe.read_text(__file__), 512)
         lines.append("(cl100k_base is not loaded here, so a GPT-4-pattern BPE trained at vocab 512 on this "
                      "script's own source stands in for a tokenizer that has seen code)")
     for name, enc in encoders.items():
@@ -296,19 +280,9 @@ def q8_solidgoldmagikarp(ctx):
         facts[text] = ids = ctx.gpt2.encode_ordinary(text)
         lines.append(f"GPT-2 {text!r} -> {len(ids)} token{'s' * (len(ids) > 1)} {ids} "
                      f"{pieces(ctx.gpt2, text)}")
-    text = " SolidGoldMagikarp"
-    facts["ours"] = n_tokens(ctx.ours, text)
-    lines.append(f"ours ' SolidGoldMagikarp' -> {facts['ours']} tokens {pieces(ctx.ours, text)}")
+    facts["ours"] = n_tokens(ctx.ours, text := " SolidGoldMagikarp")
+    lines.append(f"ours {text!r} -> {facts['ours']} tokens {pieces(ctx.ours, text)}")
     return Answer.of(q8_solidgoldmagikarp, lines, facts)
-
-
-DATA = {
-    "model": "gpt2",
-    "sizes": [{"name": "small", "layers": 12, "heads": 12, "n_embd": 768, "params_millions": 124},
-              {"name": "medium", "layers": 24, "heads": 16, "n_embd": 1024, "params_millions": 350},
-              {"name": "xl", "layers": 48, "heads": 25, "n_embd": 1600, "params_millions": 1558}],
-    "tokenizer": {"type": "byte-level BPE", "vocab_size": 50257, "context": 1024, "end_of_text": 50256},
-}
 
 
 def q9_yaml_json(ctx):
@@ -345,8 +319,7 @@ QUESTIONS = [q1_code_points, q2_vocab_size, q3_reverse, q4_non_english, q5_arith
              q6_python, q7_endoftext, q8_solidgoldmagikarp, q9_yaml_json, q10_not_end_to_end]
 
 
-# -----------------------------------------------------------------------------
-# The command line
+# --- The command line
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -375,13 +348,11 @@ def check_inputs(args):
     if not all(256 <= size <= bpe.MAX_VOCAB for size in sizes + [args.vocab_size]):
         raise ValueError(f"--sizes and --vocab-size must be at least 256 (the single bytes) and at most "
                          f"{bpe.MAX_VOCAB:,}")
-    texts = dict(SAMPLES)
-    texts.update((f"text {i}", text) for i, text in enumerate(args.text, 1))
+    texts = {**SAMPLES, **{f"text {i}": text for i, text in enumerate(args.text, 1)}}
     for path in args.file:
         texts[os.path.basename(path) if os.path.basename(path) not in texts else path] = bpe.read_text(path)
-    for label, text in texts.items():
-        if not text:
-            raise ValueError(f"{label} is empty: there is nothing to tokenize")
+    if empty := [label for label, text in texts.items() if not text]:
+        raise ValueError(f"{empty[0]} is empty: there is nothing to tokenize")
     if args.plot:
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
             raise FileNotFoundError(f"cannot write {args.plot}: its folder does not exist")
@@ -402,8 +373,8 @@ def run(args):
         for number, question in enumerate(QUESTIONS, 1):
             if args.explain in (0, number):
                 answer = question(ctx)
-                print(f"\n=== {number}/10. {answer.title} ===\n{answer.why}")
-                print("\n".join("  " + line for line in answer.lines))
+                print(f"\n=== {number}/10. {answer.title} ===\n{answer.why}\n" +
+                      "\n".join("  " + line for line in answer.lines))
         return
     contenders = {f"ours ({os.path.basename(args.model)}, {len(ours.vocab)})": ours}
     contenders.update({enc.name: enc for enc in [gpt2] + list(others.values()) if enc is not None})
@@ -419,9 +390,8 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
     try:
-        run(args)
+        run(parse_args(argv))
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
 
