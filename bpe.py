@@ -29,9 +29,7 @@ GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| 
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None, None: None}
 
 
-# ---------------------------------------------------------------------------------------------
-# The textbook algorithm (minbpe's): the reference that everything below is proven against
-# ---------------------------------------------------------------------------------------------
+# --- The textbook algorithm (minbpe's): the reference that everything below is proven against ------
 
 def get_stats(ids, counts=None):
     """Count the adjacent pairs of `ids` into `counts`, a dict in text order ("aaa" has (a, a) twice)."""
@@ -55,9 +53,8 @@ def merge(ids, pair, new_id):
 
 
 def textbook_train(text, vocab_size, pattern=GPT4_PATTERN):
-    """Merges {(a, b): new_id}: count every pair in every chunk, merge the most frequent one everywhere,
-    repeat, within the chunks of the split pattern (or the whole text). Ties go to the first of the most
-    frequent pairs in text order (max() over the dict)."""
+    """Merges {(a, b): new_id}: in the chunks of the split (or the whole text), merge the most frequent pair
+    everywhere, repeat. Ties go to the first such pair in text order (max() over the dict)."""
     chunks = [list(chunk.encode("utf-8")) for chunk in (regex.findall(pattern, text) if pattern else [text])]
     merges = {}
     for new_id in range(256, vocab_size):
@@ -86,10 +83,8 @@ def textbook_encode(text, merges, pattern=GPT4_PATTERN):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Speed paths: a trainer and an encoder that return exactly the textbook's answers. Each knob switches one
-# shortcut off: test_all.py checks every setting against the textbook, `bench.py tokenizer --ablate` times it.
-# ---------------------------------------------------------------------------------------------
+# --- Speed paths: the textbook's answers, faster. Each knob switches one shortcut off: test_all.py
+# checks every setting against the textbook, `bench.py tokenizer --ablate` times it.
 BULK_MIN = 300              # merges with this many places (or more) run in numpy
 RARE = 8                    # pairs rarer than this get a count but no place list, until one might win
 PAUSE_GC = True             # no cycle collection during training (many small lists, none in a cycle)
