@@ -400,8 +400,7 @@ def report(model, name):
 # METEOR, ROUGE-L, CIDEr from the COCO caption code (Java PTB tokenizer, METEOR 1.5). Here sacrebleu gives
 # BLEU, pycocoevalcap (that COCO code, jars included) the other three, and nist() NIST: no maintained
 # library implements MT-Eval's (nltk's weighs n-gram information differently).
-COCO_PUNCTUATION = {"''", "'", "``", "`", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".", "?", "!", ",", ":", "-",
-                    "--", "...", ";"}
+COCO_PUNCTUATION = set("'' ' `` ` -lrb- -rrb- -lcb- -rcb- . ? ! , : - -- ... ;".split())
 
 
 def group_by_mr(pairs):
