@@ -368,8 +368,7 @@ def fmt_bytes(n):
 
 
 def full_fine_tune(args, lora, base_loss, train_ex, val_ex, tokenizer):
-    """The same run with every weight trainable, on a fresh copy of the base, written to --full-out; then a
-    LoRA vs full table."""
+    """The same run with every weight trainable (a fresh base, written to --full-out); then LoRA vs full."""
     device = args.device
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -401,8 +400,7 @@ def report(model, name):
 # METEOR, ROUGE-L, CIDEr from the COCO caption code (Java PTB tokenizer, METEOR 1.5). Here sacrebleu gives
 # BLEU, pycocoevalcap (that COCO code, jars included) the other three, and nist() NIST: no maintained
 # library implements MT-Eval's (nltk's weighs n-gram information differently).
-COCO_PUNCTUATION = {"''", "'", "``", "`", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".", "?", "!", ",", ":", "-",
-                    "--", "...", ";"}
+COCO_PUNCTUATION = set("'' ' `` ` -lrb- -rrb- -lcb- -rcb- . ? ! , : - -- ... ;".split())
 
 
 def group_by_mr(pairs):
@@ -480,8 +478,7 @@ def nist(predictions, references, max_n=5):
 
 
 def coco_words(text):
-    """A Python stand-in for the COCO code's (Java) PTB tokenizer: lowercase, split off punctuation and
-    clitics ("do n't", "'s"), drop the punctuation."""
+    """A stand-in for COCO's Java PTB tokenizer: lowercase, split clitics ("do n't"), drop punctuation."""
     text = re.sub(r"(\w)n't\b", r"\1 n't", text.lower())
     return " ".join(w for w in re.findall(r"n't|'\w+|\w+(?:[-./]\w+)*|\S", text) if w not in COCO_PUNCTUATION)
 
@@ -656,8 +653,7 @@ def read_peft(path):
 
 # --- Inputs at the door: numbers (flags, adapter configs) and paths, each refused in one line naming it
 def number(kind, ok, want):
-    """An argparse type: a `kind` number, refused unless ok(it) (NaN fails every comparison); .ok and .want
-    check adapter configs too."""
+    """An argparse type: a `kind` number refused unless ok(it) (NaN fails all comparisons); .ok, .want too."""
     def parse(text):
         if not ok(value := kind(text)):
             raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
@@ -730,8 +726,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=COUNT, default=1000)
     p.add_argument("--batch-size", type=COUNT, default=8)
     p.add_argument("--grad-accum", type=COUNT, default=1)
-    p.add_argument("--block-size", type=number(int, lambda v: v >= 2, ">= 2"), default=512,
-                   help="longest example in tokens")
+    p.add_argument("--block-size", type=number(int, lambda v: v >= 2, ">= 2"), default=512)
     p.add_argument("--lr", type=RATE, default=2e-4)
     p.add_argument("--full-lr", type=RATE, help="learning rate of --full (default: --lr)")
     p.add_argument("--warmup", type=COUNT0, default=100)
@@ -742,8 +737,7 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=COUNT0, default=3, help="validation prompts to complete before/after")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--out", default="log/lora.pt", help="adapter-only output file")
-    p.add_argument("--merge", nargs="?", const="log/lora_merged.pt",
-                   help="also write the merged checkpoint (default: log/lora_merged.pt)")
+    p.add_argument("--merge", nargs="?", const="log/lora_merged.pt", help="also write the merged checkpoint")
     p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
     p.add_argument("--save-peft", metavar="DIR", help="also write the adapter in PEFT's format into DIR")
     p.add_argument("--full", action="store_true", help="also run full fine-tuning and print LoRA vs full")
@@ -784,8 +778,7 @@ def parse_args(argv=None):
 
 
 def load_base(args, recorded_tokenizer=None):
-    """(model, tokenizer, base hash) from --ckpt or --init; tokenizer: --tokenizer, else the adapter's, else
-    the base's."""
+    """(model, tokenizer, base hash) from --ckpt/--init; tokenizer: --tokenizer, the adapter's, the base's."""
     if args.init:
         model, spec = gpt.GPT.from_pretrained(args.init), "gpt2"
     else:
