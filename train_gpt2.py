@@ -31,9 +31,7 @@ from model import (GPT, GPTConfig, atomic_write, auto_device, check_device, chec
                    check_text, get_tokenizer, load_checkpoint, peak_flops, save_checkpoint, tokenizer_spec,
                    unwrap)
 
-# ---------------------------------------------------------------------------------------------
-# 1. Settings: two presets, every value overridable by its flag, all checked before any work
-# ---------------------------------------------------------------------------------------------
+# --- 1. Settings: two presets, every value overridable by its flag, all checked before any work ---
 PRESETS = {
     # GPT-2 (124M) on FineWeb-Edu 10B with GPT-3's hyperparameters for that size: 2**19 tokens per step
     # (B=64 x T=1024 x gradient accumulation), warmup over 715 steps, cosine to 10% of the peak at 10B tokens.
@@ -149,9 +147,7 @@ def fail(message):
     sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. Processes: one per GPU under torchrun (DDP), or a single one; the speed switches
-# ---------------------------------------------------------------------------------------------
+# --- 2. Processes: one per GPU under torchrun (DDP), or a single one; the speed switches ----------
 def setup_processes(args):
     """The run's shared state, starting with who this process is: rank, world size, device, logger."""
     run = SimpleNamespace(rank=0, local_rank=0, world=1, device=args.device or auto_device())
@@ -177,9 +173,7 @@ def setup_processes(args):
     return run
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. Data: token shards -> an endless stream of (x, y) batches, each process taking its own slice
-# ---------------------------------------------------------------------------------------------
+# --- 3. Data: token shards -> an endless stream of (x, y) batches, each process taking its own slice ---
 def load_data(path, tok, tokenizer, log):
     """(train shards, val shards, their source for --resume to compare): fineweb.py's shards, memory-mapped
     (the OS pages them in as they are read) once every id in them is one `tok` knows; or a text file."""
@@ -295,9 +289,7 @@ def setup_data(args, run):
         run.log(f"notice: val loss skipped: the val split ({n_val:,} tokens) is under a row per process")
 
 
-# ---------------------------------------------------------------------------------------------
-# 4. Model, optimizer and learning rate schedule
-# ---------------------------------------------------------------------------------------------
+# --- 4. Model, optimizer and learning rate schedule -----------------------------------------------
 def make_optimizer(model, lr, weight_decay, fused=False, betas=(0.9, 0.95), eps=1e-8):
     """AdamW where only the 2-D weights (matmuls, embeddings) decay; biases and LayerNorm gains do not.
     named_parameters() lists a shared tensor once, so the tied wte / lm_head matrix is one parameter."""
@@ -317,9 +309,7 @@ def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-# ---------------------------------------------------------------------------------------------
-# 5. Checkpoints: everything needed to continue bit-exactly, written atomically
-# ---------------------------------------------------------------------------------------------
+# --- 5. Checkpoints: everything needed to continue bit-exactly, written atomically ----------------
 def save(args, run, step):
     """Checkpoint after `step` steps. Every process calls it: each one's RNG state (what dropout draws
     from; the loader has its own generator) goes into the checkpoint."""
@@ -395,9 +385,7 @@ def read_log(log_file, log):
     return entries
 
 
-# ---------------------------------------------------------------------------------------------
-# 6. Evaluation: val loss, HellaSwag, samples, the plot
-# ---------------------------------------------------------------------------------------------
+# --- 6. Evaluation: val loss, HellaSwag, samples, the plot ----------------------------------------
 @torch.no_grad()
 def evaluate(args, run, step):
     """Val loss, HellaSwag accuracy and samples, logged and plotted; the training state is untouched."""
@@ -477,9 +465,7 @@ def plot_log(log_file, png_file):
     plt.close(fig)
 
 
-# ---------------------------------------------------------------------------------------------
-# 7. Training: the step (with its log line) and the loop around it
-# ---------------------------------------------------------------------------------------------
+# --- 7. Training: the step (with its log line) and the loop around it -----------------------------
 STOP_REQUESTED = []  # SIGTERM (a preempted job) or Ctrl-C: finish the step, save a checkpoint, exit cleanly
 
 
