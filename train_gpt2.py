@@ -99,12 +99,11 @@ def parse_args(argv=None):
     return args
 
 
-AT_LEAST_1, AT_LEAST_0 = (lambda v: v >= 1, "at least 1"), (lambda v: v >= 0, "at least 0")
 RULES = {  # flag -> (test, what it must be); NaN fails every test
     **dict.fromkeys("n_layer n_head n_embd batch_size seq_len total_batch_size max_steps vocab_multiple "
-                    "val_steps stop_at hellaswag_limit".split(), AT_LEAST_1),
+                    "val_steps stop_at hellaswag_limit".split(), (lambda v: v >= 1, "at least 1")),
     **dict.fromkeys("warmup_steps eval_every ckpt_every keep_every sample_tokens num_samples".split(),
-                    AT_LEAST_0),
+                    (lambda v: v >= 0, "at least 0")),
     **dict.fromkeys("lr min_lr weight_decay grad_clip".split(), (lambda v: 0 <= v < math.inf, "finite >= 0")),
     "dropout": (lambda v: 0 <= v < 1, "in [0, 1)")}
 
@@ -175,8 +174,7 @@ def setup_processes(args):
 
 # --- 3. Data: token shards -> an endless stream of (x, y) batches, each process taking its own slice ---
 def load_data(path, tok, tokenizer, log):
-    """(train shards, val shards, their source for --resume to compare): fineweb.py's shards, memory-mapped
-    (the OS pages them in as they are read) once every id in them is one `tok` knows; or a text file."""
+    """fineweb.py's shards (memory-mapped, all ids checked against tok) or a text -> train, val, source."""
     if os.path.isfile(path):
         return load_text(path, tok, log)
     if not os.path.isdir(path):
@@ -311,8 +309,7 @@ def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
 
 # --- 5. Checkpoints: everything needed to continue bit-exactly, written atomically ----------------
 def save(args, run, step):
-    """Checkpoint after `step` steps. Every process calls it: each one's RNG state (what dropout draws
-    from; the loader has its own generator) goes into the checkpoint."""
+    """Checkpoint after `step` steps; every process calls it, for its RNG state (what dropout draws from)."""
     rng = torch.cuda.get_rng_state(run.device) if run.device_type == "cuda" else torch.get_rng_state()
     rngs = [rng] * run.world
     if run.ddp:
@@ -330,8 +327,7 @@ SHAPING = ("seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "
 
 
 def start_or_resume(args, run):
-    """A new log, or (--resume) the weights, optimizer, data position and RNG state of model.pt once the
-    data, the tokenizer and the options that shape the run are the checkpoint's. -> the first step."""
+    """The first step: 0 with a new log, or (--resume) model.pt's once its data, tokenizer, SHAPING match."""
     run.log_file, run.ckpt_file = (os.path.join(args.log_dir, f) for f in ("log.txt", "model.pt"))
     if not args.resume:
         if run.master:
