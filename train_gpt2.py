@@ -56,8 +56,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("data")
     g.add_argument("--data", help="a directory of .npy token shards (from fineweb.py) or a .txt file")
     g.add_argument("--tokenizer", help="gpt2 (BPE), byte (UTF-8 bytes), or a .model file written by bpe.py")
-    g.add_argument("--shuffle", action=on_off, default=True,
-                   help="seeded shard order and start offsets each epoch (--no-shuffle: the recipe's order)")
+    g.add_argument("--shuffle", action=on_off, default=True, help="seeded shard order and offsets per epoch")
     g.add_argument("--seed", type=int, default=1337)
     g = p.add_argument_group("model and optimization")
     for name in ("--n-layer", "--n-head", "--n-embd", "--max-steps", "--warmup-steps"):
