@@ -31,9 +31,7 @@ from model import (GPT, GPTConfig, atomic_write, auto_device, check_device, chec
                    check_text, get_tokenizer, load_checkpoint, peak_flops, save_checkpoint, tokenizer_spec,
                    unwrap)
 
-# ---------------------------------------------------------------------------------------------
-# 1. Settings: two presets, every value overridable by its flag, all checked before any work
-# ---------------------------------------------------------------------------------------------
+# --- 1. Settings: two presets, every value overridable by its flag, all checked before any work ---
 PRESETS = {
     # GPT-2 (124M) on FineWeb-Edu 10B with GPT-3's hyperparameters for that size: 2**19 tokens per step
     # (B=64 x T=1024 x gradient accumulation), warmup over 715 steps, cosine to 10% of the peak at 10B tokens.
@@ -58,8 +56,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("data")
     g.add_argument("--data", help="a directory of .npy token shards (from fineweb.py) or a .txt file")
     g.add_argument("--tokenizer", help="gpt2 (BPE), byte (UTF-8 bytes), or a .model file written by bpe.py")
-    g.add_argument("--shuffle", action=on_off, default=True,
-                   help="seeded shard order and start offsets each epoch (--no-shuffle: the recipe's order)")
+    g.add_argument("--shuffle", action=on_off, default=True, help="seeded shard order and offsets per epoch")
     g.add_argument("--seed", type=int, default=1337)
     g = p.add_argument_group("model and optimization")
     for name in ("--n-layer", "--n-head", "--n-embd", "--max-steps", "--warmup-steps"):
@@ -101,12 +98,11 @@ def parse_args(argv=None):
     return args
 
 
-AT_LEAST_1, AT_LEAST_0 = (lambda v: v >= 1, "at least 1"), (lambda v: v >= 0, "at least 0")
 RULES = {  # flag -> (test, what it must be); NaN fails every test
     **dict.fromkeys("n_layer n_head n_embd batch_size seq_len total_batch_size max_steps vocab_multiple "
-                    "val_steps stop_at hellaswag_limit".split(), AT_LEAST_1),
+                    "val_steps stop_at hellaswag_limit".split(), (lambda v: v >= 1, "at least 1")),
     **dict.fromkeys("warmup_steps eval_every ckpt_every keep_every sample_tokens num_samples".split(),
-                    AT_LEAST_0),
+                    (lambda v: v >= 0, "at least 0")),
     **dict.fromkeys("lr min_lr weight_decay grad_clip".split(), (lambda v: 0 <= v < math.inf, "finite >= 0")),
     "dropout": (lambda v: 0 <= v < 1, "in [0, 1)")}
 
@@ -149,9 +145,7 @@ def fail(message):
     sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. Processes: one per GPU under torchrun (DDP), or a single one; the speed switches
-# ---------------------------------------------------------------------------------------------
+# --- 2. Processes: one per GPU under torchrun (DDP), or a single one; the speed switches ----------
 def setup_processes(args):
     """The run's shared state, starting with who this process is: rank, world size, device, logger."""
     run = SimpleNamespace(rank=0, local_rank=0, world=1, device=args.device or auto_device())
@@ -177,12 +171,9 @@ def setup_processes(args):
     return run
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. Data: token shards -> an endless stream of (x, y) batches, each process taking its own slice
-# ---------------------------------------------------------------------------------------------
+# --- 3. Data: token shards -> an endless stream of (x, y) batches, each process taking its own slice ---
 def load_data(path, tok, tokenizer, log):
-    """(train shards, val shards, their source for --resume to compare): fineweb.py's shards, memory-mapped
-    (the OS pages them in as they are read) once every id in them is one `tok` knows; or a text file."""
+    """fineweb.py's shards (memory-mapped, all ids checked against tok) or a text -> train, val, source."""
     if os.path.isfile(path):
         return load_text(path, tok, log)
     if not os.path.isdir(path):
@@ -295,9 +286,7 @@ def setup_data(args, run):
         run.log(f"notice: val loss skipped: the val split ({n_val:,} tokens) is under a row per process")
 
 
-# ---------------------------------------------------------------------------------------------
-# 4. Model, optimizer and learning rate schedule
-# ---------------------------------------------------------------------------------------------
+# --- 4. Model, optimizer and learning rate schedule -----------------------------------------------
 def make_optimizer(model, lr, weight_decay, fused=False, betas=(0.9, 0.95), eps=1e-8):
     """AdamW where only the 2-D weights (matmuls, embeddings) decay; biases and LayerNorm gains do not.
     named_parameters() lists a shared tensor once, so the tied wte / lm_head matrix is one parameter."""
@@ -317,12 +306,9 @@ def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-# ---------------------------------------------------------------------------------------------
-# 5. Checkpoints: everything needed to continue bit-exactly, written atomically
-# ---------------------------------------------------------------------------------------------
+# --- 5. Checkpoints: everything needed to continue bit-exactly, written atomically ----------------
 def save(args, run, step):
-    """Checkpoint after `step` steps. Every process calls it: each one's RNG state (what dropout draws
-    from; the loader has its own generator) goes into the checkpoint."""
+    """Checkpoint after `step` steps; every process calls it, for its RNG state (what dropout draws from)."""
     rng = torch.cuda.get_rng_state(run.device) if run.device_type == "cuda" else torch.get_rng_state()
     rngs = [rng] * run.world
     if run.ddp:
@@ -340,8 +326,7 @@ SHAPING = ("seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "
 
 
 def start_or_resume(args, run):
-    """A new log, or (--resume) the weights, optimizer, data position and RNG state of model.pt once the
-    data, the tokenizer and the options that shape the run are the checkpoint's. -> the first step."""
+    """The first step: 0 with a new log, or (--resume) model.pt's once its data, tokenizer, SHAPING match."""
     run.log_file, run.ckpt_file = (os.path.join(args.log_dir, f) for f in ("log.txt", "model.pt"))
     if not args.resume:
         if run.master:
@@ -395,9 +380,7 @@ def read_log(log_file, log):
     return entries
 
 
-# ---------------------------------------------------------------------------------------------
-# 6. Evaluation: val loss, HellaSwag, samples, the plot
-# ---------------------------------------------------------------------------------------------
+# --- 6. Evaluation: val loss, HellaSwag, samples, the plot ----------------------------------------
 @torch.no_grad()
 def evaluate(args, run, step):
     """Val loss, HellaSwag accuracy and samples, logged and plotted; the training state is untouched."""
@@ -477,9 +460,7 @@ def plot_log(log_file, png_file):
     plt.close(fig)
 
 
-# ---------------------------------------------------------------------------------------------
-# 7. Training: the step (with its log line) and the loop around it
-# ---------------------------------------------------------------------------------------------
+# --- 7. Training: the step (with its log line) and the loop around it -----------------------------
 STOP_REQUESTED = []  # SIGTERM (a preempted job) or Ctrl-C: finish the step, save a checkpoint, exit cleanly
 
 
