@@ -1,11 +1,9 @@
 """GPT-2, written to be read: the same function as HuggingFace's GPT2LMHeadModel, with the same parameter
-names.
+names, in the order data flows. Below the model: what the model-side scripts share (devices, tokenizers,
+checkpoints, input checks, atomic writes, downloads), then the CLI.
 
     python model.py --init gpt2 --prompt "Hello, I'm a language model,"   # OpenAI's weights (downloads once)
-    python model.py --ckpt log/model.pt --prompt "The tokenizer"          # a checkpoint from train_gpt2.py
-
-Besides the model this file holds what every model-side script shares: the tokenizer choice, the device
-choice, and the checkpoint format (save_checkpoint / load_checkpoint).
+    python model.py --ckpt log/model.pt --export-hf out/hf                # a checkpoint, for transformers
 """
 import argparse
 import contextlib
@@ -38,8 +36,8 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0         # GPT-2 was trained with 0.1; pretraining from scratch here uses 0
     attn: str = "flash"          # "flash": F.scaled_dot_product_attention; "plain": explicit masked softmax
-    vocab_multiple: int = 1      # pad the embedding rows to a multiple of this: 64 turns 50257 into 50304,
-                                 # a "nicer" matrix size for GPU kernels; the extra ids are never produced
+    vocab_multiple: int = 1      # pad the embedding rows to a multiple of this (64: 50257 -> 50304, a
+                                 # friendlier size for GPU kernels); the extra ids are never produced
     layer_norm_epsilon: float = 1e-5
 
     @property
@@ -65,17 +63,16 @@ class GPTConfig:
 # The network
 # ---------------------------------------------------------------------------------------------
 class KVCache:
-    """Keys and values of the positions seen so far, for every layer, preallocated up to block_size:
-    during generation each new token then costs one position of compute instead of the whole prefix."""
+    """Keys and values of the positions seen so far, per layer, preallocated: during generation each new
+    token then costs one position of compute instead of the whole prefix."""
 
     def __init__(self, config, batch_size, device, dtype, max_len=None):
-        head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len or config.block_size, head_dim)
-        # torch.empty, not zeros: only written positions are ever read, and zero-filling hundreds of MB
-        # per generate() call is measurable.
+        shape = (config.n_layer, batch_size, config.n_head, max_len or config.block_size,
+                 config.n_embd // config.n_head)   # (L, B, nh, T_max, hs)
+        # empty, not zeros: only written positions are ever read
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.length = 0  # positions filled; GPT.forward advances it after all layers have written
+        self.length = 0  # positions filled; GPT.hidden_states advances it after all layers have written
 
     def update(self, layer, k, v):
         """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys and values so far."""
@@ -87,17 +84,12 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def reorder(self, rows):
-        """Row i continues from old row rows[i] (beam search: each new beam extends some old beam's prefix).
-
-        rows may repeat or drop rows and change the batch size; only the filled positions are copied.
-        """
+        """Row i continues from old row rows[i] (beam search); rows may repeat, drop or add rows."""
         for name in ("k", "v"):
             old = getattr(self, name)
             new = old.new_empty((old.size(0), len(rows), *old.shape[2:]))
             new[:, :, :, :self.length] = old[:, rows, :, :self.length]
             setattr(self, name, new)
-
-
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
@@ -118,7 +110,7 @@ class CausalSelfAttention(nn.Module):
         past = 0
         if kv_cache is not None:
             past = kv_cache.length
-            k, v = kv_cache.update(self.layer_idx, k, v)
+            k, v = kv_cache.update(self.layer_idx, k, v)                          # (B, nh, past + T, hs)
         # Query i (at absolute position past + i) may look at keys 0 .. past + i.
         # With no past this is the usual square causal mask; a single new query may look at everything.
         if attn_mask is None and past > 0 and T > 1:
@@ -127,15 +119,15 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if self.attn == "flash":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=dropout, is_causal=causal)
-        else:  # the textbook computation, kept for the speed ablation and as a cross-check
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        else:  # the textbook computation, kept as a cross-check
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))         # (B, nh, T, past + T)
             if causal:
                 attn_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if attn_mask is not None:
                 att = att.masked_fill(~attn_mask, float("-inf"))
             att = F.dropout(F.softmax(att, dim=-1), p=dropout, training=self.training)
-            y = att @ v
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+            y = att @ v                                                                # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -198,19 +190,16 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def hidden_states(self, idx, kv_cache=None, pos=None, attn_mask=None):
-        """Final-layer-norm output (B, T, n_embd) for token ids idx (B, T).
-
-        pos (B, T) and attn_mask (B, 1, T, T) let one row hold several sequences that share a prefix
-        (hellaswag.py packs a context and its four endings so); by default positions count on from the
-        cache and attention is causal.
-        """
+        """Final-layer-norm output (B, T, n_embd) for token ids idx (B, T). pos (B, T) and attn_mask
+        (B, 1, T, T) let one row hold several sequences sharing a prefix (hellaswag.py's packed rows);
+        by default positions count on from the cache and attention is causal."""
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
         if pos is None:
             if past + T > self.config.block_size:
                 raise ValueError(f"{past + T} positions are more than block_size {self.config.block_size}")
             pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, n_embd)
         for block in self.transformer.h:
             x = block(x, kv_cache, attn_mask)
         if kv_cache is not None:
@@ -218,9 +207,9 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
-        """Returns (logits, loss). Targets equal to -1 are ignored (e.g. prompt tokens, padding).
-        reduction="none" returns (None, per-token loss (B, T), 0 where the target is -1) and applies lm_head
-        only where a target exists: scoring a few tokens skips the vocabulary projection for the rest."""
+        """Returns (logits (B, T, V), loss). Targets equal to -1 are ignored (prompt tokens, padding).
+        reduction="none" returns (None, per-token loss (B, T), 0 where the target is -1), projecting onto
+        the vocabulary only where a target exists."""
         x = self.hidden_states(idx, kv_cache)
         if targets is None:
             return self.lm_head(x), None
@@ -231,18 +220,16 @@ class GPT(nn.Module):
         if reduction == "none":
             scored = targets != -1
             token_loss = torch.zeros(targets.shape, dtype=torch.float32, device=x.device)
-            logits = self.lm_head(x[scored])
+            logits = self.lm_head(x[scored])                                   # (scored tokens, V)
             token_loss[scored] = F.cross_entropy(logits, targets[scored], reduction="none").float()
             return None, token_loss
         raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
 
     def num_params(self, non_embedding=False):
-        """Parameter count, the tied wte/lm_head matrix counted once. non_embedding=True leaves out the
-        position embeddings (a lookup, no FLOPs); wte stays: tied to lm_head, it is also the last matmul."""
+        """Parameters, tied wte/lm_head once; non_embedding leaves out wpe (a lookup, no FLOPs)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    # --- speed accounting -------------------------------------------------------------------------
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 * L * H * Q * T."""
         c = self.config
@@ -257,15 +244,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
                  use_cache=True, stop_token=None, num_beams=1, **beam_options):
-        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 is greedy decoding.
-
-        With stop_token (e.g. <|endoftext|>) it returns early once every row has produced it; rows that
-        stopped sooner carry on, so cut each row at its first stop_token.
-
-        With use_cache each step feeds only the newest token. Once the sequence outgrows block_size the
-        context is cropped to the last block_size tokens exactly as without the cache; the positions of the
-        kept tokens then shift, so the cache is rebuilt from the cropped context at each such step.
-        """
+        """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 is greedy. With stop_token it
+        returns once every row has produced it (rows that stopped sooner carry on: cut at the first one).
+        Past block_size the context is cropped to the last block_size tokens; their positions shift, so
+        the cache is refilled from the cropped context at each such step, exactly as without it."""
         if num_beams > 1:  # a deterministic search instead of sampling: see beam_search for its options
             return self.beam_search(idx, max_new_tokens, num_beams, stop_token=stop_token, **beam_options)
         check_sampling(temperature, top_k, top_p)
@@ -284,10 +266,10 @@ class GPT(nn.Module):
                 if cache is not None:
                     cache.length = 0                                     # (re)fill from the cropped context
                 x = self.hidden_states(idx[:, -block_size:], cache)
-            logits = self.lm_head(x[:, -1, :])
+            logits = self.lm_head(x[:, -1, :])                           # (B, V)
             if self.config.padded_vocab_size > self.config.vocab_size:
                 logits[:, self.config.vocab_size:] = float("-inf")      # padded ids are never real tokens
-            idx_next = sample_next_token(logits, temperature, top_k, top_p, generator)
+            idx_next = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             if stop_token is not None:
                 stopped |= idx_next[:, 0] == stop_token
@@ -295,6 +277,24 @@ class GPT(nn.Module):
                     break
         self.train(was_training)
         return idx
+
+    @staticmethod
+    def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits / temperature
+        if top_k is not None:
+            kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+            logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        if top_p is not None:
+            # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
+            sorted_logits, order = torch.sort(logits, descending=True)
+            probs = F.softmax(sorted_logits, dim=-1)
+            mass_before = probs.cumsum(dim=-1) - probs
+            sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
     @torch.no_grad()
     def beam_search(self, idx, max_new_tokens, num_beams=4, length_penalty=1.0, no_repeat_ngram_size=0,
@@ -306,10 +306,8 @@ class GPT(nn.Module):
         step, is finished and scored sum / n ** length_penalty, n its new tokens counting the stop token.
         The search ends when num_beams beams have finished and no running beam can beat the worst of them:
         judged at its current length (early_stopping=False), at max_new_tokens when length_penalty > 0
-        ("never"), or not at all (True: stop as soon as num_beams have finished). no_repeat_ngram_size=K
-        forbids a token that would repeat a K-gram of the sequence, prompt included.
-        idx may be a list of 1-D prompts of different lengths: each is searched on its own and a list of
-        1-D sequences comes back (transformers returns the same tokens for them left-padded as a batch).
+        ("never"), or not at all (True). no_repeat_ngram_size=K forbids a token that would repeat a K-gram
+        of the sequence, prompt included. A list of 1-D prompts is searched one by one, giving a list.
         """
         n = no_repeat_ngram_size
         if isinstance(idx, (list, tuple)):
@@ -320,8 +318,7 @@ class GPT(nn.Module):
             raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceed block_size "
                              f"{self.config.block_size}")
         stops = {stop_token} if isinstance(stop_token, int) else set(stop_token or ())
-        # Candidates kept per step: even if every beam's best continuations are stop tokens, num_beams
-        # candidates remain to carry on.
+        # Even if every beam's best continuations are stop tokens, num_beams candidates remain to carry on.
         n_cand = max(2, 1 + len(stops)) * num_beams
         was_training = self.training
         self.eval()
@@ -380,11 +377,8 @@ class GPT(nn.Module):
         return model
 
     def load_hf_state_dict(self, hf_state):
-        """Copy a GPT2LMHeadModel state dict in, checking every name and shape.
-
-        HuggingFace keeps OpenAI's Conv1D layout (in_features, out_features) for the four projections;
-        nn.Linear stores (out, in), so those weights are transposed.
-        """
+        """Copy a GPT2LMHeadModel state dict in, checking every name and shape. HuggingFace keeps OpenAI's
+        Conv1D layout (in, out) for the four projections; nn.Linear stores (out, in): those are transposed."""
         ours = self.state_dict()
         hf_state = {k: v for k, v in hf_state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
         missing, unexpected = sorted(ours.keys() - hf_state.keys()), sorted(hf_state.keys() - ours.keys())
@@ -411,18 +405,16 @@ class GPT(nn.Module):
         if hf_tok is not None and len(hf_tok) > c.vocab_size:
             raise ValueError(f"the tokenizer has {len(hf_tok)} ids but the model only {c.vocab_size}")
         eos = hf_tok.eos_token_id if hf_tok is not None else c.vocab_size - 1
-        hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-                               n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon,
-                               activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout,
-                               attn_pdrop=c.dropout, bos_token_id=eos, eos_token_id=eos)
+        hf = GPT2LMHeadModel(GPT2Config(
+            vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+            n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new",
+            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, bos_token_id=eos,
+            eos_token_id=eos))
         state = {}
         for name, value in _strip_prefixes(self.state_dict()).items():
-            if name.endswith(_CONV1D_WEIGHTS):
-                value = value.t()
-            if name in _VOCAB_ROWS:
-                value = value[:c.vocab_size]
+            value = value.t() if name.endswith(_CONV1D_WEIGHTS) else value
+            value = value[:c.vocab_size] if name in _VOCAB_ROWS else value
             state[name] = value.detach().to("cpu", torch.float32).contiguous()
-        hf = GPT2LMHeadModel(hf_config)
         hf.load_state_dict(state, strict=True)
         # Write beside the target, then swap it in: a crash never leaves a half-written export behind.
         tmp, old = f"{out_dir}.tmp", f"{out_dir}.old"
@@ -437,23 +429,7 @@ class GPT(nn.Module):
         return out_dir
 
 
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if top_p is not None:
-        # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+sample_next_token = GPT.sample_next_token
 
 
 def _hf_tokenizer(tokenizer):
@@ -529,7 +505,7 @@ def _strip_prefixes(state):
 
 
 # ---------------------------------------------------------------------------------------------
-# What the scripts share: devices, tokenizers, checkpoints
+# What the scripts share: devices, tokenizers, checkpoints, input checks, files
 # ---------------------------------------------------------------------------------------------
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; more specific names first.
 PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
@@ -544,16 +520,14 @@ def peak_flops(device):
     return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
 
 
+def _mps_available():
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def auto_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
 
 
-# Validation at the door: one helper per kind of input the model-side scripts share. Each raises a
-# one-line ValueError naming the culprit, which the CLIs print as "error: ..." before any work starts.
 def check_device(name):
     """'auto' resolved, or a device torch knows and this machine has."""
     device = auto_device() if name == "auto" else name
@@ -561,52 +535,11 @@ def check_device(name):
         kind, index = torch.device(device).type, torch.device(device).index
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    mps = getattr(torch.backends, "mps", None)
     present = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-               "mps": int(mps is not None and mps.is_available())}
+               "mps": int(_mps_available())}
     if present.get(kind, 0) <= (index or 0):
         raise ValueError(f"device {name!r} is not available on this machine")
     return device
-
-
-def check_sampling(temperature, top_k=None, top_p=None):
-    """Settings that define a distribution: temperature >= 0 and finite, top_k >= 1, top_p in (0, 1]."""
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), not {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, not {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:  # NaN fails this test too
-        raise ValueError(f"top_p must be in (0, 1], not {top_p}")
-
-
-def check_text(text, what):
-    """Text from the command line that must be valid UTF-8 (the shell hands undecodable bytes over as
-    lone surrogates, which no tokenizer can encode)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid UTF-8") from None
-    return text
-
-
-def check_output(path, inputs=(), directory=False):
-    """Before long work: `path` can be written and is not (and, for a directory, holds) any of the inputs,
-    so that no finished work is lost at the end and no output replaces what the run reads."""
-    real = os.path.realpath(path)
-    for other in filter(None, inputs):
-        if os.path.realpath(other) == real or directory and os.path.realpath(other).startswith(real + os.sep):
-            raise ValueError(f"output {path} would overwrite the input {other}")
-    if directory and os.path.isdir(real) and os.listdir(real) and not os.path.isfile(f"{real}/config.json"):
-        raise ValueError(f"output directory {path} holds other files; choose a new or empty directory")
-    if not directory and os.path.isdir(real):
-        raise ValueError(f"output {path} is a directory")
-    parent = os.path.dirname(real)
-    while not os.path.exists(parent):  # missing directories are made later, inside the first that exists
-        parent = os.path.dirname(parent)
-    try:
-        tempfile.TemporaryFile(dir=parent).close()
-    except OSError as e:
-        raise ValueError(f"output {path} cannot be written ({e.strerror})") from None
 
 
 EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
@@ -627,13 +560,12 @@ class ByteTokenizer:
         return [i for k, part in enumerate(parts) for i in ([256] if k else []) + part]
 
     def decode(self, ids):
-        data = b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids)
-        return data.decode("utf-8", errors="replace")
+        return b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids).decode(errors="replace")
 
 
 class BPETokenizer:
-    """A tokenizer trained by bpe.py, encoding through tiktoken where tiktoken reproduces its merges
-    exactly (Tokenizer.to_tiktoken checks that), else through bpe.py itself."""
+    """A bpe.py tokenizer, encoding through tiktoken where tiktoken reproduces its merges exactly
+    (Tokenizer.to_tiktoken checks that), else through bpe.py itself."""
     name = "bpe"
 
     def __init__(self, tok):
@@ -702,6 +634,95 @@ def tokenizer_spec(tok):
     return tok.name  # tiktoken's "gpt2" or "byte"
 
 
+def save_checkpoint(path, model, tokenizer, **extra):
+    """Write {'model', 'config', 'tokenizer', **extra} to path atomically (tokenizer: see tokenizer_spec);
+    `extra` holds only what torch.load(weights_only=True) accepts."""
+    raw = unwrap(model)
+    checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
+                  "tokenizer": tokenizer_spec(tokenizer), **extra}
+    with atomic_write(path) as f:
+        torch.save(checkpoint, f)
+
+
+def load_checkpoint(path, device="cpu", **config_overrides):
+    """Rebuild the model saved by save_checkpoint, checking structure, config and weights first.
+    Returns (model, checkpoint dict)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:120]})") from None
+    if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' entries)")
+    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["model"], dict):
+        raise ValueError(f"{path}: its 'config' and 'model' entries must be dicts")
+    saved = {k: v for k, v in checkpoint["config"].items() if k in {f.name for f in fields(GPTConfig)}}
+    try:
+        config = GPTConfig(**{**saved, **config_overrides})
+    except ValueError as e:
+        raise ValueError(f"{path}: config {e}") from None
+    state = _strip_prefixes(checkpoint["model"])
+    # The weights have the shapes the config promises (before building a model that size), and are finite.
+    layers = {name.split(".")[2] for name in state if name.startswith("transformer.h.")}
+    shapes = [tuple(w.shape) if torch.is_tensor(w) else None
+              for w in (state.get("transformer.wte.weight"), state.get("transformer.wpe.weight"))]
+    if len(layers) != config.n_layer or shapes != [(config.padded_vocab_size, config.n_embd),
+                                                   (config.block_size, config.n_embd)]:
+        raise ValueError(f"{path}: its weights do not match its config (layers, vocabulary or context size)")
+    for name, value in state.items():
+        if not torch.is_tensor(value) or value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: weight {name} is not a finite tensor")
+    model = GPT(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not match its own config: {str(e).splitlines()[0][:200]}") from None
+    return model.to(device), checkpoint
+
+
+# Input checks the model-side scripts share: each raises a one-line ValueError naming the culprit, which
+# the CLIs print as "error: ..." before any work starts.
+def check_sampling(temperature, top_k=None, top_p=None):
+    """Settings that define a distribution: temperature >= 0 and finite, top_k >= 1, top_p in (0, 1]."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:  # NaN fails this test too
+        raise ValueError(f"top_p must be in (0, 1], not {top_p}")
+
+
+def check_text(text, what):
+    """Command-line text that is valid UTF-8 (the shell hands undecodable bytes over as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8") from None
+    return text
+
+
+def check_output(path, inputs=(), directory=False):
+    """Before long work: `path` can be written and is not (and, for a directory, holds) any of the inputs,
+    so that no finished work is lost at the end and no output replaces what the run reads."""
+    real = os.path.realpath(path)
+    for other in filter(None, inputs):
+        if os.path.realpath(other) == real or directory and os.path.realpath(other).startswith(real + os.sep):
+            raise ValueError(f"output {path} would overwrite the input {other}")
+    if directory and os.path.isdir(real) and os.listdir(real) and not os.path.isfile(f"{real}/config.json"):
+        raise ValueError(f"output directory {path} holds other files; choose a new or empty directory")
+    if not directory and os.path.isdir(real):
+        raise ValueError(f"output {path} is a directory")
+    parent = os.path.dirname(real)
+    while not os.path.exists(parent):  # missing directories are made later, inside the first that exists
+        parent = os.path.dirname(parent)
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise ValueError(f"output {path} cannot be written ({e.strerror})") from None
+
+
 def unwrap(model):
     """The plain module under torch.compile (._orig_mod) and DistributedDataParallel (.module)."""
     while True:
@@ -715,11 +736,8 @@ def unwrap(model):
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
-    """Open a file that appears at `path` only when the block ends without an error.
-
-    The bytes go to path + ".tmp", are flushed to disk, and the temp file is renamed over `path`: a crash
-    or kill at any moment leaves either the old file or the new one, never half of one.
-    """
+    """Open a file that appears at `path` only when the block ends without an error: the bytes go to
+    path + ".tmp", are flushed to disk and renamed over `path`, so a crash leaves the old file or the new."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     try:
@@ -753,62 +771,8 @@ def download(url, path, hint="", timeout=30):
     return path
 
 
-def save_checkpoint(path, model, tokenizer, **extra):
-    """Write {'model', 'config', 'tokenizer', **extra} to path atomically (tokenizer: see tokenizer_spec).
-
-    `extra` may hold what torch.load(weights_only=True) accepts: tensors, containers, str/int/float/bool/None.
-    """
-    raw = unwrap(model)
-    checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
-                  "tokenizer": tokenizer_spec(tokenizer), **extra}
-    with atomic_write(path) as f:
-        torch.save(checkpoint, f)
-
-
-def load_checkpoint(path, device="cpu", **config_overrides):
-    """Rebuild the model saved by save_checkpoint. Returns (model, checkpoint dict)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                         f"{(str(e).splitlines() or [''])[0][:120]})") from None
-    if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
-        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' entries)")
-    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["model"], dict):
-        raise ValueError(f"{path}: its 'config' and 'model' entries must be dicts")
-    known = {f.name for f in fields(GPTConfig)}
-    try:
-        saved = {k: v for k, v in checkpoint["config"].items() if k in known}
-        config = GPTConfig(**{**saved, **config_overrides})
-    except ValueError as e:
-        raise ValueError(f"{path}: config {e}") from None
-    state = _strip_prefixes(checkpoint["model"])
-    check_weights(state, config, path)
-    model = GPT(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path} does not match its own config: {str(e).splitlines()[0][:200]}") from None
-    return model.to(device), checkpoint
-
-
-def check_weights(state, config, path):
-    """Before building the model: the weights have the shapes the config promises, and are finite."""
-    layers = {name.split(".")[2] for name in state if name.startswith("transformer.h.")}
-    wte, wpe = state.get("transformer.wte.weight"), state.get("transformer.wpe.weight")
-    shapes = [tuple(w.shape) if torch.is_tensor(w) else None for w in (wte, wpe)]
-    if len(layers) != config.n_layer or shapes != [(config.padded_vocab_size, config.n_embd),
-                                                   (config.block_size, config.n_embd)]:
-        raise ValueError(f"{path}: its weights do not match its config (layers, vocabulary or context size)")
-    for name, value in state.items():
-        if not torch.is_tensor(value) or value.is_floating_point() and not torch.isfinite(value).all():
-            raise ValueError(f"{path}: weight {name} is not a finite tensor")
-
-
 # ---------------------------------------------------------------------------------------------
-# python model.py: sample from OpenAI's weights or from a checkpoint
+# python model.py: sample from OpenAI's weights or from a checkpoint, or export either for transformers
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Sample text from GPT-2 or a checkpoint of train_gpt2.py, "
