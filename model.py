@@ -1,6 +1,5 @@
-"""GPT-2, written to be read: the same function as HuggingFace's GPT2LMHeadModel, with the same parameter
-names, in the order data flows. Below the model: what the model-side scripts share (devices, tokenizers,
-checkpoints, input checks, atomic writes, downloads), then the CLI.
+"""GPT-2, written to be read: the same function as HuggingFace's GPT2LMHeadModel, with its parameter names,
+in the order data flows; then what the model-side scripts share (devices, tokenizers, checkpoints, checks).
 
     python model.py --init gpt2 --prompt "Hello, I'm a language model,"   # OpenAI's weights (downloads once)
     python model.py --ckpt log/model.pt --export-hf out/hf                # a checkpoint, for transformers
@@ -9,6 +8,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -36,8 +36,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0         # GPT-2 was trained with 0.1; pretraining from scratch here uses 0
     attn: str = "flash"          # "flash": F.scaled_dot_product_attention; "plain": explicit masked softmax
-    vocab_multiple: int = 1      # pad the embedding rows to a multiple of this (64: 50257 -> 50304, a
-                                 # friendlier size for GPU kernels); the extra ids are never produced
+    vocab_multiple: int = 1      # pad embedding rows to a multiple (64: 50304, kinder to GPU kernels)
     layer_norm_epsilon: float = 1e-5
 
     @property
@@ -46,22 +45,18 @@ class GPTConfig:
 
     def __post_init__(self):  # every config passes here: the CLIs' flags and the checkpoints' dicts
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
         for name, low, high in (("dropout", 0, 1), ("layer_norm_epsilon", 1e-12, 1)):
-            value = getattr(self, name)
-            if type(value) not in (int, float) or not low <= value < high:
-                raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
+            if type(getattr(self, name)) not in (int, float) or not low <= getattr(self, name) < high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}), not {getattr(self, name)!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.attn not in ("flash", "plain"):
             raise ValueError(f"attn must be 'flash' or 'plain', not {self.attn!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# The network
-# ---------------------------------------------------------------------------------------------
+# --- The network -----------------------------------------------------------------------------
 class KVCache:
     """Keys and values of the positions seen so far, per layer, preallocated: during generation each new
     token then costs one position of compute instead of the whole prefix."""
@@ -69,8 +64,7 @@ class KVCache:
     def __init__(self, config, batch_size, device, dtype, max_len=None):
         shape = (config.n_layer, batch_size, config.n_head, max_len or config.block_size,
                  config.n_embd // config.n_head)   # (L, B, nh, T_max, hs)
-        # empty, not zeros: only written positions are ever read
-        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.k = torch.empty(shape, device=device, dtype=dtype)  # not zeros: only written positions are read
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled; GPT.hidden_states advances it after all layers have written
 
@@ -107,9 +101,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        past = 0
+        past = kv_cache.length if kv_cache is not None else 0
         if kv_cache is not None:
-            past = kv_cache.length
             k, v = kv_cache.update(self.layer_idx, k, v)                          # (B, nh, past + T, hs)
         # Query i (at absolute position past + i) may look at keys 0 .. past + i.
         # With no past this is the usual square causal mask; a single new query may look at everything.
@@ -156,8 +149,7 @@ class Block(nn.Module):
 
     def forward(self, x, kv_cache=None, attn_mask=None):
         x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)  # pre-norm residual blocks, as in GPT-2
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -214,9 +206,8 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x), None
         if reduction == "mean":
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
+            logits = self.lm_head(x)                                            # (B, T, V)
+            return logits, F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         if reduction == "none":
             scored = targets != -1
             token_loss = torch.zeros(targets.shape, dtype=torch.float32, device=x.device)
@@ -232,8 +223,7 @@ class GPT(nn.Module):
 
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 * L * H * Q * T."""
-        c = self.config
-        T = seq_len or c.block_size
+        c, T = self.config, seq_len or self.config.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T  # H * Q = n_embd
 
     def estimate_mfu(self, tokens_per_second, peak_flops, seq_len=None):
@@ -300,15 +290,12 @@ class GPT(nn.Module):
     def beam_search(self, idx, max_new_tokens, num_beams=4, length_penalty=1.0, no_repeat_ngram_size=0,
                     stop_token=None, early_stopping=False):
         """The best of num_beams beams, as transformers' generate(num_beams=...): idx (1, T) -> (1, T + n).
-
-        Each step extends every running beam by every token and keeps the num_beams best sums of
-        log-probs. A beam that emits a stop token (an id or a list of ids), and every beam at the last
-        step, is finished and scored sum / n ** length_penalty, n its new tokens counting the stop token.
-        The search ends when num_beams beams have finished and no running beam can beat the worst of them:
-        judged at its current length (early_stopping=False), at max_new_tokens when length_penalty > 0
-        ("never"), or not at all (True). no_repeat_ngram_size=K forbids a token that would repeat a K-gram
-        of the sequence, prompt included. A list of 1-D prompts is searched one by one, giving a list.
-        """
+        Each step extends every running beam by every token and keeps the num_beams best sums of log-probs.
+        A beam that emits a stop token (id or list), or reaches max_new_tokens, finishes with the score
+        sum / n ** length_penalty (n: its new tokens). The search ends when num_beams have finished and no
+        running beam can beat the worst of them, judged at its current length (early_stopping=False), at
+        max_new_tokens ("never", length_penalty > 0) or not at all (True). no_repeat_ngram_size=K bans
+        repeating a K-gram, prompt included. A list of 1-D prompts is searched one by one into a list."""
         n = no_repeat_ngram_size
         if isinstance(idx, (list, tuple)):
             return [self.beam_search(torch.as_tensor(p).view(1, -1), max_new_tokens, num_beams,
@@ -433,9 +420,8 @@ sample_next_token = GPT.sample_next_token
 
 
 def _hf_tokenizer(tokenizer):
-    """A transformers fast tokenizer that encodes and decodes exactly as `tokenizer` (any kind
-    get_tokenizer makes): byte-level BPE whose tokens are spelled, byte by byte, in GPT-2's printable
-    stand-in characters, with the same split regex, merges in the same order and the same special ids."""
+    """A transformers fast tokenizer that encodes and decodes exactly as `tokenizer` (get_tokenizer's kinds):
+    byte-level BPE spelled in GPT-2's printable stand-in bytes, same split regex, merges and special ids."""
     import bpe
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -496,17 +482,10 @@ def load_hf_gpt2(name_or_path):
 
 def _strip_prefixes(state):
     """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes wrappers add to names."""
-    clean = {}
-    for name, value in state.items():
-        while name.startswith(("_orig_mod.", "module.")):
-            name = name.split(".", 1)[1]
-        clean[name] = value
-    return clean
+    return {re.sub(r"^((_orig_mod|module)\.)+", "", name): value for name, value in state.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# What the scripts share: devices, tokenizers, checkpoints, input checks, files
-# ---------------------------------------------------------------------------------------------
+# --- What the scripts share: devices, tokenizers, checkpoints, input checks, files ------------
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; more specific names first.
 PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
                    ("GH200", 989e12), ("A100", 312e12), ("4090", 165.2e12), ("3090", 71e12), ("L4", 121e12)]
@@ -552,8 +531,7 @@ class ByteTokenizer:
     def encode_ordinary(self, text):
         return list(text.encode("utf-8"))
 
-    def encode(self, text, allowed_special=()):
-        """With allowed_special "all" (or holding EOT), the text <|endoftext|> becomes id 256."""
+    def encode(self, text, allowed_special=()):  # with "all" (or EOT) allowed, <|endoftext|> becomes 256
         if allowed_special != "all" and EOT not in allowed_special:
             return self.encode_ordinary(text)
         parts = [self.encode_ordinary(part) for part in text.split(EOT)]
@@ -597,15 +575,8 @@ def get_tokenizer(spec):
     tokenizer_spec). Each has .name, .n_vocab, .eot_token, .encode_ordinary, .encode and .decode."""
     import bpe
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
-    if isinstance(spec, dict):  # a bpe.py tokenizer, whole
-        try:
-            tok = bpe.Tokenizer(spec["pattern"])
-            tok.byte_ids = [int(i) for i in spec["byte_ids"]]
-            tok.merges = {(int(a), int(b)): 256 + k for k, (a, b) in enumerate(spec["merges"])}
-            tok.register_special_tokens({str(s): int(i) for s, i in spec["special_tokens"].items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"the stored bpe tokenizer is malformed ({type(e).__name__}: {e})") from None
-        return BPETokenizer(tok)
+    if isinstance(spec, dict):  # a bpe.py tokenizer, whole (checked as a .model file is)
+        return BPETokenizer(bpe.Tokenizer.from_dict(spec))
     if spec == "byte":
         return ByteTokenizer()
     if isinstance(spec, str) and spec.endswith(".model"):
@@ -628,15 +599,12 @@ def tokenizer_spec(tok):
     if isinstance(tok, (str, dict)):
         return tok
     if isinstance(tok, BPETokenizer):
-        t = tok.tok
-        return {"pattern": t.pattern, "byte_ids": list(t.byte_ids), "special_tokens": dict(t.special_tokens),
-                "merges": [list(pair) for pair in t.merges]}
+        return tok.tok.to_dict()
     return tok.name  # tiktoken's "gpt2" or "byte"
 
 
 def save_checkpoint(path, model, tokenizer, **extra):
-    """Write {'model', 'config', 'tokenizer', **extra} to path atomically (tokenizer: see tokenizer_spec);
-    `extra` holds only what torch.load(weights_only=True) accepts."""
+    """Write {'model', 'config', 'tokenizer' (tokenizer_spec), **extra (weights_only-loadable)} atomically."""
     raw = unwrap(model)
     checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
                   "tokenizer": tokenizer_spec(tokenizer), **extra}
@@ -645,8 +613,7 @@ def save_checkpoint(path, model, tokenizer, **extra):
 
 
 def load_checkpoint(path, device="cpu", **config_overrides):
-    """Rebuild the model saved by save_checkpoint, checking structure, config and weights first.
-    Returns (model, checkpoint dict)."""
+    """(model, checkpoint dict) from save_checkpoint's file, its structure, config and weights checked."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
@@ -725,19 +692,14 @@ def check_output(path, inputs=(), directory=False):
 
 def unwrap(model):
     """The plain module under torch.compile (._orig_mod) and DistributedDataParallel (.module)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
+    while hasattr(model, "_orig_mod") or isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model._orig_mod if hasattr(model, "_orig_mod") else model.module
+    return model
 
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
-    """Open a file that appears at `path` only when the block ends without an error: the bytes go to
-    path + ".tmp", are flushed to disk and renamed over `path`, so a crash leaves the old file or the new."""
+    """A file that appears at `path` (renamed from path.tmp, flushed) only if the block ends without error."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     try:
@@ -771,9 +733,7 @@ def download(url, path, hint="", timeout=30):
     return path
 
 
-# ---------------------------------------------------------------------------------------------
-# python model.py: sample from OpenAI's weights or from a checkpoint, or export either for transformers
-# ---------------------------------------------------------------------------------------------
+# --- python model.py: sample from GPT-2 or a checkpoint, or export either for transformers ----
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Sample text from GPT-2 or a checkpoint of train_gpt2.py, "
                                                  "or export either as a HuggingFace directory.")
