@@ -84,6 +84,8 @@ class KVCache:
             new = old.new_empty((old.size(0), len(rows), *old.shape[2:]))
             new[:, :, :, :self.length] = old[:, rows, :, :self.length]
             setattr(self, name, new)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
@@ -172,10 +174,8 @@ class GPT(nn.Module):
         # GPT-2 paper: N(0, 0.02) everywhere; the projections that add into the residual stream are scaled
         # by 1/sqrt(2 * n_layer) so the stream's variance does not grow with depth (two adds per layer).
         if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "residual_scale_init", False):
-                std *= (2 * self.config.n_layer) ** -0.5
-            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            scale = (2 * self.config.n_layer) ** -0.5 if getattr(module, "residual_scale_init", False) else 1
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02 * scale)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -244,10 +244,8 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
-        cache = None
-        if use_cache:  # room for what this call can reach, at most block_size positions
-            max_len = min(block_size, idx.size(1) + max_new_tokens)
-            cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype, max_len)
+        cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype,  # room for this call
+                        min(block_size, idx.size(1) + max_new_tokens)) if use_cache else None
         stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             if cache is not None and 0 < cache.length < block_size:
@@ -356,10 +354,9 @@ class GPT(nn.Module):
         directory written by GPT2LMHeadModel.save_pretrained (or by our save_hf)."""
         hf = load_hf_gpt2(name_or_path)
         hc = hf.config
-        config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
-                           n_head=hc.n_head, n_embd=hc.n_embd, layer_norm_epsilon=hc.layer_norm_epsilon,
-                           **config_overrides)
-        model = cls(config)
+        model = cls(GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
+                              n_head=hc.n_head, n_embd=hc.n_embd, layer_norm_epsilon=hc.layer_norm_epsilon,
+                              **config_overrides))
         model.load_hf_state_dict(hf.state_dict())
         return model
 
@@ -379,8 +376,7 @@ class GPT(nn.Module):
                 if name in _VOCAB_ROWS and value.size(0) < target.size(0):
                     target = target[:value.size(0)]  # padded vocab: fill the real rows; padding keeps init
                 if value.shape != target.shape:
-                    raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(value.shape)}, "
-                                     f"model {tuple(target.shape)}")
+                    raise ValueError(f"shape mismatch: {name} {list(value.shape)} vs {list(target.shape)}")
                 target.copy_(value)
 
     def save_hf(self, out_dir, tokenizer=None):
@@ -547,11 +543,11 @@ class BPETokenizer:
     name = "bpe"
 
     def __init__(self, tok):
-        self.tok, self.n_vocab = tok, max(tok.vocab) + 1
+        self.tok, self.n_vocab, self.decode = tok, max(tok.vocab) + 1, tok.decode
         try:
-            self.fast = tok.to_tiktoken()
+            self.encode_ordinary = tok.to_tiktoken().encode_ordinary
         except ValueError:
-            self.fast = tok
+            self.encode_ordinary = tok.encode_ordinary
 
     @property
     def eot_token(self):
@@ -560,14 +556,8 @@ class BPETokenizer:
                              f"--special '{EOT}'")
         return self.tok.special_tokens[EOT]
 
-    def encode_ordinary(self, text):
-        return self.fast.encode_ordinary(text)
-
     def encode(self, text, allowed_special=()):
         return self.tok.encode(text, allowed_special=allowed_special or "none")
-
-    def decode(self, ids):
-        return self.tok.decode(ids)
 
 
 def get_tokenizer(spec):
@@ -596,11 +586,9 @@ def tokenizer_spec(tok):
     byte ids, merges in order, special tokens), so the checkpoint needs no tokenizer file to sample."""
     if isinstance(tok, str) and tok.endswith(".model"):
         tok = get_tokenizer(tok)
-    if isinstance(tok, (str, dict)):
-        return tok
     if isinstance(tok, BPETokenizer):
         return tok.tok.to_dict()
-    return tok.name  # tiktoken's "gpt2" or "byte"
+    return tok if isinstance(tok, (str, dict)) else tok.name  # tiktoken's "gpt2" or "byte"
 
 
 def save_checkpoint(path, model, tokenizer, **extra):
