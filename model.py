@@ -58,8 +58,7 @@ class GPTConfig:
 
 # --- The network -----------------------------------------------------------------------------
 class KVCache:
-    """Keys and values of the positions seen so far, per layer, preallocated: during generation each new
-    token then costs one position of compute instead of the whole prefix."""
+    """Keys and values of the positions seen so far, per layer: a new token costs one position of compute."""
 
     def __init__(self, config, batch_size, device, dtype, max_len=None):
         shape = (config.n_layer, batch_size, config.n_head, max_len or config.block_size,
@@ -87,7 +86,6 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-
     def __init__(self, config, layer_idx):
         super().__init__()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value for all heads at once
@@ -127,7 +125,6 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
@@ -141,7 +138,6 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-
     def __init__(self, config, layer_idx):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
@@ -155,7 +151,6 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -199,9 +194,8 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
-        """Returns (logits (B, T, V), loss). Targets equal to -1 are ignored (prompt tokens, padding).
-        reduction="none" returns (None, per-token loss (B, T), 0 where the target is -1), projecting onto
-        the vocabulary only where a target exists."""
+        """(logits (B, T, V), loss), targets of -1 ignored; reduction="none": (None, per-token loss (B, T)),
+        projecting onto the vocabulary only where a target exists."""
         x = self.hidden_states(idx, kv_cache)
         if targets is None:
             return self.lm_head(x), None
@@ -350,8 +344,7 @@ class GPT(nn.Module):
     # --- HuggingFace interop ----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path, **config_overrides):
-        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') via transformers, or a local
-        directory written by GPT2LMHeadModel.save_pretrained (or by our save_hf)."""
+        """OpenAI's GPT-2 (a GPT_SIZES name) via transformers, or a save_pretrained / save_hf directory."""
         hf = load_hf_gpt2(name_or_path)
         hc = hf.config
         model = cls(GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
@@ -361,8 +354,7 @@ class GPT(nn.Module):
         return model
 
     def load_hf_state_dict(self, hf_state):
-        """Copy a GPT2LMHeadModel state dict in, checking every name and shape. HuggingFace keeps OpenAI's
-        Conv1D layout (in, out) for the four projections; nn.Linear stores (out, in): those are transposed."""
+        """Copy a GPT2LMHeadModel state dict in, checking names and shapes; Conv1D (in, out) is transposed."""
         ours = self.state_dict()
         hf_state = {k: v for k, v in hf_state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
         missing, unexpected = sorted(ours.keys() - hf_state.keys()), sorted(hf_state.keys() - ours.keys())
@@ -380,8 +372,7 @@ class GPT(nn.Module):
                 target.copy_(value)
 
     def save_hf(self, out_dir, tokenizer=None):
-        """Write a directory that transformers loads as its own (GPT2LMHeadModel, padded vocab cut back),
-        with the tokenizer (get_tokenizer's kinds) as a fast tokenizer and <|endoftext|> as eos."""
+        """A directory transformers loads as its own: GPT2LMHeadModel, tokenizer, <|endoftext|> as eos."""
         from transformers import GPT2Config, GPT2LMHeadModel
         c = self.config
         hf_tok = _hf_tokenizer(tokenizer) if tokenizer is not None else None
@@ -416,8 +407,7 @@ sample_next_token = GPT.sample_next_token
 
 
 def _hf_tokenizer(tokenizer):
-    """A transformers fast tokenizer that encodes and decodes exactly as `tokenizer` (get_tokenizer's kinds):
-    byte-level BPE spelled in GPT-2's printable stand-in bytes, same split regex, merges and special ids."""
+    """A transformers byte-level BPE equal to `tokenizer`: GPT-2's byte spelling, same regex and merges."""
     import bpe
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -495,12 +485,8 @@ def peak_flops(device):
     return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
 
 
-def _mps_available():
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
 def auto_device():
-    return "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 
 
 def check_device(name):
@@ -511,7 +497,7 @@ def check_device(name):
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
     present = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-               "mps": int(_mps_available())}
+               "mps": int(torch.backends.mps.is_available())}
     if present.get(kind, 0) <= (index or 0):
         raise ValueError(f"device {name!r} is not available on this machine")
     return device
@@ -538,8 +524,7 @@ class ByteTokenizer:
 
 
 class BPETokenizer:
-    """A bpe.py tokenizer, encoding through tiktoken where tiktoken reproduces its merges exactly
-    (Tokenizer.to_tiktoken checks that), else through bpe.py itself."""
+    """A bpe.py tokenizer, encoding through tiktoken where to_tiktoken proves it exact, else itself."""
     name = "bpe"
 
     def __init__(self, tok):
@@ -561,8 +546,7 @@ class BPETokenizer:
 
 
 def get_tokenizer(spec):
-    """'gpt2' (tiktoken's Encoding), 'byte', a bpe.py .model file, or what a checkpoint stores (see
-    tokenizer_spec). Each has .name, .n_vocab, .eot_token, .encode_ordinary, .encode and .decode."""
+    """'gpt2' (tiktoken), 'byte', a bpe.py .model file or a stored dict -> .encode(_ordinary), .decode etc."""
     import bpe
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     if isinstance(spec, dict):  # a bpe.py tokenizer, whole (checked as a .model file is)
@@ -582,8 +566,7 @@ def get_tokenizer(spec):
 
 
 def tokenizer_spec(tok):
-    """What save_checkpoint stores: 'gpt2', 'byte', or a bpe.py tokenizer whole as a plain dict (pattern,
-    byte ids, merges in order, special tokens), so the checkpoint needs no tokenizer file to sample."""
+    """'gpt2', 'byte', or a bpe.py tokenizer whole as a dict: a checkpoint then needs no tokenizer file."""
     if isinstance(tok, str) and tok.endswith(".model"):
         tok = get_tokenizer(tok)
     if isinstance(tok, BPETokenizer):
@@ -659,8 +642,7 @@ def check_text(text, what):
 
 
 def check_output(path, inputs=(), directory=False):
-    """Before long work: `path` can be written and is not (and, for a directory, holds) any of the inputs,
-    so that no finished work is lost at the end and no output replaces what the run reads."""
+    """Before long work: `path` can be written and is not (for a directory: holds) any of the inputs."""
     real = os.path.realpath(path)
     for other in filter(None, inputs):
         if os.path.realpath(other) == real or directory and os.path.realpath(other).startswith(real + os.sep):
@@ -702,8 +684,7 @@ def atomic_write(path, mode="wb"):
 
 
 def download(url, path, hint="", timeout=30):
-    """Stream `url` into `path` (atomically, with a progress bar); a one-line ValueError when it fails.
-    `hint` says how to do without the download (e.g. "pass a local copy with --file")."""
+    """Stream `url` into `path` atomically; on failure a one-line ValueError ending in `hint`."""
     import requests
     from tqdm import tqdm
     try:
