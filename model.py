@@ -99,8 +99,8 @@ class CausalSelfAttention(nn.Module):
         """attn_mask (B or 1, 1, T, keys), True where a query may look, replaces the causal mask if given."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        hs = C // self.n_head
-        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # q, k, v: (B, nh, T, hs)
         past = kv_cache.length if kv_cache is not None else 0
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)                          # (B, nh, past + T, hs)
@@ -242,12 +242,10 @@ class GPT(nn.Module):
                         min(block_size, idx.size(1) + max_new_tokens)) if use_cache else None
         stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            if cache is not None and 0 < cache.length < block_size:
-                x = self.hidden_states(idx[:, -1:], cache)                # only the newest token
-            else:
-                if cache is not None:
-                    cache.length = 0                                     # (re)fill from the cropped context
-                x = self.hidden_states(idx[:, -block_size:], cache)
+            newest_only = cache is not None and 0 < cache.length < block_size
+            if cache is not None and not newest_only:
+                cache.length = 0                                         # (re)fill from the cropped context
+            x = self.hidden_states(idx[:, -1:] if newest_only else idx[:, -block_size:], cache)
             logits = self.lm_head(x[:, -1, :])                           # (B, V)
             if self.config.padded_vocab_size > self.config.vocab_size:
                 logits[:, self.config.vocab_size:] = float("-inf")      # padded ids are never real tokens
@@ -448,19 +446,19 @@ def load_hf_gpt2(name_or_path):
         raise ValueError(f"unknown model {name_or_path!r}: use one of {', '.join(GPT_SIZES)} "
                          "or a directory written by save_pretrained")
     try:
-        hf_config = AutoConfig.from_pretrained(name_or_path)
+        c = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         hint = " (no network? the HuggingFace hub is unreachable)" if name_or_path in GPT_SIZES else ""
         raise ValueError(f"could not load {name_or_path!r}{hint}: {str(e).splitlines()[0]}") from None
-    if hf_config.model_type != "gpt2":
-        raise ValueError(f"{name_or_path!r} holds a {hf_config.model_type!r} model, not GPT-2")
+    if c.model_type != "gpt2":
+        raise ValueError(f"{name_or_path!r} holds a {c.model_type!r} model, not GPT-2")
+    act = c.activation_function
     unsupported = [what for what, bad in [
-        ("activation " + str(hf_config.activation_function),
-         hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh")),
-        ("n_inner", hf_config.n_inner not in (None, 4 * hf_config.n_embd)),
-        ("scale_attn_by_inverse_layer_idx", hf_config.scale_attn_by_inverse_layer_idx),
-        ("reorder_and_upcast_attn", hf_config.reorder_and_upcast_attn),
-        ("scale_attn_weights=False", not hf_config.scale_attn_weights)] if bad]
+        (f"activation {act}", act not in ("gelu_new", "gelu_pytorch_tanh")),
+        ("n_inner", c.n_inner not in (None, 4 * c.n_embd)),
+        ("reorder_and_upcast_attn", c.reorder_and_upcast_attn),
+        ("scale_attn_by_inverse_layer_idx", c.scale_attn_by_inverse_layer_idx),
+        ("scale_attn_weights=False", not c.scale_attn_weights)] if bad]
     if unsupported:
         raise ValueError(f"{name_or_path!r} uses GPT-2 options this model does not implement: {unsupported}")
     return GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
@@ -742,9 +740,8 @@ def main(argv=None):
     if len(prompt) >= model.config.block_size:
         sys.exit(f"error: the prompt is {len(prompt)} tokens; the model reads {model.config.block_size}")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, generator=generator)
+                         top_p=args.top_p, generator=torch.Generator(device=device).manual_seed(args.seed))
     for i, row in enumerate(out.tolist()):
         print(f"--- sample {i}\n{enc.decode(row)}")
 
