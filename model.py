@@ -104,8 +104,7 @@ class CausalSelfAttention(nn.Module):
         past = kv_cache.length if kv_cache is not None else 0
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)                          # (B, nh, past + T, hs)
-        # Query i (at absolute position past + i) may look at keys 0 .. past + i.
-        # With no past this is the usual square causal mask; a single new query may look at everything.
+        # Query i (at position past + i) sees keys 0 .. past + i; a single new query sees everything.
         if attn_mask is None and past > 0 and T > 1:
             attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         causal = attn_mask is None and T > 1
@@ -166,8 +165,7 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # GPT-2 paper: N(0, 0.02) everywhere; the projections that add into the residual stream are scaled
-        # by 1/sqrt(2 * n_layer) so the stream's variance does not grow with depth (two adds per layer).
+        # GPT-2: N(0, 0.02); projections into the residual stream scaled so its variance stays put with depth
         if isinstance(module, nn.Linear):
             scale = (2 * self.config.n_layer) ** -0.5 if getattr(module, "residual_scale_init", False) else 1
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02 * scale)
@@ -177,9 +175,8 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def hidden_states(self, idx, kv_cache=None, pos=None, attn_mask=None):
-        """Final-layer-norm output (B, T, n_embd) for token ids idx (B, T). pos (B, T) and attn_mask
-        (B, 1, T, T) let one row hold several sequences sharing a prefix (hellaswag.py's packed rows);
-        by default positions count on from the cache and attention is causal."""
+        """Final-layer-norm output (B, T, n_embd) for ids (B, T). pos (B, T) and attn_mask (B, 1, T, T) let a
+        row hold sequences sharing a prefix (hellaswag.py); by default: positions after the cache, causal."""
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
         if pos is None:
@@ -311,8 +308,7 @@ class GPT(nn.Module):
                 seen = (windows[:, :, :-1] == beams[:, None, beams.size(1) - n + 1:]).all(-1)
                 banned = torch.zeros_like(logp).scatter_add_(1, windows[:, :, -1], seen.float())
                 logp = logp.masked_fill(banned > 0, float("-inf"))
-            # The n_cand best of all b * V continuations are among each beam's own n_cand best: two small
-            # top-k's find exactly the candidates of one top-k over b * V, without sorting through it all.
+            # The n_cand best of all b * V are among each beam's own n_cand best: two small top-k's, exact.
             row_top, row_token = (sums[:, None] + logp).topk(n_cand, dim=-1)           # (b, n_cand) each
             top, pick = row_top.view(-1).topk(n_cand)                  # best continuations over all beams
             flat = pick // n_cand * V + row_token.view(-1)[pick]       # as indices into (b, V)
@@ -618,8 +614,7 @@ def load_checkpoint(path, device="cpu", **config_overrides):
     return model.to(device), checkpoint
 
 
-# Input checks the model-side scripts share: each raises a one-line ValueError naming the culprit, which
-# the CLIs print as "error: ..." before any work starts.
+# Input checks: each raises a one-line ValueError naming the culprit, printed by the CLIs before any work.
 def check_sampling(temperature, top_k=None, top_p=None):
     """Settings that define a distribution: temperature >= 0 and finite, top_k >= 1, top_p in (0, 1]."""
     if not math.isfinite(temperature) or temperature < 0:
