@@ -1,7 +1,7 @@
 """HellaSwag evaluation for GPT-2 style models, in both published conventions, batched and DDP-aware.
 
-Each HellaSwag example is a context and 4 candidate endings; the model "answers" by picking the ending
-it finds most likely. Two conventions are in use and give different numbers for the same model:
+Each example is a context and 4 endings; the model picks the ending it finds most likely. Two conventions
+are in use and give different numbers for the same model:
 
   --style nanogpt   the well-known GPT-2 reproduction: context = `ctx`, each ending " " + ending; acc picks
                     the smallest summed ending loss, acc_norm the smallest mean per-token loss.
@@ -14,10 +14,8 @@ Run it:
     python hellaswag.py -m gpt2 --hf                  # score with transformers' GPT2LMHeadModel instead
     python hellaswag.py -m gpt2 --style harness --limit 500 --out preds.jsonl
 
-train_gpt2.py imports `load_examples` and `evaluate`. Scoring is batched: each example becomes ONE packed
-row (the context once, then its 4 endings, each ending attending only to the context and to itself), many
-rows per forward pass, sorted by length to cut padding, and the vocabulary projection runs only where an
-ending token is predicted. The result equals scoring each (context, ending) pair on its own.
+Each example becomes ONE packed row (the context once, then its 4 endings, each attending only to the
+context and itself), scored through model.hidden_states; the result equals scoring each pair on its own.
 """
 import argparse
 import json
@@ -47,8 +45,7 @@ def parse_example(line, where):
         raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
     if not isinstance(example, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(example).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in example]
-    if missing:
+    if missing := [k for k in REQUIRED_KEYS if k not in example]:
         raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
     endings = example["endings"]
     if not (isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) for e in endings)):
@@ -66,8 +63,8 @@ def parse_example(line, where):
 
 
 def load_examples(split="val", data_dir=None, file=None, limit=None):
-    """Read HellaSwag examples from `file`, or from data_dir/hellaswag_{split}.jsonl, downloading it first
-    if it is not there yet. Raises ValueError (one sentence) when offline or when a line is malformed."""
+    """HellaSwag examples from `file`, or from data_dir/hellaswag_{split}.jsonl (downloaded once);
+    a one-line ValueError when offline or when a line is malformed."""
     if file is None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -75,8 +72,7 @@ def load_examples(split="val", data_dir=None, file=None, limit=None):
         os.makedirs(data_dir, exist_ok=True)
         file = os.path.join(data_dir, f"hellaswag_{split}.jsonl")
         if not os.path.exists(file):
-            hint = f"pass a local copy of {os.path.basename(file)} with --file"
-            download(DATA_URL.format(split=split), file, hint=hint)
+            download(DATA_URL.format(split=split), file, f"pass a local {os.path.basename(file)} with --file")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"HellaSwag file {file} does not exist")
     examples = []
@@ -122,11 +118,10 @@ def render_parts(example, enc, style="nanogpt"):
 
 
 def render_example(example, enc, style="nanogpt"):
-    """-> tokens (4, T) long, mask (4, T) long (1 on ending tokens), label: one row per ending,
-    context + ending, right-padded with zeros (the layout of the well-known reproduction)."""
+    """-> tokens (4, T), mask (4, T) (1 on ending tokens), label: the well-known reproduction's layout."""
     context, endings, _ = render_parts(example, enc, style)
     rows = [context + e for e in endings]
-    T = max(len(r) for r in rows)
+    T = max(map(len, rows))
     tokens, mask = torch.zeros((4, T), dtype=torch.long), torch.zeros((4, T), dtype=torch.long)
     for i, row in enumerate(rows):
         tokens[i, :len(row)] = torch.tensor(row)
@@ -140,9 +135,8 @@ def is_hf_model(model):
 
 
 def ending_losses_loop(model, example, enc, device, style="nanogpt"):
-    """The one-example-per-forward loop of the well-known recipe: full logits for the (4, T) rows,
-    cross-entropy at every position, keep the ending positions. -> (4,) summed losses. It is the
-    reference the batched scorer must agree with, and the baseline of `python bench.py hellaswag`."""
+    """The well-known recipe's loop, one example per forward, full logits -> (4,) summed ending losses:
+    the reference the batched scorer must agree with, and `python bench.py hellaswag`'s baseline."""
     tokens, mask, _ = render_example(example, enc, style)
     tokens, mask = tokens.to(device), mask.to(device)
     logits = model(tokens).logits if is_hf_model(model) else model(tokens)[0]
@@ -173,8 +167,7 @@ def rows_losses(model, idx, targets):
         logits = model.lm_head(hidden[scored]).float()
         losses[scored] = F.cross_entropy(logits, targets[scored], reduction="none")
         return losses.sum(dim=1)
-    _, losses = model(idx, targets, reduction="none")  # lm_head runs on the ending positions only
-    return losses.sum(dim=1)
+    return model(idx, targets, reduction="none")[1].sum(dim=1)  # lm_head runs on the ending positions only
 
 
 def pack_batch(parts, pad_to=1):
@@ -185,10 +178,8 @@ def pack_batch(parts, pad_to=1):
     Returns idx (B, L); pos (B, L), the positions each token would have with its ending right after the
     context; seg (B, L): 0 context, 1..4 ending, -1 padding; and for every ending token (N in all): its
     row, the position whose output predicts it, its id, and which ending (4 * example + i) it belongs to."""
-    L = max(len(c) + sum(len(e) - 1 for e in ends) for c, ends, _ in parts)
-    L = -(-L // pad_to) * pad_to
-    idx = torch.zeros((len(parts), L), dtype=torch.long)
-    pos = torch.zeros((len(parts), L), dtype=torch.long)
+    L = -(-max(len(c) + sum(len(e) - 1 for e in ends) for c, ends, _ in parts) // pad_to) * pad_to
+    idx, pos = torch.zeros((len(parts), L), dtype=torch.long), torch.zeros((len(parts), L), dtype=torch.long)
     seg = torch.full((len(parts), L), -1, dtype=torch.long)
     rows, sources, targets, owner = [], [], [], []
     for b, (context, endings, _) in enumerate(parts):
@@ -233,11 +224,9 @@ COMPILE_PAD = 128  # HellaSwag's packed rows (< 1024 tokens) then come in at mos
 
 def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt", autocast_dtype=None,
                    method="auto", compile=False, progress=False):
-    """Score every example; -> one dict per example, in input order (see score_record).
-
-    method "packed" (the default for our GPT) puts each example in one row with its context once;
-    "rows" (the default for a HuggingFace model) scores each context + ending as its own row with the
-    model's own forward. Either way batch_size examples go through one forward pass, longest first."""
+    """One dict per example (score_record), in input order. method "packed" (default for our GPT): each
+    example in one row, its context once; "rows" (default for a HuggingFace model): each context + ending
+    its own row, through the model's own forward. batch_size examples per forward pass, longest first."""
     global _compiled_hidden
     from tqdm import tqdm
     raw = unwrap(model)
@@ -259,8 +248,7 @@ def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt",
     length = lambda j: len(parts[j][0]) + sum(map(len, parts[j][1]))  # noqa: E731 (either method's order)
     order = sorted(range(len(parts)), key=length, reverse=True)  # a too-big batch fails at the start
     sums = torch.zeros(len(parts), 4, dtype=torch.float64)
-    autocast = torch.autocast(torch.device(device).type, dtype=autocast_dtype,
-                              enabled=autocast_dtype is not None)
+    autocast = torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=bool(autocast_dtype))
     was_training = raw.training
     raw.eval()  # no dropout while scoring, even when called from the middle of a training loop
     try:
@@ -275,9 +263,8 @@ def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt",
 
 
 def batch_losses(model, parts, device, method, hidden_fn=packed_hidden, fixed_batch=None):
-    """(len(parts), 4) summed ending losses of one batch. fixed_batch (for torch.compile) pads the batch
-    with copies of its last example and the length to a multiple of COMPILE_PAD, so that few shapes occur
-    (torch.compile gives up and runs eagerly after 8 recompiles of one function)."""
+    """(len(parts), 4) summed ending losses of one batch. fixed_batch (torch.compile) pads the batch with
+    its last example and the length to COMPILE_PAD, so few shapes occur (compile gives up after 8)."""
     if method == "rows":
         idx, targets = rows_batch(parts)
         return rows_losses(model, idx.to(device), targets.to(device)).double().cpu().view(-1, 4)
@@ -292,8 +279,7 @@ def batch_losses(model, parts, device, method, hidden_fn=packed_hidden, fixed_ba
 
 
 def score_record(example, losses_sum, part, style):
-    """Both conventions' numbers for one example, and the predictions of the chosen style (ties go to the
-    first ending, like numpy's argmin/argmax)."""
+    """Both conventions' numbers for one example, and the chosen style's predictions (ties: first ending)."""
     _, endings, chars = part
     losses_mean = [s / len(e) for s, e in zip(losses_sum, endings)]
     loglik_per_char = [-s / max(c, 1) for s, c in zip(losses_sum, chars)]
@@ -322,8 +308,7 @@ def evaluate(model, examples, enc, device, batch_size=16, style="nanogpt", autoc
     return summarize(*counts.tolist(), style=style)
 
 
-def count_correct(records):
-    """-> [n, correct, correct_norm] for records that carry a label."""
+def count_correct(records):  # -> [n, correct, correct_norm] for records that carry a label
     return [len(records), sum(r["pred"] == r["label"] for r in records),
             sum(r["pred_norm"] == r["label"] for r in records)]
 
@@ -357,7 +342,6 @@ def load_model(args, device):
 
 
 def write_jsonl(path, records):
-    """One JSON line per example, written atomically."""
     keys = ("ind", "label", "losses_sum", "losses_mean", "loglik_per_char", "pred", "pred_norm")
     with atomic_write(path, "w") as f:
         for r in records:
@@ -400,10 +384,9 @@ def main(argv=None):
                                  compile=args.compile, progress=True)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    seconds = time.perf_counter() - t0
+    seconds, head = time.perf_counter() - t0, f"hellaswag {args.file or args.split} | {name}"
     if args.out:
         write_jsonl(args.out, records)
-    head = f"hellaswag {args.file or args.split} | {name}"
     if any(r["label"] is None for r in records):
         print(f"{head} | {len(records)} examples scored in {seconds:.1f} s; no labels in this file, so no "
               "accuracy" + (f"; predictions in {args.out}" if args.out else ""))

@@ -1,16 +1,14 @@
-"""GPT-2, written to be read: the same function as HuggingFace's GPT2LMHeadModel, with the same parameter
-names.
+"""GPT-2, written to be read: the same function as HuggingFace's GPT2LMHeadModel, with its parameter names,
+in the order data flows; then what the model-side scripts share (devices, tokenizers, checkpoints, checks).
 
     python model.py --init gpt2 --prompt "Hello, I'm a language model,"   # OpenAI's weights (downloads once)
-    python model.py --ckpt log/model.pt --prompt "The tokenizer"          # a checkpoint from train_gpt2.py
-
-Besides the model this file holds what every model-side script shares: the tokenizer choice, the device
-choice, and the checkpoint format (save_checkpoint / load_checkpoint).
+    python model.py --ckpt log/model.pt --export-hf out/hf                # a checkpoint, for transformers
 """
 import argparse
 import contextlib
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,8 +36,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0         # GPT-2 was trained with 0.1; pretraining from scratch here uses 0
     attn: str = "flash"          # "flash": F.scaled_dot_product_attention; "plain": explicit masked softmax
-    vocab_multiple: int = 1      # pad the embedding rows to a multiple of this: 64 turns 50257 into 50304,
-                                 # a "nicer" matrix size for GPU kernels; the extra ids are never produced
+    vocab_multiple: int = 1      # pad embedding rows to a multiple (64: 50304, kinder to GPU kernels)
     layer_norm_epsilon: float = 1e-5
 
     @property
@@ -48,34 +45,27 @@ class GPTConfig:
 
     def __post_init__(self):  # every config passes here: the CLIs' flags and the checkpoints' dicts
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
         for name, low, high in (("dropout", 0, 1), ("layer_norm_epsilon", 1e-12, 1)):
-            value = getattr(self, name)
-            if type(value) not in (int, float) or not low <= value < high:
-                raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
+            if type(getattr(self, name)) not in (int, float) or not low <= getattr(self, name) < high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}), not {getattr(self, name)!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.attn not in ("flash", "plain"):
             raise ValueError(f"attn must be 'flash' or 'plain', not {self.attn!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# The network
-# ---------------------------------------------------------------------------------------------
+# --- The network -----------------------------------------------------------------------------
 class KVCache:
-    """Keys and values of the positions seen so far, for every layer, preallocated up to block_size:
-    during generation each new token then costs one position of compute instead of the whole prefix."""
+    """Keys and values of the positions seen so far, per layer: a new token costs one position of compute."""
 
     def __init__(self, config, batch_size, device, dtype, max_len=None):
-        head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len or config.block_size, head_dim)
-        # torch.empty, not zeros: only written positions are ever read, and zero-filling hundreds of MB
-        # per generate() call is measurable.
-        self.k = torch.empty(shape, device=device, dtype=dtype)
+        shape = (config.n_layer, batch_size, config.n_head, max_len or config.block_size,
+                 config.n_embd // config.n_head)   # (L, B, nh, T_max, hs)
+        self.k = torch.empty(shape, device=device, dtype=dtype)  # not zeros: only written positions are read
         self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.length = 0  # positions filled; GPT.forward advances it after all layers have written
+        self.length = 0  # positions filled; GPT.hidden_states advances it after all layers have written
 
     def update(self, layer, k, v):
         """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys and values so far."""
@@ -87,10 +77,7 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def reorder(self, rows):
-        """Row i continues from old row rows[i] (beam search: each new beam extends some old beam's prefix).
-
-        rows may repeat or drop rows and change the batch size; only the filled positions are copied.
-        """
+        """Row i continues from old row rows[i] (beam search); rows may repeat, drop or add rows."""
         for name in ("k", "v"):
             old = getattr(self, name)
             new = old.new_empty((old.size(0), len(rows), *old.shape[2:]))
@@ -99,7 +86,6 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-
     def __init__(self, config, layer_idx):
         super().__init__()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value for all heads at once
@@ -113,34 +99,31 @@ class CausalSelfAttention(nn.Module):
         """attn_mask (B or 1, 1, T, keys), True where a query may look, replaces the causal mask if given."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        hs = C // self.n_head
-        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        past = 0
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # q, k, v: (B, nh, T, hs)
+        past = kv_cache.length if kv_cache is not None else 0
         if kv_cache is not None:
-            past = kv_cache.length
-            k, v = kv_cache.update(self.layer_idx, k, v)
-        # Query i (at absolute position past + i) may look at keys 0 .. past + i.
-        # With no past this is the usual square causal mask; a single new query may look at everything.
+            k, v = kv_cache.update(self.layer_idx, k, v)                          # (B, nh, past + T, hs)
+        # Query i (at position past + i) sees keys 0 .. past + i; a single new query sees everything.
         if attn_mask is None and past > 0 and T > 1:
             attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         causal = attn_mask is None and T > 1
         dropout = self.dropout if self.training else 0.0
         if self.attn == "flash":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=dropout, is_causal=causal)
-        else:  # the textbook computation, kept for the speed ablation and as a cross-check
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        else:  # the textbook computation, kept as a cross-check
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))         # (B, nh, T, past + T)
             if causal:
                 attn_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if attn_mask is not None:
                 att = att.masked_fill(~attn_mask, float("-inf"))
             att = F.dropout(F.softmax(att, dim=-1), p=dropout, training=self.training)
-            y = att @ v
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+            y = att @ v                                                                # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
@@ -154,7 +137,6 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-
     def __init__(self, config, layer_idx):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
@@ -164,12 +146,10 @@ class Block(nn.Module):
 
     def forward(self, x, kv_cache=None, attn_mask=None):
         x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)  # pre-norm residual blocks, as in GPT-2
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
-
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -185,32 +165,25 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # GPT-2 paper: N(0, 0.02) everywhere; the projections that add into the residual stream are scaled
-        # by 1/sqrt(2 * n_layer) so the stream's variance does not grow with depth (two adds per layer).
+        # GPT-2: N(0, 0.02); projections into the residual stream scaled so its variance stays put with depth
         if isinstance(module, nn.Linear):
-            std = 0.02
-            if getattr(module, "residual_scale_init", False):
-                std *= (2 * self.config.n_layer) ** -0.5
-            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            scale = (2 * self.config.n_layer) ** -0.5 if getattr(module, "residual_scale_init", False) else 1
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02 * scale)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def hidden_states(self, idx, kv_cache=None, pos=None, attn_mask=None):
-        """Final-layer-norm output (B, T, n_embd) for token ids idx (B, T).
-
-        pos (B, T) and attn_mask (B, 1, T, T) let one row hold several sequences that share a prefix
-        (hellaswag.py packs a context and its four endings so); by default positions count on from the
-        cache and attention is causal.
-        """
+        """Final-layer-norm output (B, T, n_embd) for ids (B, T). pos (B, T) and attn_mask (B, 1, T, T) let a
+        row hold sequences sharing a prefix (hellaswag.py); by default: positions after the cache, causal."""
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
         if pos is None:
             if past + T > self.config.block_size:
                 raise ValueError(f"{past + T} positions are more than block_size {self.config.block_size}")
             pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, n_embd)
         for block in self.transformer.h:
             x = block(x, kv_cache, attn_mask)
         if kv_cache is not None:
@@ -218,35 +191,30 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None, kv_cache=None, reduction="mean"):
-        """Returns (logits, loss). Targets equal to -1 are ignored (e.g. prompt tokens, padding).
-        reduction="none" returns (None, per-token loss (B, T), 0 where the target is -1) and applies lm_head
-        only where a target exists: scoring a few tokens skips the vocabulary projection for the rest."""
+        """(logits (B, T, V), loss), targets of -1 ignored; reduction="none": (None, per-token loss (B, T)),
+        projecting onto the vocabulary only where a target exists."""
         x = self.hidden_states(idx, kv_cache)
         if targets is None:
             return self.lm_head(x), None
         if reduction == "mean":
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
+            logits = self.lm_head(x)                                            # (B, T, V)
+            return logits, F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         if reduction == "none":
             scored = targets != -1
             token_loss = torch.zeros(targets.shape, dtype=torch.float32, device=x.device)
-            logits = self.lm_head(x[scored])
+            logits = self.lm_head(x[scored])                                   # (scored tokens, V)
             token_loss[scored] = F.cross_entropy(logits, targets[scored], reduction="none").float()
             return None, token_loss
         raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
 
     def num_params(self, non_embedding=False):
-        """Parameter count, the tied wte/lm_head matrix counted once. non_embedding=True leaves out the
-        position embeddings (a lookup, no FLOPs); wte stays: tied to lm_head, it is also the last matmul."""
+        """Parameters, tied wte/lm_head once; non_embedding leaves out wpe (a lookup, no FLOPs)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    # --- speed accounting -------------------------------------------------------------------------
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 * L * H * Q * T."""
-        c = self.config
-        T = seq_len or c.block_size
+        c, T = self.config, seq_len or self.config.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T  # H * Q = n_embd
 
     def estimate_mfu(self, tokens_per_second, peak_flops, seq_len=None):
@@ -257,37 +225,28 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
                  use_cache=True, stop_token=None, num_beams=1, **beam_options):
-        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 is greedy decoding.
-
-        With stop_token (e.g. <|endoftext|>) it returns early once every row has produced it; rows that
-        stopped sooner carry on, so cut each row at its first stop_token.
-
-        With use_cache each step feeds only the newest token. Once the sequence outgrows block_size the
-        context is cropped to the last block_size tokens exactly as without the cache; the positions of the
-        kept tokens then shift, so the cache is rebuilt from the cropped context at each such step.
-        """
+        """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 is greedy. With stop_token it
+        returns once every row has produced it (rows that stopped sooner carry on: cut at the first one).
+        Past block_size the context is cropped to the last block_size tokens; their positions shift, so
+        the cache is refilled from the cropped context at each such step, exactly as without it."""
         if num_beams > 1:  # a deterministic search instead of sampling: see beam_search for its options
             return self.beam_search(idx, max_new_tokens, num_beams, stop_token=stop_token, **beam_options)
         check_sampling(temperature, top_k, top_p)
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
-        cache = None
-        if use_cache:  # room for what this call can reach, at most block_size positions
-            max_len = min(block_size, idx.size(1) + max_new_tokens)
-            cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype, max_len)
+        cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype,  # room for this call
+                        min(block_size, idx.size(1) + max_new_tokens)) if use_cache else None
         stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            if cache is not None and 0 < cache.length < block_size:
-                x = self.hidden_states(idx[:, -1:], cache)                # only the newest token
-            else:
-                if cache is not None:
-                    cache.length = 0                                     # (re)fill from the cropped context
-                x = self.hidden_states(idx[:, -block_size:], cache)
-            logits = self.lm_head(x[:, -1, :])
+            newest_only = cache is not None and 0 < cache.length < block_size
+            if cache is not None and not newest_only:
+                cache.length = 0                                         # (re)fill from the cropped context
+            x = self.hidden_states(idx[:, -1:] if newest_only else idx[:, -block_size:], cache)
+            logits = self.lm_head(x[:, -1, :])                           # (B, V)
             if self.config.padded_vocab_size > self.config.vocab_size:
                 logits[:, self.config.vocab_size:] = float("-inf")      # padded ids are never real tokens
-            idx_next = sample_next_token(logits, temperature, top_k, top_p, generator)
+            idx_next = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             if stop_token is not None:
                 stopped |= idx_next[:, 0] == stop_token
@@ -296,21 +255,34 @@ class GPT(nn.Module):
         self.train(was_training)
         return idx
 
+    @staticmethod
+    def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits / temperature
+        if top_k is not None:
+            kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+            logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        if top_p is not None:
+            # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
+            sorted_logits, order = torch.sort(logits, descending=True)
+            probs = F.softmax(sorted_logits, dim=-1)
+            mass_before = probs.cumsum(dim=-1) - probs
+            sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
     @torch.no_grad()
     def beam_search(self, idx, max_new_tokens, num_beams=4, length_penalty=1.0, no_repeat_ngram_size=0,
                     stop_token=None, early_stopping=False):
         """The best of num_beams beams, as transformers' generate(num_beams=...): idx (1, T) -> (1, T + n).
-
-        Each step extends every running beam by every token and keeps the num_beams best sums of
-        log-probs. A beam that emits a stop token (an id or a list of ids), and every beam at the last
-        step, is finished and scored sum / n ** length_penalty, n its new tokens counting the stop token.
-        The search ends when num_beams beams have finished and no running beam can beat the worst of them:
-        judged at its current length (early_stopping=False), at max_new_tokens when length_penalty > 0
-        ("never"), or not at all (True: stop as soon as num_beams have finished). no_repeat_ngram_size=K
-        forbids a token that would repeat a K-gram of the sequence, prompt included.
-        idx may be a list of 1-D prompts of different lengths: each is searched on its own and a list of
-        1-D sequences comes back (transformers returns the same tokens for them left-padded as a batch).
-        """
+        Each step extends every running beam by every token and keeps the num_beams best sums of log-probs.
+        A beam that emits a stop token (id or list), or reaches max_new_tokens, finishes with the score
+        sum / n ** length_penalty (n: its new tokens). The search ends when num_beams have finished and no
+        running beam can beat the worst of them, judged at its current length (early_stopping=False), at
+        max_new_tokens ("never", length_penalty > 0) or not at all (True). no_repeat_ngram_size=K bans
+        repeating a K-gram, prompt included. A list of 1-D prompts is searched one by one into a list."""
         n = no_repeat_ngram_size
         if isinstance(idx, (list, tuple)):
             return [self.beam_search(torch.as_tensor(p).view(1, -1), max_new_tokens, num_beams,
@@ -320,8 +292,7 @@ class GPT(nn.Module):
             raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceed block_size "
                              f"{self.config.block_size}")
         stops = {stop_token} if isinstance(stop_token, int) else set(stop_token or ())
-        # Candidates kept per step: even if every beam's best continuations are stop tokens, num_beams
-        # candidates remain to carry on.
+        # Even if every beam's best continuations are stop tokens, num_beams candidates remain to carry on.
         n_cand = max(2, 1 + len(stops)) * num_beams
         was_training = self.training
         self.eval()
@@ -337,8 +308,7 @@ class GPT(nn.Module):
                 seen = (windows[:, :, :-1] == beams[:, None, beams.size(1) - n + 1:]).all(-1)
                 banned = torch.zeros_like(logp).scatter_add_(1, windows[:, :, -1], seen.float())
                 logp = logp.masked_fill(banned > 0, float("-inf"))
-            # The n_cand best of all b * V continuations are among each beam's own n_cand best: two small
-            # top-k's find exactly the candidates of one top-k over b * V, without sorting through it all.
+            # The n_cand best of all b * V are among each beam's own n_cand best: two small top-k's, exact.
             row_top, row_token = (sums[:, None] + logp).topk(n_cand, dim=-1)           # (b, n_cand) each
             top, pick = row_top.view(-1).topk(n_cand)                  # best continuations over all beams
             flat = pick // n_cand * V + row_token.view(-1)[pick]       # as indices into (b, V)
@@ -368,23 +338,17 @@ class GPT(nn.Module):
     # --- HuggingFace interop ----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path, **config_overrides):
-        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') via transformers, or a local
-        directory written by GPT2LMHeadModel.save_pretrained (or by our save_hf)."""
+        """OpenAI's GPT-2 (a GPT_SIZES name) via transformers, or a save_pretrained / save_hf directory."""
         hf = load_hf_gpt2(name_or_path)
         hc = hf.config
-        config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
-                           n_head=hc.n_head, n_embd=hc.n_embd, layer_norm_epsilon=hc.layer_norm_epsilon,
-                           **config_overrides)
-        model = cls(config)
+        model = cls(GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
+                              n_head=hc.n_head, n_embd=hc.n_embd, layer_norm_epsilon=hc.layer_norm_epsilon,
+                              **config_overrides))
         model.load_hf_state_dict(hf.state_dict())
         return model
 
     def load_hf_state_dict(self, hf_state):
-        """Copy a GPT2LMHeadModel state dict in, checking every name and shape.
-
-        HuggingFace keeps OpenAI's Conv1D layout (in_features, out_features) for the four projections;
-        nn.Linear stores (out, in), so those weights are transposed.
-        """
+        """Copy a GPT2LMHeadModel state dict in, checking names and shapes; Conv1D (in, out) is transposed."""
         ours = self.state_dict()
         hf_state = {k: v for k, v in hf_state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
         missing, unexpected = sorted(ours.keys() - hf_state.keys()), sorted(hf_state.keys() - ours.keys())
@@ -398,31 +362,27 @@ class GPT(nn.Module):
                 if name in _VOCAB_ROWS and value.size(0) < target.size(0):
                     target = target[:value.size(0)]  # padded vocab: fill the real rows; padding keeps init
                 if value.shape != target.shape:
-                    raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(value.shape)}, "
-                                     f"model {tuple(target.shape)}")
+                    raise ValueError(f"shape mismatch: {name} {list(value.shape)} vs {list(target.shape)}")
                 target.copy_(value)
 
     def save_hf(self, out_dir, tokenizer=None):
-        """Write a directory that transformers loads as its own (GPT2LMHeadModel, padded vocab cut back),
-        with the tokenizer (get_tokenizer's kinds) as a fast tokenizer and <|endoftext|> as eos."""
+        """A directory transformers loads as its own: GPT2LMHeadModel, tokenizer, <|endoftext|> as eos."""
         from transformers import GPT2Config, GPT2LMHeadModel
         c = self.config
         hf_tok = _hf_tokenizer(tokenizer) if tokenizer is not None else None
         if hf_tok is not None and len(hf_tok) > c.vocab_size:
             raise ValueError(f"the tokenizer has {len(hf_tok)} ids but the model only {c.vocab_size}")
         eos = hf_tok.eos_token_id if hf_tok is not None else c.vocab_size - 1
-        hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-                               n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon,
-                               activation_function="gelu_new", resid_pdrop=c.dropout, embd_pdrop=c.dropout,
-                               attn_pdrop=c.dropout, bos_token_id=eos, eos_token_id=eos)
+        hf = GPT2LMHeadModel(GPT2Config(
+            vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+            n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new",
+            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, bos_token_id=eos,
+            eos_token_id=eos))
         state = {}
         for name, value in _strip_prefixes(self.state_dict()).items():
-            if name.endswith(_CONV1D_WEIGHTS):
-                value = value.t()
-            if name in _VOCAB_ROWS:
-                value = value[:c.vocab_size]
+            value = value.t() if name.endswith(_CONV1D_WEIGHTS) else value
+            value = value[:c.vocab_size] if name in _VOCAB_ROWS else value
             state[name] = value.detach().to("cpu", torch.float32).contiguous()
-        hf = GPT2LMHeadModel(hf_config)
         hf.load_state_dict(state, strict=True)
         # Write beside the target, then swap it in: a crash never leaves a half-written export behind.
         tmp, old = f"{out_dir}.tmp", f"{out_dir}.old"
@@ -437,29 +397,11 @@ class GPT(nn.Module):
         return out_dir
 
 
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if top_p is not None:
-        # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+sample_next_token = GPT.sample_next_token
 
 
 def _hf_tokenizer(tokenizer):
-    """A transformers fast tokenizer that encodes and decodes exactly as `tokenizer` (any kind
-    get_tokenizer makes): byte-level BPE whose tokens are spelled, byte by byte, in GPT-2's printable
-    stand-in characters, with the same split regex, merges in the same order and the same special ids."""
+    """A transformers byte-level BPE equal to `tokenizer`: GPT-2's byte spelling, same regex and merges."""
     import bpe
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -500,19 +442,19 @@ def load_hf_gpt2(name_or_path):
         raise ValueError(f"unknown model {name_or_path!r}: use one of {', '.join(GPT_SIZES)} "
                          "or a directory written by save_pretrained")
     try:
-        hf_config = AutoConfig.from_pretrained(name_or_path)
+        c = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         hint = " (no network? the HuggingFace hub is unreachable)" if name_or_path in GPT_SIZES else ""
         raise ValueError(f"could not load {name_or_path!r}{hint}: {str(e).splitlines()[0]}") from None
-    if hf_config.model_type != "gpt2":
-        raise ValueError(f"{name_or_path!r} holds a {hf_config.model_type!r} model, not GPT-2")
+    if c.model_type != "gpt2":
+        raise ValueError(f"{name_or_path!r} holds a {c.model_type!r} model, not GPT-2")
+    act = c.activation_function
     unsupported = [what for what, bad in [
-        ("activation " + str(hf_config.activation_function),
-         hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh")),
-        ("n_inner", hf_config.n_inner not in (None, 4 * hf_config.n_embd)),
-        ("scale_attn_by_inverse_layer_idx", hf_config.scale_attn_by_inverse_layer_idx),
-        ("reorder_and_upcast_attn", hf_config.reorder_and_upcast_attn),
-        ("scale_attn_weights=False", not hf_config.scale_attn_weights)] if bad]
+        (f"activation {act}", act not in ("gelu_new", "gelu_pytorch_tanh")),
+        ("n_inner", c.n_inner not in (None, 4 * c.n_embd)),
+        ("reorder_and_upcast_attn", c.reorder_and_upcast_attn),
+        ("scale_attn_by_inverse_layer_idx", c.scale_attn_by_inverse_layer_idx),
+        ("scale_attn_weights=False", not c.scale_attn_weights)] if bad]
     if unsupported:
         raise ValueError(f"{name_or_path!r} uses GPT-2 options this model does not implement: {unsupported}")
     return GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
@@ -520,17 +462,10 @@ def load_hf_gpt2(name_or_path):
 
 def _strip_prefixes(state):
     """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes wrappers add to names."""
-    clean = {}
-    for name, value in state.items():
-        while name.startswith(("_orig_mod.", "module.")):
-            name = name.split(".", 1)[1]
-        clean[name] = value
-    return clean
+    return {re.sub(r"^((_orig_mod|module)\.)+", "", name): value for name, value in state.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# What the scripts share: devices, tokenizers, checkpoints
-# ---------------------------------------------------------------------------------------------
+# --- What the scripts share: devices, tokenizers, checkpoints, input checks, files ------------
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; more specific names first.
 PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
                    ("GH200", 989e12), ("A100", 312e12), ("4090", 165.2e12), ("3090", 71e12), ("L4", 121e12)]
@@ -545,15 +480,9 @@ def peak_flops(device):
 
 
 def auto_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 
 
-# Validation at the door: one helper per kind of input the model-side scripts share. Each raises a
-# one-line ValueError naming the culprit, which the CLIs print as "error: ..." before any work starts.
 def check_device(name):
     """'auto' resolved, or a device torch knows and this machine has."""
     device = auto_device() if name == "auto" else name
@@ -561,14 +490,131 @@ def check_device(name):
         kind, index = torch.device(device).type, torch.device(device).index
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    mps = getattr(torch.backends, "mps", None)
     present = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-               "mps": int(mps is not None and mps.is_available())}
+               "mps": int(torch.backends.mps.is_available())}
     if present.get(kind, 0) <= (index or 0):
         raise ValueError(f"device {name!r} is not available on this machine")
     return device
 
 
+EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
+
+
+class ByteTokenizer:
+    """Raw UTF-8 bytes as tokens (ids 0..255) plus <|endoftext|> = 256: needs no vocabulary file."""
+    name, n_vocab, eot_token = "byte", 257, 256
+
+    def encode_ordinary(self, text):
+        return list(text.encode("utf-8"))
+
+    def encode(self, text, allowed_special=()):  # with "all" (or EOT) allowed, <|endoftext|> becomes 256
+        if allowed_special != "all" and EOT not in allowed_special:
+            return self.encode_ordinary(text)
+        parts = [self.encode_ordinary(part) for part in text.split(EOT)]
+        return [i for k, part in enumerate(parts) for i in ([256] if k else []) + part]
+
+    def decode(self, ids):
+        return b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids).decode(errors="replace")
+
+
+class BPETokenizer:
+    """A bpe.py tokenizer, encoding through tiktoken where to_tiktoken proves it exact, else itself."""
+    name = "bpe"
+
+    def __init__(self, tok):
+        self.tok, self.n_vocab, self.decode = tok, max(tok.vocab) + 1, tok.decode
+        try:
+            self.encode_ordinary = tok.to_tiktoken().encode_ordinary
+        except ValueError:
+            self.encode_ordinary = tok.encode_ordinary
+
+    @property
+    def eot_token(self):
+        if EOT not in self.tok.special_tokens:
+            raise ValueError(f"this bpe.py tokenizer has no {EOT} token to separate documents; train it with "
+                             f"--special '{EOT}'")
+        return self.tok.special_tokens[EOT]
+
+    def encode(self, text, allowed_special=()):
+        return self.tok.encode(text, allowed_special=allowed_special or "none")
+
+
+def get_tokenizer(spec):
+    """'gpt2' (tiktoken), 'byte', a bpe.py .model file or a stored dict -> .encode(_ordinary), .decode etc."""
+    import bpe
+    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
+    if isinstance(spec, dict):  # a bpe.py tokenizer, whole (checked as a .model file is)
+        return BPETokenizer(bpe.Tokenizer.from_dict(spec))
+    if spec == "byte":
+        return ByteTokenizer()
+    if isinstance(spec, str) and spec.endswith(".model"):
+        return BPETokenizer(bpe.Tokenizer().load(spec))
+    if spec != "gpt2":
+        raise ValueError(f"unknown tokenizer {spec!r}: use 'gpt2', 'byte' or a .model file written by bpe.py")
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken fetches its BPE files once; requests/OS errors surface from deep inside
+        raise ValueError("could not load GPT-2's BPE files (tiktoken downloads them once, then caches them "
+                         f"in TIKTOKEN_CACHE_DIR; offline?): {type(e).__name__}") from None
+
+
+def tokenizer_spec(tok):
+    """'gpt2', 'byte', or a bpe.py tokenizer whole as a dict: a checkpoint then needs no tokenizer file."""
+    if isinstance(tok, str) and tok.endswith(".model"):
+        tok = get_tokenizer(tok)
+    if isinstance(tok, BPETokenizer):
+        return tok.tok.to_dict()
+    return tok if isinstance(tok, (str, dict)) else tok.name  # tiktoken's "gpt2" or "byte"
+
+
+def save_checkpoint(path, model, tokenizer, **extra):
+    """Write {'model', 'config', 'tokenizer' (tokenizer_spec), **extra (weights_only-loadable)} atomically."""
+    raw = unwrap(model)
+    checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
+                  "tokenizer": tokenizer_spec(tokenizer), **extra}
+    with atomic_write(path) as f:
+        torch.save(checkpoint, f)
+
+
+def load_checkpoint(path, device="cpu", **config_overrides):
+    """(model, checkpoint dict) from save_checkpoint's file, its structure, config and weights checked."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:120]})") from None
+    if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' entries)")
+    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["model"], dict):
+        raise ValueError(f"{path}: its 'config' and 'model' entries must be dicts")
+    saved = {k: v for k, v in checkpoint["config"].items() if k in {f.name for f in fields(GPTConfig)}}
+    try:
+        config = GPTConfig(**{**saved, **config_overrides})
+    except ValueError as e:
+        raise ValueError(f"{path}: config {e}") from None
+    state = _strip_prefixes(checkpoint["model"])
+    # The weights have the shapes the config promises (before building a model that size), and are finite.
+    layers = {name.split(".")[2] for name in state if name.startswith("transformer.h.")}
+    shapes = [tuple(w.shape) if torch.is_tensor(w) else None
+              for w in (state.get("transformer.wte.weight"), state.get("transformer.wpe.weight"))]
+    if len(layers) != config.n_layer or shapes != [(config.padded_vocab_size, config.n_embd),
+                                                   (config.block_size, config.n_embd)]:
+        raise ValueError(f"{path}: its weights do not match its config (layers, vocabulary or context size)")
+    for name, value in state.items():
+        if not torch.is_tensor(value) or value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: weight {name} is not a finite tensor")
+    model = GPT(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not match its own config: {str(e).splitlines()[0][:200]}") from None
+    return model.to(device), checkpoint
+
+
+# Input checks: each raises a one-line ValueError naming the culprit, printed by the CLIs before any work.
 def check_sampling(temperature, top_k=None, top_p=None):
     """Settings that define a distribution: temperature >= 0 and finite, top_k >= 1, top_p in (0, 1]."""
     if not math.isfinite(temperature) or temperature < 0:
@@ -580,8 +626,7 @@ def check_sampling(temperature, top_k=None, top_p=None):
 
 
 def check_text(text, what):
-    """Text from the command line that must be valid UTF-8 (the shell hands undecodable bytes over as
-    lone surrogates, which no tokenizer can encode)."""
+    """Command-line text that is valid UTF-8 (the shell hands undecodable bytes over as lone surrogates)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -590,8 +635,7 @@ def check_text(text, what):
 
 
 def check_output(path, inputs=(), directory=False):
-    """Before long work: `path` can be written and is not (and, for a directory, holds) any of the inputs,
-    so that no finished work is lost at the end and no output replaces what the run reads."""
+    """Before long work: `path` can be written and is not (for a directory: holds) any of the inputs."""
     real = os.path.realpath(path)
     for other in filter(None, inputs):
         if os.path.realpath(other) == real or directory and os.path.realpath(other).startswith(real + os.sep):
@@ -609,117 +653,16 @@ def check_output(path, inputs=(), directory=False):
         raise ValueError(f"output {path} cannot be written ({e.strerror})") from None
 
 
-EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
-
-
-class ByteTokenizer:
-    """Raw UTF-8 bytes as tokens (ids 0..255) plus <|endoftext|> = 256: needs no vocabulary file."""
-    name, n_vocab, eot_token = "byte", 257, 256
-
-    def encode_ordinary(self, text):
-        return list(text.encode("utf-8"))
-
-    def encode(self, text, allowed_special=()):
-        """With allowed_special "all" (or holding EOT), the text <|endoftext|> becomes id 256."""
-        if allowed_special != "all" and EOT not in allowed_special:
-            return self.encode_ordinary(text)
-        parts = [self.encode_ordinary(part) for part in text.split(EOT)]
-        return [i for k, part in enumerate(parts) for i in ([256] if k else []) + part]
-
-    def decode(self, ids):
-        data = b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids)
-        return data.decode("utf-8", errors="replace")
-
-
-class BPETokenizer:
-    """A tokenizer trained by bpe.py, encoding through tiktoken where tiktoken reproduces its merges
-    exactly (Tokenizer.to_tiktoken checks that), else through bpe.py itself."""
-    name = "bpe"
-
-    def __init__(self, tok):
-        self.tok, self.n_vocab = tok, max(tok.vocab) + 1
-        try:
-            self.fast = tok.to_tiktoken()
-        except ValueError:
-            self.fast = tok
-
-    @property
-    def eot_token(self):
-        if EOT not in self.tok.special_tokens:
-            raise ValueError(f"this bpe.py tokenizer has no {EOT} token to separate documents; train it with "
-                             f"--special '{EOT}'")
-        return self.tok.special_tokens[EOT]
-
-    def encode_ordinary(self, text):
-        return self.fast.encode_ordinary(text)
-
-    def encode(self, text, allowed_special=()):
-        return self.tok.encode(text, allowed_special=allowed_special or "none")
-
-    def decode(self, ids):
-        return self.tok.decode(ids)
-
-
-def get_tokenizer(spec):
-    """'gpt2' (tiktoken's Encoding), 'byte', a bpe.py .model file, or what a checkpoint stores (see
-    tokenizer_spec). Each has .name, .n_vocab, .eot_token, .encode_ordinary, .encode and .decode."""
-    import bpe
-    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
-    if isinstance(spec, dict):  # a bpe.py tokenizer, whole
-        try:
-            tok = bpe.Tokenizer(spec["pattern"])
-            tok.byte_ids = [int(i) for i in spec["byte_ids"]]
-            tok.merges = {(int(a), int(b)): 256 + k for k, (a, b) in enumerate(spec["merges"])}
-            tok.register_special_tokens({str(s): int(i) for s, i in spec["special_tokens"].items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"the stored bpe tokenizer is malformed ({type(e).__name__}: {e})") from None
-        return BPETokenizer(tok)
-    if spec == "byte":
-        return ByteTokenizer()
-    if isinstance(spec, str) and spec.endswith(".model"):
-        return BPETokenizer(bpe.Tokenizer().load(spec))
-    if spec != "gpt2":
-        raise ValueError(f"unknown tokenizer {spec!r}: use 'gpt2', 'byte' or a .model file written by bpe.py")
-    import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # tiktoken fetches its BPE files once; requests/OS errors surface from deep inside
-        raise ValueError("could not load GPT-2's BPE files (tiktoken downloads them once, then caches them "
-                         f"in TIKTOKEN_CACHE_DIR; offline?): {type(e).__name__}") from None
-
-
-def tokenizer_spec(tok):
-    """What save_checkpoint stores: 'gpt2', 'byte', or a bpe.py tokenizer whole as a plain dict (pattern,
-    byte ids, merges in order, special tokens), so the checkpoint needs no tokenizer file to sample."""
-    if isinstance(tok, str) and tok.endswith(".model"):
-        tok = get_tokenizer(tok)
-    if isinstance(tok, (str, dict)):
-        return tok
-    if isinstance(tok, BPETokenizer):
-        t = tok.tok
-        return {"pattern": t.pattern, "byte_ids": list(t.byte_ids), "special_tokens": dict(t.special_tokens),
-                "merges": [list(pair) for pair in t.merges]}
-    return tok.name  # tiktoken's "gpt2" or "byte"
-
-
 def unwrap(model):
     """The plain module under torch.compile (._orig_mod) and DistributedDataParallel (.module)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
+    while hasattr(model, "_orig_mod") or isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model._orig_mod if hasattr(model, "_orig_mod") else model.module
+    return model
 
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
-    """Open a file that appears at `path` only when the block ends without an error.
-
-    The bytes go to path + ".tmp", are flushed to disk, and the temp file is renamed over `path`: a crash
-    or kill at any moment leaves either the old file or the new one, never half of one.
-    """
+    """A file that appears at `path` (renamed from path.tmp, flushed) only if the block ends without error."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     try:
@@ -734,8 +677,7 @@ def atomic_write(path, mode="wb"):
 
 
 def download(url, path, hint="", timeout=30):
-    """Stream `url` into `path` (atomically, with a progress bar); a one-line ValueError when it fails.
-    `hint` says how to do without the download (e.g. "pass a local copy with --file")."""
+    """Stream `url` into `path` atomically; on failure a one-line ValueError ending in `hint`."""
     import requests
     from tqdm import tqdm
     try:
@@ -753,63 +695,7 @@ def download(url, path, hint="", timeout=30):
     return path
 
 
-def save_checkpoint(path, model, tokenizer, **extra):
-    """Write {'model', 'config', 'tokenizer', **extra} to path atomically (tokenizer: see tokenizer_spec).
-
-    `extra` may hold what torch.load(weights_only=True) accepts: tensors, containers, str/int/float/bool/None.
-    """
-    raw = unwrap(model)
-    checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
-                  "tokenizer": tokenizer_spec(tokenizer), **extra}
-    with atomic_write(path) as f:
-        torch.save(checkpoint, f)
-
-
-def load_checkpoint(path, device="cpu", **config_overrides):
-    """Rebuild the model saved by save_checkpoint. Returns (model, checkpoint dict)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                         f"{(str(e).splitlines() or [''])[0][:120]})") from None
-    if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
-        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' entries)")
-    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["model"], dict):
-        raise ValueError(f"{path}: its 'config' and 'model' entries must be dicts")
-    known = {f.name for f in fields(GPTConfig)}
-    try:
-        saved = {k: v for k, v in checkpoint["config"].items() if k in known}
-        config = GPTConfig(**{**saved, **config_overrides})
-    except ValueError as e:
-        raise ValueError(f"{path}: config {e}") from None
-    state = _strip_prefixes(checkpoint["model"])
-    check_weights(state, config, path)
-    model = GPT(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path} does not match its own config: {str(e).splitlines()[0][:200]}") from None
-    return model.to(device), checkpoint
-
-
-def check_weights(state, config, path):
-    """Before building the model: the weights have the shapes the config promises, and are finite."""
-    layers = {name.split(".")[2] for name in state if name.startswith("transformer.h.")}
-    wte, wpe = state.get("transformer.wte.weight"), state.get("transformer.wpe.weight")
-    shapes = [tuple(w.shape) if torch.is_tensor(w) else None for w in (wte, wpe)]
-    if len(layers) != config.n_layer or shapes != [(config.padded_vocab_size, config.n_embd),
-                                                   (config.block_size, config.n_embd)]:
-        raise ValueError(f"{path}: its weights do not match its config (layers, vocabulary or context size)")
-    for name, value in state.items():
-        if not torch.is_tensor(value) or value.is_floating_point() and not torch.isfinite(value).all():
-            raise ValueError(f"{path}: weight {name} is not a finite tensor")
-
-
-# ---------------------------------------------------------------------------------------------
-# python model.py: sample from OpenAI's weights or from a checkpoint
-# ---------------------------------------------------------------------------------------------
+# --- python model.py: sample from GPT-2 or a checkpoint, or export either for transformers ----
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Sample text from GPT-2 or a checkpoint of train_gpt2.py, "
                                                  "or export either as a HuggingFace directory.")
@@ -849,9 +735,8 @@ def main(argv=None):
     if len(prompt) >= model.config.block_size:
         sys.exit(f"error: the prompt is {len(prompt)} tokens; the model reads {model.config.block_size}")
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, generator=generator)
+                         top_p=args.top_p, generator=torch.Generator(device=device).manual_seed(args.seed))
     for i, row in enumerate(out.tolist()):
         print(f"--- sample {i}\n{enc.decode(row)}")
 
