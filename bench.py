@@ -70,6 +70,12 @@ def markdown_table(headers, rows):
     return "\n".join(lines)
 
 
+def add_numbers(parser, **defaults):
+    """Plain numeric flags: --name-with-dashes of the default's type (--repeat: timed runs, in turns)."""
+    for name, default in defaults.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+
+
 # ---------------------------------------------------------------------------------------------
 # python bench.py tokenizer: bpe.py against the textbook algorithm, HF tokenizers and tiktoken
 #
@@ -293,9 +299,7 @@ def tokenizer_add_parser(sub):
     p.add_argument("--english", default="../shared/data/shakespeare.txt")
     p.add_argument("--chinese", default="../shared/data/d2l_zh.txt")
     p.add_argument("--big", help="text of 10 MB+ (default: built by the recipe in big_corpus)")
-    p.add_argument("--textbook-merges", type=int, default=10,
-                   help="merges the textbook runs before its time is extrapolated")
-    p.add_argument("--repeat", type=int, default=3, help="timings per measurement, in turns (best kept)")
+    add_numbers(p, textbook_merges=10, repeat=3)   # the textbook's merges timed before it is extrapolated
     p.add_argument("--ablate", action="store_true", help="time each job with each speed shortcut off")
     p.add_argument("--only", help="with --ablate: the shortcuts whose names hold one of these (a,b,...)")
     p.set_defaults(run=tokenizer_run)
@@ -399,12 +403,8 @@ def model_add_parser(sub):
     p.add_argument("--size", choices=["124M", "small"], default="124M")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--train-batch", type=int, default=4)
-    p.add_argument("--train-seq", type=int, default=256)
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per side, taken in turns (best kept)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_numbers(p, prompt_len=16, new_tokens=256, train_batch=4, train_seq=256, repeat=5,
+                threads=torch.get_num_threads())
     p.set_defaults(run=bench_model)
 
 
@@ -429,13 +429,10 @@ _STEP_LINE = re.compile(r"^step\s+\d+ \| loss (\S+) .*\| ([\d.]+) ms \| \S+ tok/
 def train_add_parser(sub):
     p = sub.add_parser("train", help="train_gpt2.py: speed ablation; tiny preset vs HuggingFace on CPU")
     p.add_argument("--size", choices=_TRAIN_SIZES, default="small", help="model for the ablation")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--steps", type=int, default=10, help="steps per ablation run (the first 3 untimed)")
-    p.add_argument("--repeat", type=int, default=2, help="runs per row, rows in turns (the fastest counts)")
+    add_numbers(p, seq_len=128, batch_size=4, steps=10, repeat=2)   # steps per run, the first 3 untimed
     p.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "manual.txt"))
     p.add_argument("--device", default=None, help="default: the best available")
-    p.add_argument("--threads", type=int, default=2)
+    add_numbers(p, threads=2)
     p.add_argument("--skip", choices=["ablation", "hf"], help="leave one part out")
     p.set_defaults(run=lambda args: [part(args) for part in (train_ablation, train_versus_huggingface)
                                      if part.__name__[6:] != args.skip])
@@ -778,11 +775,10 @@ def lora_run(args):
 def lora_add_parser(sub):
     p = sub.add_parser("lora", help="our LoRA vs PEFT: step time, peak memory; optimizer state vs full FT")
     p.add_argument("--size", default="gpt2", choices=["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
-    flags = [("--batch", int, 2), ("--seq", int, 128), ("--r", int, 8), ("--alpha", float, 16.0),
-             ("--dropout", float, 0.0), ("--targets", str, "c_attn,attn.c_proj,c_fc,mlp.c_proj"),
-             ("--repeat", int, 5), ("--threads", int, None), ("--device", str, None)]
-    for flag, kind, default in flags:   # --repeat: timed steps per side, in turns (the best one counts)
-        p.add_argument(flag, type=kind, default=default)
+    add_numbers(p, batch=2, seq=128, r=8, alpha=16.0, dropout=0.0, repeat=5)
+    p.add_argument("--targets", default="c_attn,attn.c_proj,c_fc,mlp.c_proj")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(run=lora_run)
 
 
@@ -833,12 +829,8 @@ def beam_run(args):
 def beam_add_parser(sub):
     p = sub.add_parser("beam", help="beam search (the LoRA paper's E2E settings) vs transformers generate")
     p.add_argument("--size", default="gpt2", choices=["tiny", "gpt2", "gpt2-medium"])
-    p.add_argument("--gain", type=float, default=10.0, help="scale of the token embedding (peaked logits)")
-    p.add_argument("--beams", type=int, default=10)
-    p.add_argument("--prompts", type=int, default=2)
-    p.add_argument("--prompt-len", type=int, default=32, help="an E2E meaning representation is ~30 tokens")
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per side, in turns (best kept)")
+    # gain: scale of the token embedding (peaked logits); an E2E meaning representation is ~30 tokens
+    add_numbers(p, gain=10.0, beams=10, prompts=2, prompt_len=32, new_tokens=64, repeat=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(run=beam_run)
 
