@@ -73,6 +73,15 @@ def assert_one_line_error(result, *needles):
         assert needle in lines[-1], lines[-1]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread (no OpenMP hand-offs), and a busy 2-core CI box stays usable."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def tiny_gpt(seed=0, vocab_size=257, block_size=128, n_layer=2, n_head=2, n_embd=32, **config):
     """A tiny random GPT of ours, in eval mode."""
     torch.manual_seed(seed)
@@ -2560,15 +2569,6 @@ def test_hellaswag_cli_bad_flag_exits_without_traceback():
 _LORA_ALL_TARGETS = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
 
 
-@pytest.fixture
-def lora_one_thread():
-    """Tiny models run faster on one thread (no OpenMP hand-offs), and a busy 2-core CI box stays usable."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _lora_tiny_gpt(seed=0, gain=8.0):
     """tiny_gpt with ln_f's gain raised: a random model's frozen ln_f/lm_head can only produce nearly flat
     logits, and the higher gain gives the head enough range for a low-rank update to express a task."""
@@ -3008,7 +3008,7 @@ def test_lora_e2e_download(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_lora_training_changes_only_lora_and_learns(tmp_path, lora_one_thread):
+def test_lora_training_changes_only_lora_and_learns(tmp_path, one_thread):
     tok = gpt.get_tokenizer("byte")
     model = _lora_tiny_gpt()
     pairs = lora.read_examples(_lora_task_file(tmp_path / "task.txt"))
@@ -3102,7 +3102,7 @@ def test_lora_cli(tmp_path):
     assert run.returncode == 1 and run.stderr.strip() == "error: data file missing.txt does not exist."
 
 
-def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lora_one_thread):
+def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)
     gpt.save_checkpoint("tiny.pt", _lora_tiny_gpt(), "byte")
     (tmp_path / "notes.txt").write_text("The adapter learns a low-rank update; the base stays frozen. " * 40)
@@ -3128,7 +3128,7 @@ def test_lora_main_plain_text_and_offline_init(tmp_path, monkeypatch, capsys, lo
     assert "\n" not in str(err.value)
 
 
-def test_lora_bpe_tokenizer_travels_with_the_adapter(tmp_path, monkeypatch, capsys, lora_one_thread):
+def test_lora_bpe_tokenizer_travels_with_the_adapter(tmp_path, monkeypatch, capsys, one_thread):
     # --tokenizer PATH.model: the adapter and the merged checkpoint carry the whole tokenizer, not the path,
     # so that with the file deleted the adapter still evaluates on the same tokens (the same val loss).
     monkeypatch.chdir(tmp_path)
@@ -3309,15 +3309,6 @@ def test_lora_ctrl_c_is_one_line_and_writes_nothing(tmp_path):
 # Beam search token for token against transformers; the metrics against the libraries and the official
 # E2E scorer's own example; the MR grouping and the files the official scorer reads.
 # =================================================================================================
-@pytest.fixture
-def beam_one_thread():
-    """Tiny models decode faster on one thread (no OpenMP hand-offs), above all on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def beam_models(tmp_path_factory):
     """A tiny random GPT-2 in transformers and the same weights in ours. A random model's logits are nearly
@@ -3343,7 +3334,7 @@ def _beam_hf(hf, idx, max_new_tokens, stop_token=None, pad=209, **options):
 
 @pytest.mark.parametrize("num_beams,length_penalty,no_repeat", [
     (2, 1.0, 0), (4, 0.8, 0), (10, 2.0, 0), (10, 0.8, 4), (4, 1.0, 2), (4, 2.0, 3), (2, -0.5, 0)])
-def test_beam_equals_transformers(beam_models, beam_one_thread, num_beams, length_penalty, no_repeat):
+def test_beam_equals_transformers(beam_models, one_thread, num_beams, length_penalty, no_repeat):
     hf, ours = beam_models
     options = dict(num_beams=num_beams, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat)
     for seed in range(3):
@@ -3359,7 +3350,7 @@ def test_beam_equals_transformers(beam_models, beam_one_thread, num_beams, lengt
                 assert got[0, -1] == stop and (got[0, idx.size(1):-1] != stop).all()
 
 
-def test_beam_early_stopping_modes_and_a_stop_at_the_first_step(beam_models, beam_one_thread):
+def test_beam_early_stopping_modes_and_a_stop_at_the_first_step(beam_models, one_thread):
     hf, ours = beam_models
     idx = _beam_prompt(1)
     greedy = ours.generate(idx, 12, temperature=0)[0, 5:].tolist()
@@ -3376,7 +3367,7 @@ def test_beam_early_stopping_modes_and_a_stop_at_the_first_step(beam_models, bea
     assert results[greedy[0], 2.0, True] != results[greedy[0], 2.0, False]   # the modes are not all alike
 
 
-def test_beam_batch_of_different_lengths_equals_transformers_left_padded(beam_models, beam_one_thread):
+def test_beam_batch_of_different_lengths_equals_transformers_left_padded(beam_models, one_thread):
     hf, ours = beam_models
     prompts = [[5, 17, 33, 2, 9, 100, 42], [8], [61, 62, 63, 64]]
     width, pad = max(map(len, prompts)), 209
@@ -3475,7 +3466,7 @@ def test_beam_nist_by_hand():
     assert lora.nist(["the cat"], refs) == pytest.approx(by_hand, rel=1e-12)
 
 
-def test_beam_grouping_by_mr_and_the_scorer_files(tmp_path, monkeypatch, capsys, beam_one_thread):
+def test_beam_grouping_by_mr_and_the_scorer_files(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", _BEAM_NO_JAVA["PATH"])
     lines = ["name : A | food : Thai||A serves Thai food .", "name : B | food : Pasta||B serves pasta .",
