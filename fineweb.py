@@ -32,9 +32,7 @@ LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 MANIFEST = "manifest.json"
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. Reading documents: local files or a HuggingFace dataset, always in the same order
-# ---------------------------------------------------------------------------------------------
+# --- 1. Reading documents: local files or a HuggingFace dataset, always in the same order ---------
 def local_files(source):
     """The sorted list of files a local --source names (file, directory or glob); None for a Hub name."""
     if os.path.isfile(source):
@@ -91,8 +89,11 @@ def read_local_documents(files, text_field):
             raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
 
 
-def load_hub_dataset(source, name, split, streaming, text_field):
-    """Open a HuggingFace dataset (downloading it unless streaming); one-line errors when that fails."""
+def open_documents(source, files, name, split, streaming, text_field, start):
+    """(iterator over the documents' texts from number `start` on, number of documents or None), from local
+    files or a HuggingFace dataset (downloaded unless streaming), with one-line errors when that fails."""
+    if files is not None:                      # skipping finished documents is cheap: read, not tokenized
+        return itertools.islice(read_local_documents(files, text_field), start, None), None
     import datasets                            # imported here: slow to import, only needed for Hub data
     what = source + (f" ({name})" if name else "")
     try:
@@ -108,22 +109,13 @@ def load_hub_dataset(source, name, split, streaming, text_field):
     if ds.column_names is not None and text_field not in ds.column_names:
         raise ValueError(f"{what} has no column '{text_field}' (it has {', '.join(ds.column_names)}; "
                          "choose one with --text-field)")
-    return ds.select_columns([text_field])    # don't ship the other columns to the tokenizer workers
-
-
-def open_documents(source, files, name, split, streaming, text_field, start):
-    """(iterator over the documents' texts from number `start` on, number of documents or None)."""
-    if files is not None:                      # skipping finished documents is cheap: read, not tokenized
-        return itertools.islice(read_local_documents(files, text_field), start, None), None
-    ds = load_hub_dataset(source, name, split, streaming, text_field)
+    ds = ds.select_columns([text_field])       # don't ship the other columns to the tokenizer workers
     splits = getattr(ds.info, "splits", None) or {}  # a streaming dataset has no len(); its metadata may say
     total = len(ds) if not streaming else (splits[split].num_examples or None) if split in splits else None
     return (text_of(r, text_field, "dataset row") for r in (ds.skip(start) if start else ds)), total
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. Tokenizing: one encoder per pool worker, documents in, arrays of token ids out
-# ---------------------------------------------------------------------------------------------
+# --- 2. Tokenizing: one encoder per pool worker, documents in, arrays of token ids out ------------
 EOT = "<|endoftext|>"
 _encoder = None                                # each worker's own (tiktoken Encoding, EOT id, dtype)
 
@@ -161,9 +153,7 @@ def tokenize(text):
     return np.array([eot] + enc.encode_ordinary(text), dtype=dtype)
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. Shards and the manifest, written atomically (a crash never leaves half a file), and the main loop
-# ---------------------------------------------------------------------------------------------
+# --- 3. Shards and the manifest, written atomically (a crash never leaves half a file); the main loop ---
 def write_atomically(path, write):
     """write(f) into path + '.tmp', then rename: readers see the old file or the new one, never half."""
     with open(path + ".tmp", "wb") as f:
@@ -215,7 +205,6 @@ def load_manifest(out_dir, config, dtype, n_ids):
     manifest["complete"] &= len(intact) == len(old_shards)
     manifest["shards"] = intact
     return manifest
-
 
 
 def shard_tokens(token_arrays, shard_size, first_doc, first_offset, dtype):
@@ -270,16 +259,15 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     pool = multiprocessing.Pool(workers, init_worker, (tokenizer,)) if workers > 1 else init_worker(tokenizer)
     # imap keeps the documents' order: the shards are the same whatever the number of workers
     token_arrays = pool.imap(tokenize, documents, chunksize=16) if pool else map(tokenize, documents)
-    progress = tqdm(token_arrays, total=total, initial=first_doc, unit="docs", unit_scale=True, desc=out_dir)
+    bar = tqdm(token_arrays, total=total, initial=first_doc, unit="docs", unit_scale=True, desc=out_dir)
     try:  # each shard is written, then recorded in the manifest: a shard on disk but not listed is redone
-        for tokens, next_doc, next_offset in shard_tokens(progress, shard_size, first_doc, first_offset,
-                                                          dtype):
+        for tokens, next_doc, next_offset in shard_tokens(bar, shard_size, first_doc, first_offset, dtype):
             file = f"{SHARD_PREFIX}_{'train' if shards else 'val'}_{len(shards):06d}.npy"
             write_atomically(os.path.join(out_dir, file), lambda f: np.save(f, tokens))
             shards.append(dict(file=file, tokens=len(tokens), next_doc=next_doc, next_offset=next_offset))
             manifest["complete"] = next_doc is None
             save_manifest(out_dir, manifest)
-            progress.set_postfix(shards=len(shards), refresh=False)
+            bar.set_postfix(shards=len(shards), refresh=False)
             if max_shards is not None and len(shards) >= max_shards and not manifest["complete"]:
                 break
         else:
@@ -288,7 +276,7 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     finally:
         if pool is not None:
             pool.terminate()
-        progress.close()
+        bar.close()
     if not shards:
         raise ValueError(f"{source} holds no documents")
     print(f"{out_dir}: {len(shards)} shards, {sum(s['tokens'] for s in shards):,} tokens"
@@ -298,9 +286,7 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     return manifest
 
 
-# ---------------------------------------------------------------------------------------------
-# 4. Command line
-# ---------------------------------------------------------------------------------------------
+# --- 4. Command line ------------------------------------------------------------------------------
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default=DEFAULT_DATASET, help="local .txt/.jsonl/.parquet file, directory or "

@@ -92,9 +92,8 @@ def parse_args(argv=None):
     g.add_argument("--resume", action="store_true", help="continue the run in --log-dir from its model.pt")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --log-dir with a new one")
     g.add_argument("--stop-at", type=int, help="checkpoint and exit after this step, as if interrupted")
-    args = p.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    args = p.parse_args(argv)  # then each flag left unset takes the preset's value
+    vars(args).update({k: v for k, v in PRESETS[args.preset].items() if getattr(args, k) is None})
     return args
 
 
@@ -147,7 +146,7 @@ def fail(message):
 
 # --- 2. Processes: one per GPU under torchrun (DDP), or a single one; the speed switches ----------
 def setup_processes(args):
-    """The run's shared state, starting with who this process is: rank, world size, device, logger."""
+    """The run's shared state: who this process is (rank, world size, device), its logger, its stop flag."""
     run = SimpleNamespace(rank=0, local_rank=0, world=1, device=args.device or auto_device())
     if "RANK" in os.environ:  # set by torchrun, with LOCAL_RANK and WORLD_SIZE
         env = os.environ
@@ -160,6 +159,9 @@ def setup_processes(args):
         dist.init_process_group(backend="nccl" if run.device.startswith("cuda") else "gloo")
     run.device_type, run.ddp, run.master = run.device.split(":")[0], run.world > 1, run.rank == 0
     run.log = print if run.master else (lambda *a, **k: None)  # only rank 0 logs and writes files
+    run.stop_requested = False  # SIGTERM (a preempted job) or Ctrl-C: finish the step, checkpoint, exit
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: setattr(run, "stop_requested", True))
     run.grad_accum = args.total_batch_size // (args.batch_size * args.seq_len * run.world)
     # Each speed switch is on by default where it helps (CUDA) and can be turned off for the ablation.
     torch.set_float32_matmul_precision("high" if args.tf32 else "highest")  # "high": TF32 tensor cores
@@ -321,12 +323,8 @@ def save(args, run, step):
                 shutil.copyfileobj(src, dst)
 
 
-SHAPING = ("seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "dropout", "seq_len",
-           "total_batch_size", "lr", "min_lr", "warmup_steps", "max_steps", "weight_decay", "grad_clip")
-
-
 def start_or_resume(args, run):
-    """The first step: 0 with a new log, or (--resume) model.pt's once its data, tokenizer, SHAPING match."""
+    """The first step: 0 with a new log, or (--resume) model.pt's once its data, tokenizer, shaping match."""
     run.log_file, run.ckpt_file = (os.path.join(args.log_dir, f) for f in ("log.txt", "model.pt"))
     if not args.resume:
         if run.master:
@@ -336,7 +334,9 @@ def start_or_resume(args, run):
     _, ckpt = checked("cannot resume", load_checkpoint, run.ckpt_file)
     if not {"step", "optimizer", "loader", "rng", "args"} <= ckpt.keys() or type(ckpt["args"]) is not dict:
         fail(f"cannot resume: {run.ckpt_file} holds model weights but no training state")
-    recorded = {f"--{key.replace('_', '-')}": (ckpt["args"].get(key), getattr(args, key)) for key in SHAPING}
+    shaping = ("seed", "shuffle", "n_layer", "n_head", "n_embd", "vocab_multiple", "dropout", "seq_len",
+               "total_batch_size", "lr", "min_lr", "warmup_steps", "max_steps", "weight_decay", "grad_clip")
+    recorded = {f"--{key.replace('_', '-')}": (ckpt["args"].get(key), getattr(args, key)) for key in shaping}
     recorded[f"--tokenizer {args.tokenizer}"] = ckpt.get("tokenizer"), tokenizer_spec(run.tok)  # the things,
     recorded[f"--data {args.data}"] = ckpt.get("data"), run.data_source                          # not paths
     for what, (saved, given) in recorded.items():
@@ -417,8 +417,6 @@ def evaluate(args, run, step):
 
 def load_hellaswag(args, run):
     """HellaSwag's validation examples, or None with a one-line notice saying why they are skipped."""
-    if not args.hellaswag:
-        return None
     found = [None if args.tokenizer == "gpt2" else f"it needs the gpt2 tokenizer, not {args.tokenizer}"]
     if run.master and not found[0]:  # rank 0 reads (or downloads) the examples and hands them to the others
         try:
@@ -438,15 +436,14 @@ def load_hellaswag(args, run):
 
 def plot_log(log_file, png_file):
     """Redraw loss.png from log.txt: train and val loss, and HellaSwag accuracy when there is any."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend to choose, no global figure to close
     series = {"train": ([], []), "val": ([], []), "hella": ([], [])}
     for step, kind, value, _ in read_log(log_file, log=lambda *a: None):
         series[kind][0].append(step)
         series[kind][1].append(value)
     panels = 1 + bool(series["hella"][0])
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    fig = Figure(figsize=(6 * panels, 4))
+    axes = fig.subplots(1, panels, squeeze=False)
     for ax, title, kinds in zip(axes[0], ("loss", "HellaSwag acc_norm"), (["train", "val"], ["hella"])):
         for kind in kinds:
             ax.plot(*series[kind], label=kind)
@@ -457,13 +454,9 @@ def plot_log(log_file, png_file):
     fig.tight_layout()
     with atomic_write(png_file) as f:
         fig.savefig(f, format="png")
-    plt.close(fig)
 
 
 # --- 7. Training: the step (with its log line) and the loop around it -----------------------------
-STOP_REQUESTED = []  # SIGTERM (a preempted job) or Ctrl-C: finish the step, save a checkpoint, exit cleanly
-
-
 def train_step(args, run, step):
     """One optimizer step over grad_accum micro-batches per process, and its line in the log."""
     t0 = time.time()
@@ -510,8 +503,6 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     run = setup_processes(args)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: STOP_REQUESTED.append(True))
     setup_data(args, run)
     torch.manual_seed(args.seed)  # a fresh GPT, the same on every process
     run.model = GPT(GPTConfig(block_size=args.seq_len, vocab_size=run.tok.n_vocab, n_layer=args.n_layer,
@@ -525,7 +516,7 @@ def main(argv=None):
     if run.ddp:
         device_ids = [run.local_rank] if run.device_type == "cuda" else None
         run.model = torch.nn.parallel.DistributedDataParallel(run.fast_model, device_ids=device_ids)
-    run.hellaswag, run.peak = load_hellaswag(args, run), peak_flops(run.device)
+    run.hellaswag, run.peak = args.hellaswag and load_hellaswag(args, run), peak_flops(run.device)
     run.log(f"{unwrap(run.model).num_params():,} parameters | {args.total_batch_size:,} tokens/step = "
             f"{run.grad_accum} micro-step(s) x {run.world} process(es) x B={args.batch_size} "
             f"x T={args.seq_len} on {run.device} | tf32={args.tf32} bf16={run.bf16} compile={run.compile} "
@@ -537,7 +528,7 @@ def main(argv=None):
             evaluate(args, run, step)
         train_step(args, run, step)
         done = step + 1
-        stop = torch.tensor(int(any(STOP_REQUESTED) or done >= (args.stop_at or math.inf)), device=run.device)
+        stop = torch.tensor(int(run.stop_requested or done >= (args.stop_at or math.inf)), device=run.device)
         if run.ddp:  # all processes stop together
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
         if args.ckpt_every > 0 and (done % args.ckpt_every == 0 or done == args.max_steps or stop
