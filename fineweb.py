@@ -13,6 +13,7 @@ process pool; full shards follow: OUT/edufineweb_val_000000.npy (the val split),
 finished shards are kept, and the result is byte for byte an uninterrupted run's.
 """
 import argparse
+import contextlib
 import glob
 import hashlib
 import itertools
@@ -35,14 +36,10 @@ MANIFEST = "manifest.json"
 # --- 1. Reading documents: local files or a HuggingFace dataset, always in the same order ---------
 def local_files(source):
     """The sorted list of files a local --source names (file, directory or glob); None for a Hub name."""
-    if os.path.isfile(source):
-        if not source.endswith(LOCAL_SUFFIXES):
-            raise ValueError(f"{source}: unsupported file type (use .txt, .jsonl or .parquet)")
-        return [source]
-    if os.path.isdir(source) or any(c in source for c in "*?["):
+    if os.path.exists(source) or any(c in source for c in "*?["):
         pattern = os.path.join(source, "**", "*") if os.path.isdir(source) else source
-        files = sorted(p for p in glob.glob(pattern, recursive=True)
-                       if os.path.isfile(p) and p.endswith(LOCAL_SUFFIXES))
+        found = [source] if os.path.isfile(source) else glob.glob(pattern, recursive=True)
+        files = sorted(p for p in found if os.path.isfile(p) and p.endswith(LOCAL_SUFFIXES))
         if not files:
             raise FileNotFoundError(f"no .txt, .jsonl or .parquet files match {source}")
         return files
@@ -208,19 +205,18 @@ def load_manifest(out_dir, config, dtype, n_ids):
 
 
 def shard_tokens(token_arrays, shard_size, first_doc, first_offset, dtype):
-    """Yield full shards of the documents' tokens (a document may straddle two) as (tokens, next_doc,
-    next_offset): where the next shard starts. The last shard may be short; its next_doc is None."""
+    """Yield the documents' tokens in shards (a document may straddle two) as (tokens, next_doc, next_offset):
+    where the next shard starts, or None, None for the last shard, which may be short."""
     buffer, filled = np.empty(shard_size, dtype=dtype), 0
     for doc, tokens in enumerate(token_arrays, start=first_doc):
         pos = first_offset if doc == first_doc else 0   # a resumed document skips what is already written
         while pos < len(tokens):
+            if filled == shard_size:                    # a full shard, and more tokens follow
+                yield buffer.copy(), doc, pos
+                filled = 0
             take = min(shard_size - filled, len(tokens) - pos)
             buffer[filled:filled + take] = tokens[pos:pos + take]
             filled, pos = filled + take, pos + take
-            if filled == shard_size:
-                done = pos == len(tokens)
-                yield buffer.copy(), (doc + 1 if done else doc), (0 if done else pos)
-                filled = 0
     if filled:
         yield buffer[:filled].copy(), None, None
 
@@ -250,7 +246,6 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     if manifest["complete"] or (max_shards is not None and len(shards) >= max_shards):
         print(f"{out_dir}: {len(shards)} shards already done, nothing to do")
         return manifest
-    manifest["complete"] = False
     save_manifest(out_dir, manifest)          # written before any shard: see load_manifest's check
     first_doc, first_offset = (shards[-1]["next_doc"], shards[-1]["next_offset"]) if shards else (0, 0)
     documents, total = open_documents(source, files, name, split, streaming, text_field, first_doc)
@@ -260,7 +255,8 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
     # imap keeps the documents' order: the shards are the same whatever the number of workers
     token_arrays = pool.imap(tokenize, documents, chunksize=16) if pool else map(tokenize, documents)
     bar = tqdm(token_arrays, total=total, initial=first_doc, unit="docs", unit_scale=True, desc=out_dir)
-    try:  # each shard is written, then recorded in the manifest: a shard on disk but not listed is redone
+    # Each shard is written, then recorded in the manifest: a shard on disk but not listed is redone.
+    with pool or contextlib.nullcontext(), bar:  # the pool's exit terminates its workers
         for tokens, next_doc, next_offset in shard_tokens(bar, shard_size, first_doc, first_offset, dtype):
             file = f"{SHARD_PREFIX}_{'train' if shards else 'val'}_{len(shards):06d}.npy"
             write_atomically(os.path.join(out_dir, file), lambda f: np.save(f, tokens))
@@ -268,15 +264,8 @@ def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=Fal
             manifest["complete"] = next_doc is None
             save_manifest(out_dir, manifest)
             bar.set_postfix(shards=len(shards), refresh=False)
-            if max_shards is not None and len(shards) >= max_shards and not manifest["complete"]:
+            if max_shards is not None and len(shards) >= max_shards:
                 break
-        else:
-            manifest["complete"] = True       # also when the data ends exactly at a shard boundary
-            save_manifest(out_dir, manifest)
-    finally:
-        if pool is not None:
-            pool.terminate()
-        bar.close()
     if not shards:
         raise ValueError(f"{source} holds no documents")
     print(f"{out_dir}: {len(shards)} shards, {sum(s['tokens'] for s in shards):,} tokens"
