@@ -442,7 +442,7 @@ def plot_log(log_file, png_file):
         series[kind][0].append(step)
         series[kind][1].append(value)
     panels = 1 + bool(series["hella"][0])
-    fig = Figure(figsize=(6 * panels, 4))
+    fig = Figure(figsize=(6 * panels, 4), layout="tight")
     axes = fig.subplots(1, panels, squeeze=False)
     for ax, title, kinds in zip(axes[0], ("loss", "HellaSwag acc_norm"), (["train", "val"], ["hella"])):
         for kind in kinds:
@@ -451,7 +451,6 @@ def plot_log(log_file, png_file):
             ax.axhline(0.2955, color="gray", linestyle="--", label="OpenAI GPT-2 124M")
         ax.set(xlabel="step", title=title)
         ax.legend()
-    fig.tight_layout()
     with atomic_write(png_file) as f:
         fig.savefig(f, format="png")
 
