@@ -109,8 +109,7 @@ def plot_comparison(rows, path):
     os.replace(path + ".tmp", path)
 
 
-# --- --explain: the ten questions. Each one's docstring is its title, then its explanation; it measures,
-# and returns the lines it printed and the numbers behind them.
+# --- --explain: the ten questions. Each one's docstring is its title and explanation; it measures.
 
 @dataclass
 class Context:
@@ -304,8 +303,8 @@ QUESTIONS = [q1_code_points, q2_vocab_size, q3_reverse, q4_non_english, q5_arith
 
 # --- The command line
 
-def check_inputs(args):
-    """Validate every flag and read every text before anything slow happens. -> (texts, sizes)."""
+def run(args):
+    # Validate every flag and read every text before anything slow happens.
     if args.explain is not None and not 0 <= args.explain <= len(QUESTIONS):
         raise ValueError(f"--explain takes a question number 1..{len(QUESTIONS)}, got {args.explain}")
     try:
@@ -324,11 +323,6 @@ def check_inputs(args):
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
             raise FileNotFoundError(f"cannot write {args.plot}: its folder does not exist")
         bpe.check_output(args.plot, [args.model, args.corpus, *args.file])
-    return texts, sizes
-
-
-def run(args):
-    texts, sizes = check_inputs(args)
     ours = load_or_train_ours(args.model, args.corpus, args.vocab_size)
     gpt2 = load_tiktoken("gpt2")
     others = {name: enc for name in filter(None, args.others.split(",")) if (enc := load_tiktoken(name))}
