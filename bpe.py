@@ -224,9 +224,7 @@ def _sum_by_pair(keys, weights):
     of one key, the distinct keys, the sum of each one's weights)."""
     order = np.argsort(keys, kind="stable")
     keys = keys[order]
-    new = np.ones(len(keys), dtype=bool)
-    new[1:] = keys[1:] != keys[:-1]
-    bounds = np.append(np.flatnonzero(new), len(keys))
+    bounds = np.append(np.flatnonzero(np.diff(keys, prepend=keys[:1] - 1)), len(keys))   # where keys change
     return order, bounds, keys[bounds[:-1]], np.add.reduceat(weights[order], bounds[:-1], dtype=np.int64)
 
 
@@ -438,25 +436,22 @@ class Tokenizer:
             raise ValueError(f"unknown pattern {pattern!r}: use 'gpt4', 'gpt2', None or a split regex.")
         self._set_pattern(PATTERNS.get(pattern, pattern))
         self.byte_ids, self.merges = list(range(256)), {}   # ids of the bytes (GPT-2: permuted); (a, b) -> id
-        self._number_special([] if isinstance(special_tokens, dict) else list(special_tokens or []))
-        if isinstance(special_tokens, dict):
-            self.register_special_tokens(special_tokens)
+        self.register_special_tokens(special_tokens or {})
 
     def _set_pattern(self, pattern):
         self.pattern = pattern or None
         self.compiled_pattern = regex.compile(pattern) if pattern else None
         self._ascii_pattern = ascii_twin(pattern)
 
-    def _number_special(self, names):         # special tokens given by name: numbered after the merges
-        twice = [s for s in names if names.count(s) > 1]
-        if twice:
-            raise ValueError(f"special token {twice[0]!r} is given twice.")
-        self._pending_special = names
-        self.register_special_tokens({s: 256 + len(self.merges) + k for k, s in enumerate(names)})
-
     def register_special_tokens(self, special_tokens):
-        """special_tokens: dict str -> id (ids outside the merged vocabulary, one token each)."""
+        """special_tokens: dict str -> id (ids outside the merged vocabulary, one token each), or a list of
+        strings, numbered right after the merges (and again after training)."""
         first, inverse = 256 + len(self.merges), {}
+        names = [] if isinstance(special_tokens, dict) else list(special_tokens)
+        if twice := [s for s in names if names.count(s) > 1]:
+            raise ValueError(f"special token {twice[0]!r} is given twice.")
+        if not isinstance(special_tokens, dict):
+            special_tokens = {s: first + k for k, s in enumerate(names)}
         for s, i in special_tokens.items():
             if not isinstance(s, str) or not s or "\n" in s or "\r" in s:
                 raise ValueError(f"special token {s!r}: must be a non-empty string without line breaks.")
@@ -466,6 +461,7 @@ class Tokenizer:
                 raise ValueError(f"special tokens {inverse[i]!r} and {s!r} both have id {i}.")
             inverse[i] = s
         self.special_tokens, self.inverse_special_tokens = dict(special_tokens), inverse
+        self._pending_special = names     # tokens given by name are numbered again after training
         self.vocab = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
         for (a, b), i in self.merges.items():
             self.vocab[i] = self.vocab[a] + self.vocab[b]
@@ -508,10 +504,7 @@ class Tokenizer:
             warnings.warn(f"no pairs left to merge after {len(learned)} merges: the vocabulary stops at "
                           f"{256 + len(learned)} tokens instead of {vocab_size}.", stacklevel=2)
         self.byte_ids, self.merges = list(range(256)), dict(learned)
-        if self._pending_special:
-            self._number_special(self._pending_special)
-        else:
-            self.register_special_tokens(self.special_tokens)
+        self.register_special_tokens(self._pending_special or self.special_tokens)
         return self
 
     def encode_ordinary(self, text):
@@ -624,7 +617,6 @@ class Tokenizer:
         try:
             pattern, special, self.byte_ids, self.merges = _parse_model(lines)
             self._set_pattern(pattern)
-            self._pending_special = []
             self.register_special_tokens(special)
         except regex.error as e:
             raise ValueError(f"{source} is not a valid tokenizer (line 2: the split pattern: {e}).") from None
