@@ -288,8 +288,7 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
     live[live] = tok[nx[live]] == b
     pos, nx = pos[live], nx[live]
     if a == b and len(pos) > 1:           # runs "a a a ...": left to right keeps every other occurrence
-        chained = np.zeros(len(pos), dtype=bool)
-        chained[1:] = nx[:-1] == pos[1:]
+        chained = np.append(False, nx[:-1] == pos[1:])
         index = np.arange(len(pos))
         keep = (index - np.maximum.accumulate(np.where(chained, 0, index))) % 2 == 0
         pos, nx = pos[keep], nx[keep]
@@ -444,8 +443,7 @@ class Tokenizer:
         self._ascii_pattern = ascii_twin(pattern)
 
     def register_special_tokens(self, special_tokens):
-        """special_tokens: dict str -> id (ids outside the merged vocabulary, one token each), or a list of
-        strings, numbered right after the merges (and again after training)."""
+        """special_tokens: {str: id} (ids past the merged vocabulary) or a list of strings, numbered after it."""
         first, inverse = 256 + len(self.merges), {}
         names = [] if isinstance(special_tokens, dict) else list(special_tokens)
         if twice := [s for s in names if names.count(s) > 1]:

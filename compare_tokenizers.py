@@ -276,10 +276,9 @@ def q9_yaml_json(ctx):
     import yaml  # PyYAML: installed with transformers
     formats = {"JSON (indent=2)": json.dumps(DATA, indent=2), "JSON (compact)": json.dumps(DATA),
                "YAML": yaml.safe_dump(DATA, sort_keys=False)}
-    rows, facts = [], {}
-    for name, text in formats.items():
-        facts[name] = dict(gpt2=n_tokens(ctx.gpt2, text), ours=n_tokens(ctx.ours, text), chars=len(text))
-        rows.append([name, len(text), facts[name]["gpt2"], facts[name]["ours"]])
+    facts = {name: dict(gpt2=n_tokens(ctx.gpt2, text), ours=n_tokens(ctx.ours, text), chars=len(text))
+             for name, text in formats.items()}
+    rows = [[name, f["chars"], f["gpt2"], f["ours"]] for name, f in facts.items()]
     lines = markdown_table(["format", "chars", "GPT-2 tokens", "ours tokens"], rows)
     return Answer(lines + [f"YAML, GPT-2: {pieces(ctx.gpt2, formats['YAML'])}"], facts)
 
