@@ -443,7 +443,7 @@ class Tokenizer:
         self._ascii_pattern = ascii_twin(pattern)
 
     def register_special_tokens(self, special_tokens):
-        """special_tokens: {str: id} (ids past the merged vocabulary) or a list of strings, numbered after it."""
+        """special_tokens: {str: id} (ids past the merges) or a list of strings, numbered after the merges."""
         first, inverse = 256 + len(self.merges), {}
         names = [] if isinstance(special_tokens, dict) else list(special_tokens)
         if twice := [s for s in names if names.count(s) > 1]:
