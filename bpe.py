@@ -134,10 +134,10 @@ def ascii_twin(pattern):
 # popped. As counts never grow, a pair too rare to win yet needs no place list (RARE) nor a heap entry
 # (new pairs rarer than LOW wait in buckets) until the best count falls to its own.
 
-def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
+def learn_merges(chunks, counts, num_merges, progress=None):
     """[((a, b), new_id), ...]: at most num_merges merges over the distinct byte strings `chunks` (in order of
     first appearance) occurring `counts` times each. progress(pair, new_id, count) comes with each merge."""
-    nodes, views = _link_chunks(chunks, counts, first_id + num_merges)
+    nodes, views = _link_chunks(chunks, counts, 256 + num_merges)
     tok, nxt, rare = nodes[0], nodes[1], RARE
     pair_count, where, heap = _index_pairs(views, rare)
     scanned = {}                          # pair -> index in where[pair] of its first live occurrence
@@ -167,7 +167,7 @@ def learn_merges(chunks, counts, num_merges, first_id=256, progress=None):
     if PAUSE_GC:
         gc.disable()
     try:
-        for new_id in range(first_id, first_id + num_merges):
+        for new_id in range(256, 256 + num_merges):
             pair = pop_best()
             while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
                 if pair is not None:
@@ -219,11 +219,13 @@ def _link_chunks(chunks, counts, last_id):
     return nodes, [np.frombuffer(node, dtype=dtype) for node in nodes]
 
 
-def _runs(sorted_keys):
-    """Where each run of equal keys starts in a sorted array."""
-    new = np.ones(len(sorted_keys), dtype=bool)
-    new[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    return np.flatnonzero(new)
+def _sum_by_pair(keys, weights):
+    """Sort pair keys (stably: places of one pair stay in text order) -> (that order, the bounds of each run
+    of one key, the distinct keys, the sum of each one's weights)."""
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    bounds = np.append(np.flatnonzero(np.diff(keys, prepend=keys[:1] - 1)), len(keys))   # where keys change
+    return order, bounds, keys[bounds[:-1]], np.add.reduceat(weights[order], bounds[:-1], dtype=np.int64)
 
 
 def _index_pairs(views, min_count):
@@ -231,14 +233,10 @@ def _index_pairs(views, min_count):
     ascending positions of those occurring min_count times or more; and their heap (-count, first, pair)."""
     tok, nxt, _, weight = views
     pos = np.flatnonzero((tok >= 0) & (nxt >= 0))
-    keys = tok[pos].astype(np.int64) << 32 | tok[nxt[pos]]
-    order = np.argsort(keys, kind="stable")      # stable: positions stay ascending within a pair
-    pos, keys = pos[order], keys[order]
-    first = _runs(keys)
-    bounds = first.tolist() + [len(keys)]
-    totals = np.add.reduceat(weight[pos], first, dtype=np.int64).tolist()
+    order, bounds, keys, totals = _sum_by_pair(tok[pos].astype(np.int64) << 32 | tok[nxt[pos]], weight[pos])
+    pos, bounds = pos[order], bounds.tolist()
     pair_count, where, heap = {}, {}, []
-    for key, total, i, j in zip(keys[first].tolist(), totals, bounds, bounds[1:]):
+    for key, total, i, j in zip(keys.tolist(), totals.tolist(), bounds, bounds[1:]):
         pair_count[key] = total
         if total >= min_count:
             where[key] = pos[i:j] if j - i >= BULK_MIN else pos[i:j].tolist()
@@ -290,8 +288,7 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
     live[live] = tok[nx[live]] == b
     pos, nx = pos[live], nx[live]
     if a == b and len(pos) > 1:           # runs "a a a ...": left to right keeps every other occurrence
-        chained = np.zeros(len(pos), dtype=bool)
-        chained[1:] = nx[:-1] == pos[1:]
+        chained = np.append(False, nx[:-1] == pos[1:])
         index = np.arange(len(pos))
         keep = (index - np.maximum.accumulate(np.where(chained, 0, index))) % 2 == 0
         pos, nx = pos[keep], nx[keep]
@@ -306,11 +303,9 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
     y = tok[np.where(has_right, right, 0)].astype(np.int64)
     # Old pairs lose these occurrences: (x, a) unless x is the new token, and (b, y).
     lost = has_left & ~after_merge
-    keys = np.concatenate([x[lost] << 32 | a, b << 32 | y[has_right]])
-    order = np.argsort(keys)
-    keys, deltas = keys[order], np.concatenate([w[lost], w[has_right]])[order]
-    first = _runs(keys)
-    for key, delta in zip(keys[first].tolist(), np.add.reduceat(deltas, first).tolist()):
+    _, _, keys, deltas = _sum_by_pair(np.concatenate([x[lost] << 32 | a, b << 32 | y[has_right]]),
+                                      np.concatenate([w[lost], w[has_right]]))
+    for key, delta in zip(keys.tolist(), deltas.tolist()):
         pair_count[key] -= delta
     tok[pos], tok[nx], nxt[pos] = new_id, -1, right
     prv[right[has_right]] = pos[has_right]
@@ -318,15 +313,11 @@ def _apply_merge_bulk(pair, new_id, tok, nxt, prv, weight, pair_count, where, ra
     # key the places stay ascending: a key comes from one side only, which lists them in text order.
     gain = has_right & ~before_merge
     keys = np.concatenate([x[has_left] << 32 | new_id, new_id << 32 | y[gain]])
-    order = np.argsort(keys, kind="stable")
-    keys = keys[order]
+    order, bounds, keys, totals = _sum_by_pair(keys, np.concatenate([w[has_left], w[gain]]))
     places = np.concatenate([left[has_left], pos[gain]])[order].tolist()
-    first = _runs(keys)
-    totals = np.add.reduceat(np.concatenate([w[has_left], w[gain]])[order], first)
-    pair_count.update(zip(keys[first].tolist(), totals.tolist()))
+    pair_count.update(zip(keys.tolist(), totals.tolist()))
     listed = np.flatnonzero(totals >= rare)
-    starts, ends = first[listed].tolist(), np.append(first[1:], len(keys))[listed].tolist()
-    created = keys[first[listed]].tolist()
+    starts, ends, created = bounds[listed].tolist(), bounds[listed + 1].tolist(), keys[listed].tolist()
     where.update(zip(created, [places[i:j] for i, j in zip(starts, ends)]))
     return created
 
@@ -444,25 +435,21 @@ class Tokenizer:
             raise ValueError(f"unknown pattern {pattern!r}: use 'gpt4', 'gpt2', None or a split regex.")
         self._set_pattern(PATTERNS.get(pattern, pattern))
         self.byte_ids, self.merges = list(range(256)), {}   # ids of the bytes (GPT-2: permuted); (a, b) -> id
-        self._number_special([] if isinstance(special_tokens, dict) else list(special_tokens or []))
-        if isinstance(special_tokens, dict):
-            self.register_special_tokens(special_tokens)
+        self.register_special_tokens(special_tokens or {})
 
     def _set_pattern(self, pattern):
         self.pattern = pattern or None
         self.compiled_pattern = regex.compile(pattern) if pattern else None
         self._ascii_pattern = ascii_twin(pattern)
 
-    def _number_special(self, names):         # special tokens given by name: numbered after the merges
-        twice = [s for s in names if names.count(s) > 1]
-        if twice:
-            raise ValueError(f"special token {twice[0]!r} is given twice.")
-        self._pending_special = names
-        self.register_special_tokens({s: 256 + len(self.merges) + k for k, s in enumerate(names)})
-
     def register_special_tokens(self, special_tokens):
-        """special_tokens: dict str -> id (ids outside the merged vocabulary, one token each)."""
+        """special_tokens: {str: id} (ids past the merges) or a list of strings, numbered after the merges."""
         first, inverse = 256 + len(self.merges), {}
+        names = [] if isinstance(special_tokens, dict) else list(special_tokens)
+        if twice := [s for s in names if names.count(s) > 1]:
+            raise ValueError(f"special token {twice[0]!r} is given twice.")
+        if not isinstance(special_tokens, dict):
+            special_tokens = {s: first + k for k, s in enumerate(names)}
         for s, i in special_tokens.items():
             if not isinstance(s, str) or not s or "\n" in s or "\r" in s:
                 raise ValueError(f"special token {s!r}: must be a non-empty string without line breaks.")
@@ -472,6 +459,7 @@ class Tokenizer:
                 raise ValueError(f"special tokens {inverse[i]!r} and {s!r} both have id {i}.")
             inverse[i] = s
         self.special_tokens, self.inverse_special_tokens = dict(special_tokens), inverse
+        self._pending_special = names     # tokens given by name are numbered again after training
         self.vocab = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
         for (a, b), i in self.merges.items():
             self.vocab[i] = self.vocab[a] + self.vocab[b]
@@ -514,10 +502,7 @@ class Tokenizer:
             warnings.warn(f"no pairs left to merge after {len(learned)} merges: the vocabulary stops at "
                           f"{256 + len(learned)} tokens instead of {vocab_size}.", stacklevel=2)
         self.byte_ids, self.merges = list(range(256)), dict(learned)
-        if self._pending_special:
-            self._number_special(self._pending_special)
-        else:
-            self.register_special_tokens(self.special_tokens)
+        self.register_special_tokens(self._pending_special or self.special_tokens)
         return self
 
     def encode_ordinary(self, text):
@@ -533,10 +518,9 @@ class Tokenizer:
     def encode(self, text, allowed_special="none_raise"):
         """allowed_special: "all", "none" (specials are ordinary text), "none_raise" (raise if the text
         contains one; the default, like tiktoken), or a set of special-token strings to honour."""
+        if allowed_special == "none_raise" and (found := [s for s in self.special_tokens if s in text]):
+            raise ValueError(f"text holds special token {found[0]!r}: allowed_special='all' or 'none'?")
         if allowed_special in ("none", "none_raise"):
-            found = [s for s in self.special_tokens if s in text]
-            if found and allowed_special == "none_raise":
-                raise ValueError(f"text holds special token {found[0]!r}: allowed_special='all' or 'none'?")
             return self.encode_ordinary(text)
         if allowed_special != "all" and not isinstance(allowed_special, (set, frozenset, list, tuple)):
             raise ValueError(f"allowed_special={allowed_special!r}: use 'all', 'none', 'none_raise' or a set")
@@ -599,7 +583,7 @@ class Tokenizer:
     def from_dict(cls, d):
         """The tokenizer that to_dict() gave, checked as a .model file is."""
         try:
-            lines = _model_lines(d["pattern"], d["special_tokens"], d["byte_ids"], map(tuple, d["merges"]))
+            lines = _model_lines(d)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"the tokenizer dict is not a valid tokenizer ({e!r}).") from None
         return cls()._load_lines(lines, "the tokenizer dict")
@@ -607,8 +591,7 @@ class Tokenizer:
     def save(self, file_prefix):
         """Write file_prefix.model (to load) and file_prefix.vocab (to read), atomically."""
         assert list(self.merges.values()) == list(range(256, 256 + len(self.merges))), "merge ids in order"
-        model = "".join(line + "\n" for line in _model_lines(self.pattern or "", self.special_tokens,
-                                                              self.byte_ids, self.merges))
+        model = "".join(line + "\n" for line in _model_lines(self.to_dict()))
         parents = {i: pair for pair, i in self.merges.items()}
         show = {i: "[" + "".join(c if unicodedata.category(c)[0] != "C" else f"\\u{ord(c):04x}"   # printable
                                  for c in token.decode("utf-8", errors="replace")) + "]"
@@ -632,7 +615,6 @@ class Tokenizer:
         try:
             pattern, special, self.byte_ids, self.merges = _parse_model(lines)
             self._set_pattern(pattern)
-            self._pending_special = []
             self.register_special_tokens(special)
         except regex.error as e:
             raise ValueError(f"{source} is not a valid tokenizer (line 2: the split pattern: {e}).") from None
@@ -641,13 +623,13 @@ class Tokenizer:
         return self
 
 
-def _model_lines(pattern, special_tokens, byte_ids, merges):
-    """A .model file's lines: "minbpe v1" (minbpe's), or "bpe v2", which adds a line of the bytes' ids."""
-    identity = list(byte_ids) == list(range(256))
-    lines = ["minbpe v1" if identity else "bpe v2", pattern, str(len(special_tokens))]
-    lines += [f"{s} {i}" for s, i in special_tokens.items()]
-    lines += [] if identity else [" ".join(map(str, byte_ids))]
-    return lines + [f"{a} {b}" for a, b in merges]
+def _model_lines(d):
+    """to_dict()'s d as a .model file's lines: "minbpe v1" (minbpe's), or "bpe v2" with the bytes' ids."""
+    identity = list(d["byte_ids"]) == list(range(256))
+    lines = ["minbpe v1" if identity else "bpe v2", d["pattern"], str(len(d["special_tokens"]))]
+    lines += [f"{s} {i}" for s, i in d["special_tokens"].items()]
+    lines += [] if identity else [" ".join(map(str, d["byte_ids"]))]
+    return lines + [f"{a} {b}" for a, b in d["merges"]]
 
 
 def _parse_model(lines):
@@ -725,18 +707,17 @@ def check_output(path, inputs=()):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("text", nargs="?", default="manual.txt", help="UTF-8 training text")
-    parser.add_argument("vocab_size", nargs="?", type=int, default=1024, help="256 + number of merges")
-    parser.add_argument("--pattern", choices=["gpt4", "gpt2", "none"], default="gpt4",
-                        help="split regex before BPE; none = classic BPE over the raw bytes")
-    parser.add_argument("--special", action="append", default=[],
-                        help="special token to add after the merges, e.g. '<|endoftext|>' (repeatable)")
-    parser.add_argument("-o", "--output", help="output prefix (default: the text's path without extension)")
-    parser.add_argument("--load", help="encode with this .model instead of training (the text or --encode)")
-    parser.add_argument("--encode", help="with --load: the text to encode")
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("text", nargs="?", default="manual.txt", help="UTF-8 training text")
+    p.add_argument("vocab_size", nargs="?", type=int, default=1024, help="256 + number of merges")
+    p.add_argument("--pattern", choices=["gpt4", "gpt2", "none"], default="gpt4",
+                   help="split regex before BPE; none = classic BPE over the raw bytes")
+    p.add_argument("--special", action="append", default=[],
+                   help="special token to add after the merges, e.g. '<|endoftext|>' (repeatable)")
+    p.add_argument("-o", "--output", help="output prefix (default: the text's path without extension)")
+    p.add_argument("--load", help="encode with this .model instead of training (the text or --encode)")
+    p.add_argument("--encode", help="with --load: the text to encode")
+    args = p.parse_args(argv)
     try:
         if args.load:
             tok = Tokenizer().load(args.load)

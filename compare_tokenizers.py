@@ -11,15 +11,13 @@ import argparse
 import json
 import os
 import sys
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, namedtuple
+from dataclasses import dataclass
 
 import bpe
 
-SAMPLES = {
-    "English": "Hello, world! A tokenizer turns text into the integers that a language model reads.",
-    "Chinese": "你好，世界！分词器把文本变成语言模型能读懂的整数。",
-}
+SAMPLES = {"English": "Hello, world! A tokenizer turns text into the integers that a language model reads.",
+           "Chinese": "你好，世界！分词器把文本变成语言模型能读懂的整数。"}
 OTHER_ENCODINGS = ("cl100k_base", "o200k_base")  # GPT-4's and GPT-4o's, shown when tiktoken has them
 GPT2_N_EMBD = 768  # width of GPT-2 small: every vocabulary entry costs one row of this many parameters
 LANGUAGES = {"English": "The weather is nice today, so let's take a walk in the park.",
@@ -72,8 +70,7 @@ def load_or_train_ours(model_path, corpus_path, vocab_size):
 # --- Measuring: tokens, bytes per token, characters per token
 
 def pieces(enc, ids, limit=60):
-    """'|Hello|,| world|': each token's bytes (of ids, or of a text's ids); a part of a UTF-8 character
-    shows as \\xNN."""
+    """'|Hello|,| world|': each token's bytes (of ids or a text's); part of a character shows as \\xNN."""
     ids = enc.encode_ordinary(ids) if isinstance(ids, str) else ids
     shown = "|".join(enc.decode_single_token_bytes(i).decode("utf-8", errors="backslashreplace")
                      .replace("\n", "\\n").replace("\t", "\\t") for i in ids[:limit])
@@ -81,16 +78,15 @@ def pieces(enc, ids, limit=60):
 
 
 def measure(name, enc, label, text):
-    ids = enc.encode_ordinary(text)
-    n_bytes, n_chars = len(text.encode("utf-8")), len(text)
-    return dict(tokenizer=name, text=label, chars=n_chars, bytes=n_bytes, tokens=len(ids), ids=ids,
-                bytes_per_token=n_bytes / max(len(ids), 1), chars_per_token=n_chars / max(len(ids), 1),
+    ids, n_bytes = enc.encode_ordinary(text), len(text.encode("utf-8"))
+    return dict(tokenizer=name, text=label, chars=len(text), bytes=n_bytes, tokens=len(ids), ids=ids,
+                bytes_per_token=n_bytes / max(len(ids), 1), chars_per_token=len(text) / max(len(ids), 1),
                 pieces=pieces(enc, ids))
 
 
 def markdown_table(headers, rows):
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def plot_comparison(rows, path):
@@ -99,14 +95,13 @@ def plot_comparison(rows, path):
     plt.switch_backend("Agg")
     texts, names = (list(dict.fromkeys(r[key] for r in rows)) for key in ("text", "tokenizer"))
     by_key, width = {(r["text"], r["tokenizer"]): r for r in rows}, 0.8 / len(names)
+    xs = range(len(texts))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in zip(axes, ("tokens", "chars_per_token"),
                               ("tokens (fewer is better)", "characters per token (more is better)")):
         for j, name in enumerate(names):
-            ax.bar([i + j * width for i in range(len(texts))], [by_key[t, name][key] for t in texts], width,
-                   label=name)
-        ax.set(title=title, xticks=[i + width * (len(names) - 1) / 2 for i in range(len(texts))],
-               xticklabels=texts)
+            ax.bar([i + j * width for i in xs], [by_key[t, name][key] for t in texts], width, label=name)
+        ax.set(title=title, xticks=[i + width * (len(names) - 1) / 2 for i in xs], xticklabels=texts)
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path + ".tmp", format="png", dpi=100)
@@ -114,7 +109,7 @@ def plot_comparison(rows, path):
     os.replace(path + ".tmp", path)
 
 
-# --- --explain: the ten questions. Each function measures, and returns the words and numbers it printed.
+# --- --explain: the ten questions. Each one's docstring is its title and explanation; it measures.
 
 @dataclass
 class Context:
@@ -122,21 +117,10 @@ class Context:
     ours: object             # bpe.Tokenizer
     corpus: str              # the text ours was trained on (question 2 retrains on it)
     sizes: list              # vocabulary sizes for question 2
-    others: dict = field(default_factory=dict)  # name -> tiktoken Encoding, whichever could be loaded
+    others: dict             # name -> tiktoken Encoding, whichever could be loaded
 
 
-@dataclass
-class Answer:
-    title: str
-    why: str                 # the explanation, in a few sentences
-    lines: list              # the printed measurement
-    facts: dict              # the key numbers, so tests can recompute them independently
-
-    @classmethod
-    def of(cls, question, lines, facts):
-        """The answer to `question`, whose docstring is its title, then its explanation."""
-        title, why = question.__doc__.split("\n", 1)
-        return cls(title, " ".join(why.split()), lines, facts)
+Answer = namedtuple("Answer", "lines facts")   # the printed measurement; its key numbers, for tests to check
 
 
 def n_tokens(enc_or_tok, text):
@@ -157,7 +141,7 @@ def q1_code_points(ctx):
                      f"GPT-2 tokens {gpt2}, ours {ours}")
     points = [ord(c) for c in "hi 中文"]
     lines.append(f"'hi 中文' -> {points} -> {''.join(map(chr, points))!r}")
-    return Answer.of(q1_code_points, lines, facts)
+    return Answer(lines, facts)
 
 
 def q2_vocab_size(ctx):
@@ -176,7 +160,7 @@ def q2_vocab_size(ctx):
                      f"{per_token:.2f}", f"{enc.n_vocab * GPT2_N_EMBD:,}"])
     headers = ["tokenizer", "vocab", *(f"{label} tokens" for label in SAMPLES), "corpus tokens",
                "corpus bytes/token", f"embedding params (vocab x {GPT2_N_EMBD})"]
-    return Answer.of(q2_vocab_size, markdown_table(headers, rows).splitlines(), facts)
+    return Answer(markdown_table(headers, rows), facts)
 
 
 def q3_reverse(ctx):
@@ -192,7 +176,7 @@ def q3_reverse(ctx):
     facts["tokens reversed"] = flipped = ctx.gpt2.decode(ctx.gpt2.encode_ordinary(word)[::-1])
     lines.append(f"reversing GPT-2's tokens of {word!r} instead of its letters gives {flipped!r}, "
                  f"not {word[::-1]!r}")
-    return Answer.of(q3_reverse, lines, facts)
+    return Answer(lines, facts)
 
 
 def q4_non_english(ctx):
@@ -207,9 +191,8 @@ def q4_non_english(ctx):
         rows.append([lang, len(text), len(text.encode()),
                      *(f"{c} ({c / len(text):.2f}/char)" for c in counts.values())])
     headers = ["language", "chars", "UTF-8 bytes", *(f"{n} tokens" for n in encoders)]
-    lines = markdown_table(headers, rows).splitlines()
-    lines.append("Chinese, GPT-2: " + pieces(ctx.gpt2, LANGUAGES["Chinese"]))
-    return Answer.of(q4_non_english, lines, facts)
+    lines = markdown_table(headers, rows) + ["Chinese, GPT-2: " + pieces(ctx.gpt2, LANGUAGES["Chinese"])]
+    return Answer(lines, facts)
 
 
 def q5_arithmetic(ctx):
@@ -226,7 +209,7 @@ def q5_arithmetic(ctx):
         facts[name] = dict(splits.most_common())
         shown = ", ".join(f"{split}: {count}" for split, count in splits.most_common())
         lines.append(f"{name}, how the 9000 numbers 1000..9999 split (digits per token): {shown}")
-    return Answer.of(q5_arithmetic, lines, facts)
+    return Answer(lines, facts)
 
 
 def q6_python(ctx):
@@ -248,7 +231,7 @@ def q6_python(ctx):
         lines.append(f"{name}: {len(ids)} tokens for the snippet below, {spaces} of them only whitespace")
     line = "            self.counts[word] += 1"
     lines += [f"{line!r}, {name}: {pieces(enc, line)}" for name, enc in encoders.items()]
-    return Answer.of(q6_python, lines, facts)
+    return Answer(lines, facts)
 
 
 def q7_endoftext(ctx):
@@ -267,7 +250,7 @@ def q7_endoftext(ctx):
              f"encode({text!r}) by default -> {refused}",
              f"encode_ordinary({text!r}) -> {len(ordinary)} ordinary tokens {pieces(ctx.gpt2, text)}",
              f"ours (no special tokens) -> {n_tokens(ctx.ours, text)} tokens {pieces(ctx.ours, text)}"]
-    return Answer.of(q7_endoftext, lines, facts)
+    return Answer(lines, facts)
 
 
 def q8_solidgoldmagikarp(ctx):
@@ -282,7 +265,7 @@ def q8_solidgoldmagikarp(ctx):
                      f"{pieces(ctx.gpt2, text)}")
     facts["ours"] = n_tokens(ctx.ours, text := " SolidGoldMagikarp")
     lines.append(f"ours {text!r} -> {facts['ours']} tokens {pieces(ctx.ours, text)}")
-    return Answer.of(q8_solidgoldmagikarp, lines, facts)
+    return Answer(lines, facts)
 
 
 def q9_yaml_json(ctx):
@@ -293,13 +276,11 @@ def q9_yaml_json(ctx):
     import yaml  # PyYAML: installed with transformers
     formats = {"JSON (indent=2)": json.dumps(DATA, indent=2), "JSON (compact)": json.dumps(DATA),
                "YAML": yaml.safe_dump(DATA, sort_keys=False)}
-    rows, facts = [], {}
-    for name, text in formats.items():
-        facts[name] = dict(gpt2=n_tokens(ctx.gpt2, text), ours=n_tokens(ctx.ours, text), chars=len(text))
-        rows.append([name, len(text), facts[name]["gpt2"], facts[name]["ours"]])
-    lines = markdown_table(["format", "chars", "GPT-2 tokens", "ours tokens"], rows).splitlines()
-    lines.append(f"YAML, GPT-2: {pieces(ctx.gpt2, formats['YAML'])}")
-    return Answer.of(q9_yaml_json, lines, facts)
+    facts = {name: dict(gpt2=n_tokens(ctx.gpt2, text), ours=n_tokens(ctx.ours, text), chars=len(text))
+             for name, text in formats.items()}
+    rows = [[name, f["chars"], f["gpt2"], f["ours"]] for name, f in facts.items()]
+    lines = markdown_table(["format", "chars", "GPT-2 tokens", "ours tokens"], rows)
+    return Answer(lines + [f"YAML, GPT-2: {pieces(ctx.gpt2, formats['YAML'])}"], facts)
 
 
 def q10_not_end_to_end(ctx):
@@ -312,7 +293,7 @@ def q10_not_end_to_end(ctx):
     facts = {w: dict(gpt2=ctx.gpt2.encode_ordinary(w), ours=ctx.ours.encode_ordinary(w)) for w in words}
     lines = [f"{w!r:>10}: GPT-2 {facts[w]['gpt2']}  ours {facts[w]['ours']}" for w in words]
     lines += [f"{prompt!r}: GPT-2 {pieces(ctx.gpt2, prompt)}" for prompt in ("Here is a", "Here is a ")]
-    return Answer.of(q10_not_end_to_end, lines, facts)
+    return Answer(lines, facts)
 
 
 QUESTIONS = [q1_code_points, q2_vocab_size, q3_reverse, q4_non_english, q5_arithmetic,
@@ -321,24 +302,8 @@ QUESTIONS = [q1_code_points, q2_vocab_size, q3_reverse, q4_non_english, q5_arith
 
 # --- The command line
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="manual.model", help="our tokenizer (trained from --corpus if missing)")
-    p.add_argument("--corpus", default="manual.txt", help="training text for --model and for --explain 2")
-    p.add_argument("--vocab-size", type=int, default=1024, help="vocab size when --model is trained")
-    p.add_argument("--text", action="append", default=[], help="another text to compare (repeatable)")
-    p.add_argument("--file", action="append", default=[], help="a UTF-8 file to compare (repeatable)")
-    p.add_argument("--plot", default="tokenizers.png", help="bar chart PNG ('' for none)")
-    p.add_argument("--explain", type=int, nargs="?", const=0, metavar="N",
-                   help="answer the ten tokenization questions (or just question N)")
-    p.add_argument("--others", default=",".join(OTHER_ENCODINGS),
-                   help="more tiktoken encodings, comma-separated ('' for none; skipped if they cannot load)")
-    p.add_argument("--sizes", default="300,512,1024,2048", help="vocabulary sizes for --explain 2")
-    return p.parse_args(argv)
-
-
-def check_inputs(args):
-    """Validate every flag and read every text before anything slow happens. -> (texts, sizes)."""
+def run(args):
+    # Validate every flag and read every text before anything slow happens.
     if args.explain is not None and not 0 <= args.explain <= len(QUESTIONS):
         raise ValueError(f"--explain takes a question number 1..{len(QUESTIONS)}, got {args.explain}")
     try:
@@ -357,41 +322,47 @@ def check_inputs(args):
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
             raise FileNotFoundError(f"cannot write {args.plot}: its folder does not exist")
         bpe.check_output(args.plot, [args.model, args.corpus, *args.file])
-    return texts, sizes
-
-
-def run(args):
-    texts, sizes = check_inputs(args)
     ours = load_or_train_ours(args.model, args.corpus, args.vocab_size)
     gpt2 = load_tiktoken("gpt2")
     others = {name: enc for name in filter(None, args.others.split(",")) if (enc := load_tiktoken(name))}
     if args.explain is not None:
         if gpt2 is None:
             raise ValueError("--explain needs GPT-2's tokenizer: set TIKTOKEN_CACHE_DIR to a filled cache")
-        corpus = bpe.read_text(args.corpus) if args.explain in (0, 2) else ""
-        ctx = Context(gpt2=gpt2, ours=ours, corpus=corpus, sizes=sizes, others=others)
+        ctx = Context(gpt2, ours, bpe.read_text(args.corpus) if args.explain in (0, 2) else "", sizes, others)
         for number, question in enumerate(QUESTIONS, 1):
             if args.explain in (0, number):
-                answer = question(ctx)
-                print(f"\n=== {number}/10. {answer.title} ===\n{answer.why}\n" +
-                      "\n".join("  " + line for line in answer.lines))
+                title, why = question.__doc__.split("\n", 1)
+                print(f"\n=== {number}/10. {title} ===\n{' '.join(why.split())}\n" +
+                      "\n".join("  " + line for line in question(ctx).lines))
         return
     contenders = {f"ours ({os.path.basename(args.model)}, {len(ours.vocab)})": ours}
     contenders.update({enc.name: enc for enc in [gpt2] + list(others.values()) if enc is not None})
     rows = [measure(name, enc, label, text) for label, text in texts.items()
             for name, enc in contenders.items()]
-    print(markdown_table(["text", "tokenizer", "chars", "bytes", "tokens", "bytes/token", "chars/token"],
-                         [[r["text"], r["tokenizer"], r["chars"], r["bytes"], r["tokens"],
-                           f"{r['bytes_per_token']:.2f}", f"{r['chars_per_token']:.2f}"] for r in rows]))
-    print("\n" + "\n".join(f"{r['text']}, {r['tokenizer']}: {r['pieces']}" for r in rows))
+    table = markdown_table(["text", "tokenizer", "chars", "bytes", "tokens", "bytes/token", "chars/token"],
+                           [[r["text"], r["tokenizer"], r["chars"], r["bytes"], r["tokens"],
+                             f"{r['bytes_per_token']:.2f}", f"{r['chars_per_token']:.2f}"] for r in rows])
+    print(*table, "", *(f"{r['text']}, {r['tokenizer']}: {r['pieces']}" for r in rows), sep="\n")
     if args.plot:
         plot_comparison(rows, args.plot)
         print(f"\nwrote {args.plot}")
 
 
 def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="manual.model", help="our tokenizer (trained from --corpus if missing)")
+    p.add_argument("--corpus", default="manual.txt", help="training text for --model and for --explain 2")
+    p.add_argument("--vocab-size", type=int, default=1024, help="vocab size when --model is trained")
+    p.add_argument("--text", action="append", default=[], help="another text to compare (repeatable)")
+    p.add_argument("--file", action="append", default=[], help="a UTF-8 file to compare (repeatable)")
+    p.add_argument("--plot", default="tokenizers.png", help="bar chart PNG ('' for none)")
+    p.add_argument("--explain", type=int, nargs="?", const=0, metavar="N",
+                   help="answer the ten tokenization questions (or just question N)")
+    p.add_argument("--others", default=",".join(OTHER_ENCODINGS),
+                   help="more tiktoken encodings, comma-separated ('' for none; skipped if they cannot load)")
+    p.add_argument("--sizes", default="300,512,1024,2048", help="vocabulary sizes for --explain 2")
     try:
-        run(parse_args(argv))
+        run(p.parse_args(argv))
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
 
