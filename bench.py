@@ -245,12 +245,11 @@ def tokenizer_run(args):
 # Each speed shortcut of bpe.py, the jobs it can touch, and the settings that switch it off.
 ABLATIONS = [
     ("rare-pair lists (RARE)", "train", dict(RARE=0)),
-    ("paused collector", "train", dict(PAUSE_GC=False)),
+    ("paused collector", "train encode", dict(PAUSE_GC=False)),
     ("32-bit nodes", "train", dict(NARROW_MAX=0)),
     ("LOW buckets", "train", dict(LOW=1)),
     ("bulk numpy merges (BULK_MIN)", "train", dict(BULK_MIN=sys.maxsize)),
-    ("`re` ASCII twin", "train encode", dict(ascii_twin=lambda pattern: None)),
-    ("ASCII stretches", "train encode", dict(ASCII_STRETCH=re.compile(r"(?!)"))),
+    ("`re` twin", "train encode", dict(bmp_twin=lambda pattern: None)),
     ("chunk cache", "encode", dict(CACHE_CHUNKS=False)),
     ("whole-token table", "encode", dict(TOKEN_TABLE=False)),
     ("unjoinable split", "encode", dict(CUT_UNJOINABLE=False)),

@@ -7,6 +7,8 @@ that return exactly its answers, fast enough to train on megabytes in seconds.
     from bpe import Tokenizer; tok = Tokenizer("gpt4").train(text, 1024); ids = tok.encode("hello world")
 """
 import argparse
+import contextlib
+import functools
 import gc
 import heapq
 import os
@@ -17,8 +19,7 @@ import unicodedata
 import warnings
 from array import array
 from collections import Counter, defaultdict
-from itertools import chain, compress, repeat
-from operator import getitem
+from itertools import chain, repeat
 
 import numpy as np
 import regex
@@ -87,7 +88,7 @@ def textbook_encode(text, merges, pattern=GPT4_PATTERN):
 # checks every setting against the textbook, `bench.py tokenizer --ablate` times it.
 BULK_MIN = 300              # merges with this many places (or more) run in numpy
 RARE = 8                    # pairs rarer than this get a count but no place list, until one might win
-PAUSE_GC = True             # no cycle collection during training (many small lists, none in a cycle)
+PAUSE_GC = True             # no cycle collection while training or encoding (see paused_gc)
 NARROW_MAX = 2**31 - 1      # training nodes are 32-bit ints (less memory to walk) while ids and counts fit
 LOW = 32                    # new pairs rarer than this wait in buckets outside the training heap
 CACHE_CHUNKS = True         # encoding remembers the ids of each distinct chunk
@@ -104,23 +105,41 @@ TIKTOKEN_CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|
                            r"""| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
 TIKTOKEN_PATTERNS = (TIKTOKEN_GPT2_PATTERN, TIKTOKEN_CL100K_PATTERN)
 
-# The `re` twin: on ASCII text \p{L} is [A-Za-z], \p{N} is [0-9] and \s is [\t-\r ]; so spelled, the
-# built-in patterns run in Python's `re`, which splits ASCII much faster than `regex`. Mixed text takes the
-# twin on its long ASCII stretches, each starting and ending at a space that follows a non-space: no chunk
-# holds that pair of characters (a space only leads a chunk or sits in a run of whitespace), so each side
-# splits exactly as in the whole text. re's \S is narrower than regex's (\x1c-\x1f): a safe direction.
-ASCII_CLASSES = ((r"\s\p{L}\p{N}", r"\t-\r A-Za-z0-9"), (r"\p{L}\p{N}", "A-Za-z0-9"), (r"\p{L}", "[A-Za-z]"),
-                 (r"\p{N}", "[0-9]"), (r"\S", r"[^\t-\r ]"), (r"\s", r"[\t-\r ]"))
-ASCII_STRETCH = re.compile(r"(?<=\S) [\x00-\x7f]{64,}(?<=\S)(?= )")
+# The `re` twin. The built-in patterns use the character classes \p{L}, \p{N} and \s (and complements);
+# spelled as the ranges of characters below U+10000 that `regex` itself puts in each class, they run in
+# Python's `re`, which splits much faster. On text without characters beyond U+FFFF (Latin, CJK, code: nearly
+# all text) every class test, hence every match, is the same; other text takes `regex`. The ranges are read
+# from `regex`, never typed in, so both modules agree on the Unicode version too.
+BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")
 
 
-def ascii_twin(pattern):
-    """`re` twin of a built-in or tiktoken split pattern, exact on ASCII text; None for other patterns and
-    on Python < 3.11, whose `re` lacks possessive quantifiers."""
-    if pattern in (GPT2_PATTERN, GPT4_PATTERN) + TIKTOKEN_PATTERNS and sys.version_info >= (3, 11):
-        for unicode_class, ascii_class in ASCII_CLASSES:
-            pattern = pattern.replace(unicode_class, ascii_class)
-        return re.compile(pattern)
+@functools.cache
+def bmp_twin(pattern):
+    """`re` twin of a built-in or tiktoken split pattern, exact on text without characters beyond U+FFFF;
+    None for other patterns and on Python < 3.11, whose `re` lacks possessive quantifiers."""
+    if pattern not in (GPT2_PATTERN, GPT4_PATTERN) + TIKTOKEN_PATTERNS or sys.version_info < (3, 11):
+        return None
+    bmp = "".join(map(chr, range(0x10000)))
+    L, N, S = ("".join(f"{re.escape(run[0])}-{re.escape(run[-1])}" for run in regex.findall(f"[{cls}]+", bmp))
+               for cls in (r"\p{L}", r"\p{N}", r"\s"))     # runs of neighbouring code points in the class
+    for unicode_class, ranges in ((r"\s\p{L}\p{N}", S + L + N), (r"\p{L}\p{N}", L + N), (r"\p{L}", f"[{L}]"),
+                                  (r"\p{N}", f"[{N}]"), (r"\S", f"[^{S}]"), (r"\s", f"[{S}]")):
+        pattern = pattern.replace(unicode_class, ranges)
+    return re.compile(pattern)
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """No cycle collection inside (PAUSE_GC): training and encoding make many small containers, none in a
+    cycle, and a full collection would walk every one of them."""
+    was_on = gc.isenabled()
+    if PAUSE_GC:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 # --- Fast training ---------------------------------------------------------------------------
@@ -379,48 +398,38 @@ def _encode_long_chunk(ids, merges):
     return [t for t in tok if t >= 0]     # live nodes keep their text order
 
 
-class _Cache(dict):
-    """key -> ids; a miss calls compute(key), so that hits never leave C code."""
-
-    def __init__(self, compute):
-        self.compute = compute
-
-    def __missing__(self, key):
-        ids = self[key] = self.compute(key)
-        return ids
-
-
 class ChunkEncoder:
-    """Chunk text -> tuple of ids, for one tokenizer's merges (byte_ids: the id of each byte 0..255)."""
+    """Chunk texts -> tuples of ids, for one tokenizer's merges (byte_ids: the id of each byte 0..255)."""
 
     def __init__(self, merges, byte_ids, tokens):
-        self.byte_table = bytes(byte_ids)                     # bytes.translate maps bytes to ids in C
-        joinable = bytearray(1 << 16)
-        for token in tokens:
-            for x, y in zip(token, token[1:]):
-                joinable[x << 8 | y] = 1
-        # unjoinable[x][y]: no cut before a UTF-8 continuation byte (0x80-0xBF), which would be exact but
-        # makes many one-byte pieces; whole characters are fewer, still well-cached pieces.
-        self.unjoinable = [bytes(0 if joinable[x << 8 | y] or 0x80 <= y < 0xC0 else 1 for y in range(256))
-                           for x in range(256)]
-        self.pieces = _Cache(lambda piece: tuple(encode_chunk(list(piece.translate(self.byte_table)),
-                                                              merges)))
-        self.token_table = {text: self.pieces[t] for t in (tokens if TOKEN_TABLE else ())   # valid UTF-8 only
-                            if (text := t.decode("utf-8", "ignore")).encode("utf-8") == t}
-        self.pieces.clear()
-        self.cache = _Cache(lambda s: self.token_table.get(s) or tuple(self.encode_bytes(s.encode("utf-8"))))
+        self.merges, self.byte_table = merges, bytes(byte_ids)   # bytes.translate maps bytes to ids in C
+        joinable, joined = np.zeros((256, 256), bool), np.frombuffer(b"\xfe".join(tokens), np.uint8)
+        joinable[joined[:-1], joined[1:]] = True
+        # cut[x, y]: bytes x, y stand side by side in no token, so no merge ever joins them. No cut before a
+        # UTF-8 continuation byte (0x80-0xBF), which would be exact but makes many one-byte pieces (whole
+        # characters are fewer, still well-cached pieces), nor next to 0xFE and 0xFF, never in UTF-8 text,
+        # which encode_many uses as separators.
+        self.cut = ~joinable
+        self.cut[:, 0x80:0xC0] = self.cut[0xFE:] = self.cut[:, 0xFE:] = False
+        self.token_table = {text: self.encode_piece(t) for t in (tokens if TOKEN_TABLE else ())
+                            if (text := t.decode("utf-8", "ignore")).encode("utf-8") == t}   # valid UTF-8
+        self.pieces, self.cache = {}, {}  # piece bytes -> ids; chunk text -> ids (for encode_ordinary)
 
-    def encode_bytes(self, data):
-        """The ids of one chunk's bytes, cut where no merge can ever join."""
-        if len(data) < 8 or not CUT_UNJOINABLE:
-            return self.pieces[data]
-        cuts = compress(range(1, len(data)),              # found in C
-                        map(getitem, map(self.unjoinable.__getitem__, data[:-1]), data[1:]))
-        out, start = [], 0
-        for k in cuts:
-            out += self.pieces[data[start:k]]
-            start = k
-        return out + list(self.pieces[data[start:]])
+    def encode_piece(self, piece):
+        return tuple(encode_chunk(list(piece.translate(self.byte_table)), self.merges))
+
+    def encode_many(self, chunks):
+        """The ids of each chunk in the list `chunks`. A chunk that spells a token is looked up; the others
+        are cut (all at once, in numpy) where no merge can ever join, and their pieces encoded."""
+        out = list(map(self.token_table.get, chunks))
+        data = np.frombuffer(b"\xfe".join([c.encode("utf-8") for c, ids in zip(chunks, out) if ids is None]),
+                             np.uint8)     # 0xFE ends a chunk, 0xFF (inserted at each cut) ends a piece
+        cuts = np.flatnonzero(self.cut[data[:-1], data[1:]]) + 1 if CUT_UNJOINABLE else []
+        split = [chunk.split(b"\xff") for chunk in np.insert(data, cuts, 0xFF).tobytes().split(b"\xfe")]
+        pieces = self.pieces
+        pieces.update((p, self.encode_piece(p)) for p in set(chain.from_iterable(split)).difference(pieces))
+        encoded = iter([tuple(chain.from_iterable(map(pieces.__getitem__, parts))) for parts in split])
+        return [next(encoded) if ids is None else ids for ids in out]
 
 
 # --- The tokenizer ---------------------------------------------------------------------------
@@ -440,7 +449,7 @@ class Tokenizer:
     def _set_pattern(self, pattern):
         self.pattern = pattern or None
         self.compiled_pattern = regex.compile(pattern) if pattern else None
-        self._ascii_pattern = ascii_twin(pattern)
+        self._bmp_pattern = bmp_twin(pattern)
 
     def register_special_tokens(self, special_tokens):
         """special_tokens: {str: id} (ids past the merges) or a list of strings, numbered after the merges."""
@@ -471,17 +480,12 @@ class Tokenizer:
         return len(self.vocab)
 
     def split(self, text):
-        """The chunks of the textbook's split; ASCII text and long ASCII stretches split by the `re` twin."""
+        """The chunks of the textbook's split (by the `re` twin where it is exact)."""
         if self.compiled_pattern is None:
             return [text] if text else []
-        compiled, twin = self.compiled_pattern, self._ascii_pattern
-        if twin is None or text.isascii():
-            return (twin or compiled).findall(text)
-        chunks, start = [], 0
-        for stretch in ASCII_STRETCH.finditer(text):
-            chunks += compiled.findall(text[start:stretch.start()]) + twin.findall(stretch.group())
-            start = stretch.end()
-        return chunks + compiled.findall(text[start:])
+        twin = self._bmp_pattern
+        fast = twin is not None and (text.isascii() or not BEYOND_BMP.search(text))
+        return (twin if fast else self.compiled_pattern).findall(text)
 
     def train(self, text, vocab_size, verbose=False, progress=False):
         """Learn vocab_size - 256 merges from text: exactly textbook_train's."""
@@ -510,10 +514,13 @@ class Tokenizer:
         if self._encoder is None:
             tokens = [t for i, t in self.vocab.items() if i not in self.inverse_special_tokens]
             self._encoder = ChunkEncoder(self.merges, self.byte_ids, tokens)
-        if self.compiled_pattern is None:
-            return list(self._encoder.encode_bytes(text.encode("utf-8")))
-        encode = self._encoder.cache.__getitem__ if CACHE_CHUNKS else self._encoder.cache.compute
-        return list(chain.from_iterable(map(encode, self.split(text))))
+        if self.compiled_pattern is None or not CACHE_CHUNKS:
+            return list(chain.from_iterable(self._encoder.encode_many(self.split(text))))
+        cache = self._encoder.cache                       # a text repeats most of its chunks
+        new = list(set(chunks := self.split(text)).difference(cache))
+        with paused_gc():
+            cache.update(zip(new, self._encoder.encode_many(new)))
+        return list(chain.from_iterable(map(cache.__getitem__, chunks)))
 
     def encode(self, text, allowed_special="none_raise"):
         """allowed_special: "all", "none" (specials are ordinary text), "none_raise" (raise if the text

@@ -270,8 +270,8 @@ def test_bpe_warns_once_and_keeps_merges_when_pairs_run_out():
 
 
 _BPE_ENCODE_KNOBS = [("CACHE_CHUNKS", False), ("TOKEN_TABLE", False), ("CUT_UNJOINABLE", False),
-                     ("LONG_CHUNK", 1), ("LONG_CHUNK", 10**9), ("ascii_twin", lambda p: None),
-                     ("ASCII_STRETCH", re.compile(r"(?!)"))]
+                     ("LONG_CHUNK", 1), ("LONG_CHUNK", 10**9), ("bmp_twin", lambda p: None),
+                     ("PAUSE_GC", False)]
 
 
 @pytest.mark.parametrize("knob, value", [(None, None)] + _BPE_ENCODE_KNOBS)
@@ -321,17 +321,22 @@ def _bpe_ascii_texts():
 
 
 @pytest.mark.parametrize("pattern", [bpe.GPT2_PATTERN, bpe.GPT4_PATTERN, *bpe.TIKTOKEN_PATTERNS])
-def test_bpe_ascii_twin_splits_exactly_like_regex(pattern):
-    # On pure-ASCII text the split runs in Python's `re`, with \p{L}, \p{N}, \s spelled as ASCII classes.
-    for c in map(chr, range(128)):        # the classes themselves, as `regex` defines them
-        assert bool(regex.match(r"\p{L}", c)) == (c in string.ascii_letters)
-        assert bool(regex.match(r"\p{N}", c)) == (c in string.digits)
-        assert bool(regex.match(r"\s", c)) == (c in "\t\n\x0b\x0c\r ")
-    tok, twin = bpe.Tokenizer(pattern), bpe.ascii_twin(pattern)
-    assert tok._ascii_pattern is not None and twin is not None
-    for text in _bpe_ascii_texts():
+def test_bpe_re_twin_splits_exactly_like_regex(pattern):
+    # Text without characters beyond U+FFFF is split by Python's `re`, with \p{L}, \p{N}, \s spelled as ranges.
+    tok, twin = bpe.Tokenizer(pattern), bpe.bmp_twin(pattern)
+    assert tok._bmp_pattern is twin is not None
+    every = "".join(f" {c}x{c}1'{c}{c}\n{c} " for c in map(chr, range(0x10000)))   # each BMP character
+    assert twin.findall(every) == regex.findall(pattern, every)
+    rng = random.Random(5)
+    atoms = ["中文", "，", "。", "é", "ſ", "K", "\u00a0", "\u3000", "\u2028", "\x85", "\x1c", " ", "  ", "\n",
+             "\r\n", "\t", "word", "Word", "'s", "'LL", "'ſ", "42", "١٢", "12345", "!?", "(x)", " a", " 1", "x ="]
+    texts = _bpe_ascii_texts() + [_BPE_ENGLISH + _BPE_CHINESE, _bpe_long_text(6)]
+    texts += ["".join(rng.choice(atoms) for _ in range(rng.randint(1, 40))) for _ in range(300)]
+    for text in texts:
         assert tok.split(text) == twin.findall(text) == regex.findall(pattern, text), repr(text)
-    assert tok.split("naïve 中文") == regex.findall(pattern, "naïve 中文")   # non-ASCII text takes `regex`
+    for text in texts[-100:]:             # a character beyond U+FFFF: the whole text takes `regex`
+        text = text + "😀" + text
+        assert tok.split(text) == regex.findall(pattern, text), repr(text)
 
 
 def test_bpe_tiktoken_spellings_of_the_split_patterns():
@@ -342,24 +347,6 @@ def test_bpe_tiktoken_spellings_of_the_split_patterns():
     assert regex.findall(bpe.TIKTOKEN_CL100K_PATTERN, text) != regex.findall(bpe.GPT4_PATTERN, text)
     cl100k = bpe.TIKTOKEN_CL100K_PATTERN
     assert bpe.Tokenizer(cl100k).split(text) == regex.findall(cl100k, text)
-
-
-@pytest.mark.parametrize("pattern", [bpe.GPT2_PATTERN, bpe.GPT4_PATTERN, *bpe.TIKTOKEN_PATTERNS])
-def test_bpe_mixed_text_ascii_stretches_split_like_regex(pattern, monkeypatch):
-    # Mixed text: ASCII stretches go to the `re` twin, the rest to `regex`. With the minimum stretch length
-    # cut to 1 nearly every space after a non-space becomes a border, and the chunks must still be regex's.
-    monkeypatch.setattr(bpe, "ASCII_STRETCH", re.compile(r"(?<=\S) [\x00-\x7f]{1,}(?<=\S)(?= )"))
-    rng = random.Random(5)
-    atoms = ["中文", "，", "。", "é", "😀", "\u00a0", "\u3000", "\u2028", "\x1c", " ", "  ", "\n", "\r\n", "\t",
-             "word", "Word", "'s", "'LL", "42", "12345", "!?", "(x)", " a", " 1", "x =", "1 2"]
-    texts = [_BPE_ENGLISH + _BPE_CHINESE, _bpe_long_text(6)]
-    texts += ["".join(rng.choice(atoms) for _ in range(rng.randint(1, 40))) for _ in range(300)]
-    tok = bpe.Tokenizer(pattern)
-    stretches = 0
-    for text in texts:
-        assert tok.split(text) == regex.findall(pattern, text), repr(text)
-        stretches += not text.isascii() and sum(1 for _ in bpe.ASCII_STRETCH.finditer(text))
-    assert stretches > 100                # the borders really were exercised
 
 
 @pytest.fixture(scope="module")
@@ -381,8 +368,8 @@ def test_bpe_from_tiktoken_gpt2_gives_tiktoken_ids(_bpe_gpt2, gpt2_enc):
         gpt2_enc.encode(with_special, allowed_special="all")
     assert _bpe_gpt2.decode(gpt2_enc.encode(with_special, allowed_special="all")) == with_special
     assert gpt2_enc.encode("hello world") == _bpe_gpt2.encode("hello world") == [31373, 995]
-    assert gpt2_enc._pat_str in bpe.TIKTOKEN_PATTERNS and _bpe_gpt2._ascii_pattern is not None
-    for text in _bpe_ascii_texts():       # ASCII text is split by the `re` twin: still tiktoken's ids
+    assert gpt2_enc._pat_str in bpe.TIKTOKEN_PATTERNS and _bpe_gpt2._bmp_pattern is not None
+    for text in _bpe_ascii_texts():       # split by the `re` twin: still tiktoken's ids
         assert _bpe_gpt2.encode_ordinary(text) == gpt2_enc.encode_ordinary(text), repr(text)
 
 
