@@ -182,10 +182,8 @@ def learn_merges(chunks, counts, num_merges, progress=None):
                 heapq.heappush(heap, (-count, pos, pair))    # the old position is still a lower bound
 
     low, floor = [[] for _ in range(LOW)], LOW - 1     # buckets 1..floor of new rare pairs still wait
-    merges, gc_was_on = [], gc.isenabled()
-    if PAUSE_GC:
-        gc.disable()
-    try:
+    merges = []
+    with paused_gc():
         for new_id in range(256, 256 + num_merges):
             pair = pop_best()
             while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
@@ -217,9 +215,6 @@ def learn_merges(chunks, counts, num_merges, progress=None):
                     low[c].append(new_pair)
                 else:
                     heapq.heappush(heap, (-c, where[new_pair][0], new_pair))
-    finally:
-        if gc_was_on:
-            gc.enable()
     return merges
 
 
