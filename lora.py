@@ -78,8 +78,7 @@ class LoRALinear(nn.Module):
     def merge(self, merged=True):
         """Add B A into the weight (merged=False: take it out again); a repeated call changes nothing."""
         if self.merged != merged:
-            delta = self.delta_weight().to(self.weight.dtype)
-            self.weight.add_(delta if merged else -delta)
+            self.weight.add_(self.delta_weight().to(self.weight.dtype), alpha=1 if merged else -1)
             self.merged = merged
 
     def unmerge(self):
@@ -226,8 +225,7 @@ def split_examples(examples, val_frac, seed=1337):
 def collate(examples, pad_id):
     """Right-pad to the longest example; targets are -1 on prompt tokens and on padding."""
     T = max(len(ids) for ids, _ in examples) - 1
-    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    y = torch.full((len(examples), T), -1, dtype=torch.long)
+    x, y = (torch.full((len(examples), T), fill, dtype=torch.long) for fill in (pad_id, -1))
     for b, (ids, n_prompt) in enumerate(examples):
         x[b, :len(ids) - 1], y[b, :len(ids) - 1] = torch.tensor(ids[:-1]), torch.tensor(ids[1:])
         y[b, :max(n_prompt - 1, 0)] = -1  # y[i] predicts ids[i + 1]: a prompt token while i + 1 < n_prompt
@@ -333,10 +331,13 @@ def print_samples(model, val, n, tokenizer, device, title):
         print(f"  {tokenizer.decode(p)!r} -> {complete(model, p, tokenizer, device)!r}")
 
 
-def count_params(model):
-    """(trainable, total); .parameters() yields a shared (tied) Parameter once."""
+def count_params(model, name=None):
+    """(trainable, total), printed if named; .parameters() yields a shared (tied) Parameter once."""
     params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    trainable, total = sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    if name:
+        print(f"{name}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
+    return trainable, total
 
 
 def optimizer_state_bytes(optimizer):
@@ -366,7 +367,7 @@ def full_fine_tune(args, lora, base_loss, train_ex, val_ex, tokenizer):
     """The same run with every weight trainable (a fresh base, written to --full-out); then LoRA vs full."""
     torch.cuda.empty_cache()  # (does nothing unless CUDA is in use)
     model = load_base(args)[0]
-    report(model, "full fine-tuning")
+    count_params(model, "full fine-tuning")
     full = train(model, train_ex, val_ex, args, args.device, tokenizer.eot_token, desc="full")
     gpt.save_checkpoint(args.full_out, model, tokenizer)
     print(f"wrote full fine-tuned checkpoint {args.full_out}")
@@ -383,11 +384,6 @@ def full_fine_tune(args, lora, base_loss, train_ex, val_ex, tokenizer):
     return model
 
 
-def report(model, name):
-    trainable, total = count_params(model)
-    print(f"{name}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
-
-
 # --- Generation metrics: the LoRA paper's E2E NLG table -------------------------------------------
 # The official E2E scorer takes BLEU and NIST from MT-Eval v13a (13a tokens, lowercased, corpus level) and
 # METEOR, ROUGE-L, CIDEr from the COCO caption code (Java PTB tokenizer, METEOR 1.5). Here sacrebleu gives
@@ -396,20 +392,16 @@ def report(model, name):
 COCO_PUNCTUATION = set("'' ' `` ` -lrb- -rrb- -lcb- -rcb- . ? ! , : - -- ... ;".split())
 
 
-def group_by_mr(pairs):
-    """[(prompt, [references])] in first-appearance order: one output per distinct meaning representation."""
-    groups = {}
-    for prompt, reference in pairs:
-        groups.setdefault(prompt, []).append(" ".join(reference.split()))
-    return list(groups.items())
-
-
-def eval_groups(args):
-    path = download_e2e(args.cache_dir, ("test",))["test"] if args.eval_data == "e2e" else args.eval_data
+def eval_groups(data, limit=None, cache_dir="e2e"):
+    """[(prompt, [references])] of an E2E file ('e2e': its test split): one per distinct MR, in file order."""
+    path = download_e2e(cache_dir, ("test",))["test"] if data == "e2e" else data
     pairs = read_examples(path)
     if not all(prompt for prompt, _ in pairs):
         raise ValueError(f"--eval-data {path}: expected `meaning representation||reference` lines or .jsonl")
-    return group_by_mr(pairs)[:args.eval_limit]
+    groups = {}
+    for prompt, reference in pairs:
+        groups.setdefault(prompt, []).append(" ".join(reference.split()))
+    return list(groups.items())[:limit]
 
 
 def eval_generation(model, groups, tokenizer, args, suffix=""):
@@ -754,7 +746,6 @@ def parse_args(argv=None):
                       "--save-peft writes an adapter: --eval-only has one only with --adapter")]:
         if bad:
             p.error(why)
-    args.greedy = args.greedy or args.beams == 1
     eval_data = args.eval_data or ("e2e" if args.data == "e2e" or args.eval_only else "none")
     args.eval_data = None if eval_data == "none" else eval_data
     return args
@@ -784,7 +775,7 @@ def main(argv=None):
     check_paths(args)
     device, base_path = args.device, args.init or args.ckpt
     model, tokenizer, base_hash = load_base(args, (adapter or {}).get("tokenizer"))
-    groups = eval_groups(args) if args.eval_data else []
+    groups = eval_groups(args.eval_data, args.eval_limit, args.cache_dir) if args.eval_data else []
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
     val_loss = functools.partial(evaluate, examples=val_ex[:args.eval_examples], batch_size=args.batch_size,
                                  device=device, pad_id=tokenizer.eot_token)
@@ -793,12 +784,12 @@ def main(argv=None):
     samples(model, title="base")
     if adapter:  # evaluate a saved adapter
         config = adapter["lora_config"]
-        report(load_adapter(model, adapter, base_hash), "adapter")
+        count_params(load_adapter(model, adapter, base_hash), "adapter")
         print(f"val loss with adapter {val_loss(model):.4f}")
         samples(model, title="adapter")
     elif not args.eval_only:  # train one
         config = {k: getattr(args, k) for k in ("r", "alpha", "dropout", "targets", "rslora")}
-        report(model, f"LoRA on {len(apply_lora(model, **config))} layers")
+        count_params(model, f"LoRA on {len(apply_lora(model, **config))} layers")
         stats = train(model, train_ex, val_ex, args, device, tokenizer.eot_token)
         print(f"val loss: base {base_loss:.4f} -> LoRA {stats['val_loss']:.4f}")
         samples(model, title="LoRA")
