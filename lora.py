@@ -580,9 +580,8 @@ def save_peft(out_dir, model, lora_config, base_path, base_hash):
     """What PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), out_dir) loads (PEFT_NOTE)."""
     from safetensors.torch import save
     layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-    r = lora_config["r"]
+    r, tensors = lora_config["r"], {}
     rank = max(len(m.enabled) for m in layers.values()) * r
-    tensors = {}
     for name, m in layers.items():
         A, B = torch.zeros(rank, m.in_features), torch.zeros(m.out_features, rank)
         A[:len(m.enabled) * r] = m.lora_A.detach()
