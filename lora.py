@@ -44,12 +44,10 @@ class LoRALinear(nn.Module):
         base.requires_grad_(False)
         self.weight, self.bias = base.weight, base.bias  # the same Parameters: names and ties unchanged
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.blocks = tuple(map(bool, blocks))
-        self.block_size = self.out_features // len(self.blocks)
-        self.enabled = [i for i, on in enumerate(self.blocks) if on]
-        self.r, self.alpha, self.rslora = r, alpha, rslora
+        self.block_size = self.out_features // len(blocks)
+        self.enabled = [i for i, on in enumerate(blocks) if on]
         # rsLoRA (Kalajdzievski 2023) scales by alpha / sqrt(r) so that larger ranks keep learning.
-        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
+        self.r, self.scaling = r, alpha / math.sqrt(r) if rslora else alpha / r
         factory = dict(dtype=base.weight.dtype, device=base.weight.device)
         self.lora_A = nn.Parameter(torch.empty(len(self.enabled) * r, self.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(len(self.enabled) * self.block_size, r, **factory))
@@ -62,7 +60,7 @@ class LoRALinear(nn.Module):
         if self.merged:  # B A already lives inside self.weight
             return y
         h = F.linear(self.dropout(x), self.lora_A) * self.scaling  # scale the narrow rank-r activations
-        if len(self.blocks) == 1:
+        if self.block_size == self.out_features:  # one block: no split
             return y + F.linear(h, self.lora_B)
         parts = list(y.split(self.block_size, dim=-1))
         for block, h_i, B_i in zip(self.enabled, h.split(self.r, dim=-1), self.lora_B.split(self.block_size)):
@@ -80,8 +78,7 @@ class LoRALinear(nn.Module):
     def merge(self, merged=True):
         """Add B A into the weight (merged=False: take it out again); a repeated call changes nothing."""
         if self.merged != merged:
-            delta = self.delta_weight().to(self.weight.dtype)
-            self.weight.add_(delta if merged else -delta)
+            self.weight.add_(self.delta_weight().to(self.weight.dtype), alpha=1 if merged else -1)
             self.merged = merged
 
     def unmerge(self):
@@ -113,7 +110,6 @@ def apply_lora(model, r=4, alpha=32.0, dropout=0.0, targets=("qv",), rslora=Fals
 
 
 def lora_state_dict(model):
-    """Only the adapter tensors (names ending in lora_A / lora_B), on the CPU."""
     return {k: v.detach().cpu() for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
 
 
@@ -229,8 +225,7 @@ def split_examples(examples, val_frac, seed=1337):
 def collate(examples, pad_id):
     """Right-pad to the longest example; targets are -1 on prompt tokens and on padding."""
     T = max(len(ids) for ids, _ in examples) - 1
-    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    y = torch.full((len(examples), T), -1, dtype=torch.long)
+    x, y = (torch.full((len(examples), T), fill, dtype=torch.long) for fill in (pad_id, -1))
     for b, (ids, n_prompt) in enumerate(examples):
         x[b, :len(ids) - 1], y[b, :len(ids) - 1] = torch.tensor(ids[:-1]), torch.tensor(ids[1:])
         y[b, :max(n_prompt - 1, 0)] = -1  # y[i] predicts ids[i + 1]: a prompt token while i + 1 < n_prompt
@@ -318,14 +313,13 @@ def evaluate(model, examples, batch_size, device, pad_id):
 
 
 @torch.no_grad()
-def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64, **decoding):
+def complete(model, prompt_ids, tokenizer, device, max_new_tokens=64, temperature=0, **decoding):
     """One prompt's completion up to <|endoftext|>, within the context: greedy, or as `decoding` says."""
     prompt_ids = prompt_ids[-(model.config.block_size - 1):]
     max_new_tokens = min(max_new_tokens, model.config.block_size - len(prompt_ids))
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    decoding = decoding or dict(temperature=0)
-    out = model.generate(idx, max_new_tokens, stop_token=tokenizer.eot_token, **decoding)[0, len(prompt_ids):]
-    out = out.tolist()
+    out = model.generate(idx, max_new_tokens, temperature, stop_token=tokenizer.eot_token, **decoding)
+    out = out[0, len(prompt_ids):].tolist()
     return tokenizer.decode(out[:out.index(tokenizer.eot_token)] if tokenizer.eot_token in out else out)
 
 
@@ -337,10 +331,13 @@ def print_samples(model, val, n, tokenizer, device, title):
         print(f"  {tokenizer.decode(p)!r} -> {complete(model, p, tokenizer, device)!r}")
 
 
-def count_params(model):
-    """(trainable, total); .parameters() yields a shared (tied) Parameter once."""
+def count_params(model, name=None):
+    """(trainable, total), printed if named; .parameters() yields a shared (tied) Parameter once."""
     params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    trainable, total = sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    if name:
+        print(f"{name}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
+    return trainable, total
 
 
 def optimizer_state_bytes(optimizer):
@@ -356,7 +353,6 @@ def peak_memory(device, reset=False):
         if reset:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # "5" resets VmHWM (Linux >= 4.0)
-            return None
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
@@ -369,16 +365,14 @@ def fmt_bytes(n):
 
 def full_fine_tune(args, lora, base_loss, train_ex, val_ex, tokenizer):
     """The same run with every weight trainable (a fresh base, written to --full-out); then LoRA vs full."""
-    device = args.device
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()  # (does nothing unless CUDA is in use)
     model = load_base(args)[0]
-    report(model, "full fine-tuning")
-    full = train(model, train_ex, val_ex, args, device, tokenizer.eot_token, desc="full")
+    count_params(model, "full fine-tuning")
+    full = train(model, train_ex, val_ex, args, args.device, tokenizer.eot_token, desc="full")
     gpt.save_checkpoint(args.full_out, model, tokenizer)
     print(f"wrote full fine-tuned checkpoint {args.full_out}")
     print(f"val loss: base {base_loss:.4f} -> full fine-tuning {full['val_loss']:.4f}")
-    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak resident memory (RSS)"
+    mem = "peak CUDA memory allocated" if args.device.startswith("cuda") else "peak resident memory (RSS)"
     print("| | LoRA | full fine-tuning | LoRA / full |\n|---|---|---|---|")
     for label, key, fmt, digits in [("trainable params", "trainable", "{:,}".format, 4),
                                     ("optimizer state", "optimizer_bytes", fmt_bytes, 4),
@@ -390,11 +384,6 @@ def full_fine_tune(args, lora, base_loss, train_ex, val_ex, tokenizer):
     return model
 
 
-def report(model, name):
-    trainable, total = count_params(model)
-    print(f"{name}: trainable params {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)")
-
-
 # --- Generation metrics: the LoRA paper's E2E NLG table -------------------------------------------
 # The official E2E scorer takes BLEU and NIST from MT-Eval v13a (13a tokens, lowercased, corpus level) and
 # METEOR, ROUGE-L, CIDEr from the COCO caption code (Java PTB tokenizer, METEOR 1.5). Here sacrebleu gives
@@ -403,26 +392,18 @@ def report(model, name):
 COCO_PUNCTUATION = set("'' ' `` ` -lrb- -rrb- -lcb- -rcb- . ? ! , : - -- ... ;".split())
 
 
-def group_by_mr(pairs):
-    """[(prompt, [references])] in first-appearance order: one output per distinct meaning representation."""
-    groups = {}
-    for prompt, reference in pairs:
-        groups.setdefault(prompt, []).append(" ".join(reference.split()))
-    return list(groups.items())
-
-
-def eval_groups(args):
-    """The (prompt, references) groups of --eval-data, at most --eval-limit of them."""
-    if args.eval_data is None:
-        return []
-    path = download_e2e(args.cache_dir, ("test",))["test"] if args.eval_data == "e2e" else args.eval_data
+def eval_groups(data, limit=None, cache_dir="e2e"):
+    """[(prompt, [references])] of an E2E file ('e2e': its test split): one per distinct MR, in file order."""
+    path = download_e2e(cache_dir, ("test",))["test"] if data == "e2e" else data
     pairs = read_examples(path)
     if not all(prompt for prompt, _ in pairs):
         raise ValueError(f"--eval-data {path}: expected `meaning representation||reference` lines or .jsonl")
-    return group_by_mr(pairs)[:args.eval_limit]
+    groups = {}
+    for prompt, reference in pairs:
+        groups.setdefault(prompt, []).append(" ".join(reference.split()))
+    return list(groups.items())[:limit]
 
 
-@torch.no_grad()
 def eval_generation(model, groups, tokenizer, args, suffix=""):
     """Decode one output per group (beam search, or greedy), write the scorer's files; -> the metrics."""
     options = {} if args.greedy else dict(num_beams=args.beams, length_penalty=args.length_penalty,
@@ -599,9 +580,8 @@ def save_peft(out_dir, model, lora_config, base_path, base_hash):
     """What PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), out_dir) loads (PEFT_NOTE)."""
     from safetensors.torch import save
     layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-    r = lora_config["r"]
+    r, tensors = lora_config["r"], {}
     rank = max(len(m.enabled) for m in layers.values()) * r
-    tensors = {}
     for name, m in layers.items():
         A, B = torch.zeros(rank, m.in_features), torch.zeros(m.out_features, rank)
         A[:len(m.enabled) * r] = m.lora_A.detach()
@@ -694,12 +674,10 @@ def check_paths(args):
     for flag, folder, names in ("--adapter", args.adapter, inputs), ("--save-peft", args.save_peft, outputs):
         if folder and (names is outputs or os.path.isdir(folder)):  # a PEFT directory: its files
             names.update({f"{flag} ({name})": os.path.join(folder, name) for name in PEFT_FILES})
-    seen = {flag: os.path.realpath(path) for flag, path in inputs.items() if path}
+    seen = {os.path.realpath(path): flag for flag, path in reversed(inputs.items()) if path}  # the first wins
     for flag, path in ((flag, path) for flag, path in outputs.items() if path):
-        clash = next((other for other, p in seen.items() if p == os.path.realpath(path)), None)
-        if clash:
+        if (clash := seen.setdefault(os.path.realpath(path), flag)) != flag:  # an earlier flag names it
             raise ValueError(f"{flag} {path} is also {clash}: outputs never overwrite inputs or each other")
-        seen[flag] = os.path.realpath(path)
         if os.path.isfile(path) and not flag.startswith("--log-dir") and not args.overwrite:
             raise ValueError(f"{flag} {path} already exists (another run's?): add --overwrite to replace it")
         try:
@@ -723,19 +701,15 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=FRACTION, default=0.1, help="dropout on the LoRA input path")
     p.add_argument("--rslora", action="store_true", help="scaling = alpha / sqrt(r) (rank-stabilized LoRA)")
     p.add_argument("--targets", default="qv", help=f"comma-separated, of: {', '.join(TARGETS)}")
-    p.add_argument("--steps", type=COUNT, default=1000)
-    p.add_argument("--batch-size", type=COUNT, default=8)
-    p.add_argument("--grad-accum", type=COUNT, default=1)
-    p.add_argument("--block-size", type=number(int, lambda v: v >= 2, ">= 2"), default=512)
-    p.add_argument("--lr", type=RATE, default=2e-4)
+    numbers = [("--steps", COUNT, 1000), ("--batch-size", COUNT, 8), ("--grad-accum", COUNT, 1),
+               ("--block-size", number(int, lambda v: v >= 2, ">= 2"), 512), ("--lr", RATE, 2e-4),
+               ("--warmup", COUNT0, 100), ("--grad-clip", RATE, 1.0), ("--seed", int, 1337),
+               ("--weight-decay", number(float, lambda v: 0 <= v < math.inf, "finite, >= 0"), 0.01)]
+    for flag, kind, default in numbers:
+        p.add_argument(flag, type=kind, default=default)
     p.add_argument("--full-lr", type=RATE, help="learning rate of --full (default: --lr)")
-    p.add_argument("--warmup", type=COUNT0, default=100)
-    p.add_argument("--weight-decay", type=number(float, lambda v: 0 <= v < math.inf, "finite, >= 0"),
-                   default=0.01)
-    p.add_argument("--grad-clip", type=RATE, default=1.0)
     p.add_argument("--eval-examples", type=COUNT, default=512, help="validation examples for the val loss")
     p.add_argument("--samples", type=COUNT0, default=3, help="validation prompts to complete before/after")
-    p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--out", default="log/lora.pt", help="adapter-only output file")
     p.add_argument("--merge", nargs="?", const="log/lora_merged.pt", help="also write the merged checkpoint")
     p.add_argument("--adapter", help="evaluate this adapter (a file of ours or a PEFT directory) on its base")
@@ -771,7 +745,6 @@ def parse_args(argv=None):
                       "--save-peft writes an adapter: --eval-only has one only with --adapter")]:
         if bad:
             p.error(why)
-    args.greedy = args.greedy or args.beams == 1
     eval_data = args.eval_data or ("e2e" if args.data == "e2e" or args.eval_only else "none")
     args.eval_data = None if eval_data == "none" else eval_data
     return args
@@ -779,12 +752,8 @@ def parse_args(argv=None):
 
 def load_base(args, recorded_tokenizer=None):
     """(model, tokenizer, base hash) from --ckpt/--init; tokenizer: --tokenizer, the adapter's, the base's."""
-    if args.init:
-        model, spec = gpt.GPT.from_pretrained(args.init), "gpt2"
-    else:
-        model, ckpt = gpt.load_checkpoint(args.ckpt)
-        spec = ckpt.get("tokenizer", "gpt2")
-    tokenizer = gpt.get_tokenizer(args.tokenizer or recorded_tokenizer or spec)
+    model, ckpt = (gpt.GPT.from_pretrained(args.init), {}) if args.init else gpt.load_checkpoint(args.ckpt)
+    tokenizer = gpt.get_tokenizer(args.tokenizer or recorded_tokenizer or ckpt.get("tokenizer", "gpt2"))
     if tokenizer.n_vocab > model.config.vocab_size:
         raise ValueError(f"tokenizer {args.tokenizer or tokenizer.name} has {tokenizer.n_vocab} ids, more "
                          f"than the base model's vocabulary ({model.config.vocab_size})")
@@ -805,7 +774,7 @@ def main(argv=None):
     check_paths(args)
     device, base_path = args.device, args.init or args.ckpt
     model, tokenizer, base_hash = load_base(args, (adapter or {}).get("tokenizer"))
-    groups = eval_groups(args)
+    groups = eval_groups(args.eval_data, args.eval_limit, args.cache_dir) if args.eval_data else []
     train_ex, val_ex = load_data(args, tokenizer, min(args.block_size, model.config.block_size))
     val_loss = functools.partial(evaluate, examples=val_ex[:args.eval_examples], batch_size=args.batch_size,
                                  device=device, pad_id=tokenizer.eot_token)
@@ -814,12 +783,12 @@ def main(argv=None):
     samples(model, title="base")
     if adapter:  # evaluate a saved adapter
         config = adapter["lora_config"]
-        report(load_adapter(model, adapter, base_hash), "adapter")
+        count_params(load_adapter(model, adapter, base_hash), "adapter")
         print(f"val loss with adapter {val_loss(model):.4f}")
         samples(model, title="adapter")
     elif not args.eval_only:  # train one
         config = {k: getattr(args, k) for k in ("r", "alpha", "dropout", "targets", "rslora")}
-        report(model, f"LoRA on {len(apply_lora(model, **config))} layers")
+        count_params(model, f"LoRA on {len(apply_lora(model, **config))} layers")
         stats = train(model, train_ex, val_ex, args, device, tokenizer.eot_token)
         print(f"val loss: base {base_loss:.4f} -> LoRA {stats['val_loss']:.4f}")
         samples(model, title="LoRA")

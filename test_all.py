@@ -3460,7 +3460,7 @@ def test_beam_grouping_by_mr_and_the_scorer_files(tmp_path, monkeypatch, capsys,
              "name : A | food : Thai||Thai food at A .", "name : C | food : Soup||C has soup .",
              "name : B | food : Pasta||Pasta at B .", "name : A | food : Thai||A : Thai ."]
     (tmp_path / "e2e.txt").write_text("\n".join(lines * 3) + "\n")
-    groups = lora.group_by_mr(lora.read_examples("e2e.txt"))
+    groups = lora.eval_groups("e2e.txt")
     a_refs = ["A serves Thai food .", "Thai food at A .", "A : Thai ."] * 3
     assert groups == [("name : A | food : Thai||", a_refs),
                       ("name : B | food : Pasta||", ["B serves pasta .", "Pasta at B ."] * 3),
