@@ -37,7 +37,6 @@ DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hella
 SPLITS = ("train", "val", "test")
 STYLES = ("nanogpt", "harness")
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hellaswag")  # or $HELLASWAG_DIR
-REQUIRED_KEYS = ("ctx", "ctx_a", "ctx_b", "activity_label", "endings")
 
 
 # --- 1. Data: download once into a cache directory, then read and validate the jsonl file.
@@ -49,7 +48,7 @@ def parse_example(line, where):
         raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
     if not isinstance(example, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(example).__name__}")
-    if missing := [k for k in REQUIRED_KEYS if k not in example]:
+    if missing := [k for k in ("ctx", "ctx_a", "ctx_b", "activity_label", "endings") if k not in example]:
         raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
     endings = example["endings"]
     if not (isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) for e in endings)):
@@ -165,12 +164,12 @@ def pack_batch(parts, pad_to=1):
     token is left out of the row: it is only ever a target, nothing reads its output.
 
     Returns idx (B, L); pos (B, L), the positions each token would have with its ending right after the
-    context; seg (B, L): 0 context, 1..4 ending, -1 padding; and for every ending token (N in all): its
-    row, the position whose output predicts it, its id, and which ending (4 * example + i) it belongs to."""
+    context; seg (B, L): 0 context, 1..4 ending, -1 padding; and for every ending token (N in all): the
+    position whose output predicts it, its id, and which ending (4 * example + i, in row example) it is in."""
     L = -(-max(len(c) + sum(len(e) - 1 for e in ends) for c, ends, _ in parts) // pad_to) * pad_to
     idx, pos = torch.zeros((len(parts), L), dtype=torch.long), torch.zeros((len(parts), L), dtype=torch.long)
     seg = torch.full((len(parts), L), -1, dtype=torch.long)
-    rows, sources, targets, owner = [], [], [], []
+    sources, targets, owner = [], [], []
     for b, (context, endings, _) in enumerate(parts):
         n = len(context)
         idx[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(context), torch.arange(n), 0
@@ -181,11 +180,10 @@ def pack_batch(parts, pad_to=1):
             idx[b, fed], pos[b, fed], seg[b, fed] = torch.tensor(ending[:-1]), torch.arange(n, n + m), i + 1
             # the last context token predicts every ending's first token; then each token its successor
             sources += [n - 1] + list(range(start, start + m))
-            rows += [b] * (m + 1)
             targets += ending
             owner += [4 * b + i] * (m + 1)
             start += m
-    return idx, pos, seg, *(torch.tensor(x, dtype=torch.long) for x in (rows, sources, targets, owner))
+    return idx, pos, seg, *(torch.tensor(x, dtype=torch.long) for x in (sources, targets, owner))
 
 
 def packed_hidden(model, idx, pos, seg):
@@ -249,10 +247,10 @@ def batch_losses(model, parts, device, method, hidden_fn=packed_hidden, fixed_ba
     n = len(parts)
     if fixed_batch:
         parts = parts + [parts[-1]] * (fixed_batch - n)
-    idx, pos, seg, rows, sources, targets, owner = pack_batch(parts, pad_to=COMPILE_PAD if fixed_batch else 1)
-    idx, pos, seg, rows, sources, targets = (t.to(device) for t in (idx, pos, seg, rows, sources, targets))
+    idx, pos, seg, sources, targets, owner = pack_batch(parts, pad_to=COMPILE_PAD if fixed_batch else 1)
+    idx, pos, seg, sources, targets = (t.to(device) for t in (idx, pos, seg, sources, targets))
     raw = unwrap(model)
-    x = hidden_fn(raw, idx, pos, seg)[rows, sources]  # (N, n_embd): the outputs that predict ending tokens
+    x = hidden_fn(raw, idx, pos, seg)[owner.to(device) // 4, sources]  # row b holds endings 4b .. 4b + 3
     losses = torch.cat([F.cross_entropy(raw.lm_head(x[i:i + CHUNK]).float(), targets[i:i + CHUNK],
                                         reduction="none") for i in range(0, len(targets), CHUNK)])
     per_ending = torch.zeros(4 * len(parts), dtype=torch.float64).index_add_(0, owner, losses.double().cpu())
@@ -274,15 +272,13 @@ def score_record(example, losses_sum, part, style):
 # --- 4. Accuracy, summed over DDP ranks: every rank scores its shard, the counts are all-reduced.
 def evaluate(model, examples, enc, device, batch_size=16, style="nanogpt", autocast_dtype=None,
              method="auto", compile=False, progress=False):
-    """-> dict(acc, acc_norm, n, correct, correct_norm, style). Under torch.distributed every rank must
-    call it; rank r scores examples r, r + world, ... and the counts are summed over ranks."""
+    """-> dict(acc, acc_norm, n, correct, correct_norm, style). Every torch.distributed rank must call it."""
     import torch.distributed as dist
     if any(ex["label"] is None for ex in examples):
         raise ValueError("some examples have no label (the test split hides them): cannot compute accuracy")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    shard = examples[rank::world]
-    records = score_examples(model, shard, enc, device, batch_size, style, autocast_dtype, method, compile,
-                             progress=progress and rank == 0) if shard else []
+    records = score_examples(model, examples[rank::world], enc, device, batch_size, style, autocast_dtype,
+                             method, compile, progress=progress and rank == 0)
     counts = torch.tensor(count_correct(records), dtype=torch.long, device=device)
     if world > 1:
         dist.all_reduce(counts)
