@@ -25,6 +25,7 @@ GPT_SIZES = {
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),   # 774M
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),      # 1558M
 }
+EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
 
 
 @dataclass
@@ -351,15 +352,14 @@ class GPT(nn.Module):
         missing, unexpected = sorted(ours.keys() - hf_state.keys()), sorted(hf_state.keys() - ours.keys())
         if missing or unexpected:
             raise ValueError(f"not a GPT-2 state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        with torch.no_grad():
-            for name, value in hf_state.items():
-                value = value.t() if name.endswith(self._CONV1D_WEIGHTS) else value
-                target = ours[name]
-                if name in self._VOCAB_ROWS and value.size(0) < target.size(0):
-                    target = target[:value.size(0)]  # padded vocab: fill the real rows; padding keeps init
-                if value.shape != target.shape:
-                    raise ValueError(f"shape mismatch: {name} {list(value.shape)} vs {list(target.shape)}")
-                target.copy_(value)
+        for name, value in hf_state.items():  # into state_dict()'s tensors: detached, sharing the weights
+            value = value.t() if name.endswith(self._CONV1D_WEIGHTS) else value
+            target = ours[name]
+            if name in self._VOCAB_ROWS and value.size(0) < target.size(0):
+                target = target[:value.size(0)]  # padded vocab: fill the real rows; padding keeps init
+            if value.shape != target.shape:
+                raise ValueError(f"shape mismatch: {name} {list(value.shape)} vs {list(target.shape)}")
+            target.copy_(value)
 
     def save_hf(self, out_dir, tokenizer=None):
         """A directory transformers loads as its own: GPT2LMHeadModel, tokenizer, <|endoftext|> as eos."""
@@ -478,9 +478,6 @@ def check_device(name):
     return device
 
 
-EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
-
-
 class ByteTokenizer:
     """Raw UTF-8 bytes as tokens (ids 0..255) plus <|endoftext|> = 256: needs no vocabulary file."""
     name, n_vocab, eot_token = "byte", 257, 256
@@ -542,8 +539,7 @@ def get_tokenizer(spec):
 
 def tokenizer_spec(tok):
     """'gpt2', 'byte', or a bpe.py tokenizer whole as a dict: a checkpoint then needs no tokenizer file."""
-    if isinstance(tok, str) and tok.endswith(".model"):
-        tok = get_tokenizer(tok)
+    tok = get_tokenizer(tok) if isinstance(tok, str) and tok.endswith(".model") else tok
     if isinstance(tok, BPETokenizer):
         return tok.tok.to_dict()
     return tok if isinstance(tok, (str, dict)) else tok.name  # tiktoken's "gpt2" or "byte"
