@@ -330,7 +330,6 @@ class GPT(nn.Module):
         return torch.tensor([finished[0][1]], device=idx.device) if finished else idx
 
     # --- HuggingFace interop ----------------------------------------------------------------------
-    # HuggingFace keeps these as Conv1D weights, (in, out); and these have a row per vocabulary id.
     _CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     _VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
 
