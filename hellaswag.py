@@ -22,18 +22,21 @@ import json
 import os
 import re
 import sys
+import tempfile
+import time
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
-from model import atomic_write, check_device, check_output, download, unwrap
+from model import (GPT, atomic_write, check_device, check_output, download, get_tokenizer, load_checkpoint,
+                   load_hf_gpt2, unwrap)
 
 # The dataset's own public repository (the HuggingFace copy is the same data).
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 SPLITS = ("train", "val", "test")
 STYLES = ("nanogpt", "harness")
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hellaswag")  # or $HELLASWAG_DIR
-REQUIRED_KEYS = ("ctx", "ctx_a", "ctx_b", "activity_label", "endings")
 
 
 # --- 1. Data: download once into a cache directory, then read and validate the jsonl file.
@@ -45,7 +48,7 @@ def parse_example(line, where):
         raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
     if not isinstance(example, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(example).__name__}")
-    if missing := [k for k in REQUIRED_KEYS if k not in example]:
+    if missing := [k for k in ("ctx", "ctx_a", "ctx_b", "activity_label", "endings") if k not in example]:
         raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
     endings = example["endings"]
     if not (isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) for e in endings)):
@@ -53,11 +56,10 @@ def parse_example(line, where):
     if not all(isinstance(example[k], str) for k in ("ctx", "ctx_a", "ctx_b", "activity_label")):
         raise ValueError(f"{where}: ctx, ctx_a, ctx_b and activity_label must be strings")
     label = example.get("label")  # the test split hides its labels
-    if label is not None:
-        if isinstance(label, str) and label.isdigit():
-            label = int(label)
-        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < 4:
-            raise ValueError(f"{where}: 'label' must be 0, 1, 2 or 3, got {example['label']!r}")
+    if isinstance(label, str) and label.isdigit():
+        label = int(label)
+    if label is not None and (type(label) is not int or not 0 <= label < 4):
+        raise ValueError(f"{where}: 'label' must be 0, 1, 2 or 3, got {example['label']!r}")
     example["label"] = label
     return example
 
@@ -69,7 +71,6 @@ def load_examples(split="val", data_dir=None, file=None, limit=None):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         data_dir = data_dir or os.environ.get("HELLASWAG_DIR") or DEFAULT_DATA_DIR
-        os.makedirs(data_dir, exist_ok=True)
         file = os.path.join(data_dir, f"hellaswag_{split}.jsonl")
         if not os.path.exists(file):
             download(DATA_URL.format(split=split), file, f"pass a local {os.path.basename(file)} with --file")
@@ -109,23 +110,17 @@ def render_parts(example, enc, style="nanogpt"):
                                + example["ctx_b"].capitalize())
     choices = [harness_preprocess(e) for e in example["endings"]]
     # Like the harness, tokenize context + continuation as one string and cut it where the context's own
-    # tokens end; trailing spaces of the context move to the continuation first.
-    stripped = query.rstrip()
-    space, query = query[len(stripped):], stripped
-    context = enc.encode_ordinary(query)
-    endings = [enc.encode_ordinary(query + space + " " + c)[len(context):] for c in choices]
+    # tokens end; trailing spaces of the context belong to the continuation.
+    context = enc.encode_ordinary(query.rstrip())
+    endings = [enc.encode_ordinary(query + " " + c)[len(context):] for c in choices]
     return context, endings, [len(c) for c in choices]
 
 
 def render_example(example, enc, style="nanogpt"):
     """-> tokens (4, T), mask (4, T) (1 on ending tokens), label: the well-known reproduction's layout."""
     context, endings, _ = render_parts(example, enc, style)
-    rows = [context + e for e in endings]
-    T = max(map(len, rows))
-    tokens, mask = torch.zeros((4, T), dtype=torch.long), torch.zeros((4, T), dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, :len(row)] = torch.tensor(row)
-        mask[i, len(context):len(row)] = 1
+    tokens = pad_sequence([torch.tensor(context + e) for e in endings], batch_first=True)
+    mask = pad_sequence([torch.tensor([0] * len(context) + [1] * len(e)) for e in endings], batch_first=True)
     return tokens, mask, example["label"]
 
 
@@ -137,8 +132,7 @@ def is_hf_model(model):
 def ending_losses_loop(model, example, enc, device, style="nanogpt"):
     """The well-known recipe's loop, one example per forward, full logits -> (4,) summed ending losses:
     the reference the batched scorer must agree with, and `python bench.py hellaswag`'s baseline."""
-    tokens, mask, _ = render_example(example, enc, style)
-    tokens, mask = tokens.to(device), mask.to(device)
+    tokens, mask = (t.to(device) for t in render_example(example, enc, style)[:2])
     logits = model(tokens).logits if is_hf_model(model) else model(tokens)[0]
     losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
     return (losses.view(4, -1) * mask[:, 1:]).sum(dim=1)
@@ -148,26 +142,20 @@ def rows_batch(parts):
     """Each (context, ending) pair as its own row, right-padded: idx (4B, T), targets (4B, T) holding the
     next token where it is an ending token and -1 elsewhere."""
     rows = [(context, ending) for context, endings, _ in parts for ending in endings]
-    T = max(len(c) + len(e) for c, e in rows) - 1
-    idx = torch.zeros((len(rows), T), dtype=torch.long)
-    targets = torch.full((len(rows), T), -1, dtype=torch.long)
-    for r, (context, ending) in enumerate(rows):
-        full = torch.tensor(context + ending)
-        idx[r, :len(full) - 1] = full[:-1]
-        targets[r, len(context) - 1:len(full) - 1] = full[len(context):]
-    return idx, targets
+    idx = [torch.tensor((context + ending)[:-1]) for context, ending in rows]
+    targets = [torch.tensor([-1] * (len(context) - 1) + ending) for context, ending in rows]
+    return pad_sequence(idx, batch_first=True), pad_sequence(targets, batch_first=True, padding_value=-1)
 
 
 def rows_losses(model, idx, targets):
     """Summed ending loss per row, using the model's own forward (ours or HuggingFace's)."""
-    if is_hf_model(model):  # HuggingFace's transformer, its lm_head applied at the scored positions only
-        hidden = model.transformer(input_ids=idx).last_hidden_state
-        scored = targets != -1
-        losses = torch.zeros(targets.shape, dtype=torch.float32, device=idx.device)
-        logits = model.lm_head(hidden[scored]).float()
-        losses[scored] = F.cross_entropy(logits, targets[scored], reduction="none")
-        return losses.sum(dim=1)
-    return model(idx, targets, reduction="none")[1].sum(dim=1)  # lm_head runs on the ending positions only
+    if not is_hf_model(model):
+        return model(idx, targets, reduction="none")[1].sum(dim=1)  # lm_head on the ending positions only
+    hidden = model.transformer(input_ids=idx).last_hidden_state  # HF's lm_head, on the scored positions only
+    scored = targets != -1
+    losses = torch.zeros(targets.shape, dtype=torch.float32, device=idx.device)
+    losses[scored] = F.cross_entropy(model.lm_head(hidden[scored]).float(), targets[scored], reduction="none")
+    return losses.sum(dim=1)
 
 
 def pack_batch(parts, pad_to=1):
@@ -176,29 +164,26 @@ def pack_batch(parts, pad_to=1):
     token is left out of the row: it is only ever a target, nothing reads its output.
 
     Returns idx (B, L); pos (B, L), the positions each token would have with its ending right after the
-    context; seg (B, L): 0 context, 1..4 ending, -1 padding; and for every ending token (N in all): its
-    row, the position whose output predicts it, its id, and which ending (4 * example + i) it belongs to."""
+    context; seg (B, L): 0 context, 1..4 ending, -1 padding; and for every ending token (N in all): the
+    position whose output predicts it, its id, and which ending (4 * example + i, in row example) it is in."""
     L = -(-max(len(c) + sum(len(e) - 1 for e in ends) for c, ends, _ in parts) // pad_to) * pad_to
     idx, pos = torch.zeros((len(parts), L), dtype=torch.long), torch.zeros((len(parts), L), dtype=torch.long)
     seg = torch.full((len(parts), L), -1, dtype=torch.long)
-    rows, sources, targets, owner = [], [], [], []
+    sources, targets, owner = [], [], []
     for b, (context, endings, _) in enumerate(parts):
         n = len(context)
         idx[b, :n], pos[b, :n], seg[b, :n] = torch.tensor(context), torch.arange(n), 0
         start = n
         for i, ending in enumerate(endings):
             m = len(ending) - 1  # tokens fed in
-            idx[b, start:start + m] = torch.tensor(ending[:-1])
-            pos[b, start:start + m] = torch.arange(n, n + m)
-            seg[b, start:start + m] = i + 1
+            fed = slice(start, start + m)
+            idx[b, fed], pos[b, fed], seg[b, fed] = torch.tensor(ending[:-1]), torch.arange(n, n + m), i + 1
             # the last context token predicts every ending's first token; then each token its successor
             sources += [n - 1] + list(range(start, start + m))
-            rows += [b] * (m + 1)
             targets += ending
             owner += [4 * b + i] * (m + 1)
             start += m
-    longs = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return idx, pos, seg, longs(rows), longs(sources), longs(targets), longs(owner)
+    return idx, pos, seg, *(torch.tensor(x, dtype=torch.long) for x in (sources, targets, owner))
 
 
 def packed_hidden(model, idx, pos, seg):
@@ -209,17 +194,9 @@ def packed_hidden(model, idx, pos, seg):
     return model.hidden_states(idx, pos=pos, attn_mask=(causal & visible)[:, None])  # same for every head
 
 
-def packed_losses(model, idx, pos, seg, rows, sources, targets, chunk=4096, hidden_fn=packed_hidden):
-    """Per-token loss (N,) of every ending token of a packed batch. lm_head runs only on the N positions
-    that predict an ending token, chunk rows at a time so the (N, vocab) logits never all exist at once."""
-    x = hidden_fn(model, idx, pos, seg)[rows, sources]
-    losses = [F.cross_entropy(model.lm_head(x[i:i + chunk]).float(), targets[i:i + chunk], reduction="none")
-              for i in range(0, len(targets), chunk)]
-    return torch.cat(losses)
-
-
 _compiled_hidden = None
 COMPILE_PAD = 128  # HellaSwag's packed rows (< 1024 tokens) then come in at most 8 lengths
+CHUNK = 4096  # ending tokens per lm_head call: the (N, vocab) logits of a batch never all exist at once
 
 
 def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt", autocast_dtype=None,
@@ -241,10 +218,9 @@ def score_examples(model, examples, enc, device, batch_size=16, style="nanogpt",
             raise ValueError(f"example ind={ex.get('ind')} has an empty context or ending after tokenizing")
         if len(context) + max(map(len, endings)) > window:
             raise ValueError(f"example ind={ex.get('ind')} is longer than the model's context ({window})")
-    hidden_fn = packed_hidden
-    if compile:  # fixed shapes so compiled graphs are reused: the batch padded full, lengths to COMPILE_PAD
-        _compiled_hidden = _compiled_hidden or torch.compile(packed_hidden, dynamic=False)
-        hidden_fn = _compiled_hidden
+    if compile and _compiled_hidden is None:  # fixed shapes reuse its graphs: batch full, lengths COMPILE_PAD
+        _compiled_hidden = torch.compile(packed_hidden, dynamic=False)
+    hidden_fn = _compiled_hidden if compile else packed_hidden
     length = lambda j: len(parts[j][0]) + sum(map(len, parts[j][1]))  # noqa: E731 (either method's order)
     order = sorted(range(len(parts)), key=length, reverse=True)  # a too-big batch fails at the start
     sums = torch.zeros(len(parts), 4, dtype=torch.float64)
@@ -271,10 +247,13 @@ def batch_losses(model, parts, device, method, hidden_fn=packed_hidden, fixed_ba
     n = len(parts)
     if fixed_batch:
         parts = parts + [parts[-1]] * (fixed_batch - n)
-    idx, pos, seg, rows, sources, targets, owner = pack_batch(parts, pad_to=COMPILE_PAD if fixed_batch else 1)
-    losses = packed_losses(unwrap(model), *(t.to(device) for t in (idx, pos, seg, rows, sources, targets)),
-                           hidden_fn=hidden_fn).double().cpu()
-    per_ending = torch.zeros(4 * len(parts), dtype=torch.float64).index_add_(0, owner, losses)
+    idx, pos, seg, sources, targets, owner = pack_batch(parts, pad_to=COMPILE_PAD if fixed_batch else 1)
+    idx, pos, seg, sources, targets = (t.to(device) for t in (idx, pos, seg, sources, targets))
+    raw = unwrap(model)
+    x = hidden_fn(raw, idx, pos, seg)[owner.to(device) // 4, sources]  # row b holds endings 4b .. 4b + 3
+    losses = torch.cat([F.cross_entropy(raw.lm_head(x[i:i + CHUNK]).float(), targets[i:i + CHUNK],
+                                        reduction="none") for i in range(0, len(targets), CHUNK)])
+    per_ending = torch.zeros(4 * len(parts), dtype=torch.float64).index_add_(0, owner, losses.double().cpu())
     return per_ending.view(-1, 4)[:n]
 
 
@@ -293,15 +272,13 @@ def score_record(example, losses_sum, part, style):
 # --- 4. Accuracy, summed over DDP ranks: every rank scores its shard, the counts are all-reduced.
 def evaluate(model, examples, enc, device, batch_size=16, style="nanogpt", autocast_dtype=None,
              method="auto", compile=False, progress=False):
-    """-> dict(acc, acc_norm, n, correct, correct_norm, style). Under torch.distributed every rank must
-    call it; rank r scores examples r, r + world, ... and the counts are summed over ranks."""
+    """-> dict(acc, acc_norm, n, correct, correct_norm, style). Every torch.distributed rank must call it."""
     import torch.distributed as dist
     if any(ex["label"] is None for ex in examples):
         raise ValueError("some examples have no label (the test split hides them): cannot compute accuracy")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    shard = examples[rank::world]
-    records = score_examples(model, shard, enc, device, batch_size, style, autocast_dtype, method, compile,
-                             progress=progress and rank == 0) if shard else []
+    records = score_examples(model, examples[rank::world], enc, device, batch_size, style, autocast_dtype,
+                             method, compile, progress=progress and rank == 0)
     counts = torch.tensor(count_correct(records), dtype=torch.long, device=device)
     if world > 1:
         dist.all_reduce(counts)
@@ -322,30 +299,18 @@ def summarize(n, correct, correct_norm, style):
 def load_model(args, device):
     """-> (model, its tokenizer, its name for the summary line) from -m / --ckpt, as our GPT or (--hf)
     transformers'. A checkpoint brings its own tokenizer; any other than GPT-2's is noted in the name."""
-    import model as gpt_model
     if not args.ckpt:  # --hf: GPT2LMHeadModel itself, checked and with one-line errors as in from_pretrained
-        model = gpt_model.load_hf_gpt2(args.model) if args.hf else gpt_model.GPT.from_pretrained(args.model)
-        name = args.model + " (transformers)" * args.hf
-        return model.to(device).eval(), gpt_model.get_tokenizer("gpt2"), name
-    model, checkpoint = gpt_model.load_checkpoint(args.ckpt, device)
-    enc = gpt_model.get_tokenizer(checkpoint.get("tokenizer", "gpt2"))
-    name = args.ckpt
+        model = load_hf_gpt2(args.model) if args.hf else GPT.from_pretrained(args.model)
+        return model.to(device).eval(), get_tokenizer("gpt2"), args.model + " (transformers)" * args.hf
+    model, checkpoint = load_checkpoint(args.ckpt, device)
+    enc, name = get_tokenizer(checkpoint.get("tokenizer", "gpt2")), args.ckpt
     if enc.name != "gpt2":
         name += f" ({enc.name} tokenizer: not comparable to the published scores, which use GPT-2's)"
     if args.hf:  # export through save_hf, then score with GPT2LMHeadModel: an independent forward pass
-        import tempfile
-        from transformers import GPT2LMHeadModel
         with tempfile.TemporaryDirectory() as tmp:
-            model = GPT2LMHeadModel.from_pretrained(model.save_hf(f"{tmp}/hf"), dtype=torch.float32)
+            model = load_hf_gpt2(model.save_hf(f"{tmp}/hf"))
         name += " (transformers)"
     return model.to(device).eval(), enc, name
-
-
-def write_jsonl(path, records):
-    keys = ("ind", "label", "losses_sum", "losses_mean", "loglik_per_char", "pred", "pred_norm")
-    with atomic_write(path, "w") as f:
-        for r in records:
-            f.write(json.dumps({k: r[k] for k in keys}) + "\n")
 
 
 def main(argv=None):
@@ -371,7 +336,6 @@ def main(argv=None):
     for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             sys.exit(f"error: {flag} must be at least 1, not {value}")
-    import time
     try:
         device = check_device(args.device)
         if args.out:  # checked now: a finished scoring is never lost to an unwritable --out
@@ -385,8 +349,9 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     seconds, head = time.perf_counter() - t0, f"hellaswag {args.file or args.split} | {name}"
-    if args.out:
-        write_jsonl(args.out, records)
+    if args.out:  # one JSON line per example: score_record's dict
+        with atomic_write(args.out, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
     if any(r["label"] is None for r in records):
         print(f"{head} | {len(records)} examples scored in {seconds:.1f} s; no labels in this file, so no "
               "accuracy" + (f"; predictions in {args.out}" if args.out else ""))

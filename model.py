@@ -25,6 +25,7 @@ GPT_SIZES = {
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),   # 774M
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),      # 1558M
 }
+EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
 
 
 @dataclass
@@ -78,11 +79,7 @@ class KVCache:
 
     def reorder(self, rows):
         """Row i continues from old row rows[i] (beam search); rows may repeat, drop or add rows."""
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = old.new_empty((old.size(0), len(rows), *old.shape[2:]))
-            new[:, :, :, :self.length] = old[:, rows, :, :self.length]
-            setattr(self, name, new)
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
 
 
 class CausalSelfAttention(nn.Module):
@@ -147,6 +144,24 @@ class Block(nn.Module):
     def forward(self, x, kv_cache=None, attn_mask=None):
         x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)  # pre-norm residual blocks, as in GPT-2
         return x + self.mlp(self.ln_2(x))
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None:
+        # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
 
 class GPT(nn.Module):
@@ -243,9 +258,7 @@ class GPT(nn.Module):
             if cache is not None and not newest_only:
                 cache.length = 0                                         # (re)fill from the cropped context
             x = self.hidden_states(idx[:, -1:] if newest_only else idx[:, -block_size:], cache)
-            logits = self.lm_head(x[:, -1, :])                           # (B, V)
-            if self.config.padded_vocab_size > self.config.vocab_size:
-                logits[:, self.config.vocab_size:] = float("-inf")      # padded ids are never real tokens
+            logits = self.lm_head(x[:, -1, :])[:, :self.config.vocab_size]  # (B, V): padded ids never occur
             idx_next = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             if stop_token is not None:
@@ -254,24 +267,6 @@ class GPT(nn.Module):
                     break
         self.train(was_training)
         return idx
-
-    @staticmethod
-    def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-        """Pick the next id (B, 1) from last-position logits (B, V): greedy, top-k and/or nucleus (top-p)."""
-        if temperature == 0:
-            return logits.argmax(dim=-1, keepdim=True)
-        logits = logits / temperature
-        if top_k is not None:
-            kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-            logits = logits.masked_fill(logits < kth_best, float("-inf"))
-        if top_p is not None:
-            # Keep the smallest set of most likely tokens whose probability mass reaches top_p.
-            sorted_logits, order = torch.sort(logits, descending=True)
-            probs = F.softmax(sorted_logits, dim=-1)
-            mass_before = probs.cumsum(dim=-1) - probs
-            sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-        return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
     @torch.no_grad()
     def beam_search(self, idx, max_new_tokens, num_beams=4, length_penalty=1.0, no_repeat_ngram_size=0,
@@ -311,11 +306,10 @@ class GPT(nn.Module):
             # The n_cand best of all b * V are among each beam's own n_cand best: two small top-k's, exact.
             row_top, row_token = (sums[:, None] + logp).topk(n_cand, dim=-1)           # (b, n_cand) each
             top, pick = row_top.view(-1).topk(n_cand)                  # best continuations over all beams
-            flat = pick // n_cand * V + row_token.view(-1)[pick]       # as indices into (b, V)
+            beam_of, token_of = (pick // n_cand).tolist(), row_token.view(-1)[pick].tolist()
             score = top / (t + 1) ** length_penalty                    # their score, were they to finish now
             rows, tokens, kept = [], [], []
-            for rank, (c, s) in enumerate(zip(flat.tolist(), score.tolist())):
-                beam, token = divmod(c, V)
+            for rank, (beam, token, s) in enumerate(zip(beam_of, token_of, score.tolist())):
                 if token in stops or t == max_new_tokens - 1:
                     if rank < num_beams:   # as transformers: a finish below the num_beams best is dropped
                         finished.append((s, beams[beam].tolist() + [token]))
@@ -336,6 +330,9 @@ class GPT(nn.Module):
         return torch.tensor([finished[0][1]], device=idx.device) if finished else idx
 
     # --- HuggingFace interop ----------------------------------------------------------------------
+    _CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    _VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
+
     @classmethod
     def from_pretrained(cls, name_or_path, **config_overrides):
         """OpenAI's GPT-2 (a GPT_SIZES name) via transformers, or a save_pretrained / save_hf directory."""
@@ -354,16 +351,14 @@ class GPT(nn.Module):
         missing, unexpected = sorted(ours.keys() - hf_state.keys()), sorted(hf_state.keys() - ours.keys())
         if missing or unexpected:
             raise ValueError(f"not a GPT-2 state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        with torch.no_grad():
-            for name, value in hf_state.items():
-                if name.endswith(_CONV1D_WEIGHTS):
-                    value = value.t()
-                target = ours[name]
-                if name in _VOCAB_ROWS and value.size(0) < target.size(0):
-                    target = target[:value.size(0)]  # padded vocab: fill the real rows; padding keeps init
-                if value.shape != target.shape:
-                    raise ValueError(f"shape mismatch: {name} {list(value.shape)} vs {list(target.shape)}")
-                target.copy_(value)
+        for name, value in hf_state.items():  # into state_dict()'s tensors: detached, sharing the weights
+            value = value.t() if name.endswith(self._CONV1D_WEIGHTS) else value
+            target = ours[name]
+            if name in self._VOCAB_ROWS and value.size(0) < target.size(0):
+                target = target[:value.size(0)]  # padded vocab: fill the real rows; padding keeps init
+            if value.shape != target.shape:
+                raise ValueError(f"shape mismatch: {name} {list(value.shape)} vs {list(target.shape)}")
+            target.copy_(value)
 
     def save_hf(self, out_dir, tokenizer=None):
         """A directory transformers loads as its own: GPT2LMHeadModel, tokenizer, <|endoftext|> as eos."""
@@ -378,12 +373,9 @@ class GPT(nn.Module):
             n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new",
             resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, bos_token_id=eos,
             eos_token_id=eos))
-        state = {}
-        for name, value in _strip_prefixes(self.state_dict()).items():
-            value = value.t() if name.endswith(_CONV1D_WEIGHTS) else value
-            value = value[:c.vocab_size] if name in _VOCAB_ROWS else value
-            state[name] = value.detach().to("cpu", torch.float32).contiguous()
-        hf.load_state_dict(state, strict=True)
+        state = {name: value.t() if name.endswith(self._CONV1D_WEIGHTS) else value
+                 for name, value in self.state_dict().items()}
+        hf.load_state_dict({**state, **{name: state[name][:c.vocab_size] for name in self._VOCAB_ROWS}})
         # Write beside the target, then swap it in: a crash never leaves a half-written export behind.
         tmp, old = f"{out_dir}.tmp", f"{out_dir}.old"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -395,9 +387,6 @@ class GPT(nn.Module):
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
         return out_dir
-
-
-sample_next_token = GPT.sample_next_token
 
 
 def _hf_tokenizer(tokenizer):
@@ -431,10 +420,6 @@ def _hf_tokenizer(tokenizer):
                                    clean_up_tokenization_spaces=False)
 
 
-_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-_VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
-
-
 def load_hf_gpt2(name_or_path):
     """transformers' GPT2LMHeadModel for a GPT-2 name or directory, checked to be a GPT-2 we implement."""
     from transformers import AutoConfig, GPT2LMHeadModel  # imported here: transformers is slow to import
@@ -458,11 +443,6 @@ def load_hf_gpt2(name_or_path):
     if unsupported:
         raise ValueError(f"{name_or_path!r} uses GPT-2 options this model does not implement: {unsupported}")
     return GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
-
-
-def _strip_prefixes(state):
-    """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes wrappers add to names."""
-    return {re.sub(r"^((_orig_mod|module)\.)+", "", name): value for name, value in state.items()}
 
 
 # --- What the scripts share: devices, tokenizers, checkpoints, input checks, files ------------
@@ -495,9 +475,6 @@ def check_device(name):
     if present.get(kind, 0) <= (index or 0):
         raise ValueError(f"device {name!r} is not available on this machine")
     return device
-
-
-EOT = "<|endoftext|>"  # the special token that separates documents, and the exported models' eos
 
 
 class ByteTokenizer:
@@ -561,8 +538,7 @@ def get_tokenizer(spec):
 
 def tokenizer_spec(tok):
     """'gpt2', 'byte', or a bpe.py tokenizer whole as a dict: a checkpoint then needs no tokenizer file."""
-    if isinstance(tok, str) and tok.endswith(".model"):
-        tok = get_tokenizer(tok)
+    tok = get_tokenizer(tok) if isinstance(tok, str) and tok.endswith(".model") else tok
     if isinstance(tok, BPETokenizer):
         return tok.tok.to_dict()
     return tok if isinstance(tok, (str, dict)) else tok.name  # tiktoken's "gpt2" or "byte"
@@ -571,7 +547,7 @@ def tokenizer_spec(tok):
 def save_checkpoint(path, model, tokenizer, **extra):
     """Write {'model', 'config', 'tokenizer' (tokenizer_spec), **extra (weights_only-loadable)} atomically."""
     raw = unwrap(model)
-    checkpoint = {"model": _strip_prefixes(raw.state_dict()), "config": asdict(raw.config),
+    checkpoint = {"model": raw.state_dict(), "config": asdict(raw.config),
                   "tokenizer": tokenizer_spec(tokenizer), **extra}
     with atomic_write(path) as f:
         torch.save(checkpoint, f)
@@ -586,20 +562,19 @@ def load_checkpoint(path, device="cpu", **config_overrides):
     except Exception as e:
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0][:120]})") from None
-    if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
-        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' entries)")
-    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["model"], dict):
-        raise ValueError(f"{path}: its 'config' and 'model' entries must be dicts")
+    if not isinstance(checkpoint, dict) or not all(isinstance(checkpoint.get(k), dict)
+                                                   for k in ("model", "config")):
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' and 'config' dicts)")
     saved = {k: v for k, v in checkpoint["config"].items() if k in {f.name for f in fields(GPTConfig)}}
     try:
         config = GPTConfig(**{**saved, **config_overrides})
     except ValueError as e:
         raise ValueError(f"{path}: config {e}") from None
-    state = _strip_prefixes(checkpoint["model"])
+    # Names saved through a torch.compile ('_orig_mod.') or DDP ('module.') wrapper load too.
+    state = {re.sub(r"^((_orig_mod|module)\.)+", "", name): w for name, w in checkpoint["model"].items()}
     # The weights have the shapes the config promises (before building a model that size), and are finite.
     layers = {name.split(".")[2] for name in state if name.startswith("transformer.h.")}
-    shapes = [tuple(w.shape) if torch.is_tensor(w) else None
-              for w in (state.get("transformer.wte.weight"), state.get("transformer.wpe.weight"))]
+    shapes = [getattr(state.get(f"transformer.{name}.weight"), "shape", None) for name in ("wte", "wpe")]
     if len(layers) != config.n_layer or shapes != [(config.padded_vocab_size, config.n_embd),
                                                    (config.block_size, config.n_embd)]:
         raise ValueError(f"{path}: its weights do not match its config (layers, vocabulary or context size)")
@@ -703,12 +678,10 @@ def main(argv=None):
     source.add_argument("--init", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF directory")
     source.add_argument("--ckpt", help="checkpoint written by train_gpt2.py, e.g. log/model.pt")
     parser.add_argument("--prompt", default="Hello, I'm a language model,")
-    parser.add_argument("--num-samples", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    for flag, default in (("--num-samples", 4), ("--max-new-tokens", 64), ("--top-k", 50), ("--seed", 42)):
+        parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--export-hf", metavar="DIR", help="write model + tokenizer for transformers instead")
     args = parser.parse_args(argv)
@@ -724,8 +697,7 @@ def main(argv=None):
             model, checkpoint = load_checkpoint(args.ckpt, device)
             enc = get_tokenizer(checkpoint.get("tokenizer", "gpt2"))
         else:
-            model = GPT.from_pretrained(args.init or "gpt2").to(device)
-            enc = get_tokenizer("gpt2")
+            model, enc = GPT.from_pretrained(args.init or "gpt2").to(device), get_tokenizer("gpt2")
         if args.export_hf:
             print(f"wrote {model.save_hf(args.export_hf, enc)} (AutoModelForCausalLM/AutoTokenizer load it)")
             return
