@@ -77,9 +77,6 @@ def markdown_table(headers, rows):
     return "\n".join(lines)
 
 
-SHAPES = {"tiny": dict(n_layer=2, n_head=2, n_embd=64), **GPT_SIZES}  # GPT-2's sizes and a quick one
-
-
 def add_numbers(parser, **defaults):
     """Plain numeric flags: --name-with-dashes of the default's type (--repeat: timed runs, in turns)."""
     for name, default in defaults.items():
@@ -574,6 +571,7 @@ def hellaswag_bench_gpu(args):
 # fine-tunes ours, for the optimizer state. Step time: the sides step in turns in one process (best of
 # --repeat), so that load from other programs hits them alike. Peak memory: each side alone in a fresh
 # process (CPU: resident-set high-water mark, reset after loading; CUDA: peak allocated bytes).
+SHAPES = {"tiny": dict(n_layer=2, n_head=2, n_embd=64), **GPT_SIZES}  # lora and beam: GPT-2's and a quick one
 LORA_SIDES = {"ours": "ours: lora.py on model.GPT", "peft": "PEFT on GPT2LMHeadModel",
               "full": "ours: full fine-tuning"}
 
@@ -729,6 +727,7 @@ def build_parser():
     add_numbers(p, threads=2)
     parts = {"ablation": train_ablation, "hf": train_versus_huggingface}
     p.add_argument("--skip", choices=parts, help="leave one part out")
+    p.add_argument("--skip-hf", dest="skip", action="store_const", const="hf", help="the same as --skip hf")
     p.set_defaults(run=lambda args: [part(args) for name, part in parts.items() if name != args.skip])
 
     p = sub.add_parser("hellaswag", help="HellaSwag scoring: batched+packed vs the one-example loop")
