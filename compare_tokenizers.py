@@ -18,7 +18,6 @@ import bpe
 
 SAMPLES = {"English": "Hello, world! A tokenizer turns text into the integers that a language model reads.",
            "Chinese": "你好，世界！分词器把文本变成语言模型能读懂的整数。"}
-OTHER_ENCODINGS = ("cl100k_base", "o200k_base")  # GPT-4's and GPT-4o's, shown when tiktoken has them
 GPT2_N_EMBD = 768  # width of GPT-2 small: every vocabulary entry costs one row of this many parameters
 LANGUAGES = {"English": "The weather is nice today, so let's take a walk in the park.",
              "Chinese": "今天天气很好，我们去公园散步吧。", "Japanese": "今日は天気がいいので、公園を散歩しましょう。"}
@@ -38,7 +37,6 @@ DATA = {"model": "gpt2",
 
 
 # --- The contenders: tiktoken Encodings and bpe.Tokenizers (same encode_ordinary, decode_single_token_bytes)
-
 def load_tiktoken(name):
     """tiktoken's encoding `name`, or None after a one-line note."""
     import tiktoken
@@ -50,10 +48,8 @@ def load_tiktoken(name):
 
 def load_or_train_ours(model_path, corpus_path, vocab_size):
     """Our tokenizer from `model_path`; if that file is missing, trained on the corpus and saved there."""
-    if not model_path.endswith(".model"):
-        raise ValueError(f"the model path must end in .model (got {model_path!r})")
-    if os.path.exists(model_path):
-        return bpe.Tokenizer().load(model_path)
+    if os.path.exists(model_path) or not model_path.endswith(".model"):
+        return bpe.Tokenizer().load(model_path)  # which refuses a path that is not a .model file
     if not os.path.isfile(corpus_path):
         raise FileNotFoundError(f"{model_path} does not exist and {corpus_path}, the text to train it on, is "
                                 f"missing too (pass --corpus, or train one with: python bpe.py TEXT 1024)")
@@ -68,7 +64,6 @@ def load_or_train_ours(model_path, corpus_path, vocab_size):
 
 
 # --- Measuring: tokens, bytes per token, characters per token
-
 def pieces(enc, ids, limit=60):
     """'|Hello|,| world|': each token's bytes (of ids or a text's); part of a character shows as \\xNN."""
     ids = enc.encode_ordinary(ids) if isinstance(ids, str) else ids
@@ -91,26 +86,23 @@ def markdown_table(headers, rows):
 
 def plot_comparison(rows, path):
     """Grouped bars: tokens per text, and characters per token, one bar per tokenizer. Written atomically."""
-    import matplotlib.pyplot as plt
-    plt.switch_backend("Agg")
+    from matplotlib.figure import Figure  # no pyplot: no backend to choose, no global figure to close
     texts, names = (list(dict.fromkeys(r[key] for r in rows)) for key in ("text", "tokenizer"))
     by_key, width = {(r["text"], r["tokenizer"]): r for r in rows}, 0.8 / len(names)
     xs = range(len(texts))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4), layout="tight")
+    axes = fig.subplots(1, 2)
     for ax, key, title in zip(axes, ("tokens", "chars_per_token"),
                               ("tokens (fewer is better)", "characters per token (more is better)")):
         for j, name in enumerate(names):
             ax.bar([i + j * width for i in xs], [by_key[t, name][key] for t in texts], width, label=name)
         ax.set(title=title, xticks=[i + width * (len(names) - 1) / 2 for i in xs], xticklabels=texts)
     axes[0].legend()
-    fig.tight_layout()
     fig.savefig(path + ".tmp", format="png", dpi=100)
-    plt.close(fig)
     os.replace(path + ".tmp", path)
 
 
 # --- --explain: the ten questions. Each one's docstring is its title and explanation; it measures.
-
 @dataclass
 class Context:
     gpt2: object             # tiktoken Encoding "gpt2"
@@ -301,7 +293,6 @@ QUESTIONS = [q1_code_points, q2_vocab_size, q3_reverse, q4_non_english, q5_arith
 
 
 # --- The command line
-
 def run(args):
     # Validate every flag and read every text before anything slow happens.
     if args.explain is not None and not 0 <= args.explain <= len(QUESTIONS):
@@ -358,7 +349,7 @@ def main(argv=None):
     p.add_argument("--plot", default="tokenizers.png", help="bar chart PNG ('' for none)")
     p.add_argument("--explain", type=int, nargs="?", const=0, metavar="N",
                    help="answer the ten tokenization questions (or just question N)")
-    p.add_argument("--others", default=",".join(OTHER_ENCODINGS),
+    p.add_argument("--others", default="cl100k_base,o200k_base",  # GPT-4's and GPT-4o's
                    help="more tiktoken encodings, comma-separated ('' for none; skipped if they cannot load)")
     p.add_argument("--sizes", default="300,512,1024,2048", help="vocabulary sizes for --explain 2")
     try:
