@@ -5,9 +5,8 @@
     python train_gpt2.py --preset tiny --resume       # continue log/model.pt exactly where it stopped
     (multi-node: torchrun --nnodes=2 --nproc_per_node=8 --node_rank=R --master_addr=IP train_gpt2.py)
 
-Outputs go to --log-dir: log.txt ("STEP train|val|hella VALUE"), loss.png, model.pt (model, tokenizer,
-optimizer, data position, RNG state). Ctrl-C or SIGTERM checkpoints after the current step, a kill -9
-leaves the last checkpoint intact, and --resume continues bit-identically to an uninterrupted run.
+Writes log.txt ("STEP train|val|hella VALUE"), loss.png and model.pt to --log-dir; after Ctrl-C or SIGTERM
+(both checkpoint first) or a kill -9, --resume continues bit-identically to an uninterrupted run.
 """
 import argparse
 import json
@@ -48,8 +47,17 @@ PRESETS = {
         keep_every=0, prompt="The ", sample_tokens=160, num_samples=2, temperature=0.8),
 }
 
+RULES = {  # flag -> (test, what it must be); NaN fails every test
+    **dict.fromkeys("n_layer n_head n_embd batch_size seq_len total_batch_size max_steps vocab_multiple "
+                    "val_steps stop_at hellaswag_limit".split(), (lambda v: v >= 1, "at least 1")),
+    **dict.fromkeys("warmup_steps eval_every ckpt_every keep_every sample_tokens num_samples".split(),
+                    (lambda v: v >= 0, "at least 0")),
+    **dict.fromkeys("lr min_lr weight_decay grad_clip".split(), (lambda v: 0 <= v < math.inf, "finite >= 0")),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)")}
+
 
 def parse_args(argv=None):
+    """The settings: flags over the preset's values, refused in one line when bad (nothing is touched yet)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     on_off = argparse.BooleanOptionalAction
     p.add_argument("--preset", choices=PRESETS, default="gpt2", help="starting values for everything below")
@@ -94,20 +102,7 @@ def parse_args(argv=None):
     g.add_argument("--stop-at", type=int, help="checkpoint and exit after this step, as if interrupted")
     args = p.parse_args(argv)  # then each flag left unset takes the preset's value
     vars(args).update({k: v for k, v in PRESETS[args.preset].items() if getattr(args, k) is None})
-    return args
-
-
-RULES = {  # flag -> (test, what it must be); NaN fails every test
-    **dict.fromkeys("n_layer n_head n_embd batch_size seq_len total_batch_size max_steps vocab_multiple "
-                    "val_steps stop_at hellaswag_limit".split(), (lambda v: v >= 1, "at least 1")),
-    **dict.fromkeys("warmup_steps eval_every ckpt_every keep_every sample_tokens num_samples".split(),
-                    (lambda v: v >= 0, "at least 0")),
-    **dict.fromkeys("lr min_lr weight_decay grad_clip".split(), (lambda v: 0 <= v < math.inf, "finite >= 0")),
-    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)")}
-
-
-def check_args(args):
-    """Refuse bad settings, and outputs that would destroy something, before anything is read or written."""
+    # Refuse bad settings, and outputs that would destroy something, before anything is read or written.
     for name, (ok, want) in RULES.items():
         if getattr(args, name) is not None and not ok(getattr(args, name)):
             fail(f"--{name.replace('_', '-')} must be {want}, not {getattr(args, name)}")
@@ -129,6 +124,7 @@ def check_args(args):
         fail(f"--data {args.data} is one of this run's outputs: pick another --log-dir")
     for path in outputs:
         checked(f"--log-dir {args.log_dir}", check_output, path)
+    return args
 
 
 def checked(what, check, *values):
@@ -290,9 +286,8 @@ def setup_data(args, run):
 
 # --- 4. Model, optimizer and learning rate schedule -----------------------------------------------
 def make_optimizer(model, lr, weight_decay, fused=False, betas=(0.9, 0.95), eps=1e-8):
-    """AdamW where only the 2-D weights (matmuls, embeddings) decay; biases and LayerNorm gains do not.
-    named_parameters() lists a shared tensor once, so the tied wte / lm_head matrix is one parameter."""
-    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    """AdamW where only the 2-D weights (matmuls, embeddings) decay; biases and LayerNorm gains do not."""
+    params = [p for p in model.parameters() if p.requires_grad]  # a shared tensor once: wte is lm_head
     groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
               dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
@@ -500,7 +495,6 @@ def train_step(args, run, step):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_args(args)
     run = setup_processes(args)
     setup_data(args, run)
     torch.manual_seed(args.seed)  # a fresh GPT, the same on every process
@@ -509,8 +503,7 @@ def main(argv=None):
                               vocab_multiple=args.vocab_multiple)).to(run.device)
     run.optimizer = make_optimizer(run.model, args.lr, args.weight_decay, fused=run.fused)
     run.start_step = start_or_resume(args, run)
-    # The speed wrappers go on once the weights are final: compile (training and val loss), then DDP
-    # (training), which averages the gradients over the processes during backward.
+    # On the final weights: compile (for training and val loss), then DDP (averaging gradients in backward).
     run.model = run.fast_model = torch.compile(run.model) if run.compile else run.model
     if run.ddp:
         device_ids = [run.local_rank] if run.device_type == "cuda" else None
