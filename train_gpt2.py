@@ -216,10 +216,9 @@ def load_text(path, tok, log):
 
 
 class DataLoader:
-    """An endless stream of batches: epoch 0's shards end to end, then epoch 1's, ... A global batch is the
-    next B*T*world tokens (plus one: targets are the inputs shifted by one), process `rank` taking the rank-th
-    B*T; batches run across shard ends, so no token is skipped. With shuffle, each epoch visits the shards in
-    a new seeded order, each from a seeded offset and wrapping around: new windows every epoch."""
+    """An endless stream of batches: each epoch's shards end to end, a global batch the next B*T*world
+    tokens (+1 for the shifted targets), process `rank` taking the rank-th B*T; across shard ends, so no token
+    is skipped. Shuffled, each epoch has a new seeded shard order, each shard a seeded start (wrapping)."""
 
     def __init__(self, shards, B, T, rank=0, world=1, shuffle=True, seed=0):
         self.shards = [s for s in shards if len(s) > 0]
@@ -498,9 +497,8 @@ def main(argv=None):
     run = setup_processes(args)
     setup_data(args, run)
     torch.manual_seed(args.seed)  # a fresh GPT, the same on every process
-    run.model = GPT(GPTConfig(block_size=args.seq_len, vocab_size=run.tok.n_vocab, n_layer=args.n_layer,
-                              n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn=args.attn,
-                              vocab_multiple=args.vocab_multiple)).to(run.device)
+    net = {key: getattr(args, key) for key in "n_layer n_head n_embd dropout attn vocab_multiple".split()}
+    run.model = GPT(GPTConfig(block_size=args.seq_len, vocab_size=run.tok.n_vocab, **net)).to(run.device)
     run.optimizer = make_optimizer(run.model, args.lr, args.weight_decay, fused=run.fused)
     run.start_step = start_or_resume(args, run)
     # On the final weights: compile (for training and val loss), then DDP (averaging gradients in backward).
