@@ -229,7 +229,6 @@ ABLATIONS = [
     ("rare-pair lists (RARE)", "train", dict(RARE=0)),
     ("paused collector", "train encode", dict(PAUSE_GC=False)),
     ("32-bit nodes", "train", dict(NARROW_MAX=0)),
-    ("LOW buckets", "train", dict(LOW=1)),
     ("bulk numpy merges (BULK_MIN)", "train", dict(BULK_MIN=sys.maxsize)),
     ("`re` twin", "train encode", dict(bmp_twin=lambda pattern: None)),
     ("chunk cache", "encode", dict(CACHE_CHUNKS=False)),

@@ -90,7 +90,6 @@ BULK_MIN = 300              # merges with this many places (or more) run in nump
 RARE = 8                    # pairs rarer than this get a count but no place list, until one might win
 PAUSE_GC = True             # no cycle collection while training or encoding (see paused_gc)
 NARROW_MAX = 2**31 - 1      # training nodes are 32-bit ints (less memory to walk) while ids and counts fit
-LOW = 32                    # new pairs rarer than this wait in buckets outside the training heap
 CACHE_CHUNKS = True         # encoding remembers the ids of each distinct chunk
 TOKEN_TABLE = True          # a chunk that spells a token is looked up, not encoded
 CUT_UNJOINABLE = True       # encoding cuts chunks between bytes that no token holds side by side
@@ -150,8 +149,8 @@ def paused_gc():
 # counts of the pairs around them, all that a recount would change. A heap of (-count, first position)
 # gives the most frequent pair, ties to the leftmost. Counts only fall and first occurrences only move right
 # (new pairs all hold the new token), so a stale entry is never better than the truth: it is refreshed when
-# popped. As counts never grow, a pair too rare to win yet needs no place list (RARE) nor a heap entry
-# (new pairs rarer than LOW wait in buckets) until the best count falls to its own.
+# popped. As counts never grow, a pair too rare to win yet needs no place list (RARE) until the best count
+# falls to its own.
 
 def learn_merges(chunks, counts, num_merges, progress=None):
     """[((a, b), new_id), ...]: at most num_merges merges over the distinct byte strings `chunks` (in order of
@@ -181,20 +180,12 @@ def learn_merges(chunks, counts, num_merges, progress=None):
             elif count > 0:
                 heapq.heappush(heap, (-count, pos, pair))    # the old position is still a lower bound
 
-    low, floor = [[] for _ in range(LOW)], LOW - 1     # buckets 1..floor of new rare pairs still wait
     merges = []
     with paused_gc():
         for new_id in range(256, 256 + num_merges):
             pair = pop_best()
-            while floor and (pair is None or pair_count[pair] <= floor):   # a waiting pair might tie or win
-                if pair is not None:
-                    heapq.heappush(heap, (-pair_count[pair], first_position(pair), pair))
-                heap += [(-pair_count[p], where[p][0], p) for p in low[floor] if pair_count[p] > 0]
-                heapq.heapify(heap)
-                floor -= 1
-                pair = pop_best()
             if rare > 1 and (pair is None or pair_count[pair] < rare):   # an unlisted pair might tie or win
-                rare, floor = 1, 0        # every pair is listed, and in the heap
+                rare = 1                  # every pair is listed, and in the heap
                 pair_count, where, heap = _index_pairs(views, rare)
                 scanned.clear()
                 pair = pop_best()
@@ -210,11 +201,7 @@ def learn_merges(chunks, counts, num_merges, progress=None):
             del pair_count[pair], where[pair]
             scanned.pop(pair, None)
             for new_pair in created:      # new pairs all contain new_id: their counts are final
-                c = pair_count[new_pair]
-                if c <= floor:
-                    low[c].append(new_pair)
-                else:
-                    heapq.heappush(heap, (-c, where[new_pair][0], new_pair))
+                heapq.heappush(heap, (-pair_count[new_pair], where[new_pair][0], new_pair))
     return merges
 
 

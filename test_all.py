@@ -214,8 +214,8 @@ def test_bpe_train_matches_textbook_on_many_texts(pattern):
 
 
 @pytest.mark.parametrize("knob, value", [("BULK_MIN", 1), ("BULK_MIN", 3), ("BULK_MIN", 50), ("RARE", 0),
-                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9), ("LOW", 1),
-                                         ("LOW", 3), ("NARROW_MAX", 0)])
+                                         ("RARE", 2), ("RARE", 3), ("RARE", 10**9),
+                                         ("NARROW_MAX", 0), ("PAUSE_GC", False)])
 def test_bpe_training_paths_match_textbook(monkeypatch, knob, value):
     # The knobs choose a path, never a result. Merges with BULK_MIN or more places run in numpy
     # (_apply_merge_bulk): 1 and 3 force it on small texts. Pairs rarer than RARE get no place list until
