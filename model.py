@@ -388,7 +388,7 @@ def _hf_tokenizer(tokenizer):
     import bpe
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    # tiktoken's GPT-2: its merges, rebuilt from the ranks
+    # A bpe.py tokenizer as it is (byte: one without merges); tiktoken's GPT-2 with merges rebuilt from ranks.
     tok = tokenizer.tok if isinstance(tokenizer, BPETokenizer) else bpe.Tokenizer.from_tiktoken(tokenizer)
     keep = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's bytes_to_unicode table
     char = {b: chr(b) for b in keep}
