@@ -6,11 +6,9 @@
     python fineweb.py --source 'data/*.jsonl' --text-field content --tokenizer my_bpe.model
     python fineweb.py --source Salesforce/wikitext --name wikitext-103-raw-v1 --split train
 
-Each document of --source (a .txt file, a .jsonl line or a .parquet row's --text-field; a directory or glob
-of them; else a HuggingFace Hub dataset) becomes <|endoftext|> + its GPT-2 (tiktoken) or bpe.py tokens, in a
-process pool; full shards follow: OUT/edufineweb_val_000000.npy (the val split), edufineweb_train_000001.npy,
-... (1-D uint16, or uint32 for ids beyond 65,535) and OUT/manifest.json. Rerun an interrupted command:
-finished shards are kept, and the result is byte for byte an uninterrupted run's.
+Each document (a .txt file, .jsonl line or .parquet row of --source, or a Hub dataset's row) becomes
+<|endoftext|> + its tokens, packed into OUT/edufineweb_val_000000.npy, edufineweb_train_000001.npy, ... with
+OUT/manifest.json. Rerun an interrupted command to resume: the result is byte for byte an uninterrupted run's.
 """
 import argparse
 import contextlib
@@ -50,7 +48,6 @@ def local_files(source):
 
 
 def text_of(record, text_field, where):
-    """The text of one record (a dict), or a one-line error naming where the record came from."""
     if not isinstance(record, dict) or text_field not in record:
         raise ValueError(f"{where}: record has no field '{text_field}' (choose one with --text-field)")
     if not isinstance(record[text_field], str):
@@ -59,13 +56,11 @@ def text_of(record, text_field, where):
 
 
 def read_local_documents(files, text_field):
-    """Yield the text of every document in `files`, in order."""
     for path in files:
         where = path
         try:
             if path.endswith(".txt"):
-                with open(path, encoding="utf-8") as f:
-                    yield f.read()                    # one .txt file = one document
+                yield pathlib.Path(path).read_text(encoding="utf-8")   # one .txt file = one document
             elif path.endswith(".jsonl"):
                 with open(path, encoding="utf-8") as f:
                     for line_no, line in enumerate(f, 1):
@@ -87,8 +82,7 @@ def read_local_documents(files, text_field):
 
 
 def open_documents(source, files, name, split, streaming, text_field, start):
-    """(iterator over the documents' texts from number `start` on, number of documents or None), from local
-    files or a HuggingFace dataset (downloaded unless streaming), with one-line errors when that fails."""
+    """(the documents' texts from number `start` on, their number or None), from local files or the Hub."""
     if files is not None:                      # skipping finished documents is cheap: read, not tokenized
         return itertools.islice(read_local_documents(files, text_field), start, None), None
     import datasets                            # imported here: slow to import, only needed for Hub data
@@ -152,7 +146,6 @@ def tokenize(text):
 
 # --- 3. Shards and the manifest, written atomically (a crash never leaves half a file); the main loop ---
 def write_atomically(path, write):
-    """write(f) into path + '.tmp', then rename: readers see the old file or the new one, never half."""
     with open(path + ".tmp", "wb") as f:
         write(f)                                # np.save to a file object: no ".npy" appended to the name
         f.flush()
@@ -180,8 +173,7 @@ def load_manifest(out_dir, config, dtype, n_ids):
                              "this script: delete them or pick another --out-dir")
         return {"config": config, "shards": [], "complete": False}
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        manifest = json.loads(pathlib.Path(path).read_text())
         old_config, old_shards = dict(manifest["config"]), list(manifest["shards"])
         manifest["complete"] = bool(manifest["complete"])
     except (ValueError, KeyError, TypeError):
@@ -190,7 +182,7 @@ def load_manifest(out_dir, config, dtype, n_ids):
         if old_config.get(key) != config.get(key):
             raise ValueError(f"{out_dir} was made with {key}={old_config.get(key)!r}, but this run asks "
                              f"for {key}={config.get(key)!r}: rerun with those options or another --out-dir")
-    intact = []                               # the longest run of listed shards that are whole on disk
+    manifest["shards"] = []                   # the longest run of listed shards that are whole on disk
     for entry in old_shards:
         try:
             shard = np.load(os.path.join(out_dir, entry["file"]), mmap_mode="r")
@@ -198,9 +190,8 @@ def load_manifest(out_dir, config, dtype, n_ids):
             break
         if shard.dtype != dtype or shard.shape != (entry["tokens"],) or int(shard.max(initial=0)) >= n_ids:
             break
-        intact.append(entry)
-    manifest["complete"] &= len(intact) == len(old_shards)
-    manifest["shards"] = intact
+        manifest["shards"].append(entry)
+    manifest["complete"] &= len(manifest["shards"]) == len(old_shards)
     return manifest
 
 
@@ -223,8 +214,7 @@ def shard_tokens(token_arrays, shard_size, first_doc, first_offset, dtype):
 
 def build_shards(source=DEFAULT_DATASET, name=None, split="train", streaming=False, text_field="text",
                  out_dir="edu_fineweb10B", shard_size=10**8, workers=1, max_shards=None, tokenizer="gpt2"):
-    """Tokenize `source` into shards in `out_dir`, resuming after the shards an earlier run finished.
-    Returns the manifest; raises ValueError / OSError with a one-line message on bad input."""
+    """Tokenize `source` into `out_dir`'s shards, resuming an earlier run -> the manifest; one-line errors."""
     for flag, value in (("--shard-size", shard_size), ("--workers", workers), ("--max-shards", max_shards)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, not {value}")

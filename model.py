@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import math
 import os
+import pathlib
 import re
 import shutil
 import sys
@@ -102,7 +103,8 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)                          # (B, nh, past + T, hs)
         # Query i (at position past + i) sees keys 0 .. past + i; a single new query sees everything.
-        if attn_mask is None and past > 0 and T > 1:
+        # Flash takes a fresh causal block as is_causal, without a mask: that allows its fused kernels.
+        if attn_mask is None and T > 1 and (past > 0 or self.attn == "plain"):
             attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         causal = attn_mask is None and T > 1
         dropout = self.dropout if self.training else 0.0
@@ -110,8 +112,6 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=dropout, is_causal=causal)
         else:  # the textbook computation, kept as a cross-check
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))         # (B, nh, T, past + T)
-            if causal:
-                attn_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if attn_mask is not None:
                 att = att.masked_fill(~attn_mask, float("-inf"))
             att = F.dropout(F.softmax(att, dim=-1), p=dropout, training=self.training)
@@ -242,8 +242,7 @@ class GPT(nn.Module):
                  use_cache=True, stop_token=None, num_beams=1, **beam_options):
         """Append max_new_tokens sampled tokens to idx (B, T); temperature 0 is greedy. With stop_token it
         returns once every row has produced it (rows that stopped sooner carry on: cut at the first one).
-        Past block_size the context is cropped to the last block_size tokens; their positions shift, so
-        the cache is refilled from the cropped context at each such step, exactly as without it."""
+        Past block_size the last block_size tokens are read; their positions shift, so the cache refills."""
         if num_beams > 1:  # a deterministic search instead of sampling: see beam_search for its options
             return self.beam_search(idx, max_new_tokens, num_beams, stop_token=stop_token, **beam_options)
         check_sampling(temperature, top_k, top_p)
@@ -335,30 +334,25 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, **config_overrides):
-        """OpenAI's GPT-2 (a GPT_SIZES name) via transformers, or a save_pretrained / save_hf directory."""
+        """OpenAI's GPT-2 (a GPT_SIZES name) via transformers, or a save_pretrained / save_hf directory.
+        Its weights are copied in with names and shapes checked; Conv1D's (in, out) weights transposed."""
         hf = load_hf_gpt2(name_or_path)
         hc = hf.config
         model = cls(GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
                               n_head=hc.n_head, n_embd=hc.n_embd, layer_norm_epsilon=hc.layer_norm_epsilon,
                               **config_overrides))
-        model.load_hf_state_dict(hf.state_dict())
-        return model
-
-    def load_hf_state_dict(self, hf_state):
-        """Copy a GPT2LMHeadModel state dict in, checking names and shapes; Conv1D (in, out) is transposed."""
-        ours = self.state_dict()
-        hf_state = {k: v for k, v in hf_state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-        missing, unexpected = sorted(ours.keys() - hf_state.keys()), sorted(hf_state.keys() - ours.keys())
+        ours = model.state_dict()
+        theirs = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", "masked_bias"))}
+        missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
         if missing or unexpected:
             raise ValueError(f"not a GPT-2 state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        for name, value in hf_state.items():  # into state_dict()'s tensors: detached, sharing the weights
-            value = value.t() if name.endswith(self._CONV1D_WEIGHTS) else value
-            target = ours[name]
-            if name in self._VOCAB_ROWS and value.size(0) < target.size(0):
-                target = target[:value.size(0)]  # padded vocab: fill the real rows; padding keeps init
+        for name, value in theirs.items():  # into state_dict()'s tensors: detached, sharing the weights
+            value = value.t() if name.endswith(cls._CONV1D_WEIGHTS) else value
+            target = ours[name][:len(value)] if name in cls._VOCAB_ROWS else ours[name]  # padding keeps init
             if value.shape != target.shape:
                 raise ValueError(f"shape mismatch: {name} {list(value.shape)} vs {list(target.shape)}")
             target.copy_(value)
+        return model
 
     def save_hf(self, out_dir, tokenizer=None):
         """A directory transformers loads as its own: GPT2LMHeadModel, tokenizer, <|endoftext|> as eos."""
@@ -394,12 +388,8 @@ def _hf_tokenizer(tokenizer):
     import bpe
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    if isinstance(tokenizer, BPETokenizer):
-        tok = tokenizer.tok
-    elif isinstance(tokenizer, ByteTokenizer):
-        tok = bpe.Tokenizer(None, {EOT: 256})
-    else:  # tiktoken's GPT-2: its merges, rebuilt from the ranks
-        tok = bpe.Tokenizer.from_tiktoken(tokenizer)
+    # A bpe.py tokenizer as it is (byte: one without merges); tiktoken's GPT-2 with merges rebuilt from ranks.
+    tok = tokenizer.tok if isinstance(tokenizer, BPETokenizer) else bpe.Tokenizer.from_tiktoken(tokenizer)
     keep = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's bytes_to_unicode table
     char = {b: chr(b) for b in keep}
     char.update({b: chr(256 + k) for k, b in enumerate(b for b in range(256) if b not in char)})
@@ -470,36 +460,18 @@ def check_device(name):
         kind, index = torch.device(device).type, torch.device(device).index
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    present = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-               "mps": int(torch.backends.mps.is_available())}
+    present = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}
     if present.get(kind, 0) <= (index or 0):
         raise ValueError(f"device {name!r} is not available on this machine")
     return device
 
 
-class ByteTokenizer:
-    """Raw UTF-8 bytes as tokens (ids 0..255) plus <|endoftext|> = 256: needs no vocabulary file."""
-    name, n_vocab, eot_token = "byte", 257, 256
-
-    def encode_ordinary(self, text):
-        return list(text.encode("utf-8"))
-
-    def encode(self, text, allowed_special=()):  # with "all" (or EOT) allowed, <|endoftext|> becomes 256
-        if allowed_special != "all" and EOT not in allowed_special:
-            return self.encode_ordinary(text)
-        parts = [self.encode_ordinary(part) for part in text.split(EOT)]
-        return [i for k, part in enumerate(parts) for i in ([256] if k else []) + part]
-
-    def decode(self, ids):
-        return b"".join(EOT.encode() if i == 256 else bytes([i]) for i in ids).decode(errors="replace")
-
-
 class BPETokenizer:
-    """A bpe.py tokenizer, encoding through tiktoken where to_tiktoken proves it exact, else itself."""
-    name = "bpe"
+    """A bpe.py tokenizer, encoding through tiktoken where to_tiktoken proves it exact, else itself.
+    name "byte": the one without merges, raw UTF-8 bytes (ids 0..255) and <|endoftext|> = 256."""
 
-    def __init__(self, tok):
-        self.tok, self.n_vocab, self.decode = tok, max(tok.vocab) + 1, tok.decode
+    def __init__(self, tok, name="bpe"):
+        self.tok, self.name, self.n_vocab, self.decode = tok, name, max(tok.vocab) + 1, tok.decode
         try:
             self.encode_ordinary = tok.to_tiktoken().encode_ordinary
         except ValueError:
@@ -522,8 +494,8 @@ def get_tokenizer(spec):
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     if isinstance(spec, dict):  # a bpe.py tokenizer, whole (checked as a .model file is)
         return BPETokenizer(bpe.Tokenizer.from_dict(spec))
-    if spec == "byte":
-        return ByteTokenizer()
+    if spec == "byte":   # needs no vocabulary file
+        return BPETokenizer(bpe.Tokenizer(None, {EOT: 256}), "byte")
     if isinstance(spec, str) and spec.endswith(".model"):
         return BPETokenizer(bpe.Tokenizer().load(spec))
     if spec != "gpt2":
@@ -539,7 +511,7 @@ def get_tokenizer(spec):
 def tokenizer_spec(tok):
     """'gpt2', 'byte', or a bpe.py tokenizer whole as a dict: a checkpoint then needs no tokenizer file."""
     tok = get_tokenizer(tok) if isinstance(tok, str) and tok.endswith(".model") else tok
-    if isinstance(tok, BPETokenizer):
+    if isinstance(tok, BPETokenizer) and tok.name == "bpe":
         return tok.tok.to_dict()
     return tok if isinstance(tok, (str, dict)) else tok.name  # tiktoken's "gpt2" or "byte"
 
@@ -591,7 +563,6 @@ def load_checkpoint(path, device="cpu", **config_overrides):
 
 # Input checks: each raises a one-line ValueError naming the culprit, printed by the CLIs before any work.
 def check_sampling(temperature, top_k=None, top_p=None):
-    """Settings that define a distribution: temperature >= 0 and finite, top_k >= 1, top_p in (0, 1]."""
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), not {temperature}")
     if top_k is not None and top_k < 1:
@@ -606,7 +577,6 @@ def check_text(text, what):
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"{what} is not valid UTF-8") from None
-    return text
 
 
 def check_output(path, inputs=(), directory=False):
@@ -647,8 +617,7 @@ def atomic_write(path, mode="wb"):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        pathlib.Path(tmp).unlink(missing_ok=True)
 
 
 def download(url, path, hint="", timeout=30):

@@ -1159,7 +1159,7 @@ def test_model_bad_checkpoints_give_clear_errors(tmp_path):
         gpt.load_checkpoint(str(tmp_path / "other.pt"))
 
 
-def test_model_from_pretrained_errors(tmp_path):
+def test_model_from_pretrained_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown model"):
         GPT.from_pretrained("gpt3")
     from transformers import BertConfig
@@ -1168,9 +1168,10 @@ def test_model_from_pretrained_errors(tmp_path):
     with pytest.raises(ValueError, match="not GPT-2"):
         GPT.from_pretrained(str(tmp_path / "bert"))
     hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[0])
-    model = GPT(GPTConfig(block_size=64, vocab_size=TINY_VOCAB, n_layer=2, n_head=2, n_embd=48))
+    hf.config.update(dict(n_positions=64, vocab_size=TINY_VOCAB, n_layer=2, n_head=2, n_embd=48))
+    monkeypatch.setattr(gpt, "load_hf_gpt2", lambda name: hf)   # a config its weights do not fit
     with pytest.raises(ValueError, match="shape mismatch"):
-        model.load_hf_state_dict(hf.state_dict())
+        GPT.from_pretrained(path)
 
 
 def test_model_byte_tokenizer_round_trip():
