@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -48,9 +49,8 @@ class LoRALinear(nn.Module):
         self.enabled = [i for i, on in enumerate(blocks) if on]
         # rsLoRA (Kalajdzievski 2023) scales by alpha / sqrt(r) so that larger ranks keep learning.
         self.r, self.scaling = r, alpha / math.sqrt(r) if rslora else alpha / r
-        factory = dict(dtype=base.weight.dtype, device=base.weight.device)
-        self.lora_A = nn.Parameter(torch.empty(len(self.enabled) * r, self.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(len(self.enabled) * self.block_size, r, **factory))
+        self.lora_A = nn.Parameter(base.weight.new_empty(len(self.enabled) * r, self.in_features))
+        self.lora_B = nn.Parameter(base.weight.new_zeros(len(self.enabled) * self.block_size, r))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's (and nn.Linear's) default for A
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -150,13 +150,11 @@ def download_e2e(cache_dir="e2e", splits=("train", "valid", "test")):
 
 
 def read_examples(path):
-    """(prompt, completion) pairs from .jsonl or `prompt||completion` lines (if most lines hold "||", all
-    must); other text is one ("", text) pair."""
+    """(prompt, completion) pairs from .jsonl or `prompt||completion` lines; other text: one ("", text)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist.")
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded)") from None
     lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -267,8 +265,7 @@ def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
     """AdamW on the trainable parameters; -> a dict of measurements (sizes, memory, step time, val loss)."""
     params = [p for p in model.parameters() if p.requires_grad]
     lr = args.lr if desc == "lora" else (args.full_lr or args.lr)
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
-                                  fused=device.startswith("cuda"))
+    optimizer = torch.optim.AdamW(params, lr, weight_decay=args.weight_decay, fused=device.startswith("cuda"))
     rng, step_times = random.Random(args.seed), []
     peak_memory(device, reset=True)
     model.train()
@@ -303,13 +300,10 @@ def evaluate(model, examples, batch_size, device, pad_id):
     """Token-weighted mean validation loss over `examples`."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        x, y = collate(examples[i:i + batch_size], pad_id)
-        total += sum_loss(model, x, y, device).item()
-        count += int((y != -1).sum())
+    batches = [collate(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
+    total = sum(sum_loss(model, x, y, device).item() for x, y in batches)
     model.train(was_training)
-    return total / max(count, 1)
+    return total / max(sum(int((y != -1).sum()) for _, y in batches), 1)
 
 
 @torch.no_grad()
@@ -351,8 +345,7 @@ def peak_memory(device, reset=False):
         if device.startswith("cuda"):
             return torch.cuda.reset_peak_memory_stats() if reset else torch.cuda.max_memory_allocated()
         if reset:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # "5" resets VmHWM (Linux >= 4.0)
+            Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM (Linux >= 4.0)
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
@@ -424,11 +417,10 @@ def eval_generation(model, groups, tokenizer, args, suffix=""):
 def read_scorer_files(pred_path, ref_path):
     with open(pred_path, encoding="utf-8") as f:
         predictions = [line.strip() for line in f]
-    with open(ref_path, encoding="utf-8") as f:
-        references = [block.split("\n") for block in re.split(r"\n\s*\n", f.read().strip())]
+    references = re.split(r"\n\s*\n", Path(ref_path).read_text(encoding="utf-8").strip())
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"{pred_path}: {len(predictions)} outputs; {ref_path}: {len(references)} instances")
-    return predictions, [[line.strip() for line in refs] for refs in references]
+    return predictions, [[line.strip() for line in refs.split("\n")] for refs in references]
 
 
 def nist(predictions, references, max_n=5):
@@ -441,13 +433,12 @@ def nist(predictions, references, max_n=5):
     ngrams = lambda words, n: Counter(zip(*(words[i:] for i in range(n))))  # noqa: E731
     data = [(tokenize(p).lower().split(), [tokenize(r).lower().split() for r in refs])
             for p, refs in zip(predictions, references)]
-    counts, ref_words = Counter(), 0.0   # counts: every reference n-gram; () counts all reference words
-    for _, refs in data:
-        ref_words += sum(map(len, refs)) / len(refs)
-        for ref in refs:
-            counts[()] += len(ref)
-            for n in range(1, max_n + 1):
-                counts.update(ngrams(ref, n))
+    counts = Counter()  # every reference n-gram; () counts all reference words
+    for ref in (ref for _, refs in data for ref in refs):
+        counts[()] += len(ref)
+        for n in range(1, max_n + 1):
+            counts.update(ngrams(ref, n))
+    ref_words = sum(sum(map(len, refs)) / len(refs) for _, refs in data)
     info, out_ngrams = [0.0] * max_n, [0] * max_n
     for out, refs in data:
         for n in range(1, max_n + 1):
@@ -552,14 +543,13 @@ def load_adapter(model, blob, base_hash=None):
     params = {k: v for k, v in model.named_parameters() if k.endswith((".lora_A", ".lora_B"))}
     if set(blob["lora"]) != set(params):
         raise ValueError("adapter tensors do not match the model's LoRA layers (different architecture?).")
-    with torch.no_grad():
-        for name, t in blob["lora"].items():
-            if params[name].shape != t.shape:
-                raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
-                                 f"the model expects {tuple(params[name].shape)}.")
-            if not torch.isfinite(t).all():
-                raise ValueError(f"adapter tensor {name} holds non-finite values (NaN or inf).")
-            params[name].copy_(t)
+    for name, t in blob["lora"].items():
+        if params[name].shape != t.shape:
+            raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
+                             f"the model expects {tuple(params[name].shape)}.")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"adapter tensor {name} holds non-finite values (NaN or inf).")
+    model.load_state_dict(blob["lora"], strict=False)
     return model
 
 
@@ -605,8 +595,7 @@ def read_peft(path):
     """A PEFT LoRA directory (ours or PEFT's own) as an adapter of ours; unsupported options are refused."""
     from safetensors import safe_open
     try:
-        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
-            config = json.load(f)
+        config = json.loads(Path(path, "adapter_config.json").read_text(encoding="utf-8"))
         if not isinstance(config, dict):
             raise ValueError("adapter_config.json holds no JSON object")
         if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
