@@ -7,8 +7,6 @@ LoRA (Hu et al. 2021) freezes a pretrained weight W (out, in) and learns a low-r
     python lora.py --ckpt log/model.pt --data notes.txt --full  # a local file; also full fine-tuning
     python lora.py --adapter log/lora.pt --save-peft peft/      # evaluate an adapter (or a PEFT dir); export
     python lora.py --score log/predictions.txt log/references.txt --json   # score two files alone
-
---data: 'e2e', a .jsonl of {"prompt", "completion"} objects, `prompt||completion` lines, or plain text.
 """
 import argparse
 import functools
@@ -34,9 +32,8 @@ import model as gpt
 
 # --- The adapter: one layer and its helpers -------------------------------------------------------
 class LoRALinear(nn.Module):
-    """A frozen nn.Linear (its own weight and bias Parameters, so state-dict names stay) plus scaling * B A.
-    `blocks`: which equal blocks of the outputs get a rank-r pair (stacked along dim 0); the paper's q and v
-    of GPT-2's fused c_attn are blocks=(True, False, True), as loralib's MergedLinear(enable_lora=...)."""
+    """A frozen nn.Linear plus scaling * B A. `blocks`: which equal blocks of the outputs get a rank-r pair
+    (stacked along dim 0); q and v of GPT-2's fused c_attn: (True, False, True), as loralib's MergedLinear."""
 
     def __init__(self, base, r, alpha, dropout=0.0, rslora=False, blocks=(True,)):
         super().__init__()
@@ -85,8 +82,7 @@ class LoRALinear(nn.Module):
         self.merge(False)
 
 
-# Targets match module-path suffixes, as in PEFT: "c_attn" wraps every "transformer.h.N.attn.c_attn",
-# "c_proj" both attn.c_proj and mlp.c_proj. "qv" is the paper's choice: the q and v blocks of c_attn.
+# Module-path suffixes, as PEFT's ("c_proj": attn.c_proj and mlp.c_proj); "qv": the paper's q, v of c_attn.
 TARGETS = ("qv", "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")
 
 
@@ -162,8 +158,7 @@ def read_examples(path):
         return [json_pair(line, f"{path}:{i}") for i, line in lines]
     if 2 * sum("||" in line for _, line in lines) <= len(lines):
         return [("", text)]
-    bad = next((i for i, line in lines if "||" not in line), None)
-    if bad:
+    if bad := next((i for i, line in lines if "||" not in line), None):
         raise ValueError(f"{path}:{bad}: no '||' in this line, but most lines are prompt||completion pairs")
     # The prompt keeps its "||": it tells the model where the answer starts.
     return [(p + "||", c) for p, c in (line.split("||", 1) for _, line in lines)]
@@ -271,8 +266,7 @@ def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
     model.train()
     for step in (bar := tqdm(range(args.steps), desc=desc, dynamic_ncols=True)):
         t0 = time.perf_counter()
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, lr, args.warmup, args.steps)
+        optimizer.param_groups[0]["lr"] = lr_at(step, lr, args.warmup, args.steps)  # the one group
         batches = [collate(rng.sample(train_ex, min(args.batch_size, len(train_ex))), pad_id)
                    for _ in range(args.grad_accum)]
         n_targets = sum(int((y != -1).sum()) for _, y in batches)
@@ -335,8 +329,7 @@ def count_params(model, name=None):
 
 
 def optimizer_state_bytes(optimizer):
-    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-               if torch.is_tensor(t))
+    return sum(t.nbytes for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
 
 
 def peak_memory(device, reset=False):
@@ -378,10 +371,8 @@ def full_fine_tune(args, lora, base_loss, train_ex, val_ex, tokenizer):
 
 
 # --- Generation metrics: the LoRA paper's E2E NLG table -------------------------------------------
-# The official E2E scorer takes BLEU and NIST from MT-Eval v13a (13a tokens, lowercased, corpus level) and
-# METEOR, ROUGE-L, CIDEr from the COCO caption code (Java PTB tokenizer, METEOR 1.5). Here sacrebleu gives
-# BLEU, pycocoevalcap (that COCO code, jars included) the other three, and nist() NIST: no maintained
-# library implements MT-Eval's (nltk's weighs n-gram information differently).
+# The official E2E scorer's metrics: BLEU from sacrebleu (as MT-Eval v13a), METEOR, ROUGE-L and CIDEr from
+# pycocoevalcap (the same COCO code), NIST from nist(): no library matches MT-Eval's (nltk weighs otherwise).
 COCO_PUNCTUATION = set("'' ' `` ` -lrb- -rrb- -lcb- -rcb- . ? ! , : - -- ... ;".split())
 
 
@@ -681,7 +672,8 @@ def parse_args(argv=None):
     base = p.add_mutually_exclusive_group()
     base.add_argument("--ckpt", help="base checkpoint from train_gpt2.py (default: log/model.pt)")
     base.add_argument("--init", help="start from HuggingFace weights instead: gpt2, gpt2-medium, ...")
-    p.add_argument("--data", default="e2e", help="'e2e' (download), .jsonl, prompt||completion or text file")
+    p.add_argument("--data", default="e2e", help="'e2e' (download), a .jsonl of {\"prompt\", \"completion\"} "
+                   "objects, prompt||completion lines, or plain text")
     p.add_argument("--cache-dir", default="e2e", help="where --data e2e keeps its downloaded files")
     p.add_argument("--val-frac", type=FRACTION_OPEN, default=0.1, help="val share of a local --data file")
     p.add_argument("--tokenizer", help="gpt2, byte or a bpe.py .model (default: the one the base records)")
