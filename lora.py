@@ -57,12 +57,10 @@ class LoRALinear(nn.Module):
         if self.merged:  # B A already lives inside self.weight
             return y
         h = F.linear(self.dropout(x), self.lora_A) * self.scaling  # scale the narrow rank-r activations
-        if self.block_size == self.out_features:  # one block: no split
-            return y + F.linear(h, self.lora_B)
         parts = list(y.split(self.block_size, dim=-1))
         for block, h_i, B_i in zip(self.enabled, h.split(self.r, dim=-1), self.lora_B.split(self.block_size)):
             parts[block] = parts[block] + F.linear(h_i, B_i)
-        return torch.cat(parts, dim=-1)
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # one block: no copy
 
     def delta_weight(self):
         """scaling * B A as an (out, in) matrix; zero rows for the blocks without an adapter."""
@@ -269,8 +267,7 @@ def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
         optimizer.param_groups[0]["lr"] = lr_at(step, lr, args.warmup, args.steps)  # the one group
         batches = [collate(rng.sample(train_ex, min(args.batch_size, len(train_ex))), pad_id)
                    for _ in range(args.grad_accum)]
-        n_targets = sum(int((y != -1).sum()) for _, y in batches)
-        loss_sum = 0.0
+        n_targets, loss_sum = sum(int((y != -1).sum()) for _, y in batches), 0.0
         for x, y in batches:  # gradient accumulation, each micro-batch weighted by its target tokens
             (loss := sum_loss(model, x, y, device) / n_targets).backward()
             loss_sum += loss.item()
@@ -447,8 +444,7 @@ def coco_words(text):
 
 
 def e2e_scores(predictions, references):
-    """{metric: value} on the official scorer's scale (BLEU, METEOR, ROUGE-L as fractions). Without Java
-    METEOR is None, and ROUGE-L and CIDEr read coco_words in place of the PTB tokenizer."""
+    """The official scorer's {metric: value} (BLEU, METEOR, ROUGE-L as fractions); no Java: METEOR None."""
     import sacrebleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -546,10 +542,9 @@ def load_adapter(model, blob, base_hash=None):
 
 # --- PEFT's adapter format: adapter_config.json + adapter_model.safetensors -----------------------
 PEFT_PREFIX = "base_model.model."
-# PEFT options that LoRALinear does not implement, and the values that mean "off".
 PEFT_OPTIONS = ("use_dora", "bias", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern",
-                "modules_to_save", "lora_bias", "exclude_modules", "target_parameters")
-PEFT_PLAIN = (None, False, "none", {}, [])
+                "modules_to_save", "lora_bias", "exclude_modules", "target_parameters")  # not in LoRALinear
+PEFT_PLAIN = (None, False, "none", {}, [])  # the values of those options that mean "off"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
 PEFT_NOTE = """Exported by lora.py. PEFT adapts whole modules, so the q/v-only adapter (rank r on the q and v
 blocks of GPT-2's fused c_attn) is one rank-2r adapter on c_attn: A = [A_q; A_v], B = [[B_q, 0], [0, 0],
@@ -611,7 +606,7 @@ def read_peft(path):
                 base=dict(path=base, init=not os.path.isfile(base), sha256=meta.get("base_sha256")))
 
 
-# --- Inputs at the door: numbers (flags, adapter configs) and paths, each refused in one line naming it
+# --- Command line: numbers (flags, adapter configs) and paths refused at the door, in one line naming each
 def number(kind, ok, want):
     """An argparse type: a `kind` number refused unless ok(it) (NaN fails all comparisons); .ok, .want too."""
     def parse(text):
@@ -666,7 +661,6 @@ def check_paths(args):
             raise ValueError(f"{flag}: {e}") from None
 
 
-# --- Command line ---------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     base = p.add_mutually_exclusive_group()
