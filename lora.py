@@ -7,8 +7,6 @@ LoRA (Hu et al. 2021) freezes a pretrained weight W (out, in) and learns a low-r
     python lora.py --ckpt log/model.pt --data notes.txt --full  # a local file; also full fine-tuning
     python lora.py --adapter log/lora.pt --save-peft peft/      # evaluate an adapter (or a PEFT dir); export
     python lora.py --score log/predictions.txt log/references.txt --json   # score two files alone
-
---data: 'e2e', a .jsonl of {"prompt", "completion"} objects, `prompt||completion` lines, or plain text.
 """
 import argparse
 import functools
@@ -22,6 +20,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -33,9 +32,8 @@ import model as gpt
 
 # --- The adapter: one layer and its helpers -------------------------------------------------------
 class LoRALinear(nn.Module):
-    """A frozen nn.Linear (its own weight and bias Parameters, so state-dict names stay) plus scaling * B A.
-    `blocks`: which equal blocks of the outputs get a rank-r pair (stacked along dim 0); the paper's q and v
-    of GPT-2's fused c_attn are blocks=(True, False, True), as loralib's MergedLinear(enable_lora=...)."""
+    """A frozen nn.Linear plus scaling * B A. `blocks`: which equal blocks of the outputs get a rank-r pair
+    (stacked along dim 0); q and v of GPT-2's fused c_attn: (True, False, True), as loralib's MergedLinear."""
 
     def __init__(self, base, r, alpha, dropout=0.0, rslora=False, blocks=(True,)):
         super().__init__()
@@ -48,9 +46,8 @@ class LoRALinear(nn.Module):
         self.enabled = [i for i, on in enumerate(blocks) if on]
         # rsLoRA (Kalajdzievski 2023) scales by alpha / sqrt(r) so that larger ranks keep learning.
         self.r, self.scaling = r, alpha / math.sqrt(r) if rslora else alpha / r
-        factory = dict(dtype=base.weight.dtype, device=base.weight.device)
-        self.lora_A = nn.Parameter(torch.empty(len(self.enabled) * r, self.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(len(self.enabled) * self.block_size, r, **factory))
+        self.lora_A = nn.Parameter(base.weight.new_empty(len(self.enabled) * r, self.in_features))
+        self.lora_B = nn.Parameter(base.weight.new_zeros(len(self.enabled) * self.block_size, r))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's (and nn.Linear's) default for A
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -60,12 +57,10 @@ class LoRALinear(nn.Module):
         if self.merged:  # B A already lives inside self.weight
             return y
         h = F.linear(self.dropout(x), self.lora_A) * self.scaling  # scale the narrow rank-r activations
-        if self.block_size == self.out_features:  # one block: no split
-            return y + F.linear(h, self.lora_B)
         parts = list(y.split(self.block_size, dim=-1))
         for block, h_i, B_i in zip(self.enabled, h.split(self.r, dim=-1), self.lora_B.split(self.block_size)):
             parts[block] = parts[block] + F.linear(h_i, B_i)
-        return torch.cat(parts, dim=-1)
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # one block: no copy
 
     def delta_weight(self):
         """scaling * B A as an (out, in) matrix; zero rows for the blocks without an adapter."""
@@ -85,8 +80,7 @@ class LoRALinear(nn.Module):
         self.merge(False)
 
 
-# Targets match module-path suffixes, as in PEFT: "c_attn" wraps every "transformer.h.N.attn.c_attn",
-# "c_proj" both attn.c_proj and mlp.c_proj. "qv" is the paper's choice: the q and v blocks of c_attn.
+# Module-path suffixes, as PEFT's ("c_proj": attn.c_proj and mlp.c_proj); "qv": the paper's q, v of c_attn.
 TARGETS = ("qv", "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")
 
 
@@ -150,13 +144,11 @@ def download_e2e(cache_dir="e2e", splits=("train", "valid", "test")):
 
 
 def read_examples(path):
-    """(prompt, completion) pairs from .jsonl or `prompt||completion` lines (if most lines hold "||", all
-    must); other text is one ("", text) pair."""
+    """(prompt, completion) pairs from .jsonl or `prompt||completion` lines; other text: one ("", text)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist.")
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded)") from None
     lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -164,8 +156,7 @@ def read_examples(path):
         return [json_pair(line, f"{path}:{i}") for i, line in lines]
     if 2 * sum("||" in line for _, line in lines) <= len(lines):
         return [("", text)]
-    bad = next((i for i, line in lines if "||" not in line), None)
-    if bad:
+    if bad := next((i for i, line in lines if "||" not in line), None):
         raise ValueError(f"{path}:{bad}: no '||' in this line, but most lines are prompt||completion pairs")
     # The prompt keeps its "||": it tells the model where the answer starts.
     return [(p + "||", c) for p, c in (line.split("||", 1) for _, line in lines)]
@@ -267,19 +258,16 @@ def train(model, train_ex, val_ex, args, device, pad_id, desc="lora"):
     """AdamW on the trainable parameters; -> a dict of measurements (sizes, memory, step time, val loss)."""
     params = [p for p in model.parameters() if p.requires_grad]
     lr = args.lr if desc == "lora" else (args.full_lr or args.lr)
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay,
-                                  fused=device.startswith("cuda"))
+    optimizer = torch.optim.AdamW(params, lr, weight_decay=args.weight_decay, fused=device.startswith("cuda"))
     rng, step_times = random.Random(args.seed), []
     peak_memory(device, reset=True)
     model.train()
     for step in (bar := tqdm(range(args.steps), desc=desc, dynamic_ncols=True)):
         t0 = time.perf_counter()
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, lr, args.warmup, args.steps)
+        optimizer.param_groups[0]["lr"] = lr_at(step, lr, args.warmup, args.steps)  # the one group
         batches = [collate(rng.sample(train_ex, min(args.batch_size, len(train_ex))), pad_id)
                    for _ in range(args.grad_accum)]
-        n_targets = sum(int((y != -1).sum()) for _, y in batches)
-        loss_sum = 0.0
+        n_targets, loss_sum = sum(int((y != -1).sum()) for _, y in batches), 0.0
         for x, y in batches:  # gradient accumulation, each micro-batch weighted by its target tokens
             (loss := sum_loss(model, x, y, device) / n_targets).backward()
             loss_sum += loss.item()
@@ -303,13 +291,10 @@ def evaluate(model, examples, batch_size, device, pad_id):
     """Token-weighted mean validation loss over `examples`."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        x, y = collate(examples[i:i + batch_size], pad_id)
-        total += sum_loss(model, x, y, device).item()
-        count += int((y != -1).sum())
+    batches = [collate(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
+    total = sum(sum_loss(model, x, y, device).item() for x, y in batches)
     model.train(was_training)
-    return total / max(count, 1)
+    return total / max(sum(int((y != -1).sum()) for _, y in batches), 1)
 
 
 @torch.no_grad()
@@ -341,8 +326,7 @@ def count_params(model, name=None):
 
 
 def optimizer_state_bytes(optimizer):
-    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-               if torch.is_tensor(t))
+    return sum(t.nbytes for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
 
 
 def peak_memory(device, reset=False):
@@ -351,8 +335,7 @@ def peak_memory(device, reset=False):
         if device.startswith("cuda"):
             return torch.cuda.reset_peak_memory_stats() if reset else torch.cuda.max_memory_allocated()
         if reset:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # "5" resets VmHWM (Linux >= 4.0)
+            Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM (Linux >= 4.0)
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
@@ -385,10 +368,8 @@ def full_fine_tune(args, lora, base_loss, train_ex, val_ex, tokenizer):
 
 
 # --- Generation metrics: the LoRA paper's E2E NLG table -------------------------------------------
-# The official E2E scorer takes BLEU and NIST from MT-Eval v13a (13a tokens, lowercased, corpus level) and
-# METEOR, ROUGE-L, CIDEr from the COCO caption code (Java PTB tokenizer, METEOR 1.5). Here sacrebleu gives
-# BLEU, pycocoevalcap (that COCO code, jars included) the other three, and nist() NIST: no maintained
-# library implements MT-Eval's (nltk's weighs n-gram information differently).
+# The official E2E scorer's metrics: BLEU from sacrebleu (as MT-Eval v13a), METEOR, ROUGE-L and CIDEr from
+# pycocoevalcap (the same COCO code), NIST from nist(): no library matches MT-Eval's (nltk weighs otherwise).
 COCO_PUNCTUATION = set("'' ' `` ` -lrb- -rrb- -lcb- -rcb- . ? ! , : - -- ... ;".split())
 
 
@@ -424,11 +405,10 @@ def eval_generation(model, groups, tokenizer, args, suffix=""):
 def read_scorer_files(pred_path, ref_path):
     with open(pred_path, encoding="utf-8") as f:
         predictions = [line.strip() for line in f]
-    with open(ref_path, encoding="utf-8") as f:
-        references = [block.split("\n") for block in re.split(r"\n\s*\n", f.read().strip())]
+    references = re.split(r"\n\s*\n", Path(ref_path).read_text(encoding="utf-8").strip())
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"{pred_path}: {len(predictions)} outputs; {ref_path}: {len(references)} instances")
-    return predictions, [[line.strip() for line in refs] for refs in references]
+    return predictions, [[line.strip() for line in refs.split("\n")] for refs in references]
 
 
 def nist(predictions, references, max_n=5):
@@ -441,13 +421,12 @@ def nist(predictions, references, max_n=5):
     ngrams = lambda words, n: Counter(zip(*(words[i:] for i in range(n))))  # noqa: E731
     data = [(tokenize(p).lower().split(), [tokenize(r).lower().split() for r in refs])
             for p, refs in zip(predictions, references)]
-    counts, ref_words = Counter(), 0.0   # counts: every reference n-gram; () counts all reference words
-    for _, refs in data:
-        ref_words += sum(map(len, refs)) / len(refs)
-        for ref in refs:
-            counts[()] += len(ref)
-            for n in range(1, max_n + 1):
-                counts.update(ngrams(ref, n))
+    counts = Counter()  # every reference n-gram; () counts all reference words
+    for ref in (ref for _, refs in data for ref in refs):
+        counts[()] += len(ref)
+        for n in range(1, max_n + 1):
+            counts.update(ngrams(ref, n))
+    ref_words = sum(sum(map(len, refs)) / len(refs) for _, refs in data)
     info, out_ngrams = [0.0] * max_n, [0] * max_n
     for out, refs in data:
         for n in range(1, max_n + 1):
@@ -465,8 +444,7 @@ def coco_words(text):
 
 
 def e2e_scores(predictions, references):
-    """{metric: value} on the official scorer's scale (BLEU, METEOR, ROUGE-L as fractions). Without Java
-    METEOR is None, and ROUGE-L and CIDEr read coco_words in place of the PTB tokenizer."""
+    """The official scorer's {metric: value} (BLEU, METEOR, ROUGE-L as fractions); no Java: METEOR None."""
     import sacrebleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -552,23 +530,21 @@ def load_adapter(model, blob, base_hash=None):
     params = {k: v for k, v in model.named_parameters() if k.endswith((".lora_A", ".lora_B"))}
     if set(blob["lora"]) != set(params):
         raise ValueError("adapter tensors do not match the model's LoRA layers (different architecture?).")
-    with torch.no_grad():
-        for name, t in blob["lora"].items():
-            if params[name].shape != t.shape:
-                raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
-                                 f"the model expects {tuple(params[name].shape)}.")
-            if not torch.isfinite(t).all():
-                raise ValueError(f"adapter tensor {name} holds non-finite values (NaN or inf).")
-            params[name].copy_(t)
+    for name, t in blob["lora"].items():
+        if params[name].shape != t.shape:
+            raise ValueError(f"adapter tensor {name} has shape {tuple(t.shape)}, "
+                             f"the model expects {tuple(params[name].shape)}.")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"adapter tensor {name} holds non-finite values (NaN or inf).")
+    model.load_state_dict(blob["lora"], strict=False)
     return model
 
 
 # --- PEFT's adapter format: adapter_config.json + adapter_model.safetensors -----------------------
 PEFT_PREFIX = "base_model.model."
-# PEFT options that LoRALinear does not implement, and the values that mean "off".
 PEFT_OPTIONS = ("use_dora", "bias", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern",
-                "modules_to_save", "lora_bias", "exclude_modules", "target_parameters")
-PEFT_PLAIN = (None, False, "none", {}, [])
+                "modules_to_save", "lora_bias", "exclude_modules", "target_parameters")  # not in LoRALinear
+PEFT_PLAIN = (None, False, "none", {}, [])  # the values of those options that mean "off"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
 PEFT_NOTE = """Exported by lora.py. PEFT adapts whole modules, so the q/v-only adapter (rank r on the q and v
 blocks of GPT-2's fused c_attn) is one rank-2r adapter on c_attn: A = [A_q; A_v], B = [[B_q, 0], [0, 0],
@@ -605,8 +581,7 @@ def read_peft(path):
     """A PEFT LoRA directory (ours or PEFT's own) as an adapter of ours; unsupported options are refused."""
     from safetensors import safe_open
     try:
-        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
-            config = json.load(f)
+        config = json.loads(Path(path, "adapter_config.json").read_text(encoding="utf-8"))
         if not isinstance(config, dict):
             raise ValueError("adapter_config.json holds no JSON object")
         if os.path.exists(os.path.join(path, "adapter_model.safetensors")):
@@ -631,7 +606,7 @@ def read_peft(path):
                 base=dict(path=base, init=not os.path.isfile(base), sha256=meta.get("base_sha256")))
 
 
-# --- Inputs at the door: numbers (flags, adapter configs) and paths, each refused in one line naming it
+# --- Command line: numbers (flags, adapter configs) and paths refused at the door, in one line naming each
 def number(kind, ok, want):
     """An argparse type: a `kind` number refused unless ok(it) (NaN fails all comparisons); .ok, .want too."""
     def parse(text):
@@ -686,13 +661,13 @@ def check_paths(args):
             raise ValueError(f"{flag}: {e}") from None
 
 
-# --- Command line ---------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     base = p.add_mutually_exclusive_group()
     base.add_argument("--ckpt", help="base checkpoint from train_gpt2.py (default: log/model.pt)")
     base.add_argument("--init", help="start from HuggingFace weights instead: gpt2, gpt2-medium, ...")
-    p.add_argument("--data", default="e2e", help="'e2e' (download), .jsonl, prompt||completion or text file")
+    p.add_argument("--data", default="e2e", help="'e2e' (download), a .jsonl of {\"prompt\", \"completion\"} "
+                   "objects, prompt||completion lines, or plain text")
     p.add_argument("--cache-dir", default="e2e", help="where --data e2e keeps its downloaded files")
     p.add_argument("--val-frac", type=FRACTION_OPEN, default=0.1, help="val share of a local --data file")
     p.add_argument("--tokenizer", help="gpt2, byte or a bpe.py .model (default: the one the base records)")
