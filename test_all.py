@@ -322,14 +322,15 @@ def _bpe_ascii_texts():
 
 @pytest.mark.parametrize("pattern", [bpe.GPT2_PATTERN, bpe.GPT4_PATTERN, *bpe.TIKTOKEN_PATTERNS])
 def test_bpe_re_twin_splits_exactly_like_regex(pattern):
-    # Text without characters beyond U+FFFF is split by Python's `re`, with \p{L}, \p{N}, \s spelled as ranges.
+    # Text without characters beyond U+FFFF is split by Python's `re`, \p{L}, \p{N}, \s spelled as ranges.
     tok, twin = bpe.Tokenizer(pattern), bpe.bmp_twin(pattern)
     assert tok._bmp_pattern is twin is not None
     every = "".join(f" {c}x{c}1'{c}{c}\n{c} " for c in map(chr, range(0x10000)))   # each BMP character
     assert twin.findall(every) == regex.findall(pattern, every)
     rng = random.Random(5)
     atoms = ["中文", "，", "。", "é", "ſ", "K", "\u00a0", "\u3000", "\u2028", "\x85", "\x1c", " ", "  ", "\n",
-             "\r\n", "\t", "word", "Word", "'s", "'LL", "'ſ", "42", "١٢", "12345", "!?", "(x)", " a", " 1", "x ="]
+             "\r\n", "\t", "word", "Word", "'s", "'LL", "'ſ", "42", "١٢", "12345", "!?", "(x)", " a", " 1",
+             "x ="]
     texts = _bpe_ascii_texts() + [_BPE_ENGLISH + _BPE_CHINESE, _bpe_long_text(6)]
     texts += ["".join(rng.choice(atoms) for _ in range(rng.randint(1, 40))) for _ in range(300)]
     for text in texts:
@@ -951,8 +952,8 @@ def test_model_sampling_draws_from_transformers_distribution(monkeypatch, sampli
     expected = _model_hf_sampling_probs(logits, **sampling)
     seen = []
     real_multinomial = torch.multinomial
-    monkeypatch.setattr(torch, "multinomial", lambda p, *a, **k: seen.append(p) or real_multinomial(p, *a, **k),
-                        raising=True)
+    monkeypatch.setattr(torch, "multinomial",
+                        lambda p, *a, **k: seen.append(p) or real_multinomial(p, *a, **k), raising=True)
     gpt.sample_next_token(logits, **sampling)
     torch.testing.assert_close(seen[0], expected, atol=1e-12, rtol=0)   # exactly the filtered distribution
     monkeypatch.undo()
@@ -1115,7 +1116,8 @@ def test_model_peak_flops_table(monkeypatch):
     assert gpt.peak_flops("cpu") is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for name, flops in [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
-                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA H200", 989e12), ("Some Future GPU", None)]:
+                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA H200", 989e12),
+                        ("Some Future GPU", None)]:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None, n=name: n)
         assert gpt.peak_flops("cuda") == flops, name
 
@@ -1163,8 +1165,8 @@ def test_model_from_pretrained_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown model"):
         GPT.from_pretrained("gpt3")
     from transformers import BertConfig
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
-        tmp_path / "bert")
+    bert = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    bert.save_pretrained(tmp_path / "bert")
     with pytest.raises(ValueError, match="not GPT-2"):
         GPT.from_pretrained(str(tmp_path / "bert"))
     hf, path = tiny_hf(tmp_path / "hf", **MODEL_SHAPES[0])
@@ -2132,7 +2134,8 @@ _HS_ITEMS = [
       "climbs a tree.", "sells tickets."], 1, "activitynet~v_a05"),
     ("Home and Garden", "[header] How to repot a houseplant [title] Choose a slightly larger pot. "
      "[step] The new pot should be one or two inches wider than the old one.", "[title]",
-     ["Water the plant a day before you move it. [step] Moist soil holds together and slides out more easily.",
+     ["Water the plant a day before you move it. [step] Moist soil holds together and slides out "
+      "more easily.",
       "Paint the pot [substeps] with three coats of varnish.", "Buy a new car.", "Sell the plant online."],
      0, "wikihow~1001"),
     ("Food and Entertaining", "[header] How to brew green tea [title] Heat the water. [step] Green tea "
@@ -2235,8 +2238,8 @@ def test_hellaswag_file_schema_and_load(tmp_path):
     path = _hellaswag_write(tmp_path / "hs.jsonl", examples)
     loaded = hellaswag.load_examples(file=path)
     assert loaded == examples
-    assert set(loaded[0]) == {"ind", "activity_label", "ctx_a", "ctx_b", "ctx", "split", "split_type", "label",
-                              "endings", "source_id"}
+    assert set(loaded[0]) == {"ind", "activity_label", "ctx_a", "ctx_b", "ctx", "split", "split_type",
+                              "label", "endings", "source_id"}
     assert [ex["ind"] for ex in hellaswag.load_examples(file=path, limit=3)] == [0, 1, 2]
 
 
@@ -2260,8 +2263,8 @@ def test_hellaswag_harness_preprocessing(gpt2_enc):
     assert p("a   b") == "a  b"                                  # one pass only, like the harness
     ex = _hellaswag_examples()[5]  # "[header] How to repot ..." with ctx_b "[title]"
     context, endings, chars = hellaswag.render_parts(ex, gpt2_enc, "harness")
-    query = ("Home and Garden: How to repot a houseplant. Choose a slightly larger pot. The new pot should be "
-             "one or two inches wider than the old one..")
+    query = ("Home and Garden: How to repot a houseplant. Choose a slightly larger pot. The new pot should "
+             "be one or two inches wider than the old one..")
     # ctx_b "[title]".capitalize() is "[title]"; " [title]" -> ". " gives the harness's well-known ".." and
     # a trailing space, which moves into the continuation (as the harness does) before tokenizing
     assert context == gpt2_enc.encode(query)
@@ -2271,7 +2274,8 @@ def test_hellaswag_harness_preprocessing(gpt2_enc):
     # ActivityNet item: ctx_b is capitalized (and str.capitalize lowercases the rest)
     ex = dict(_hellaswag_examples()[3], ctx_b="then HE")
     context, endings, chars = hellaswag.render_parts(ex, gpt2_enc, "harness")
-    assert context == gpt2_enc.encode("Shoveling snow: A man in a red coat clears snow from his driveway. Then he")
+    assert context == gpt2_enc.encode("Shoveling snow: A man in a red coat clears snow from his driveway. "
+                                      "Then he")
     assert endings[2] == gpt2_enc.encode(" throws a shovelful of snow onto the bank.")
     assert chars == [len(e) for e in ex["endings"]]
     with pytest.raises(ValueError, match="unknown style"):
@@ -2280,7 +2284,8 @@ def test_hellaswag_harness_preprocessing(gpt2_enc):
 
 def _hellaswag_loop_losses(model, examples, enc, style):
     with torch.no_grad():
-        return torch.stack([hellaswag.ending_losses_loop(model, ex, enc, "cpu", style) for ex in examples]).double()
+        losses = [hellaswag.ending_losses_loop(model, ex, enc, "cpu", style) for ex in examples]
+        return torch.stack(losses).double()
 
 
 def _hellaswag_sums(records):
@@ -2297,7 +2302,8 @@ def test_hellaswag_losses_equal_transformers(hellaswag_models, gpt2_enc):
         hf_records = hellaswag.score_examples(hellaswag_models.hf, examples, gpt2_enc, "cpu", batch_size=8,
                                               style=style)
         reference = _hellaswag_sums(hf_records)
-        lengths = torch.tensor([[len(e) for e in hellaswag.render_parts(ex, gpt2_enc, style)[1]] for ex in examples])
+        lengths = torch.tensor([[len(e) for e in hellaswag.render_parts(ex, gpt2_enc, style)[1]]
+                                for ex in examples])
         assert (ours / lengths - reference / lengths).abs().max() < 1e-5  # per-token mean loss
         torch.testing.assert_close(ours, reference, rtol=1e-6, atol=0)
         loop = _hellaswag_loop_losses(hellaswag_models.hf, examples[::3], gpt2_enc, style)
@@ -2311,21 +2317,25 @@ def test_hellaswag_batched_equals_one_at_a_time(hellaswag_models, gpt2_enc):
     for style in hellaswag.STYLES:
         one = hellaswag.score_examples(gpt, examples, gpt2_enc, "cpu", batch_size=1, style=style)
         # the recipe's loop (full logits, 4 rows per forward) on a few examples
-        torch.testing.assert_close(_hellaswag_sums(one[:6]), _hellaswag_loop_losses(gpt, examples[:6], gpt2_enc, style),
-                                   rtol=1e-6, atol=0)
+        loop = _hellaswag_loop_losses(gpt, examples[:6], gpt2_enc, style)
+        torch.testing.assert_close(_hellaswag_sums(one[:6]), loop, rtol=1e-6, atol=0)
         for method, batch_size in [("packed", 7)] + ([("rows", 5)] if style == "nanogpt" else []):
-            batched = hellaswag.score_examples(gpt, examples, gpt2_enc, "cpu", batch_size, style, method=method)
+            batched = hellaswag.score_examples(gpt, examples, gpt2_enc, "cpu", batch_size, style,
+                                               method=method)
             torch.testing.assert_close(_hellaswag_sums(batched), _hellaswag_sums(one), rtol=1e-6, atol=0)
-            assert [(r["pred"], r["pred_norm"]) for r in batched] == [(r["pred"], r["pred_norm"]) for r in one]
+            preds = lambda records: [(r["pred"], r["pred_norm"]) for r in records]  # noqa: E731
+            assert preds(batched) == preds(one)
             assert [r["ind"] for r in batched] == [ex["ind"] for ex in examples]  # input order kept
     # the fixed shapes used with --compile (batch padded with copies, length to COMPILE_PAD) change nothing
     parts = [hellaswag.render_parts(ex, gpt2_enc) for ex in examples[:5]]
     with torch.inference_mode():
         fixed = hellaswag.batch_losses(gpt, parts, "cpu", "packed", fixed_batch=8)
-        torch.testing.assert_close(fixed, hellaswag.batch_losses(gpt, parts, "cpu", "packed"), rtol=1e-6, atol=0)
+        plain = hellaswag.batch_losses(gpt, parts, "cpu", "packed")
+        torch.testing.assert_close(fixed, plain, rtol=1e-6, atol=0)
     assert fixed.shape == (5, 4)
     # evaluate() on a torch.compile'd model (it unwraps it: nothing gets compiled) counts the same answers
-    compiled = hellaswag.evaluate(torch.compile(gpt), examples, gpt2_enc, "cpu", batch_size=4, style="harness")
+    compiled = hellaswag.evaluate(torch.compile(gpt), examples, gpt2_enc, "cpu", batch_size=4,
+                                  style="harness")
     assert compiled == hellaswag.summarize(*hellaswag.count_correct(one), style="harness")
 
 
@@ -2347,9 +2357,11 @@ def test_hellaswag_accuracy_on_known_answers(gpt2_enc):
     # harness acc_norm: loglik per char -5/9, -1/1, -2/11, -3/13 -> the largest is -2/11: 2.
     examples = [dict(base, ind=i, label=label) for i, label in enumerate([1, 1, 0, 2, 3])]
     model = _HellaswagCostModel()
-    nanogpt = hellaswag.evaluate(model, examples, gpt2_enc, "cpu", batch_size=2, style="nanogpt", method="rows")
+    nanogpt = hellaswag.evaluate(model, examples, gpt2_enc, "cpu", batch_size=2, style="nanogpt",
+                                 method="rows")
     assert nanogpt == dict(acc=2 / 5, acc_norm=1 / 5, n=5, correct=2, correct_norm=1, style="nanogpt")
-    harness = hellaswag.evaluate(model, examples, gpt2_enc, "cpu", batch_size=3, style="harness", method="rows")
+    harness = hellaswag.evaluate(model, examples, gpt2_enc, "cpu", batch_size=3, style="harness",
+                                 method="rows")
     assert harness == dict(acc=2 / 5, acc_norm=1 / 5, n=5, correct=2, correct_norm=1, style="harness")
     records = hellaswag.score_examples(model, examples[:1], gpt2_enc, "cpu", style="harness", method="rows")
     assert records[0]["losses_sum"] == [5.0, 1.0, 2.0, 3.0] and records[0]["losses_mean"] == [1.0] * 4
@@ -2441,7 +2453,8 @@ def _hellaswag_ddp_worker(rank, world, init_file, ckpt, data, out_dir):
     try:
         model, _ = gpt_model.load_checkpoint(ckpt)
         enc = gpt_model.get_tokenizer("gpt2")
-        result = hellaswag.evaluate(model.eval(), hellaswag.load_examples(file=data), enc, "cpu", batch_size=4)
+        examples = hellaswag.load_examples(file=data)
+        result = hellaswag.evaluate(model.eval(), examples, enc, "cpu", batch_size=4)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
     finally:
@@ -2531,8 +2544,10 @@ def test_hellaswag_cli_refuses_bad_input_before_scoring(hellaswag_models, tmp_pa
             (["--out", data], "overwrite"), (["--out", ckpt], "overwrite"),
             (["--out", str(tmp_path / "hs.jsonl" / "preds.jsonl")], "cannot be written"),
             (["--out", str(tmp_path)], "is a directory"),
-            (["--file", str(tmp_path / "none.jsonl")], "none.jsonl"), (["--file", str(bad)], "line 2: not valid JSON"),
-            (["--ckpt", str(tmp_path / "badconfig.pt")], "n_layer"), (["--ckpt", str(tmp_path / "none.pt")], "not found")]:
+            (["--file", str(tmp_path / "none.jsonl")], "none.jsonl"),
+            (["--file", str(bad)], "line 2: not valid JSON"),
+            (["--ckpt", str(tmp_path / "badconfig.pt")], "n_layer"),
+            (["--ckpt", str(tmp_path / "none.pt")], "not found")]:
         argv = ["--ckpt", ckpt, "--file", data, "--device", "cpu"]
         for flag, value in zip(args[::2], args[1::2]):
             argv = argv[:argv.index(flag) + 1] + [value] + argv[argv.index(flag) + 2:] if flag in argv else \
