@@ -78,9 +78,16 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def reorder(self, rows):
-        """Row i continues from old row rows[i] (beam search); rows may repeat, drop or add rows."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+    def reorder(self, rows, shared=0):
+        """Row i continues from old row rows[i] (beam search); rows may repeat, drop or add rows. Only filled
+        positions are copied, in place while the number of rows stays (no new buffers to fault in), and
+        then not the first `shared` ones, equal in every row (a beam search's prompt)."""
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new, start = (old, shared) if len(rows) == old.size(1) else \
+                (old.new_empty((old.size(0), len(rows), *old.shape[2:])), 0)
+            new[:, :, :, start:self.length] = old[:, rows, :, start:self.length]   # (the right side: a copy)
+            setattr(self, name, new)
 
 
 class CausalSelfAttention(nn.Module):
@@ -324,7 +331,7 @@ class GPT(nn.Module):
             rows = torch.tensor(rows, device=idx.device)
             step_input = torch.tensor(tokens, device=idx.device).view(-1, 1)   # (b, 1): each beam's new token
             beams, sums = torch.cat((beams[rows], step_input), dim=1), top[kept]
-            cache.reorder(rows)   # each beam keeps the keys and values of the prefix it extends
+            cache.reorder(rows, shared=T)   # each beam keeps the keys and values of the prefix it extends
         self.train(was_training)
         return torch.tensor([finished[0][1]], device=idx.device) if finished else idx
 

@@ -3398,6 +3398,15 @@ def test_beam_cache_reorder_keeps_the_chosen_rows():
     cache.reorder(torch.tensor([2, 2, 0, 1]))
     assert cache.k.shape[1] == 4 and torch.equal(cache.k[1, :, :, :5], k[[2, 2, 0, 1]])
     assert torch.equal(cache.v[0, :, :, :5], v[[2, 2, 0, 1]])
+    # Same number of rows: in place, leaving alone the first positions, which every row shares (a prompt).
+    k, v = k[[2, 2, 0, 1]], v[[2, 2, 0, 1]]
+    k[:, :, :2], v[:, :, :2] = k[:1, :, :2], v[:1, :, :2]
+    for layer in range(2):
+        cache.k[layer, :, :, :5], cache.v[layer, :, :, :5] = k, v
+    buffer = cache.k
+    cache.reorder([3, 0, 0, 2], shared=2)
+    assert cache.k is buffer and torch.equal(cache.k[1, :, :, :5], k[[3, 0, 0, 2]])
+    assert torch.equal(cache.v[0, :, :, :5], v[[3, 0, 0, 2]])
 
 
 # The official E2E scorer's own example (e2e-metrics example-inputs: the challenge baseline's outputs for the
