@@ -561,8 +561,8 @@ def hellaswag_bench_gpu(args):
         model = model.to(args.device).eval()
         for dtype in args.dtypes:
             results = []
-            run = lambda few=None: results.append(hellaswag.evaluate(  # noqa: E731
-                model, examples[:few], enc, args.device, args.batch_size,
+            run = lambda few=None, net=model: results.append(hellaswag.evaluate(  # noqa: E731
+                net, examples[:few], enc, args.device, args.batch_size,
                 autocast_dtype=torch.bfloat16 if dtype == "bfloat16" else None))
             run(64)  # warm-up
             seconds, result = turns(run, repeat=1, warmup=0)[0], results[-1]

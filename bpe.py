@@ -499,9 +499,9 @@ class Tokenizer:
         if self.compiled_pattern is None or not CACHE_CHUNKS:
             return list(chain.from_iterable(self._encoder.encode_many(self.split(text))))
         cache = self._encoder.cache                       # a text repeats most of its chunks
-        new = list(set(chunks := self.split(text)).difference(cache))
-        with paused_gc():
-            cache.update(zip(new, self._encoder.encode_many(new)))
+        if new := list(set(chunks := self.split(text)).difference(cache)):
+            with paused_gc():
+                cache.update(zip(new, self._encoder.encode_many(new)))
         return list(chain.from_iterable(map(cache.__getitem__, chunks)))
 
     def encode(self, text, allowed_special="none_raise"):

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import threading
